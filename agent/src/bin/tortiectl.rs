@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("tortiectl: not implemented yet");
+    std::process::exit(1);
+}

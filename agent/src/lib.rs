@@ -1,0 +1,19 @@
+//! tortie-node: the per-node agent. One task owns each piece of state; the modules below
+//! are its parts, each split into a pure "decide" half and a thin "do" half.
+
+/// Agent configuration from the environment (calico-node compatible names).
+pub mod config;
+/// Node IP autodetection (`IP`, `IP_AUTODETECTION_METHOD`).
+pub mod autodetect;
+/// The kernel: routes and links over rtnetlink, sysctls. The only module that sees rtnetlink.
+pub mod netlink;
+/// Desired kernel routes from the model, and the reconciler that applies them.
+pub mod routes;
+/// The Kubernetes datastore: tortie's CRD types and the IPAM store over the apiserver.
+pub mod datastore;
+/// The gRPC API server (CNI and Status services) on the agent's unix socket.
+pub mod server;
+/// `tortie-node bgp --config FILE`: the speaker and its kernel sync without Kubernetes.
+pub mod standalone;
+/// `tortiectl node status` rendering (Calico's table and `-o json`).
+pub mod node_status;

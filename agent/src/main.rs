@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("tortie-node: not implemented yet");
+    std::process::exit(1);
+}
