@@ -1,0 +1,363 @@
+//! The gRPC API on the agent's unix socket: service `Cni` for the `tortie` plugin and
+//! service `Status` for `tortiectl`.
+//!
+//! This layer only checks requests and translates them. The work is done behind two
+//! traits, each backed by the one task that owns its state:
+//! - [`Ipam`]: addresses by handle (`<network>.<containerID>`), durable before it answers;
+//! - [`Endpoints`]: the host route of a local pod, in the kernel before it answers.
+//!
+//! Failures map to gRPC codes the plugin turns into CNI errors: `InvalidArgument` (bad
+//! request), `ResourceExhausted` (pool full), `Unavailable` (agent not ready or datastore
+//! unreachable: CNI code 11, try again later), `FailedPrecondition` (an endpoint for
+//! addresses the handle does not hold), `Internal` (anything else).
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use tokio::net::UnixListener;
+use tracing::Instrument;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+use tortie_api::v1 as api;
+use tortie_api::v1::cni_server::{Cni, CniServer};
+use tortie_api::v1::status_server::{Status as StatusApi, StatusServer};
+
+/// The pods' IPv4 gateway: a link-local address nobody holds, answered by proxy ARP on the
+/// host veth (as Calico does).
+pub const IPV4_GATEWAY: &str = "169.254.1.1";
+/// The pods' IPv6 gateway: the link-local address the host veth gets from its fixed MAC
+/// ee:ee:ee:ee:ee:ee (EUI-64).
+pub const IPV6_GATEWAY: &str = "fe80::ecee:eeff:feee:eeee";
+
+/// An IPAM handle: one CNI attachment, `<network>.<containerID>`. Both parts are kept, so
+/// a network name with a dot is never confused with another network's handles.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle {
+    pub network: String,
+    pub container_id: String,
+}
+
+impl Handle {
+    /// The handle ID as stored in the datastore.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.network, self.container_id)
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.network, self.container_id)
+    }
+}
+
+/// The pod an attachment belongs to, for the allocation's attributes and GC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocateParams {
+    pub handle: Handle,
+    pub pod: PodRef,
+}
+
+/// A local pod, wired and ready for its host route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub handle: Handle,
+    pub pod: PodRef,
+    pub host_ifname: String,
+    /// Host prefixes (/32, /128).
+    pub addresses: Vec<IpNet>,
+}
+
+/// Why a request could not be served; each maps to one gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<Failure> for Status {
+    fn from(f: Failure) -> Status {
+        match f {
+            Failure::Invalid(m) => Status::invalid_argument(m),
+            Failure::Exhausted(m) => Status::resource_exhausted(m),
+            Failure::Unavailable(m) => Status::unavailable(m),
+            Failure::Precondition(m) => Status::failed_precondition(m),
+            Failure::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// Address management, as the Cni service needs it. Implemented over the IPAM owner task.
+pub trait Ipam: Send + Sync + 'static {
+    /// The handle's addresses (host prefixes), allocating them when it has none. Returns only
+    /// once the allocation is durable; a repeated call returns the same addresses.
+    fn allocate(&self, params: AllocateParams) -> impl Future<Output = Result<Vec<IpNet>, Failure>> + Send;
+    /// Releases the handle's addresses; returns how many. An unknown handle is 0, not an error.
+    fn release(&self, handle: &Handle) -> impl Future<Output = Result<u32, Failure>> + Send;
+    /// The handle's addresses; empty when it holds none.
+    fn addresses(&self, handle: &Handle) -> impl Future<Output = Result<Vec<IpNet>, Failure>> + Send;
+    /// Releases every handle of `network` on this node not in `keep`.
+    fn gc(&self, network: &str, keep: &[Handle]) -> impl Future<Output = Result<GcOutcome, Failure>> + Send;
+}
+
+/// What a GC released.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcOutcome {
+    pub handles: Vec<Handle>,
+    /// Addresses released across those handles.
+    pub addresses: u32,
+}
+
+/// Local endpoints' host routes. Implemented over the route reconciler.
+pub trait Endpoints: Send + Sync + 'static {
+    /// Installs the endpoint's host routes; returns once they are in the kernel.
+    fn ready(&self, endpoint: Endpoint) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// Forgets the handle's endpoint, so its routes are neither kept nor repaired.
+    fn removed(&self, handle: &Handle) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// Whether the agent can serve CNI requests; published by the startup sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Starting(String),
+    Ready,
+    /// Was ready, and lost something it needs (e.g. the datastore).
+    Degraded(String),
+}
+
+/// What the Status service reports besides health. Fixed once the agent has started.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node_name: String,
+    pub mtu: u32,
+}
+
+/// CNI names: the spec allows letters, digits, `_`, `.` and `-`, and no leading
+/// punctuation (container IDs the same, per the CNI spec's `CNI_CONTAINERID`).
+fn check_cni_name(what: &str, s: &str) -> Result<(), Failure> {
+    let ok = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && s.len() <= 1024;
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Invalid(format!(
+            "{what} {s:?} is invalid: it must start with a letter or digit and hold only letters, digits, '_', '.' and '-'"
+        )))
+    }
+}
+
+fn handle_of(att: Option<&api::Attachment>) -> Result<Handle, Failure> {
+    let att = att.ok_or_else(|| Failure::Invalid("the request has no attachment".to_owned()))?;
+    check_cni_name("network name", &att.network)?;
+    check_cni_name("container id", &att.container_id)?;
+    Ok(Handle { network: att.network.clone(), container_id: att.container_id.clone() })
+}
+
+fn pod_of(pod: Option<&api::Pod>) -> PodRef {
+    pod.map(|p| PodRef { namespace: p.namespace.clone(), name: p.name.clone(), uid: p.uid.clone() })
+        .unwrap_or_default()
+}
+
+fn ip_config(addr: &IpNet) -> api::IpConfig {
+    let gateway = match addr.addr() {
+        IpAddr::V4(_) => IPV4_GATEWAY,
+        IpAddr::V6(_) => IPV6_GATEWAY,
+    };
+    api::IpConfig { address: addr.to_string(), gateway: gateway.to_owned() }
+}
+
+/// A Linux interface name: 1 to 15 bytes, no '/', no whitespace, not `.` or `..`.
+fn check_ifname(s: &str) -> Result<(), Failure> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if ok { Ok(()) } else { Err(Failure::Invalid(format!("host interface name {s:?} is not a valid interface name"))) }
+}
+
+/// The `Cni` service.
+pub struct CniService<I, E> {
+    ipam: I,
+    endpoints: E,
+    mtu: u32,
+    health: watch::Receiver<Health>,
+}
+
+impl<I: Ipam, E: Endpoints> CniService<I, E> {
+    pub fn new(ipam: I, endpoints: E, mtu: u32, health: watch::Receiver<Health>) -> Self {
+        CniService { ipam, endpoints, mtu, health }
+    }
+
+    /// Refuses work until the agent is ready: an allocation before the datastore is synced
+    /// could hand out an address twice.
+    fn check_ready(&self) -> Result<(), Failure> {
+        match &*self.health.borrow() {
+            Health::Ready => Ok(()),
+            Health::Starting(why) => Err(Failure::Unavailable(format!("tortie-node is starting: {why}"))),
+            Health::Degraded(why) => Err(Failure::Unavailable(format!("tortie-node is not ready: {why}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<I: Ipam, E: Endpoints> Cni for CniService<I, E> {
+    async fn allocate(&self, req: Request<api::AllocateRequest>) -> Result<Response<api::AllocateReply>, Status> {
+        let req = req.into_inner();
+        let handle = handle_of(req.attachment.as_ref())?;
+        self.check_ready()?;
+        let pod = pod_of(req.pod.as_ref());
+        let span = tracing::info_span!("pod", container_id = %handle.container_id, pod = %format_args!("{}/{}", pod.namespace, pod.name));
+        let addrs = self.ipam.allocate(AllocateParams { handle, pod }).instrument(span.clone()).await?;
+        span.in_scope(|| tracing::info!(addresses = ?addrs, "allocated"));
+        Ok(Response::new(api::AllocateReply { ips: addrs.iter().map(ip_config).collect(), mtu: self.mtu }))
+    }
+
+    async fn endpoint_ready(
+        &self,
+        req: Request<api::EndpointReadyRequest>,
+    ) -> Result<Response<api::EndpointReadyReply>, Status> {
+        let req = req.into_inner();
+        let handle = handle_of(req.attachment.as_ref())?;
+        self.check_ready()?;
+        check_ifname(&req.host_ifname)?;
+        let mut addresses = Vec::with_capacity(req.addresses.len());
+        for a in &req.addresses {
+            let net: IpNet = a
+                .parse()
+                .map_err(|_| Failure::Invalid(format!("address {a:?} is not an address with a prefix length")))?;
+            addresses.push(net);
+        }
+        if addresses.is_empty() {
+            return Err(Failure::Invalid("the endpoint has no addresses".to_owned()).into());
+        }
+        // Only routes to addresses this handle holds: a confused caller must not be able to
+        // pull another pod's traffic to its veth.
+        let held = self.ipam.addresses(&handle).await?;
+        if let Some(stray) = addresses.iter().find(|a| !held.contains(a)) {
+            return Err(Failure::Precondition(format!(
+                "{stray} is not allocated to {handle} (it holds {held:?}); call Allocate first"
+            ))
+            .into());
+        }
+        let endpoint = Endpoint { handle, pod: pod_of(req.pod.as_ref()), host_ifname: req.host_ifname, addresses };
+        self.endpoints.ready(endpoint).await?;
+        Ok(Response::new(api::EndpointReadyReply {}))
+    }
+
+    async fn release(&self, req: Request<api::ReleaseRequest>) -> Result<Response<api::ReleaseReply>, Status> {
+        let handle = handle_of(req.into_inner().attachment.as_ref())?;
+        self.check_ready()?;
+        // The route goes first: a released address may be handed to a new pod at once, and
+        // the old /32 must not still point at the old veth then.
+        self.endpoints.removed(&handle).await?;
+        let released = self.ipam.release(&handle).await?;
+        tracing::info!(%handle, released, "released");
+        Ok(Response::new(api::ReleaseReply { released }))
+    }
+
+    async fn check(&self, req: Request<api::CheckRequest>) -> Result<Response<api::CheckReply>, Status> {
+        let handle = handle_of(req.into_inner().attachment.as_ref())?;
+        self.check_ready()?;
+        let addrs = self.ipam.addresses(&handle).await?;
+        Ok(Response::new(api::CheckReply { addresses: addrs.iter().map(ToString::to_string).collect() }))
+    }
+
+    async fn gc(&self, req: Request<api::GcRequest>) -> Result<Response<api::GcReply>, Status> {
+        let req = req.into_inner();
+        check_cni_name("network name", &req.network)?;
+        self.check_ready()?;
+        let mut keep = Vec::with_capacity(req.valid_attachments.len());
+        for att in &req.valid_attachments {
+            let h = handle_of(Some(att))?;
+            if h.network != req.network {
+                return Err(Failure::Invalid(format!(
+                    "valid attachment {h} belongs to network {:?}, not {:?}",
+                    h.network, req.network
+                ))
+                .into());
+            }
+            keep.push(h);
+        }
+        let outcome = self.ipam.gc(&req.network, &keep).await?;
+        // Endpoints of released handles are forgotten too, so their routes are not repaired.
+        for h in &outcome.handles {
+            self.endpoints.removed(h).await?;
+        }
+        tracing::info!(network = %req.network, kept = keep.len(), released = ?outcome.handles, "gc");
+        Ok(Response::new(api::GcReply { released: outcome.addresses }))
+    }
+}
+
+/// The `Status` service.
+pub struct StatusService {
+    info: NodeInfo,
+    health: watch::Receiver<Health>,
+}
+
+impl StatusService {
+    pub fn new(info: NodeInfo, health: watch::Receiver<Health>) -> Self {
+        StatusService { info, health }
+    }
+}
+
+#[tonic::async_trait]
+impl StatusApi for StatusService {
+    async fn get_status(&self, _req: Request<api::StatusRequest>) -> Result<Response<api::StatusReply>, Status> {
+        let (ready, reason) = match &*self.health.borrow() {
+            Health::Ready => (true, String::new()),
+            Health::Starting(why) => (false, format!("starting: {why}")),
+            Health::Degraded(why) => (false, why.clone()),
+        };
+        Ok(Response::new(api::StatusReply {
+            ready,
+            node_name: self.info.node_name.clone(),
+            mtu: self.info.mtu,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            // The BGP speaker reports its peers in a later issue.
+            bgp_peers: Vec::new(),
+            reason,
+        }))
+    }
+}
+
+/// Binds `path` (mode 0600, root only) for [`serve`].
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    tortie_api::bind_root_only(path)
+}
+
+/// Serves both services on `listener` until `shutdown` completes.
+pub async fn serve<I: Ipam, E: Endpoints>(
+    listener: UnixListener,
+    cni: CniService<I, E>,
+    status: StatusService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(CniServer::new(cni))
+        .add_service(StatusServer::new(status))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests;
