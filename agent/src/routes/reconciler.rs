@@ -1,0 +1,476 @@
+//! The one owner of tortie's kernel routes: a dedicated thread that holds the
+//! [`RouteTable`], receives the desired state as messages, and writes only the difference.
+//!
+//! It runs on its own OS thread rather than a tokio worker because a large batch (hundreds
+//! of thousands of routes after a BGP session comes up) keeps the netlink socket busy for
+//! seconds; nothing else should wait behind that.
+//!
+//! Graceful restart (RFC 4724, DESIGN.md): with `graceful_restart`, the tortie routes found
+//! in the kernel at start are *stale*: kept, and replaced if the new desired state names
+//! them, but never deleted until [`RoutesHandle::sync_complete`] (End-of-RIB from every
+//! peer). Only then are the stale routes nobody re-announced swept.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, oneshot};
+
+use super::RouteSet;
+use crate::netlink::{NetlinkError, OpFailure, Route, RouteOp, RouteTable};
+
+/// Commands waiting for the reconciler; bounded so producers feel backpressure.
+const QUEUE: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct ReconcilerConfig {
+    /// How often the kernel table is dumped and drift repaired. A dump of 500k routes
+    /// takes about a second, so this is minutes in production and short in tests.
+    pub resync_interval: Duration,
+    /// Keep tortie routes found at start until [`RoutesHandle::sync_complete`].
+    pub graceful_restart: bool,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig { resync_interval: Duration::from_secs(90), graceful_restart: false }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcilerError {
+    #[error("the route reconciler has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("starting the route reconciler thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+enum Command {
+    /// Replace the whole desired set.
+    Set(RouteSet),
+    /// Change some destinations; `reply` gets the failures among them once applied.
+    Update {
+        upsert: Vec<Route>,
+        remove: Vec<IpNet>,
+        reply: Option<oneshot::Sender<Vec<OpFailure>>>,
+    },
+    SyncComplete,
+    /// Dump the kernel now and repair; replies with the operations that were needed.
+    Resync(oneshot::Sender<Result<Vec<RouteOp>, NetlinkError>>),
+}
+
+/// How the rest of the agent talks to the reconciler. Clonable; the reconciler stops
+/// when the last handle is dropped.
+#[derive(Clone, Debug)]
+pub struct RoutesHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl RoutesHandle {
+    /// Makes `set` the complete desired state (agent mode: from `desired_routes`).
+    pub async fn set_desired(&self, set: RouteSet) -> Result<(), ReconcilerError> {
+        self.send(Command::Set(set)).await
+    }
+
+    /// Adds or changes `upsert` and removes `remove`, without waiting for the kernel.
+    /// Consecutive updates are coalesced into one netlink batch.
+    pub async fn update(&self, upsert: Vec<Route>, remove: Vec<IpNet>) -> Result<(), ReconcilerError> {
+        self.send(Command::Update { upsert, remove, reply: None }).await
+    }
+
+    /// Like [`update`](Self::update), but answers once the routes are in the kernel, with
+    /// the operations the kernel refused (empty on success).
+    pub async fn update_and_wait(
+        &self,
+        upsert: Vec<Route>,
+        remove: Vec<IpNet>,
+    ) -> Result<Vec<OpFailure>, ReconcilerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Update { upsert, remove, reply: Some(tx) }).await?;
+        rx.await.map_err(|_| ReconcilerError::Stopped)
+    }
+
+    /// Every source has re-sent its routes (BGP End-of-RIB): sweep the stale ones.
+    pub async fn sync_complete(&self) -> Result<(), ReconcilerError> {
+        self.send(Command::SyncComplete).await
+    }
+
+    /// Dumps the kernel and repairs drift now. Returns the operations that were needed.
+    pub async fn resync(&self) -> Result<Vec<RouteOp>, ReconcilerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Resync(tx)).await?;
+        Ok(rx.await.map_err(|_| ReconcilerError::Stopped)??)
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), ReconcilerError> {
+        self.tx.send(cmd).await.map_err(|_| ReconcilerError::Stopped)
+    }
+}
+
+/// Starts the reconciler on its own thread. It first dumps the kernel's tortie routes
+/// (failing here if it cannot), then waits for the desired state.
+pub fn spawn_reconciler<T: RouteTable + 'static>(
+    mut table: T,
+    config: ReconcilerConfig,
+) -> Result<(RoutesHandle, std::thread::JoinHandle<()>), ReconcilerError> {
+    let kernel: HashMap<IpNet, Route> = table.dump()?.into_iter().map(|r| (r.dst, r)).collect();
+    let stale: HashSet<IpNet> =
+        if config.graceful_restart { kernel.keys().copied().collect() } else { HashSet::new() };
+    tracing::info!(
+        routes = kernel.len(),
+        graceful_restart = config.graceful_restart,
+        "route reconciler starting"
+    );
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let mut state = Reconciler {
+        table,
+        desired: BTreeMap::new(),
+        kernel,
+        stale,
+        // Without graceful restart nothing is kept: leftovers go on the first resync.
+        synced: !config.graceful_restart,
+    };
+    let thread = std::thread::Builder::new()
+        .name("tortie-routes".into())
+        .spawn(move || state.run(rx, config.resync_interval))
+        .map_err(ReconcilerError::Spawn)?;
+    Ok((RoutesHandle { tx }, thread))
+}
+
+struct Reconciler<T> {
+    table: T,
+    desired: BTreeMap<IpNet, Route>,
+    /// Our mirror of the kernel's tortie routes, kept by applying our own batches and
+    /// refreshed by each dump.
+    kernel: HashMap<IpNet, Route>,
+    stale: HashSet<IpNet>,
+    synced: bool,
+}
+
+impl<T: RouteTable> Reconciler<T> {
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>, resync_interval: Duration) {
+        // A tiny current-thread runtime only provides the timer for waiting on the channel;
+        // all the work happens synchronously on this thread.
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "route reconciler cannot start its timer");
+                return;
+            }
+        };
+        let mut next_resync = Instant::now() + resync_interval;
+        loop {
+            let timeout = next_resync.saturating_duration_since(Instant::now());
+            let first = match recv_timeout(&rt, &mut rx, timeout) {
+                Received::Command(c) => c,
+                Received::Closed => {
+                    tracing::info!("route reconciler stopping: no more handles");
+                    return;
+                }
+                Received::Timeout => {
+                    if let Err(e) = self.resync() {
+                        tracing::warn!(error = %e, "periodic route resync failed");
+                    }
+                    next_resync = Instant::now() + resync_interval;
+                    continue;
+                }
+            };
+            // Drain what else is queued so a burst becomes one netlink batch.
+            let mut dirty: HashSet<IpNet> = HashSet::new();
+            let mut full = false;
+            let mut replies = Vec::new();
+            let mut resync_reply = None;
+            let mut cmd = Some(first);
+            while let Some(c) = cmd.take() {
+                match c {
+                    Command::Set(set) => {
+                        self.desired = set.into_map();
+                        full = true;
+                    }
+                    Command::Update { upsert, remove, reply } => {
+                        let mut keys = Vec::with_capacity(upsert.len() + remove.len());
+                        for dst in remove {
+                            self.desired.remove(&dst);
+                            keys.push(dst);
+                        }
+                        for r in upsert {
+                            keys.push(r.dst);
+                            self.desired.insert(r.dst, r);
+                        }
+                        dirty.extend(keys.iter().copied());
+                        if let Some(reply) = reply {
+                            replies.push((keys, reply));
+                        }
+                    }
+                    Command::SyncComplete => {
+                        if !self.synced {
+                            tracing::info!(stale = self.stale.len(), "routes in sync: sweeping stale routes");
+                        }
+                        self.synced = true;
+                        self.stale.clear();
+                        full = true;
+                    }
+                    Command::Resync(reply) => {
+                        // Done after what was queued before it has been applied.
+                        resync_reply = Some(reply);
+                        break;
+                    }
+                }
+                cmd = rx.try_recv().ok();
+            }
+            let ops = if full {
+                diff(&self.desired, &self.kernel, &self.stale, self.synced)
+            } else {
+                self.diff_keys(&dirty)
+            };
+            let failures = self.apply(&ops);
+            for (keys, reply) in replies {
+                let keys: HashSet<IpNet> = keys.into_iter().collect();
+                let mine = failures.iter().filter(|f| keys.contains(&f.op.route().dst)).cloned().collect();
+                let _ = reply.send(mine);
+            }
+            if let Some(reply) = resync_reply {
+                let _ = reply.send(self.resync());
+                next_resync = Instant::now() + resync_interval;
+            }
+        }
+    }
+
+    fn diff_keys(&self, keys: &HashSet<IpNet>) -> Vec<RouteOp> {
+        let mut ops = Vec::new();
+        for dst in keys {
+            push_op(&mut ops, dst, self.desired.get(dst), self.kernel.get(dst), &self.stale, self.synced);
+        }
+        // Deletes first: a prefix moving between routes never collides with itself.
+        ops.sort_by_key(|op| !matches!(op, RouteOp::Delete(_)));
+        ops
+    }
+
+    fn resync(&mut self) -> Result<Vec<RouteOp>, NetlinkError> {
+        self.kernel = self.table.dump()?.into_iter().map(|r| (r.dst, r)).collect();
+        let ops = diff(&self.desired, &self.kernel, &self.stale, self.synced);
+        if !ops.is_empty() {
+            tracing::info!(changes = ops.len(), "repairing drift in the kernel route table");
+        }
+        self.apply(&ops);
+        Ok(ops)
+    }
+
+    /// Applies `ops` and updates the mirror with what the kernel accepted.
+    fn apply(&mut self, ops: &[RouteOp]) -> Vec<OpFailure> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let failures = match self.table.apply(ops) {
+            Ok(f) => f,
+            Err(e) => {
+                // The socket failed mid-batch: we no longer know what the kernel holds.
+                tracing::error!(error = %e, "netlink batch failed; re-reading the kernel table");
+                match self.table.dump() {
+                    Ok(routes) => self.kernel = routes.into_iter().map(|r| (r.dst, r)).collect(),
+                    Err(e) => tracing::error!(error = %e, "kernel route dump failed"),
+                }
+                return ops.iter().map(|op| OpFailure { op: op.clone(), errno: libc::EIO }).collect();
+            }
+        };
+        let failed: HashSet<&RouteOp> = failures.iter().map(|f| &f.op).collect();
+        for op in ops {
+            if failed.contains(op) {
+                continue;
+            }
+            match op {
+                RouteOp::Add(r) | RouteOp::Replace(r) => {
+                    self.stale.remove(&r.dst);
+                    self.kernel.insert(r.dst, r.clone());
+                }
+                RouteOp::Delete(r) => {
+                    self.stale.remove(&r.dst);
+                    self.kernel.remove(&r.dst);
+                }
+            }
+        }
+        for f in failures.iter().take(10) {
+            tracing::warn!(failure = %f, "kernel refused a route");
+        }
+        if failures.len() > 10 {
+            tracing::warn!(more = failures.len() - 10, "kernel refused more routes");
+        }
+        failures
+    }
+}
+
+/// The operations that turn `kernel` into `desired`. Routes in `stale` are left alone
+/// (not deleted) until `synced`.
+pub fn diff(
+    desired: &BTreeMap<IpNet, Route>,
+    kernel: &HashMap<IpNet, Route>,
+    stale: &HashSet<IpNet>,
+    synced: bool,
+) -> Vec<RouteOp> {
+    let mut ops = Vec::new();
+    for dst in kernel.keys() {
+        if !desired.contains_key(dst) {
+            push_op(&mut ops, dst, None, kernel.get(dst), stale, synced);
+        }
+    }
+    for (dst, want) in desired {
+        push_op(&mut ops, dst, Some(want), kernel.get(dst), stale, synced);
+    }
+    ops
+}
+
+fn push_op(
+    ops: &mut Vec<RouteOp>,
+    dst: &IpNet,
+    want: Option<&Route>,
+    have: Option<&Route>,
+    stale: &HashSet<IpNet>,
+    synced: bool,
+) {
+    match (want, have) {
+        (Some(w), None) => ops.push(RouteOp::Add(w.clone())),
+        (Some(w), Some(h)) if !w.satisfied_by(h) => ops.push(RouteOp::Replace(w.clone())),
+        (None, Some(h)) if synced || !stale.contains(dst) => ops.push(RouteOp::Delete(h.clone())),
+        _ => {}
+    }
+}
+
+enum Received {
+    Command(Command),
+    Closed,
+    Timeout,
+}
+
+/// Blocking receive with a timeout, for a plain thread: tokio's channel has no
+/// `blocking_recv_timeout`.
+fn recv_timeout(
+    rt: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<Command>,
+    timeout: Duration,
+) -> Received {
+    rt.block_on(async {
+        match tokio::time::timeout(timeout, rx.recv()).await {
+            Ok(Some(c)) => Received::Command(c),
+            Ok(None) => Received::Closed,
+            Err(_) => Received::Timeout,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::FakeRouteTable;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn config(gr: bool) -> ReconcilerConfig {
+        ReconcilerConfig { resync_interval: Duration::from_secs(3600), graceful_restart: gr }
+    }
+
+    #[tokio::test]
+    async fn applies_only_the_difference() {
+        let fake = FakeRouteTable::new();
+        fake.add_device("tortA");
+        fake.insert(Route::blackhole(net("10.0.0.0/26")));
+        fake.insert(Route::blackhole(net("10.9.9.0/26"))); // leftover, not desired
+        let (h, _t) = spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
+        let set: RouteSet = [
+            Route::blackhole(net("10.0.0.0/26")),
+            Route::link(net("10.0.0.5/32"), "tortA"),
+        ]
+        .into_iter()
+        .collect();
+        h.set_desired(set).await.unwrap_or_else(|e| panic!("{e}"));
+        let ops = h.resync().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(ops.is_empty(), "second pass found work: {ops:?}");
+        assert_eq!(
+            fake.batches(),
+            vec![vec![
+                RouteOp::Delete(Route::blackhole(net("10.9.9.0/26"))),
+                RouteOp::Add(Route::link(net("10.0.0.5/32"), "tortA")),
+            ]]
+        );
+    }
+
+    #[tokio::test]
+    async fn repairs_drift_on_resync() {
+        let fake = FakeRouteTable::new();
+        let (h, _t) = spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
+        let r = Route::via(net("10.1.0.0/26"), "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()));
+        let failures = h.update_and_wait(vec![r.clone()], vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(failures.is_empty());
+        fake.remove(r.dst);
+        let ops = h.resync().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ops, vec![RouteOp::Add(r.clone())]);
+        assert_eq!(fake.routes(), vec![r]);
+    }
+
+    #[tokio::test]
+    async fn reports_refusals_to_the_waiter() {
+        let fake = FakeRouteTable::new();
+        fake.add_foreign(net("10.2.0.0/24"));
+        let (h, _t) = spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
+        let failures = h
+            .update_and_wait(
+                vec![Route::link(net("10.0.0.9/32"), "nodev"), Route::blackhole(net("10.2.0.0/24"))],
+                vec![],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let errnos: Vec<i32> = failures.iter().map(|f| f.errno).collect();
+        assert_eq!(errnos.len(), 2);
+        assert!(errnos.contains(&libc::ENODEV) && errnos.contains(&libc::EEXIST));
+        assert!(fake.routes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn graceful_restart_keeps_stale_routes_until_sync_complete() {
+        let fake = FakeRouteTable::new();
+        let kept = Route::via(net("10.3.0.0/26"), "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()));
+        let gone = Route::via(net("10.4.0.0/26"), "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()));
+        fake.insert(kept.clone());
+        fake.insert(gone.clone());
+        let (h, _t) = spawn_reconciler(fake.clone(), config(true)).unwrap_or_else(|e| panic!("{e}"));
+        // A peer re-announces one route, with a new next hop.
+        let moved = Route::via(kept.dst, "192.0.2.2".parse().unwrap_or_else(|_| unreachable!()));
+        h.update_and_wait(vec![moved.clone()], vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+        let ops = h.resync().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(ops.is_empty(), "a stale route was touched before sync: {ops:?}");
+        assert_eq!(fake.routes(), vec![moved.clone(), gone.clone()]);
+
+        h.sync_complete().await.unwrap_or_else(|e| panic!("{e}"));
+        h.resync().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fake.routes(), vec![moved]);
+        assert!(fake.batches().iter().flatten().all(|op| op != &RouteOp::Delete(kept.clone())));
+    }
+
+    #[tokio::test]
+    async fn a_route_learned_and_withdrawn_before_sync_is_deleted() {
+        let fake = FakeRouteTable::new();
+        let (h, _t) = spawn_reconciler(fake.clone(), config(true)).unwrap_or_else(|e| panic!("{e}"));
+        let r = Route::blackhole(net("10.5.0.0/26"));
+        h.update_and_wait(vec![r.clone()], vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+        h.update_and_wait(vec![], vec![r.dst]).await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(fake.routes().is_empty());
+    }
+
+    #[test]
+    fn diff_replaces_changed_next_hops_and_accepts_resolved_devices() {
+        let gw: std::net::IpAddr = "192.0.2.1".parse().unwrap_or_else(|_| unreachable!());
+        let want = Route::via(net("10.6.0.0/26"), gw);
+        let have = Route {
+            dst: want.dst,
+            next_hop: crate::netlink::NextHop::Gateway { gateway: gw, dev: Some("eth0".into()), onlink: false },
+        };
+        let desired: BTreeMap<_, _> = [(want.dst, want.clone())].into();
+        let kernel: HashMap<_, _> = [(have.dst, have)].into();
+        assert!(diff(&desired, &kernel, &HashSet::new(), true).is_empty());
+        let kernel: HashMap<_, _> = [(want.dst, Route::blackhole(want.dst))].into();
+        assert_eq!(diff(&desired, &kernel, &HashSet::new(), true), vec![RouteOp::Replace(want)]);
+    }
+}
