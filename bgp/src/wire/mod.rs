@@ -5,7 +5,7 @@
 //! - [`decode_frame`] takes a streaming receive buffer and returns the first whole message
 //!   and how many bytes it used, or `None` when more bytes are needed.
 //! - [`encode`] / [`encode_into`] turn a [`Message`] into bytes.
-//! - [`UpdatePacker`] packs many prefixes that share one set of attributes into as few
+//! - [`pack_announce`] / [`pack_withdraw`] pack many prefixes that share one set of attributes into as few
 //!   UPDATEs as fit in 4096 bytes each.
 //!
 //! Error handling follows RFC 7606. A decode error ([`DecodeError`]) always carries the
@@ -18,18 +18,29 @@
 //! negotiated for one session: when the peer is 2-octet only (RFC 6793), AS_PATH is written
 //! with AS_TRANS and an AS4_PATH, and read back by merging AS4_PATH into AS_PATH.
 
+mod attributes;
 mod error;
+mod frame;
+mod nlri;
 mod notification;
 mod open;
+mod pack;
+mod reader;
+mod update;
+
+#[cfg(test)]
+mod tests;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 
 pub use error::{AttributeIssue, DecodeError, EncodeError};
+pub use frame::{decode_frame, encode, encode_into};
 pub use notification::{
     ErrorCode, cease, fsm_error, header_error, open_error, route_refresh_error, update_error,
 };
+pub use pack::{pack_announce, pack_withdraw};
 
 /// Every BGP message starts with 16 octets of all ones (RFC 4271 §4.1).
 pub const MARKER: [u8; 16] = [0xff; 16];
@@ -425,8 +436,7 @@ pub struct Codec {
     /// Both sides advertised the 4-octet AS capability (RFC 6793 §3): AS_PATH and
     /// AGGREGATOR carry 4-octet AS numbers and AS4_PATH/AS4_AGGREGATOR are not used.
     pub four_octet_as: bool,
-    /// The peer is in another AS. RFC 7606 §7.5 and RFC 4456 §8 attributes (LOCAL_PREF,
-    /// ORIGINATOR_ID, CLUSTER_LIST) received from an external peer are discarded.
+    /// The peer is in another AS: LOCAL_PREF from it is discarded (RFC 7606 §7.5).
     pub external: bool,
 }
 
