@@ -11,6 +11,10 @@ pub mod netlink;
 pub mod routes;
 /// The Kubernetes datastore: tortie's CRD types and the IPAM store over the apiserver.
 pub mod datastore;
+/// The task that owns this node's IPAM allocator.
+pub mod ipam_task;
+/// The task that owns local endpoints and affine blocks, feeding the route reconciler.
+pub mod endpoints;
 /// The gRPC API server (CNI and Status services) on the agent's unix socket.
 pub mod server;
 /// `tortie-node bgp --config FILE`: the speaker and its kernel sync without Kubernetes.

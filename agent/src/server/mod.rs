@@ -118,12 +118,10 @@ pub trait Ipam: Send + Sync + 'static {
     fn gc(&self, network: &str, keep: &[Handle]) -> impl Future<Output = Result<GcOutcome, Failure>> + Send;
 }
 
-/// What a GC released.
+/// What a GC released: the attachments (handles), each with all its addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcOutcome {
     pub handles: Vec<Handle>,
-    /// Addresses released across those handles.
-    pub addresses: u32,
 }
 
 /// Local endpoints' host routes. Implemented over the route reconciler.
@@ -304,7 +302,8 @@ impl<I: Ipam, E: Endpoints> Cni for CniService<I, E> {
             self.endpoints.removed(h).await?;
         }
         tracing::info!(network = %req.network, kept = keep.len(), released = ?outcome.handles, "gc");
-        Ok(Response::new(api::GcReply { released: outcome.addresses }))
+        // `released` counts attachments: an attachment's addresses go together.
+        Ok(Response::new(api::GcReply { released: outcome.handles.len() as u32 }))
     }
 }
 

@@ -54,7 +54,7 @@ impl Ipam for FakeIpam {
             s.held.keys().filter(|h| h.network == network && !keep.contains(h)).cloned().collect();
         let mut out = GcOutcome::default();
         for h in doomed {
-            out.addresses += s.held.remove(&h).map_or(0, |a| a.len() as u32);
+            s.held.remove(&h);
             out.handles.push(h);
         }
         Ok(out)

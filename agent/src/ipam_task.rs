@@ -1,0 +1,303 @@
+//! The one task that owns this node's IPAM allocator. The gRPC layer reaches it through
+//! [`IpamHandle`] (which implements [`server::Ipam`](crate::server::Ipam)) over a bounded
+//! channel; requests are served one at a time, which is what the allocator's `&mut self`
+//! asks for and what keeps its cache coherent.
+//!
+//! The task also publishes the blocks affine to this node (for their blackhole routes) and
+//! gives empty blocks back after their grace period.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, oneshot, watch};
+use tortie_ipam::{Allocator, IpFamily, IpamError, Store, StoreError};
+
+use crate::server::{AllocateParams, Failure, GcOutcome, Handle, Ipam};
+
+/// Requests waiting for the allocator; bounded so a flood of ADDs feels backpressure.
+const QUEUE: usize = 256;
+/// How often empty blocks are checked for release.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+enum Command {
+    Allocate(AllocateParams, oneshot::Sender<Result<Vec<IpNet>, Failure>>),
+    Release(Handle, oneshot::Sender<Result<u32, Failure>>),
+    Lookup(Handle, oneshot::Sender<Result<Vec<IpNet>, Failure>>),
+    Gc(String, Vec<Handle>, oneshot::Sender<Result<GcOutcome, Failure>>),
+}
+
+/// How the rest of the agent talks to the IPAM task. Clonable; the task ends when the last
+/// handle is dropped.
+#[derive(Clone, Debug)]
+pub struct IpamHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+fn ipam_handle(h: &Handle) -> tortie_ipam::Handle {
+    tortie_ipam::Handle::for_container(&h.network, &h.container_id)
+}
+
+/// A handle read back from the datastore: the network is everything up to the last dot
+/// (container IDs have no dots; network names may).
+fn from_ipam_handle(h: &tortie_ipam::Handle) -> Handle {
+    match h.as_str().rsplit_once('.') {
+        Some((network, cid)) => Handle { network: network.to_owned(), container_id: cid.to_owned() },
+        None => Handle { network: String::new(), container_id: h.as_str().to_owned() },
+    }
+}
+
+/// How an allocator failure reaches the CNI plugin.
+pub fn failure(e: IpamError) -> Failure {
+    match e {
+        IpamError::Exhausted { .. } => Failure::Exhausted(e.to_string()),
+        IpamError::NoPool { .. } => Failure::Precondition(e.to_string()),
+        // Transient: the plugin answers CNI code 11, and the runtime retries.
+        IpamError::Contention { .. } | IpamError::Store(StoreError::Backend(_)) => Failure::Unavailable(e.to_string()),
+        IpamError::Store(_) => Failure::Internal(e.to_string()),
+    }
+}
+
+fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+impl IpamHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, Failure>>) -> Command,
+    ) -> Result<T, Failure> {
+        let stopped = || Failure::Unavailable("the IPAM task has stopped".to_owned());
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+impl Ipam for IpamHandle {
+    async fn allocate(&self, params: AllocateParams) -> Result<Vec<IpNet>, Failure> {
+        self.call(|tx| Command::Allocate(params, tx)).await
+    }
+    async fn release(&self, handle: &Handle) -> Result<u32, Failure> {
+        let h = handle.clone();
+        self.call(|tx| Command::Release(h, tx)).await
+    }
+    async fn addresses(&self, handle: &Handle) -> Result<Vec<IpNet>, Failure> {
+        let h = handle.clone();
+        self.call(|tx| Command::Lookup(h, tx)).await
+    }
+    async fn gc(&self, network: &str, keep: &[Handle]) -> Result<GcOutcome, Failure> {
+        let (n, k) = (network.to_owned(), keep.to_vec());
+        self.call(|tx| Command::Gc(n, k, tx)).await
+    }
+}
+
+struct IpamTask<S> {
+    alloc: Allocator<S>,
+    /// Families each pod gets an address of: IPv4, plus IPv6 in dual stack.
+    families: Vec<IpFamily>,
+    affine: watch::Sender<Vec<IpNet>>,
+}
+
+/// Starts the IPAM task on the current tokio runtime. `affine` receives the blocks affine to
+/// this node whenever they change.
+pub fn spawn<S: Store + 'static>(
+    alloc: Allocator<S>,
+    families: Vec<IpFamily>,
+) -> (IpamHandle, watch::Receiver<Vec<IpNet>>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (affine_tx, affine_rx) = watch::channel(Vec::new());
+    let task = IpamTask { alloc, families, affine: affine_tx };
+    let join = tokio::spawn(task.run(rx));
+    (IpamHandle { tx }, affine_rx, join)
+}
+
+impl<S: Store> IpamTask<S> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        self.publish_affine().await;
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    match self.alloc.release_empty_blocks(Instant::now()).await {
+                        Ok(released) if !released.is_empty() => self.publish_affine().await,
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "releasing empty blocks failed; will retry"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        // A caller that went away (CNI timed out) is not an error for us.
+        match cmd {
+            Command::Allocate(p, reply) => {
+                let r = self.allocate(p).await;
+                self.publish_affine().await;
+                let _ = reply.send(r);
+            }
+            Command::Release(h, reply) => {
+                let r = self.alloc.release(&ipam_handle(&h)).await.map(|a| a.len() as u32).map_err(failure);
+                let _ = reply.send(r);
+            }
+            Command::Lookup(h, reply) => {
+                let r = self.alloc.lookup(&ipam_handle(&h)).await.map(|a| a.into_iter().map(host_net).collect()).map_err(failure);
+                let _ = reply.send(r);
+            }
+            Command::Gc(network, keep, reply) => {
+                let valid: HashSet<tortie_ipam::Handle> = keep.iter().map(ipam_handle).collect();
+                let r = self.alloc.gc_handles(&network, &valid).await.map_err(failure).map(|hs| GcOutcome {
+                    handles: hs.iter().map(from_ipam_handle).collect(),
+                });
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// One address per family. When a later family fails, the earlier ones are given back,
+    /// so a failed ADD leaves no allocation behind.
+    async fn allocate(&mut self, p: AllocateParams) -> Result<Vec<IpNet>, Failure> {
+        let handle = ipam_handle(&p.handle);
+        let pod = tortie_ipam::PodRef {
+            namespace: p.pod.namespace.clone(),
+            name: p.pod.name.clone(),
+            uid: (!p.pod.uid.is_empty()).then(|| p.pod.uid.clone()),
+        };
+        let pod = (!pod.name.is_empty()).then_some(pod);
+        let mut out = Vec::with_capacity(self.families.len());
+        for family in self.families.clone() {
+            match self.alloc.allocate(&handle, family, pod.clone()).await {
+                Ok(a) => out.push(host_net(a.ip)),
+                Err(e) => {
+                    if !out.is_empty() {
+                        if let Err(undo) = self.alloc.release(&handle).await {
+                            tracing::warn!(%handle, error = %undo, "could not give back a partial allocation; leak GC will");
+                        }
+                    }
+                    return Err(failure(e));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn publish_affine(&mut self) {
+        match self.alloc.affine_blocks().await {
+            Ok(blocks) => {
+                let nets: Vec<IpNet> = blocks.iter().map(|b| b.net()).collect();
+                self.affine.send_if_modified(|cur| {
+                    if *cur == nets {
+                        false
+                    } else {
+                        *cur = nets;
+                        true
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "reading this node's blocks failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tortie_ipam::{IpPool, IpamConfig, MemStore};
+
+    use super::*;
+    use crate::server::PodRef;
+
+    fn params(cid: &str) -> AllocateParams {
+        AllocateParams {
+            handle: Handle { network: "k8s-pod-network".into(), container_id: cid.into() },
+            pod: PodRef { namespace: "default".into(), name: format!("pod-{cid}"), uid: String::new() },
+        }
+    }
+
+    fn start(pools: Vec<IpPool>, families: Vec<IpFamily>) -> (MemStore, IpamHandle, watch::Receiver<Vec<IpNet>>) {
+        let store = MemStore::new();
+        store.set_pools(pools);
+        let alloc = Allocator::new(store.clone(), "node-1", BTreeMap::new(), IpamConfig::default());
+        let (h, affine, _join) = spawn(alloc, families);
+        (store, h, affine)
+    }
+
+    fn pool(name: &str, cidr: &str, bs: u8) -> IpPool {
+        IpPool::new(name, cidr.parse().unwrap(), bs).unwrap()
+    }
+
+    #[tokio::test]
+    async fn allocates_durably_and_idempotently_and_publishes_blocks() {
+        let (store, ipam, mut affine) = start(vec![pool("p4", "10.9.0.0/24", 28)], vec![IpFamily::V4]);
+        let a = ipam.allocate(params("c1")).await.unwrap();
+        assert_eq!(a.len(), 1);
+        assert!(a[0].to_string().starts_with("10.9.0."));
+        assert_eq!(a[0].prefix_len(), 32);
+        assert_eq!(ipam.allocate(params("c1")).await.unwrap(), a);
+        let b = ipam.allocate(params("c2")).await.unwrap();
+        assert_ne!(a, b);
+        // The allocation is in the store, not just in the task.
+        assert!(store.blocks().iter().any(|blk| blk.find(&tortie_ipam::Handle::for_container("k8s-pod-network", "c1")).is_some()));
+        affine.wait_for(|b| b.len() == 1).await.unwrap();
+        assert_eq!(affine.borrow()[0].prefix_len(), 28);
+
+        assert_eq!(ipam.addresses(&params("c1").handle).await.unwrap(), a);
+        assert_eq!(ipam.release(&params("c1").handle).await.unwrap(), 1);
+        assert_eq!(ipam.release(&params("c1").handle).await.unwrap(), 0);
+        assert!(ipam.addresses(&params("c1").handle).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn dual_stack_gives_both_or_nothing() {
+        let (_s, ipam, _a) = start(vec![pool("p4", "10.9.0.0/24", 28), pool("p6", "fd00:9::/120", 124)], vec![IpFamily::V4, IpFamily::V6]);
+        let a = ipam.allocate(params("c1")).await.unwrap();
+        assert_eq!(a.iter().map(|n| n.prefix_len()).collect::<Vec<_>>(), vec![32, 128]);
+
+        // No IPv6 pool: the IPv4 address must be given back.
+        let (_s, ipam, _a) = start(vec![pool("p4", "10.9.0.0/24", 28)], vec![IpFamily::V4, IpFamily::V6]);
+        let err = ipam.allocate(params("c1")).await.unwrap_err();
+        assert!(matches!(err, Failure::Precondition(_)), "{err:?}");
+        assert!(ipam.addresses(&params("c1").handle).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn exhaustion_is_reported_as_such() {
+        let (_s, ipam, _a) = start(vec![pool("p4", "10.9.0.0/30", 30)], vec![IpFamily::V4]);
+        let mut got = 0;
+        let err = loop {
+            match ipam.allocate(params(&format!("c{got}"))).await {
+                Ok(_) => got += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got, 4);
+        assert!(matches!(err, Failure::Exhausted(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn gc_releases_handles_not_kept() {
+        let (_s, ipam, _a) = start(vec![pool("p4", "10.9.0.0/24", 28)], vec![IpFamily::V4]);
+        for c in ["keep", "leak"] {
+            ipam.allocate(params(c)).await.unwrap();
+        }
+        let out = ipam.gc("k8s-pod-network", &[params("keep").handle]).await.unwrap();
+        assert_eq!(out.handles, vec![params("leak").handle]);
+        assert!(ipam.addresses(&params("leak").handle).await.unwrap().is_empty());
+        assert_eq!(ipam.addresses(&params("keep").handle).await.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn handles_round_trip_with_dotted_networks() {
+        let h = Handle { network: "net.a".into(), container_id: "abc".into() };
+        assert_eq!(from_ipam_handle(&ipam_handle(&h)), h);
+    }
+}
