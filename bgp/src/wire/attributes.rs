@@ -422,15 +422,14 @@ fn count_asns(path: &AsPath) -> usize {
 /// RFC 6793 §4.2.3: rebuild the real AS path and aggregator from a 2-octet peer's
 /// AS_PATH/AGGREGATOR and the AS4_PATH/AS4_AGGREGATOR that OLD speakers passed through.
 fn merge_as4(d: &mut Decoded, as4_path: Option<AsPath>, as4_aggregator: Option<Aggregator>) {
-    if let Some(agg) = &mut d.attrs.aggregator {
+    // Without an AGGREGATOR, an AS4_AGGREGATOR means nothing and is ignored.
+    if let (Some(agg), Some(agg4)) = (&mut d.attrs.aggregator, as4_aggregator) {
         if agg.asn != u32::from(AS_TRANS) {
-            // An OLD speaker aggregated after the AS4_* attributes were added: they are
-            // stale, and both are ignored.
+            // An OLD speaker aggregated after the AS4_* attributes were added: both are
+            // stale and ignored.
             return;
         }
-        if let Some(agg4) = as4_aggregator {
-            *agg = agg4;
-        }
+        *agg = agg4;
     }
     let (Some(as4), Some(path)) = (as4_path, d.attrs.as_path.as_mut()) else {
         return;
@@ -467,18 +466,21 @@ fn merge_as4(d: &mut Decoded, as4_path: Option<AsPath>, as4_aggregator: Option<A
             SegmentType::ConfedSequence | SegmentType::ConfedSet => merged.push(seg.clone()),
         }
     }
-    for seg in as4.segments {
+    // Where the kept head and AS4_PATH meet, two sequences become one again.
+    let mut tail = as4.segments.into_iter();
+    if let Some(first) = tail.next() {
         match merged.last_mut() {
             Some(last)
                 if last.kind == SegmentType::Sequence
-                    && seg.kind == SegmentType::Sequence
-                    && last.asns.len() + seg.asns.len() <= 255 =>
+                    && first.kind == SegmentType::Sequence
+                    && last.asns.len() + first.asns.len() <= 255 =>
             {
-                last.asns.extend(seg.asns)
+                last.asns.extend(first.asns)
             }
-            _ => merged.push(seg),
+            _ => merged.push(first),
         }
     }
+    merged.extend(tail);
     path.segments = merged;
 }
 
