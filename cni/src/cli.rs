@@ -1,0 +1,81 @@
+//! One invocation of the plugin: the environment and stdin in, stdout and an exit code out.
+//! `main.rs` only reads stdin and exits with what this returns.
+
+use tracing::Instrument;
+
+use crate::agent::GrpcAgent;
+use crate::config::{LogLevel, NetConf, sniff_version};
+use crate::env::{CniEnv, Command};
+use crate::error::{CniError, Code};
+use crate::netns::KernelDataplane;
+use crate::version::{Version, version_json};
+
+pub struct Outcome {
+    pub stdout: String,
+    pub exit_code: i32,
+}
+
+fn failure(err: &CniError, stdin: &[u8]) -> Outcome {
+    // Label the error with the runtime's version when it is one we speak, so it parses it.
+    let version = sniff_version(stdin).filter(|v| Version::parse(v).is_ok()).unwrap_or_else(|| Version::LATEST.to_string());
+    tracing::error!(code = err.code.number(), msg = %err.msg, details = %err.details, "failed");
+    Outcome { stdout: err.to_json(&version), exit_code: 1 }
+}
+
+fn init_logging(level: LogLevel) {
+    let level = match level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Trace => tracing::Level::TRACE,
+    };
+    // stdout is the result channel; logs go to stderr, which runtimes keep for diagnosis.
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_ansi(false).try_init();
+}
+
+/// Runs the plugin as the runtime invoked it.
+pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: Result<Vec<u8>, std::io::Error>) -> Outcome {
+    let stdin = match stdin {
+        Ok(s) => s,
+        Err(e) => {
+            let err = CniError::new(Code::IoFailure, "cannot read the network config from stdin").with_details(e.to_string());
+            return failure(&err, b"");
+        }
+    };
+    let env = match CniEnv::parse(&get_env) {
+        Ok(e) => e,
+        Err(err) => return failure(&err, &stdin),
+    };
+    if env.command == Command::Version {
+        return Outcome { stdout: version_json(sniff_version(&stdin).as_deref()), exit_code: 0 };
+    }
+    let conf = match NetConf::parse(&stdin) {
+        Ok(c) => c,
+        Err(err) => return failure(&err, &stdin),
+    };
+    init_logging(conf.log_level);
+
+    // One thread is enough: the plugin makes a handful of sequential calls, and netns work
+    // runs on its own dedicated thread anyway.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+        Ok(r) => r,
+        Err(e) => {
+            let err = CniError::new(Code::IoFailure, "cannot start the async runtime").with_details(e.to_string());
+            return failure(&err, &stdin);
+        }
+    };
+    let span = tracing::info_span!(
+        "cni",
+        cmd = env.command.as_str(),
+        container = %env.container_id,
+        pod = env.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default(),
+    );
+    let mut agent = GrpcAgent::new(conf.agent_socket.clone(), conf.timeout);
+    let mut dataplane = KernelDataplane::new();
+    let result = runtime.block_on(crate::commands::run(&env, &conf, &mut agent, &mut dataplane).instrument(span));
+    match result {
+        Ok(out) => Outcome { stdout: out.unwrap_or_default(), exit_code: 0 },
+        Err(err) => failure(&err, &stdin),
+    }
+}

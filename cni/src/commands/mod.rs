@@ -1,0 +1,221 @@
+//! ADD, DEL, CHECK, STATUS and GC: the order of agent calls and dataplane changes, and what
+//! to undo when a step fails. Generic over [`Agent`] and [`Dataplane`] so every path runs in
+//! unit tests without root.
+
+use tortie_api::v1::{AllocateRequest, Attachment, EndpointReadyRequest, GcRequest, Pod};
+use tracing::{debug, info, warn};
+
+use crate::agent::{Agent, AgentError};
+use crate::config::NetConf;
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::env::{CniEnv, Command};
+use crate::error::{CniError, Code};
+use crate::plan;
+
+/// Runs one command. `Ok(Some(json))` is printed on stdout; `Ok(None)` prints nothing
+/// (DEL, CHECK, STATUS and GC succeed silently).
+pub async fn run<A: Agent, D: Dataplane>(
+    env: &CniEnv,
+    conf: &NetConf,
+    agent: &mut A,
+    dp: &mut D,
+) -> Result<Option<String>, CniError> {
+    match env.command {
+        Command::Add => add(env, conf, agent, dp).await.map(Some),
+        Command::Del => del(env, conf, agent, dp).await.map(|()| None),
+        Command::Check => check(env, conf, agent, dp).await.map(|()| None),
+        Command::Status => status(conf, agent).await.map(|()| None),
+        Command::Gc => gc(conf, agent).await.map(|()| None),
+        Command::Version => Ok(Some(crate::version::version_json(Some(conf.version.as_str())))),
+    }
+}
+
+fn attachment(env: &CniEnv, conf: &NetConf) -> Attachment {
+    Attachment { network: conf.name.clone(), container_id: env.container_id.clone(), ifname: env.ifname.clone() }
+}
+
+fn pod(env: &CniEnv) -> Option<Pod> {
+    env.pod.as_ref().map(|p| Pod { namespace: p.namespace.clone(), name: p.name.clone(), uid: p.uid.clone() })
+}
+
+fn host_ifname(env: &CniEnv) -> String {
+    plan::host_ifname(env.pod.as_ref().map(|p| (p.namespace.as_str(), p.name.as_str())), &env.container_id)
+}
+
+fn agent_error(during: &str, e: AgentError) -> CniError {
+    match e {
+        AgentError::Unavailable(d) => {
+            CniError::new(Code::TryAgainLater, format!("the tortie agent is unavailable ({during})")).with_details(d)
+        }
+        AgentError::Rejected(d) => CniError::new(Code::AgentRejected, format!("the tortie agent refused {during}")).with_details(d),
+    }
+}
+
+fn dataplane_error(e: DataplaneError) -> CniError {
+    match e {
+        DataplaneError::NetnsMissing(p) => CniError::new(Code::UnknownContainer, format!("network namespace {} does not exist", p.display())),
+        DataplaneError::Failed { op, message } => CniError::new(Code::Dataplane, format!("{op} failed")).with_details(message),
+    }
+}
+
+fn netns_of(env: &CniEnv) -> Result<std::path::PathBuf, CniError> {
+    env.netns.clone().ok_or_else(|| CniError::new(Code::InvalidEnvironment, format!("CNI_NETNS is required for {}", env.command.as_str())))
+}
+
+async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A, dp: &mut D) -> Result<String, CniError> {
+    let netns = netns_of(env)?;
+    let host_if = host_ifname(env);
+
+    // Look before touching anything: a CNI_IFNAME that is not our own earlier wiring of this
+    // pod is someone else's, and ADD must fail without changing it (or allocating).
+    let existing = dp.pod_state(&netns, &env.ifname, false).map_err(dataplane_error)?;
+    let host = dp.host_state(&host_if).map_err(dataplane_error)?;
+    if let Some(pod_link) = &existing
+        && !plan::is_our_pair(pod_link, host.as_ref())
+    {
+        return Err(CniError::new(
+            Code::InterfaceExists,
+            format!("{} already exists in {}", env.ifname, netns.display()),
+        )
+        .with_details("tortie does not take over an interface it did not create; pick another CNI_IFNAME or remove it"));
+    }
+
+    let att = attachment(env, conf);
+    let reply = agent
+        .allocate(AllocateRequest { attachment: Some(att.clone()), pod: pod(env) })
+        .await
+        .map_err(|e| agent_error("Allocate", e))?;
+    debug!(?reply, "allocated");
+
+    let undo = async |agent: &mut A, dp: &mut D, err: CniError| -> CniError {
+        if let Err(e) = dp.delete_host_link(&host_if) {
+            warn!(error = %e, host_if, "cleanup after a failed ADD could not delete the veth");
+        }
+        if let Err(e) = agent.release(att.clone()).await {
+            // The agent's GC frees it later; the runtime will also call DEL.
+            warn!(error = %e, "cleanup after a failed ADD could not release the allocation");
+        }
+        err
+    };
+
+    let plan = match plan::plan_add(netns, &env.ifname, host_if.clone(), conf.mtu, &reply) {
+        Ok(p) => p,
+        Err(e) => return Err(undo(agent, dp, e).await),
+    };
+
+    // A host veth with our name is an earlier wiring of this pod: a repeated ADD of this
+    // sandbox (then `existing` is its peer) or a previous sandbox of the same pod. The
+    // allocation is the same either way, so wire afresh rather than trust a half-made pair.
+    if host.is_some() {
+        info!(host_if, "replacing an earlier veth of this pod");
+        if let Err(e) = dp.delete_host_link(&host_if) {
+            return Err(undo(agent, dp, dataplane_error(e)).await);
+        }
+    }
+
+    let created = match dp.create(&plan) {
+        Ok(c) => c,
+        Err(e) => return Err(undo(agent, dp, dataplane_error(e)).await),
+    };
+
+    let ready = EndpointReadyRequest {
+        attachment: Some(att.clone()),
+        pod: pod(env),
+        host_ifname: host_if.clone(),
+        addresses: plan.addresses.iter().map(|a| a.to_string()).collect(),
+    };
+    if let Err(e) = agent.endpoint_ready(ready).await {
+        return Err(undo(agent, dp, agent_error("EndpointReady", e)).await);
+    }
+
+    info!(host_if, addresses = ?plan.addresses, mtu = plan.mtu, "pod wired");
+    let ours = plan::add_result(&plan, &created.pod_mac);
+    // An earlier plugin's result is passed on with ours appended (SPEC.md: a plugin must
+    // pass through, modify or suppress prevResult, never ignore it).
+    let result = match conf.prev_result.clone() {
+        Some(mut prev) => {
+            prev.append(ours);
+            prev
+        }
+        None => ours,
+    };
+    Ok(result.to_json(conf.version))
+}
+
+async fn del<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A, dp: &mut D) -> Result<(), CniError> {
+    // Deleting the pod side takes the host side with it. Without a netns (or with one that is
+    // gone) the veth died with the namespace; the host name alone is not enough to delete by,
+    // since a newer sandbox of the same pod may own it by now.
+    if let Some(netns) = &env.netns {
+        match dp.delete_pod_link(netns, &env.ifname) {
+            Ok(found) => debug!(found, "pod link deleted"),
+            Err(DataplaneError::NetnsMissing(_)) => debug!("netns already gone"),
+            Err(e) => return Err(dataplane_error(e)),
+        }
+    }
+    let released = agent.release(attachment(env, conf)).await.map_err(|e| agent_error("Release", e))?;
+    info!(released, "endpoint released");
+    Ok(())
+}
+
+async fn check<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A, dp: &mut D) -> Result<(), CniError> {
+    if !conf.version.has_check() {
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("config version {} does not allow CHECK", conf.version),
+        )
+        .with_details("CHECK needs cniVersion 0.4.0 or later"));
+    }
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::new(Code::InvalidNetworkConfig, "CHECK needs prevResult, and the config has none"))?;
+    let netns = netns_of(env)?;
+    let host_if = host_ifname(env);
+    let pod = match dp.pod_state(&netns, &env.ifname, true) {
+        Ok(p) => p,
+        Err(DataplaneError::NetnsMissing(p)) => {
+            return Err(CniError::new(Code::CheckFailed, format!("network namespace {} is gone", p.display())));
+        }
+        Err(e) => return Err(dataplane_error(e)),
+    };
+    let host = dp.host_state(&host_if).map_err(dataplane_error)?;
+    let held = agent.check(attachment(env, conf)).await.map_err(|e| agent_error("Check", e))?;
+    plan::check(prev, &netns.display().to_string(), &env.ifname, pod.as_ref(), &host_if, host.as_ref(), &held)
+}
+
+async fn status<A: Agent>(conf: &NetConf, agent: &mut A) -> Result<(), CniError> {
+    if !conf.version.has_status_and_gc() {
+        return Err(CniError::new(Code::IncompatibleVersion, format!("config version {} does not allow STATUS", conf.version))
+            .with_details("STATUS needs cniVersion 1.1.0"));
+    }
+    match agent.status().await {
+        Ok(s) if s.ready => Ok(()),
+        Ok(s) => Err(CniError::new(Code::NotAvailable, "the tortie agent is not ready").with_details(s.reason)),
+        Err(e) => Err(CniError::new(Code::NotAvailable, "the tortie agent is unreachable").with_details(e.to_string())),
+    }
+}
+
+async fn gc<A: Agent>(conf: &NetConf, agent: &mut A) -> Result<(), CniError> {
+    if !conf.version.has_status_and_gc() {
+        return Err(CniError::new(Code::IncompatibleVersion, format!("config version {} does not allow GC", conf.version))
+            .with_details("GC needs cniVersion 1.1.0"));
+    }
+    // Without the list every allocation would look stale: refuse rather than release all.
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        CniError::new(Code::InvalidNetworkConfig, "GC needs cni.dev/valid-attachments, and the config has none")
+    })?;
+    let req = GcRequest {
+        network: conf.name.clone(),
+        valid_attachments: valid
+            .iter()
+            .map(|v| Attachment { network: conf.name.clone(), container_id: v.container_id.clone(), ifname: v.ifname.clone() })
+            .collect(),
+    };
+    let released = agent.gc(req).await.map_err(|e| agent_error("Gc", e))?;
+    info!(released, "garbage collected");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

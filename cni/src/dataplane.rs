@@ -1,0 +1,255 @@
+//! What the commands need from the kernel, as a trait: the real implementation
+//! ([`crate::netns::Netlink`]) does netlink and setns; unit tests use a recording fake.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use crate::plan::PodPlan;
+
+/// One link as netlink reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    /// `IFLA_INFO_KIND`, e.g. "veth".
+    pub kind: Option<String>,
+    pub mac: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    /// For a veth: the ifindex of its peer (`IFLA_LINK`), in the peer's namespace.
+    pub peer_index: Option<u32>,
+}
+
+/// A route in the pod's main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRouteState {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub scope_link: bool,
+}
+
+/// The pod side of an attachment: the link, and (when asked for) its addresses and routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    pub link: LinkState,
+    pub addresses: Vec<IpNet>,
+    pub routes: Vec<PodRouteState>,
+}
+
+/// The host side of an attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostState {
+    pub link: LinkState,
+    /// `net.ipv4.conf.<if>.proxy_arp`.
+    pub proxy_arp: bool,
+}
+
+/// What `create` made that the result reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub pod_mac: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("network namespace {} does not exist", .0.display())]
+    NetnsMissing(PathBuf),
+    #[error("{op}: {message}")]
+    Failed { op: String, message: String },
+}
+
+impl DataplaneError {
+    pub fn failed(op: impl Into<String>, message: impl ToString) -> DataplaneError {
+        DataplaneError::Failed { op: op.into(), message: message.to_string() }
+    }
+}
+
+pub trait Dataplane {
+    /// The pod-side link `ifname` in `netns`, or `None` when the namespace has no such link.
+    /// With `detail`, also its addresses and the main table's routes (CHECK); without, only
+    /// the link (ADD's pre-check, where every round trip counts).
+    fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError>;
+
+    /// The host-side link `name` in the plugin's own namespace.
+    fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError>;
+
+    /// Wires the pod as `plan` says: the veth pair (peer created inside the pod netns in the
+    /// same request), the host sysctls, the pod's addresses and routes. On error it may
+    /// leave a partial pair behind; the caller removes it with [`Dataplane::delete_host_link`].
+    fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError>;
+
+    /// Deletes a host-side link (and with it its veth peer). `Ok(false)` if absent.
+    fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError>;
+
+    /// Deletes `ifname` inside `netns`. `Ok(false)` if the link is absent;
+    /// `Err(NetnsMissing)` if the namespace is.
+    fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError>;
+}
+
+/// A dataplane in memory that records every call, for the commands' unit tests.
+#[cfg(test)]
+pub mod fake {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::plan::{HOST_MAC, PodRoute};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Call {
+        PodState(PathBuf, String),
+        HostState(String),
+        Create(PodPlan),
+        DeleteHostLink(String),
+        DeletePodLink(PathBuf, String),
+    }
+
+    /// One veth pair: host side in the plugin's namespace, peer in `netns`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Pair {
+        pub host: String,
+        pub host_index: u32,
+        pub netns: PathBuf,
+        pub ifname: String,
+        pub pod_index: u32,
+        pub mtu: u32,
+        pub addresses: Vec<IpNet>,
+        pub routes: Vec<PodRouteState>,
+        pub proxy_arp: bool,
+    }
+
+    #[derive(Debug, Default)]
+    pub struct FakeDataplane {
+        pub calls: Vec<Call>,
+        pub netns: BTreeSet<PathBuf>,
+        pub pairs: Vec<Pair>,
+        /// Links in pod namespaces that are not ours (e.g. a dummy "eth0").
+        pub foreign: BTreeMap<(PathBuf, String), u32>,
+        /// Makes `create` make the pair and then fail, as when a route add is refused.
+        pub fail_create_after_veth: bool,
+        next_index: u32,
+    }
+
+    impl FakeDataplane {
+        pub fn with_netns(path: &str) -> FakeDataplane {
+            let mut d = FakeDataplane::default();
+            d.netns.insert(PathBuf::from(path));
+            d.next_index = 10;
+            d
+        }
+
+        pub fn pair(&self, host: &str) -> Option<&Pair> {
+            self.pairs.iter().find(|p| p.host == host)
+        }
+
+        pub fn mutating_calls(&self) -> Vec<&Call> {
+            self.calls.iter().filter(|c| !matches!(c, Call::PodState(..) | Call::HostState(..))).collect()
+        }
+
+        fn index(&mut self) -> u32 {
+            self.next_index += 1;
+            self.next_index
+        }
+    }
+
+    pub fn mac_for(index: u32) -> String {
+        format!("02:00:00:00:00:{:02x}", index & 0xff)
+    }
+
+    impl Dataplane for FakeDataplane {
+        fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError> {
+            self.calls.push(Call::PodState(netns.to_owned(), ifname.to_owned()));
+            if !self.netns.contains(netns) {
+                return Err(DataplaneError::NetnsMissing(netns.to_owned()));
+            }
+            if let Some(&index) = self.foreign.get(&(netns.to_owned(), ifname.to_owned())) {
+                let link = LinkState { index, kind: Some("dummy".into()), mac: Some(mac_for(index)), mtu: 1500, up: true, peer_index: None };
+                return Ok(Some(PodState { link, addresses: vec![], routes: vec![] }));
+            }
+            Ok(self.pairs.iter().find(|p| p.netns == netns && p.ifname == ifname).map(|p| PodState {
+                link: LinkState {
+                    index: p.pod_index,
+                    kind: Some("veth".into()),
+                    mac: Some(mac_for(p.pod_index)),
+                    mtu: p.mtu,
+                    up: true,
+                    peer_index: Some(p.host_index),
+                },
+                addresses: if detail { p.addresses.clone() } else { vec![] },
+                routes: if detail { p.routes.clone() } else { vec![] },
+            }))
+        }
+
+        fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError> {
+            self.calls.push(Call::HostState(name.to_owned()));
+            Ok(self.pair(name).map(|p| HostState {
+                link: LinkState {
+                    index: p.host_index,
+                    kind: Some("veth".into()),
+                    mac: Some(crate::plan::format_mac(&HOST_MAC)),
+                    mtu: p.mtu,
+                    up: true,
+                    peer_index: Some(p.pod_index),
+                },
+                proxy_arp: p.proxy_arp,
+            }))
+        }
+
+        fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
+            self.calls.push(Call::Create(plan.clone()));
+            if !self.netns.contains(&plan.netns) {
+                return Err(DataplaneError::NetnsMissing(plan.netns.clone()));
+            }
+            if self.pair(&plan.host_ifname).is_some()
+                || self.foreign.contains_key(&(plan.netns.clone(), plan.ifname.clone()))
+                || self.pairs.iter().any(|p| p.netns == plan.netns && p.ifname == plan.ifname)
+            {
+                return Err(DataplaneError::failed("create veth", "File exists (os error 17)"));
+            }
+            let (host_index, pod_index) = (self.index(), self.index());
+            let routes = plan
+                .routes
+                .iter()
+                .map(|r| match *r {
+                    PodRoute::Link { dst } => {
+                        PodRouteState { dst: IpNet::from(dst), gateway: None, oif: Some(pod_index), scope_link: true }
+                    }
+                    PodRoute::Via { dst, gw } => PodRouteState { dst, gateway: Some(gw), oif: Some(pod_index), scope_link: false },
+                })
+                .collect();
+            self.pairs.push(Pair {
+                host: plan.host_ifname.clone(),
+                host_index,
+                netns: plan.netns.clone(),
+                ifname: plan.ifname.clone(),
+                pod_index,
+                mtu: plan.mtu,
+                addresses: plan.addresses.clone(),
+                routes,
+                proxy_arp: true,
+            });
+            if self.fail_create_after_veth {
+                return Err(DataplaneError::failed("add route", "Network is unreachable (os error 101)"));
+            }
+            Ok(Created { pod_mac: mac_for(pod_index) })
+        }
+
+        fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
+            self.calls.push(Call::DeleteHostLink(name.to_owned()));
+            let before = self.pairs.len();
+            self.pairs.retain(|p| p.host != name);
+            Ok(self.pairs.len() != before)
+        }
+
+        fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
+            self.calls.push(Call::DeletePodLink(netns.to_owned(), ifname.to_owned()));
+            if !self.netns.contains(netns) {
+                return Err(DataplaneError::NetnsMissing(netns.to_owned()));
+            }
+            let before = self.pairs.len();
+            self.pairs.retain(|p| !(p.netns == netns && p.ifname == ifname));
+            Ok(self.pairs.len() != before)
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The real [`Dataplane`]: rtnetlink in the host namespace (the plugin's own thread) and in
+//! the pod's (a worker thread that has `setns`'d there), plus the host-side sysctls.
+//!
+//! This module is the only one that sees netlink-packet-route.
+
+mod netlink;
+mod worker;
+
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use self::netlink::Netlink;
+use self::worker::PodNetns;
+use crate::dataplane::{Created, Dataplane, DataplaneError, HostState, LinkState, PodRouteState, PodState};
+use crate::plan::{HOST_MAC, PodPlan, PodRoute, format_mac};
+
+/// The kernel, reached through netlink. Sockets and namespace threads are opened on first
+/// use and kept for the rest of the (short) process.
+#[derive(Default)]
+pub struct KernelDataplane {
+    host: Option<Netlink>,
+    pod: Option<PodNetns>,
+}
+
+impl KernelDataplane {
+    pub fn new() -> KernelDataplane {
+        KernelDataplane::default()
+    }
+
+    fn host(&mut self) -> Result<&mut Netlink, DataplaneError> {
+        if self.host.is_none() {
+            self.host = Some(Netlink::open().map_err(|e| DataplaneError::failed("open netlink socket", e))?);
+        }
+        self.host.as_mut().ok_or_else(|| DataplaneError::failed("open netlink socket", "unavailable"))
+    }
+
+    /// The worker for `netns`; one process serves one attachment, so one is kept.
+    fn pod(&mut self, netns: &Path) -> Result<&PodNetns, DataplaneError> {
+        if self.pod.as_ref().is_none_or(|p| p.path() != netns) {
+            self.pod = None;
+            self.pod = Some(PodNetns::enter(netns)?);
+        }
+        self.pod.as_ref().ok_or_else(|| DataplaneError::NetnsMissing(netns.to_owned()))
+    }
+}
+
+fn link_by_name(name: &str) -> RouteNetlinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    RouteNetlinkMessage::GetLink(msg)
+}
+
+fn link_state(msg: &LinkMessage) -> LinkState {
+    let mut state = LinkState {
+        index: msg.header.index,
+        kind: None,
+        mac: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        peer_index: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::Address(mac) => state.mac = Some(format_mac(mac)),
+            LinkAttribute::Mtu(mtu) => state.mtu = *mtu,
+            LinkAttribute::Link(peer) => state.peer_index = Some(*peer),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        state.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    state
+}
+
+fn get_link(nl: &mut Netlink, name: &str) -> io::Result<Option<LinkState>> {
+    Ok(match nl.get(link_by_name(name))? {
+        Some(RouteNetlinkMessage::NewLink(msg)) => Some(link_state(&msg)),
+        _ => None,
+    })
+}
+
+fn delete_link(nl: &mut Netlink, name: &str) -> io::Result<bool> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    match nl.request(RouteNetlinkMessage::DelLink(msg), 0) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn addresses_of(nl: &mut Netlink, index: u32) -> io::Result<Vec<IpNet>> {
+    let mut out = Vec::new();
+    for msg in nl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))? {
+        let RouteNetlinkMessage::NewAddress(a) = msg else { continue };
+        if a.header.index != index {
+            continue;
+        }
+        // For IPv4, IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer's on
+        // point-to-point links); IPv6 has only IFA_ADDRESS.
+        let mut addr = None;
+        for attr in &a.attributes {
+            match attr {
+                AddressAttribute::Local(ip) => addr = Some(*ip),
+                AddressAttribute::Address(ip) if addr.is_none() => addr = Some(*ip),
+                _ => {}
+            }
+        }
+        if let Some(ip) = addr
+            && let Ok(net) = IpNet::new(ip, a.header.prefix_len)
+        {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn main_routes(nl: &mut Netlink) -> io::Result<Vec<PodRouteState>> {
+    let mut out = Vec::new();
+    for msg in nl.dump(RouteNetlinkMessage::GetRoute(RouteMessage::default()))? {
+        let RouteNetlinkMessage::NewRoute(r) = msg else { continue };
+        let mut table = u32::from(r.header.table);
+        let (mut dst, mut gateway, mut oif) = (None, None, None);
+        for attr in &r.attributes {
+            match attr {
+                RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Destination(a) => dst = route_ip(a),
+                RouteAttribute::Gateway(a) => gateway = route_ip(a),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if table != u32::from(RouteHeader::RT_TABLE_MAIN) || r.header.kind != RouteType::Unicast {
+            continue;
+        }
+        let dst = match (dst, r.header.address_family) {
+            (Some(ip), _) => ip,
+            (None, AddressFamily::Inet) => IpAddr::from([0u8; 4]),
+            (None, AddressFamily::Inet6) => IpAddr::from([0u16; 8]),
+            _ => continue,
+        };
+        if let Ok(dst) = IpNet::new(dst, r.header.destination_prefix_length) {
+            out.push(PodRouteState { dst, gateway, oif, scope_link: r.header.scope == RouteScope::Link });
+        }
+    }
+    Ok(out)
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 }
+}
+
+fn new_address(index: u32, addr: IpNet) -> RouteNetlinkMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family_of(addr.addr());
+    msg.header.prefix_len = addr.prefix_len();
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Address(addr.addr()));
+    if addr.addr().is_ipv4() {
+        msg.attributes.push(AddressAttribute::Local(addr.addr()));
+    } else {
+        // The pod is alone on its link: duplicate address detection can only delay it.
+        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    RouteNetlinkMessage::NewAddress(msg)
+}
+
+fn new_route(index: u32, route: PodRoute) -> RouteNetlinkMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.kind = RouteType::Unicast;
+    match route {
+        PodRoute::Link { dst } => {
+            msg.header.address_family = family_of(dst);
+            msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+            msg.header.scope = RouteScope::Link;
+            msg.attributes.push(RouteAttribute::Destination(dst.into()));
+        }
+        PodRoute::Via { dst, gw } => {
+            msg.header.address_family = family_of(dst.addr());
+            msg.header.destination_prefix_length = dst.prefix_len();
+            msg.header.scope = RouteScope::Universe;
+            if dst.prefix_len() > 0 {
+                msg.attributes.push(RouteAttribute::Destination(dst.addr().into()));
+            }
+            msg.attributes.push(RouteAttribute::Gateway(gw.into()));
+        }
+    }
+    msg.attributes.push(RouteAttribute::Oif(index));
+    RouteNetlinkMessage::NewRoute(msg)
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<(), DataplaneError> {
+    std::fs::write(path, value).map_err(|e| DataplaneError::failed(format!("write {value} to {path}"), e))
+}
+
+/// The host side's sysctls (DESIGN.md "Dataplane"): answer ARP for the gateway by proxy, at
+/// once, and forward; for IPv6, answer NDP by proxy and skip DAD so the link-local gateway
+/// works as soon as the link is up.
+fn host_sysctls(ifname: &str, ipv6: bool) -> Result<(), DataplaneError> {
+    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/proxy_arp"), "1")?;
+    write_sysctl(&format!("/proc/sys/net/ipv4/neigh/{ifname}/proxy_delay"), "0")?;
+    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "1")?;
+    if ipv6 {
+        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/proxy_ndp"), "1")?;
+        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+    }
+    Ok(())
+}
+
+fn up_flags(msg: &mut LinkMessage, up: bool) {
+    if up {
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+    }
+}
+
+impl Dataplane for KernelDataplane {
+    fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError> {
+        let name = ifname.to_owned();
+        self.pod(netns)?
+            .run(move |nl| -> io::Result<Option<PodState>> {
+                let Some(link) = get_link(nl, &name)? else { return Ok(None) };
+                let (addresses, routes) =
+                    if detail { (addresses_of(nl, link.index)?, main_routes(nl)?) } else { (vec![], vec![]) };
+                Ok(Some(PodState { link, addresses, routes }))
+            })?
+            .map_err(|e| DataplaneError::failed(format!("read {ifname} in {}", netns.display()), e))
+    }
+
+    fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError> {
+        let Some(link) = get_link(self.host()?, name).map_err(|e| DataplaneError::failed(format!("read link {name}"), e))? else {
+            return Ok(None);
+        };
+        let proxy_arp = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/proxy_arp"))
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false);
+        Ok(Some(HostState { link, proxy_arp }))
+    }
+
+    fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
+        let ipv6 = plan.has_ipv6();
+        // One request makes both ends: the peer message carries the pod namespace's fd
+        // (IFLA_NET_NS_FD), so the pod end is born inside the pod and never moves. Both ends
+        // come up with it, except that for IPv6 the host end waits for accept_dad=0.
+        let mut peer = LinkMessage::default();
+        up_flags(&mut peer, true);
+        peer.attributes.push(LinkAttribute::IfName(plan.ifname.clone()));
+        peer.attributes.push(LinkAttribute::Mtu(plan.mtu));
+        {
+            let pod = self.pod(&plan.netns)?;
+            peer.attributes.push(LinkAttribute::NetNsFd(std::os::fd::AsRawFd::as_raw_fd(&pod.fd())));
+        }
+        let mut host = LinkMessage::default();
+        up_flags(&mut host, !ipv6);
+        host.attributes.push(LinkAttribute::IfName(plan.host_ifname.clone()));
+        host.attributes.push(LinkAttribute::Mtu(plan.mtu));
+        host.attributes.push(LinkAttribute::Address(HOST_MAC.to_vec()));
+        host.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.host()?
+            .request(RouteNetlinkMessage::NewLink(host), NLM_F_CREATE | NLM_F_EXCL)
+            .map_err(|e| DataplaneError::failed(format!("create veth {} / {}", plan.host_ifname, plan.ifname), e))?;
+
+        host_sysctls(&plan.host_ifname, ipv6)?;
+        if ipv6 {
+            let mut up = LinkMessage::default();
+            up_flags(&mut up, true);
+            up.attributes.push(LinkAttribute::IfName(plan.host_ifname.clone()));
+            self.host()?
+                .request(RouteNetlinkMessage::SetLink(up), 0)
+                .map_err(|e| DataplaneError::failed(format!("set {} up", plan.host_ifname), e))?;
+        }
+
+        let (ifname, addresses, routes) = (plan.ifname.clone(), plan.addresses.clone(), plan.routes.clone());
+        let pod = self.pod(&plan.netns)?;
+        let netns = plan.netns.display().to_string();
+        pod.run(move |nl| -> Result<String, DataplaneError> {
+            let link = get_link(nl, &ifname)
+                .map_err(|e| DataplaneError::failed(format!("read {ifname}"), e))?
+                .ok_or_else(|| DataplaneError::failed(format!("find {ifname} in {netns}"), "the new veth end is missing"))?;
+            let mut batch = Vec::new();
+            if !link.up {
+                let mut up = LinkMessage::default();
+                up.header.index = link.index;
+                up_flags(&mut up, true);
+                batch.push((RouteNetlinkMessage::SetLink(up), 0));
+            }
+            for a in &addresses {
+                batch.push((new_address(link.index, *a), NLM_F_CREATE | NLM_F_REPLACE));
+            }
+            for r in &routes {
+                batch.push((new_route(link.index, *r), NLM_F_CREATE | NLM_F_REPLACE));
+            }
+            // In order: the link route to the gateway precedes the default route via it.
+            nl.batch(batch.iter().map(|(m, f)| (m.clone(), *f)).collect()).map_err(|(i, e)| {
+                DataplaneError::failed(format!("configure {ifname} in {netns} ({:?})", batch.get(i).map(|b| &b.0)), e)
+            })?;
+            link.mac.ok_or_else(|| DataplaneError::failed(format!("read {ifname}"), "no MAC address"))
+        })?
+        .map(|pod_mac| Created { pod_mac })
+    }
+
+    fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
+        delete_link(self.host()?, name).map_err(|e| DataplaneError::failed(format!("delete {name}"), e))
+    }
+
+    fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
+        let name = ifname.to_owned();
+        self.pod(netns)?
+            .run(move |nl| delete_link(nl, &name))?
+            .map_err(|e| DataplaneError::failed(format!("delete {ifname} in {}", netns.display()), e))
+    }
+}
