@@ -1,0 +1,626 @@
+//! The speaker: one owner task holding the RIB and the peer table, and [`Speaker`], the
+//! cheap handle the agent calls.
+//!
+//! The owner task is the only place the RIB changes. Session tasks send it what they
+//! hear; it answers with Adj-RIB-Out batches, one outstanding per peer. Subscribers get
+//! Loc-RIB changes in batches, through bounded channels: a slow subscriber slows the
+//! speaker down (and, through TCP, the peers), it never makes it drop a change.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::config::{PeerConfig, SpeakerConfig};
+use crate::fsm::{Fsm, FsmConfig, Jitter, Negotiated, State};
+use crate::rib::{PeerId, PeerPolicy, Rib, RibConfig, RouteChange};
+use crate::session::{self, PeerKey, SessionHandle, SessionSettings, ToOwner, ToSession};
+use crate::wire::{Family, GracefulRestart, GracefulRestartFamily};
+use crate::{Error, md5};
+
+/// What a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RibEvent {
+    /// Loc-RIB changes, in order. The first event of a subscription holds the whole
+    /// current table as additions.
+    Changes(Vec<RouteChange>),
+    /// Initial sync is over: every peer sent End-of-RIB (or the deferral timer ran out).
+    /// Kernel routes left over from before a restart that no `Add` has claimed since can
+    /// now be swept (RFC 4724). Sent once per subscription.
+    InitialSyncDone,
+}
+
+/// A peer as `tortiectl node status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub address: IpAddr,
+    pub asn: u32,
+    /// The label from [`PeerConfig::peer_type`].
+    pub peer_type: String,
+    pub state: State,
+    /// When the peer entered `state`.
+    pub since: SystemTime,
+    pub last_error: Option<String>,
+    /// The peer's BGP identifier, while Established.
+    pub router_id: Option<Ipv4Addr>,
+    pub prefixes_received: usize,
+    pub prefixes_accepted: usize,
+    /// Negotiated capabilities, e.g. `ipv4-unicast`, `4-octet-as`, `graceful-restart`.
+    pub capabilities: Vec<String>,
+    pub hold_time: Option<u16>,
+}
+
+/// The agent's handle on the speaker. Cloning is cheap; the speaker stops when the last
+/// handle is dropped (or on [`Speaker::shutdown`]).
+#[derive(Debug, Clone)]
+pub struct Speaker {
+    tx: mpsc::Sender<Command>,
+}
+
+#[derive(Debug)]
+enum Command {
+    AddPeer(Box<PeerConfig>, oneshot::Sender<Result<(), Error>>),
+    RemovePeer(IpAddr, oneshot::Sender<Result<(), Error>>),
+    Originate(IpNet, oneshot::Sender<()>),
+    Withdraw(IpNet, oneshot::Sender<()>),
+    Subscribe(oneshot::Sender<mpsc::Receiver<RibEvent>>),
+    Status(oneshot::Sender<Vec<PeerStatus>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+const COMMAND_QUEUE: usize = 64;
+const EVENT_QUEUE: usize = 256;
+const SUBSCRIBER_QUEUE: usize = 64;
+/// Prefixes per Adj-RIB-Out batch: a few hundred UPDATEs, written in one go.
+const OUT_BATCH: usize = 16 * 1024;
+/// Table snapshot chunk for new subscribers.
+const SNAPSHOT_CHUNK: usize = 4096;
+
+impl Speaker {
+    /// Binds the listener (if configured) and starts the speaker task.
+    pub async fn start(cfg: SpeakerConfig) -> Result<Speaker, Error> {
+        let listener = match cfg.listen {
+            Some(addr) => Some(listen(addr).map_err(|source| Error::Listen { addr, source })?),
+            None => None,
+        };
+        if let Some(l) = &listener
+            && let Ok(addr) = l.local_addr()
+        {
+            info!(%addr, "BGP listening");
+        }
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let rib = Rib::new(RibConfig {
+            router_id: cfg.router_id,
+            asn: cfg.asn,
+            cluster_id: cfg.cluster_id.unwrap_or(cfg.router_id),
+            import_allow: cfg.import_allow.clone(),
+            restarting: cfg.restarting,
+        });
+        let owner = Owner {
+            sync_deadline: Instant::now() + cfg.deferral_time,
+            cfg,
+            rib,
+            by_address: HashMap::new(),
+            peers: HashMap::new(),
+            listener,
+            events_tx,
+            subscribers: Vec::new(),
+            generation: 0,
+            sync_done: false,
+            seed: random_seed(),
+        };
+        let span = tracing::info_span!("bgp_speaker");
+        tokio::spawn(owner.run(rx, events_rx).instrument(span));
+        Ok(Speaker { tx })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Adds a peer and starts its session.
+    pub async fn add_peer(&self, cfg: PeerConfig) -> Result<(), Error> {
+        self.ask(|r| Command::AddPeer(Box::new(cfg), r)).await?
+    }
+
+    /// Closes the session with Cease / Peer De-configured and forgets the peer's routes.
+    pub async fn remove_peer(&self, address: IpAddr) -> Result<(), Error> {
+        self.ask(|r| Command::RemovePeer(address, r)).await?
+    }
+
+    /// Advertises a prefix to every peer.
+    pub async fn originate(&self, prefix: IpNet) -> Result<(), Error> {
+        self.ask(|r| Command::Originate(prefix, r)).await
+    }
+
+    /// Stops advertising a prefix.
+    pub async fn withdraw(&self, prefix: IpNet) -> Result<(), Error> {
+        self.ask(|r| Command::Withdraw(prefix, r)).await
+    }
+
+    /// A stream of Loc-RIB changes, starting with the current table. Read it from its own
+    /// task: the speaker waits for a subscriber that falls behind.
+    pub async fn subscribe(&self) -> Result<mpsc::Receiver<RibEvent>, Error> {
+        self.ask(Command::Subscribe).await
+    }
+
+    /// A snapshot of every peer, sorted by address.
+    pub async fn peer_status(&self) -> Result<Vec<PeerStatus>, Error> {
+        self.ask(Command::Status).await
+    }
+
+    /// Closes every session with Cease / Administrative Shutdown and stops the speaker.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.ask(Command::Shutdown).await
+    }
+}
+
+/// The listening socket, with SO_REUSEADDR so that a restarted speaker can bind at once.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.finish()
+}
+
+struct PeerEntry {
+    cfg: Arc<PeerConfig>,
+    key: PeerKey,
+    session: SessionHandle,
+    state: State,
+    since: SystemTime,
+    last_error: Option<String>,
+    negotiated: Option<Box<Negotiated>>,
+    /// An Adj-RIB-Out batch is with the session and not yet written.
+    in_flight: bool,
+    /// End-of-RIB markers received in the current session.
+    eor_received: Vec<Family>,
+    /// When the peer's stale routes are swept if its End-of-RIB has not come.
+    stale_deadline: Option<Instant>,
+}
+
+struct Owner {
+    cfg: SpeakerConfig,
+    rib: Rib,
+    by_address: HashMap<IpAddr, PeerId>,
+    peers: HashMap<PeerId, PeerEntry>,
+    listener: Option<TcpListener>,
+    events_tx: mpsc::Sender<ToOwner>,
+    subscribers: Vec<mpsc::Sender<RibEvent>>,
+    generation: u64,
+    sync_deadline: Instant,
+    sync_done: bool,
+    seed: u64,
+}
+
+impl Owner {
+    async fn run(mut self, mut cmds: mpsc::Receiver<Command>, mut events: mpsc::Receiver<ToOwner>) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None => break,
+                    Some(Command::Shutdown(reply)) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd).await,
+                },
+                Some(ev) = events.recv() => self.event(ev).await,
+                accepted = accept(self.listener.as_ref()) => self.inbound(accepted),
+                () = sleep_until(deadline) => self.timers().await,
+            }
+            self.pump();
+        }
+        // Every handle is gone: end the sessions with the task.
+        for entry in self.peers.values() {
+            entry.session.task.abort();
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let sessions: Vec<SessionHandle> = self.peers.drain().map(|(_, e)| e.session).collect();
+        for s in &sessions {
+            let _ = s.tx.try_send(ToSession::Stop);
+        }
+        for s in sessions {
+            let abort = s.task.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(2), s.task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let stale = self.peers.values().filter_map(|p| p.stale_deadline);
+        let sync = (!self.sync_done).then_some(self.sync_deadline);
+        stale.chain(sync).min()
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::AddPeer(cfg, reply) => {
+                let _ = reply.send(self.add_peer(*cfg));
+            }
+            Command::RemovePeer(address, reply) => {
+                let result = self.remove_peer(address).await;
+                let _ = reply.send(result);
+            }
+            Command::Originate(prefix, reply) => {
+                let changes = self.rib.originate(prefix);
+                self.publish(changes).await;
+                let _ = reply.send(());
+            }
+            Command::Withdraw(prefix, reply) => {
+                let changes = self.rib.withdraw_local(prefix);
+                self.publish(changes).await;
+                let _ = reply.send(());
+            }
+            Command::Subscribe(reply) => {
+                let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+                if reply.send(rx).is_err() {
+                    return;
+                }
+                // The receiver is with the caller now, so these sends cannot deadlock.
+                let snapshot = self.rib.snapshot();
+                let mut ok = true;
+                for chunk in snapshot.chunks(SNAPSHOT_CHUNK) {
+                    ok = ok && tx.send(RibEvent::Changes(chunk.to_vec())).await.is_ok();
+                }
+                if snapshot.is_empty() {
+                    ok = tx.send(RibEvent::Changes(Vec::new())).await.is_ok();
+                }
+                if self.sync_done {
+                    ok = ok && tx.send(RibEvent::InitialSyncDone).await.is_ok();
+                }
+                if ok {
+                    self.subscribers.push(tx);
+                }
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Shutdown(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn add_peer(&mut self, cfg: PeerConfig) -> Result<(), Error> {
+        cfg.validate()?;
+        let address = cfg.address.to_canonical();
+        if self.by_address.contains_key(&address) {
+            return Err(Error::DuplicatePeer(address));
+        }
+        if !self.rib.has_room() {
+            return Err(Error::TooManyPeers);
+        }
+        if let (Some(listener), Some(password)) = (&self.listener, &cfg.password) {
+            let v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
+            md5::set_md5_key(listener, v6, address, password.as_bytes())
+                .map_err(|source| Error::Md5 { peer: address, source })?;
+        }
+        let id = self.rib.add_peer(PeerPolicy {
+            address,
+            asn: cfg.asn,
+            route_reflector_client: cfg.route_reflector_client,
+            import_allow: cfg.import_allow.clone(),
+            export_allow: cfg.export_allow.clone(),
+        });
+        self.generation += 1;
+        let key = PeerKey { id, generation: self.generation };
+        let graceful_restart = cfg.graceful_restart.then(|| GracefulRestart {
+            restart_state: self.cfg.restarting,
+            notification: false,
+            restart_time: cfg.restart_time,
+            // Forwarding survives our restart: the agent keeps the kernel routes.
+            families: [Family::IPV4_UNICAST, Family::IPV6_UNICAST]
+                .into_iter()
+                .map(|family| GracefulRestartFamily { family, forwarding_preserved: true })
+                .collect(),
+        });
+        let fsm = Fsm::new(
+            FsmConfig {
+                local_asn: self.cfg.asn,
+                router_id: self.cfg.router_id,
+                peer_asn: cfg.asn,
+                hold_time: cfg.hold_time,
+                passive: cfg.passive,
+                connect_retry: cfg.connect_retry,
+                connect_retry_max: std::time::Duration::from_secs(120),
+                families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+                graceful_restart,
+            },
+            Jitter::new(self.seed ^ u64::from(id) ^ self.generation.rotate_left(32)),
+        );
+        let cfg = Arc::new(PeerConfig { address, ..cfg });
+        let settings =
+            SessionSettings { local_ipv6: self.cfg.local_ipv6, local_ipv4: self.cfg.local_ipv4 };
+        let session = session::spawn(key, Arc::clone(&cfg), fsm, settings, self.events_tx.clone());
+        info!(peer = %address, asn = cfg.asn, passive = cfg.passive, "peer added");
+        self.by_address.insert(address, id);
+        self.peers.insert(id, PeerEntry {
+            cfg,
+            key,
+            session,
+            state: State::Idle,
+            since: SystemTime::now(),
+            last_error: None,
+            negotiated: None,
+            in_flight: false,
+            eor_received: Vec::new(),
+            stale_deadline: None,
+        });
+        Ok(())
+    }
+
+    async fn remove_peer(&mut self, address: IpAddr) -> Result<(), Error> {
+        let address = address.to_canonical();
+        let id = self.by_address.remove(&address).ok_or(Error::UnknownPeer(address))?;
+        if let Some(entry) = self.peers.remove(&id) {
+            // The session sends its Cease and ends by itself.
+            if entry.session.tx.try_send(ToSession::Stop).is_err() {
+                entry.session.task.abort();
+            }
+            if entry.cfg.password.is_some()
+                && let Some(listener) = &self.listener
+            {
+                let v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
+                if let Err(e) = md5::set_md5_key(listener, v6, address, b"") {
+                    warn!(peer = %address, error = %e, "cannot remove the TCP MD5 key");
+                }
+            }
+        }
+        let changes = self.rib.remove_peer(id);
+        self.publish(changes).await;
+        info!(peer = %address, "peer removed");
+        self.check_sync().await;
+        Ok(())
+    }
+
+    fn current(&mut self, key: PeerKey) -> Option<&mut PeerEntry> {
+        self.peers.get_mut(&key.id).filter(|e| e.key == key)
+    }
+
+    async fn event(&mut self, ev: ToOwner) {
+        match ev {
+            ToOwner::State { key, state, last_error } => {
+                if let Some(entry) = self.current(key) {
+                    if entry.state != state {
+                        entry.since = SystemTime::now();
+                    }
+                    entry.state = state;
+                    if last_error.is_some() {
+                        entry.last_error = last_error;
+                    }
+                }
+            }
+            ToOwner::Up { key, info, negotiated } => {
+                let stale_time = self.cfg.stale_time;
+                let Some(entry) = self.current(key) else { return };
+                entry.negotiated = Some(negotiated);
+                entry.in_flight = false;
+                entry.eor_received.clear();
+                let changes = self.rib.peer_up(key.id, info);
+                if self.rib.has_stale(key.id)
+                    && let Some(entry) = self.current(key)
+                {
+                    // Its End-of-RIB has this long to come (RFC 4724 §4.2).
+                    entry.stale_deadline = Some(Instant::now() + stale_time);
+                }
+                self.publish(changes).await;
+            }
+            ToOwner::Down { key, graceful, reason } => {
+                let Some(entry) = self.current(key) else { return };
+                let restart_time = entry
+                    .negotiated
+                    .as_ref()
+                    .and_then(|n| n.peer_graceful_restart.as_ref())
+                    .map(|gr| gr.restart_time);
+                entry.negotiated = None;
+                entry.in_flight = false;
+                entry.eor_received.clear();
+                entry.last_error = Some(reason);
+                let keep = graceful && entry.cfg.graceful_restart && restart_time.is_some_and(|t| t > 0);
+                if keep {
+                    let secs = u64::from(restart_time.unwrap_or(0));
+                    entry.stale_deadline = Some(Instant::now() + std::time::Duration::from_secs(secs));
+                    info!(peer = %entry.cfg.address, restart_time = secs, "keeping routes as stale");
+                }
+                let changes = self.rib.peer_down(key.id, keep);
+                self.publish(changes).await;
+            }
+            ToOwner::Routes { key, routes } => {
+                if self.current(key).is_none() {
+                    return;
+                }
+                let changes = self.rib.update(key.id, routes);
+                self.publish(changes).await;
+            }
+            ToOwner::EndOfRib { key, family } => {
+                let Some(entry) = self.current(key) else { return };
+                if !entry.eor_received.contains(&family) {
+                    entry.eor_received.push(family);
+                }
+                let changes = self.rib.end_of_rib(key.id, family);
+                let stale = self.rib.has_stale(key.id);
+                if let Some(entry) = self.current(key)
+                    && !stale
+                {
+                    entry.stale_deadline = None;
+                }
+                self.publish(changes).await;
+                self.check_sync().await;
+            }
+            ToOwner::RouteRefresh { key, family } => {
+                if self.current(key).is_some() {
+                    self.rib.route_refresh(key.id, family);
+                }
+            }
+            ToOwner::Drained { key } => {
+                if let Some(entry) = self.current(key) {
+                    entry.in_flight = false;
+                }
+            }
+        }
+    }
+
+    fn inbound(&mut self, accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>) {
+        let (stream, from) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                return;
+            }
+        };
+        let address = from.ip().to_canonical();
+        let Some(entry) = self.by_address.get(&address).and_then(|id| self.peers.get(id)) else {
+            debug!(%from, "connection from an unknown address closed");
+            return;
+        };
+        if entry.session.tx.try_send(ToSession::Inbound(stream)).is_err() {
+            debug!(%from, "session busy; connection closed");
+        }
+    }
+
+    async fn timers(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, e)| e.stale_deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(entry) = self.peers.get_mut(&id) {
+                entry.stale_deadline = None;
+                info!(peer = %entry.cfg.address, "restart timer expired; sweeping stale routes");
+            }
+            let changes = self.rib.sweep_stale(id);
+            self.publish(changes).await;
+        }
+        if !self.sync_done && self.sync_deadline <= now {
+            info!("deferral timer expired; initial sync done without every End-of-RIB");
+            self.finish_sync().await;
+        }
+    }
+
+    /// Initial sync ends when every peer is Established and sent End-of-RIB for each
+    /// negotiated family.
+    async fn check_sync(&mut self) {
+        if self.sync_done || self.peers.is_empty() {
+            return;
+        }
+        let all = self.peers.values().all(|e| {
+            e.negotiated.as_ref().is_some_and(|n| n.families.iter().all(|f| e.eor_received.contains(f)))
+        });
+        if all {
+            self.finish_sync().await;
+        }
+    }
+
+    async fn finish_sync(&mut self) {
+        self.sync_done = true;
+        self.rib.initial_sync_done();
+        info!("initial sync done");
+        self.broadcast(RibEvent::InitialSyncDone).await;
+    }
+
+    async fn publish(&mut self, changes: Vec<RouteChange>) {
+        if !changes.is_empty() {
+            self.broadcast(RibEvent::Changes(changes)).await;
+        }
+    }
+
+    async fn broadcast(&mut self, event: RibEvent) {
+        let mut subscribers = std::mem::take(&mut self.subscribers);
+        let mut alive = Vec::with_capacity(subscribers.len());
+        let last = subscribers.pop();
+        for sub in subscribers {
+            if sub.send(event.clone()).await.is_ok() {
+                alive.push(sub);
+            }
+        }
+        if let Some(sub) = last
+            && sub.send(event).await.is_ok()
+        {
+            alive.push(sub);
+        }
+        self.subscribers = alive;
+    }
+
+    /// Hands each established peer its next Adj-RIB-Out batch, one at a time.
+    fn pump(&mut self) {
+        for id in self.rib.peers_with_output() {
+            let Some(entry) = self.peers.get_mut(&id) else { continue };
+            if entry.in_flight || entry.state != State::Established || entry.negotiated.is_none() {
+                continue;
+            }
+            let Ok(permit) = entry.session.tx.try_reserve() else { continue };
+            let batch = self.rib.take_out(id, OUT_BATCH);
+            if batch.is_empty() {
+                continue;
+            }
+            entry.in_flight = true;
+            permit.send(ToSession::Out(batch));
+        }
+    }
+
+    fn status(&self) -> Vec<PeerStatus> {
+        let mut out: Vec<PeerStatus> = self
+            .peers
+            .iter()
+            .map(|(id, e)| {
+                let counts = self.rib.counts(*id);
+                PeerStatus {
+                    address: e.cfg.address,
+                    asn: e.cfg.asn,
+                    peer_type: e.cfg.peer_type.clone(),
+                    state: e.state,
+                    since: e.since,
+                    last_error: e.last_error.clone(),
+                    router_id: e.negotiated.as_ref().map(|n| n.peer_id),
+                    prefixes_received: counts.received,
+                    prefixes_accepted: counts.accepted,
+                    capabilities: e.negotiated.as_ref().map(|n| n.capability_names()).unwrap_or_default(),
+                    hold_time: e.negotiated.as_ref().map(|n| n.hold_time),
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.address);
+        out
+    }
+}
+
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
