@@ -1,0 +1,94 @@
+//! The Kubernetes datastore against a real kube-apiserver (root: it runs in its own netns).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+use support::apiserver::Apiserver;
+use tortie_ipam::{
+    AffinityState, Allocator, Block, BlockAffinity, BlockCidr, Handle, IpFamily, IpPool, IpamConfig, Store, StoreError,
+};
+use tortie_node::datastore::{self, KubeStore, crd};
+
+#[test]
+fn crds_install_and_the_store_does_compare_and_swap() {
+    let server = Apiserver::start().unwrap_or_else(|e| panic!("{e}"));
+    server
+        .block_on(|client| async move {
+            datastore::install_crds(&client, Duration::from_secs(30)).await.unwrap();
+            // A second install updates in place (an agent upgrade).
+            datastore::install_crds(&client, Duration::from_secs(30)).await.unwrap();
+            let store = KubeStore::new(client.clone());
+
+            // The default pool is created only while no pool of its family exists.
+            let pool = IpPool::new("default-ipv4-ippool", "10.66.0.0/24".parse().unwrap(), 26).unwrap();
+            assert!(store.create_pool_if_none(&pool).await.unwrap());
+            let other = IpPool::new("second", "10.67.0.0/24".parse().unwrap(), 26).unwrap();
+            assert!(!store.create_pool_if_none(&other).await.unwrap());
+            assert_eq!(store.list_pools().await.unwrap(), vec![pool]);
+
+            // Blocks: create once, replace only at the current revision, delete likewise.
+            let cidr: BlockCidr = "10.66.0.64/26".parse().unwrap();
+            let b = Block::new(cidr, Some("n1".into()));
+            let r1 = store.create_block(&b).await.unwrap();
+            assert!(matches!(store.create_block(&b).await, Err(StoreError::AlreadyExists { .. })));
+            let mut b2 = b.clone();
+            b2.assign(Handle::for_container("net", "c1"), "n1".into(), None).unwrap();
+            let r2 = store.update_block(&b2, &r1).await.unwrap();
+            assert_ne!(r1, r2);
+            assert!(matches!(store.update_block(&b, &r1).await, Err(StoreError::Conflict { .. })));
+            let got = store.get_block(cidr).await.unwrap().unwrap();
+            assert_eq!((got.value, got.revision.clone()), (b2.clone(), r2.clone()));
+            assert!(matches!(store.delete_block(cidr, &r1).await, Err(StoreError::Conflict { .. })));
+            store.delete_block(cidr, &r2).await.unwrap();
+            assert!(store.get_block(cidr).await.unwrap().is_none());
+            assert!(matches!(store.update_block(&b2, &r2).await, Err(StoreError::NotFound { .. })));
+
+            // Affinities: the same rules.
+            let a = BlockAffinity { node: "n1".into(), cidr, state: AffinityState::Pending };
+            let ar1 = store.create_affinity(&a).await.unwrap();
+            assert!(matches!(store.create_affinity(&a).await, Err(StoreError::AlreadyExists { .. })));
+            let confirmed = BlockAffinity { state: AffinityState::Confirmed, ..a.clone() };
+            let ar2 = store.update_affinity(&confirmed, &ar1).await.unwrap();
+            assert!(matches!(store.update_affinity(&a, &ar1).await, Err(StoreError::Conflict { .. })));
+            let listed = store.list_affinities("n1").await.unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].value, confirmed);
+            assert!(store.list_affinities("n2").await.unwrap().is_empty());
+            assert!(matches!(store.delete_affinity(&confirmed, &ar1).await, Err(StoreError::Conflict { .. })));
+            store.delete_affinity(&confirmed, &ar2).await.unwrap();
+
+            // The allocator end to end: claim, allocate, repeat, release.
+            let mut alloc = Allocator::new(store.clone(), "n1", BTreeMap::new(), IpamConfig::default());
+            let h = Handle::for_container("k8s-pod-network", "abc");
+            let first = alloc.allocate(&h, IpFamily::V4, None).await.unwrap();
+            assert_eq!(first.pool, "default-ipv4-ippool");
+            let mut restarted = Allocator::new(store.clone(), "n1", BTreeMap::new(), IpamConfig::default());
+            assert_eq!(restarted.allocate(&h, IpFamily::V4, None).await.unwrap(), first);
+            assert_eq!(restarted.release(&h).await.unwrap(), vec![first.ip]);
+            let affs = store.list_affinities("n1").await.unwrap();
+            assert_eq!(affs.len(), 1);
+            assert_eq!((affs[0].value.cidr, affs[0].value.state), (first.block, AffinityState::Confirmed));
+
+            // A block that does not parse stops allocation and says which object is wrong.
+            let blocks: Api<crd::IPAMBlock> = Api::all(client.clone());
+            let bad = crd::IPAMBlock::new(
+                "10-66-0-128-26",
+                crd::IPAMBlockSpec {
+                    cidr: "10.66.0.129/26".into(),
+                    affinity: None,
+                    allocations: Vec::new(),
+                    sequence_number: 0,
+                    cursor: 0,
+                },
+            );
+            blocks.create(&PostParams::default(), &bad).await.unwrap();
+            let err = store.list_blocks().await.unwrap_err().to_string();
+            assert!(err.contains("10-66-0-128-26") && err.contains("host address"), "{err}");
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
