@@ -54,8 +54,13 @@ impl NetNs {
 
     /// PIDs of the processes living in the namespace.
     pub fn pids(&self) -> Vec<i32> {
+        NetNs::pids_of(&self.name)
+    }
+
+    /// PIDs of the processes living in the named namespace (any, not only one we own).
+    pub fn pids_of(name: &str) -> Vec<i32> {
         Command::new("ip")
-            .args(["netns", "pids", &self.name])
+            .args(["netns", "pids", name])
             .output()
             .map(|o| {
                 String::from_utf8_lossy(&o.stdout)

@@ -1,0 +1,197 @@
+//! `up`: builds the lab, phase by phase, each phase idempotent. The slow part is the
+//! apiserver's start (about 3 s), so everything that does not need it (node namespaces,
+//! kubeconfigs, node trees) happens while it boots.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+use crate::agents::{self, Outcome};
+use crate::control::{self, Started};
+use crate::lab::{Lab, LabConfig, MAX_NODES, NodeConfig, node_ip, node_name};
+use crate::teardown::MARKER_FILE;
+use crate::{Error, network, objects, pki, write_file};
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub nodes: u32,
+    pub pool: Ipv4Net,
+    /// How long to wait for agents to report ready before `up` returns anyway.
+    pub agent_timeout: Duration,
+}
+
+impl Default for UpOptions {
+    fn default() -> UpOptions {
+        UpOptions {
+            nodes: 3,
+            pool: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
+            agent_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What `up` ended with.
+#[derive(Debug, Clone)]
+pub struct UpReport {
+    pub config: LabConfig,
+    pub agents: Vec<(String, Outcome)>,
+    pub elapsed: Duration,
+}
+
+/// Prints `[  1.2s] message` lines as phases complete.
+pub struct Progress {
+    start: Instant,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        Progress { start: Instant::now(), quiet }
+    }
+    pub fn say(&self, msg: &str) {
+        if !self.quiet {
+            println!("[{:5.1}s] {msg}", self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn describe(what: &str, s: &Started) -> String {
+    match s {
+        Started::Running(pid) => format!("{what} already running (pid {pid})"),
+        Started::Spawned(child) => format!("{what} started (pid {})", child.id()),
+    }
+}
+
+/// Brings the lab up (or completes a half-made one).
+pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, Error> {
+    let start = Instant::now();
+    if opts.nodes == 0 || opts.nodes > MAX_NODES {
+        return Err(Error::Invalid(format!("--nodes {}: must be between 1 and {MAX_NODES}", opts.nodes)));
+    }
+    for tool in ["ip", "etcd", "kubectl", "openssl"] {
+        if which(tool).is_none() {
+            return Err(Error::Invalid(format!("{tool} not found in PATH: run scripts/deps")));
+        }
+    }
+    let state = lab.state_dir();
+    crate::mkdir(state)?;
+    write_file(&state.join(MARKER_FILE), b"state folder of a tortie lab; `tortie-lab down` deletes it\n")?;
+
+    let nodes: Vec<NodeConfig> = (1..=opts.nodes)
+        .map(|i| {
+            let name = node_name(i);
+            let ip = node_ip(i).ok_or_else(|| Error::Invalid(format!("no LAN address for node {i}")))?;
+            Ok(NodeConfig { netns: lab.node_netns(&name), name, ip })
+        })
+        .collect::<Result<_, Error>>()?;
+    if let Some(old) = LabConfig::load(lab)? {
+        let extra: Vec<&str> =
+            old.nodes.iter().filter(|n| !nodes.iter().any(|m| m.name == n.name)).map(|n| n.name.as_str()).collect();
+        if !extra.is_empty() {
+            progress.say(&format!("note: {} from an earlier up stay until `down`", extra.join(", ")));
+        }
+    }
+    let config = LabConfig { prefix: lab.prefix().to_string(), pool: opts.pool, nodes };
+    // Recorded before any namespace exists, so that `down` after a crash knows them.
+    config.save(lab)?;
+
+    network::ensure_lan(lab)?;
+    network::ensure_control(lab)?;
+    progress.say(&format!("network: LAN bridge in {}, control plane in {}", lab.lan_netns(), lab.control_netns()));
+
+    let etcd = control::ensure_etcd(lab)?;
+    progress.say(&describe("etcd", &etcd));
+    if pki::ensure(lab)? {
+        progress.say("pki: CA, apiserver certificate and service-account key made");
+    }
+    let (tokens, tokens_changed) = objects::ensure_tokens(lab, &config)?;
+    objects::write_kubeconfigs(lab, &config, &tokens)?;
+    let apiserver = control::ensure_apiserver(lab, tokens_changed)?;
+    progress.say(&describe("kube-apiserver", &apiserver));
+
+    for (i, node) in (1..).zip(&config.nodes) {
+        network::ensure_node(lab, i, &node.netns, node.ip)?;
+        agents::prepare_tree(lab, &node.name)?;
+    }
+    progress.say(&format!(
+        "nodes: {} on the LAN",
+        config.nodes.iter().map(|n| format!("{} {}", n.name, n.ip)).collect::<Vec<_>>().join(", ")
+    ));
+
+    control::wait_ready(lab, Duration::from_secs(90))?;
+    progress.say(&format!("kube-apiserver ready at {}", lab.apiserver_url()));
+
+    apply_objects(lab, &config, progress)?;
+
+    let started = agents::ensure_all(lab, &config)?;
+    let outcomes = agents::settle(lab, started, opts.agent_timeout);
+    for (node, outcome) in &outcomes {
+        progress.say(&match outcome {
+            Outcome::NotBuilt => format!("agent {node}: tortie-node is not built (cargo build -p tortie-node); not started"),
+            Outcome::Ready { pid } => format!("agent {node}: ready (pid {pid})"),
+            Outcome::Running { pid, health } => format!(
+                "agent {node}: running (pid {pid}) but {}{}",
+                health.word(),
+                health.reason().map(|r| format!(": {r}")).unwrap_or_default()
+            ),
+            Outcome::Exited { status, tail } => format!(
+                "agent {node}: EXITED ({status}); log {}:\n{}",
+                lab.agent_log(node).display(),
+                indent(tail)
+            ),
+        });
+    }
+    Ok(UpReport { config, agents: outcomes, elapsed: start.elapsed() })
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("           | {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A `kubectl` command run inside the control namespace as admin.
+pub fn kubectl(lab: &Lab) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.control_netns(), "kubectl"])
+        .arg("--kubeconfig")
+        .arg(lab.admin_kubeconfig())
+        .arg("--cache-dir")
+        .arg(lab.kubectl_cache_dir());
+    cmd
+}
+
+/// One `kubectl apply` with everything: kube-system, the CRDs, tortie's manifest, the Nodes.
+fn apply_objects(lab: &Lab, config: &LabConfig, progress: &Progress) -> Result<(), Error> {
+    let manifests = objects::manifests_dir();
+    let mut docs = String::from(objects::KUBE_SYSTEM_YAML);
+    let mut parts = vec!["namespace kube-system".to_string()];
+    let crds = manifests.join("crds.yaml");
+    let have_crds = crds.is_file();
+    for (file, what) in [(crds, "CRDs"), (manifests.join("tortie.yaml"), "tortie.yaml (RBAC, ConfigMap, DaemonSet)")] {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                docs.push_str("\n---\n");
+                docs.push_str(&text);
+                docs.push('\n');
+                parts.push(what.to_string());
+            }
+            Err(_) => progress.say(&format!("note: {} not found: {what} skipped", file.display())),
+        }
+    }
+    docs.push_str(&objects::nodes_yaml(config)?);
+    parts.push(format!("{} Nodes", config.nodes.len()));
+    let file = lab.state_dir().join("objects.yaml");
+    write_file(&file, docs.as_bytes())?;
+    crate::run(kubectl(lab).args(["apply", "-f"]).arg(&file))?;
+    if have_crds {
+        // Agents watch the CRDs right away; make sure they are served before agents start.
+        crate::run(kubectl(lab).args(["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"]))?;
+    }
+    progress.say(&format!("applied: {}", parts.join(", ")));
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+}

@@ -1,0 +1,124 @@
+//! Shared by the `lab_*` tests: a lab with its own state folder and namespace prefix, so it
+//! never collides with a developer's `scripts/lab up` or another test, torn down on drop.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tortie_lab::Lab;
+use tortie_lab::lab::{PREFIX_ENV, STATE_ENV};
+
+pub struct TestLab {
+    pub lab: Lab,
+    _dir: tempfile::TempDir,
+}
+
+impl TestLab {
+    /// `tag` keeps the prefixes of different tests apart; the pid keeps runs apart.
+    pub fn new(tag: &str) -> TestLab {
+        let dir = tempfile::Builder::new()
+            .prefix("tortie-lab-test")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let prefix = format!("tl{}{tag}-", std::process::id());
+        let lab = Lab::new(dir.path().join("state"), prefix);
+        TestLab { lab, _dir: dir }
+    }
+
+    pub fn state(&self) -> &Path {
+        self.lab.state_dir()
+    }
+
+    /// `tortie-lab ARGS` for this lab.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tortie-lab"));
+        cmd.env(STATE_ENV, self.state()).env(PREFIX_ENV, self.lab.prefix()).args(args);
+        cmd
+    }
+
+    /// Runs `tortie-lab ARGS`, failing the test with its output unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(&mut self.cmd(args));
+        assert!(out.status.success(), "tortie-lab {args:?} failed ({}):\n{}\n{}", out.status, text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    pub fn output(&self, cmd: &mut Command) -> Output {
+        cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    }
+
+    /// kubectl as node `node`'s agent would be: from inside its namespace, with its kubeconfig.
+    pub fn kubectl_as_node(&self, node: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lab.node_netns(node), "kubectl"])
+            .arg("--kubeconfig")
+            .arg(self.lab.node_kubeconfig(node))
+            .arg("--cache-dir")
+            .arg(self.cache_dir())
+            .args(args);
+        self.output(&mut cmd)
+    }
+
+    /// A folder that outlives `down` (the test's temp folder, outside the state folder).
+    pub fn scratch(&self) -> &Path {
+        self._dir.path()
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self._dir.path().join("kubectl-cache")
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        // Whatever the test left, even after a failed assertion.
+        if let Err(e) = tortie_lab::teardown::down(&self.lab) {
+            eprintln!("cleanup of {}: {e}", self.state().display());
+        }
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Fails unless no trace of `lab` remains: namespaces, processes, mounts, files.
+pub fn assert_nothing_left(lab: &Lab) {
+    let netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    let ours: Vec<&String> = netns.iter().filter(|n| n.starts_with(lab.prefix())).collect();
+    assert!(ours.is_empty(), "namespaces left: {ours:?}");
+
+    let state = lab.state_dir().as_os_str().as_encoded_bytes().to_vec();
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap_or_else(|e| panic!("/proc: {e}")).flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let mentions = |hay: &[u8]| hay.windows(state.len()).any(|w| w == state.as_slice());
+        if (mentions(&cmdline) || mentions(&environ)) && tortie_lab::process::is_alive(pid) {
+            procs.push(format!("{pid}: {}", text(&cmdline).replace('\0', " ")));
+        }
+    }
+    assert!(procs.is_empty(), "processes left: {procs:#?}");
+
+    let mounts = tortie_lab::teardown::mounts_under(lab.state_dir());
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert!(!lab.state_dir().exists(), "state folder {} left", lab.state_dir().display());
+}
+
+/// A stand-in agent for tests that check the lab's process handling, not the agent: it
+/// records the environment and the namespace's addresses it was started with, then waits.
+pub fn recording_agent(dir: &Path) -> PathBuf {
+    let path = dir.join("recording-agent");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\nenv > \"$TORTIE_AGENT_SOCKET.env\"\nip -o -4 addr show dev eth0 > \"$TORTIE_AGENT_SOCKET.addr\"\nexec sleep 600\n",
+    )
+    .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("chmod: {e}"));
+    path
+}
