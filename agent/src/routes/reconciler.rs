@@ -66,9 +66,16 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct RoutesHandle {
     tx: mpsc::Sender<Command>,
+    found_at_start: usize,
 }
 
 impl RoutesHandle {
+    /// How many tortie routes the kernel held when the reconciler started: non-zero means
+    /// we restarted with forwarding state intact (RFC 4724's R bit).
+    pub fn found_at_start(&self) -> usize {
+        self.found_at_start
+    }
+
     /// Makes `set` the complete desired state (agent mode: from `desired_routes`).
     pub async fn set_desired(&self, set: RouteSet) -> Result<(), ReconcilerError> {
         self.send(Command::Set(set)).await
@@ -124,6 +131,7 @@ pub fn spawn_reconciler<T: RouteTable + 'static>(
         "route reconciler starting"
     );
     let (tx, rx) = mpsc::channel(QUEUE);
+    let found_at_start = kernel.len();
     let mut state = Reconciler {
         table,
         desired: BTreeMap::new(),
@@ -136,7 +144,7 @@ pub fn spawn_reconciler<T: RouteTable + 'static>(
         .name("tortie-routes".into())
         .spawn(move || state.run(rx, config.resync_interval))
         .map_err(ReconcilerError::Spawn)?;
-    Ok((RoutesHandle { tx }, thread))
+    Ok((RoutesHandle { tx, found_at_start }, thread))
 }
 
 struct Reconciler<T> {
