@@ -138,8 +138,17 @@ enum WriteMsg {
 struct Conn {
     writer: mpsc::Sender<WriteMsg>,
     writer_task: JoinHandle<()>,
-    reader_task: JoinHandle<()>,
+    reader_task: AbortOnDrop,
     local: SocketAddr,
+}
+
+/// Ends the reader with the connection, also when the session task itself is aborted.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Session {
@@ -297,7 +306,8 @@ impl Session {
         self.next_conn += 1;
         let (rd, wr) = stream.into_split();
         let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
-        let reader_task = tokio::spawn(read_frames(id, rd, self.io_tx.clone()).in_current_span());
+        let reader_task =
+            AbortOnDrop(tokio::spawn(read_frames(id, rd, self.io_tx.clone()).in_current_span()));
         let writer_task = tokio::spawn(
             write_loop(id, wr, wrx, self.io_tx.clone(), self.owner.clone(), self.key).in_current_span(),
         );
@@ -321,7 +331,7 @@ impl Session {
     /// Stops reading and lets the writer flush what it has (a NOTIFICATION, usually).
     fn close(&mut self, id: ConnId) {
         let Some(conn) = self.conns.remove(&id) else { return };
-        conn.reader_task.abort();
+        drop(conn.reader_task);
         drop(conn.writer);
         let writer = conn.writer_task;
         tokio::spawn(async move {

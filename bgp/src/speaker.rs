@@ -132,7 +132,7 @@ impl Speaker {
         self.ask(|r| Command::AddPeer(Box::new(cfg), r)).await?
     }
 
-    /// Closes the session with Cease / Peer De-configured and forgets the peer's routes.
+    /// Closes the session with Cease / Administrative Shutdown and forgets the peer's routes.
     pub async fn remove_peer(&self, address: IpAddr) -> Result<(), Error> {
         self.ask(|r| Command::RemovePeer(address, r)).await?
     }

@@ -1,0 +1,422 @@
+//! Speakers talking to each other over real TCP, inside a network namespace of the test's
+//! own (root). Each test runs its own namespace, so the fixed port never collides, and no
+//! packet leaves the namespace's loopback.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tortie_bgp::wire::{self, Capability, Codec, Family, Message, Open};
+use tortie_bgp::{PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig, State};
+
+const PORT: u16 = 1790;
+const ASN: u32 = 64512;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A network namespace that is deleted when dropped, also when the test fails.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("tbgp-{tag}-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `f` on a thread inside the namespace, with a single-threaded runtime so that
+    /// every socket is created in the namespace.
+    fn run<F, Fut>(&self, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        let thread = std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("runtime: {e}"));
+            rt.block_on(f());
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().unwrap_or_else(|e| panic!("ip: {e}"));
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+async fn speaker(router_id: [u8; 4], listen: &str, restarting: bool) -> Speaker {
+    let mut cfg = SpeakerConfig::new(Ipv4Addr::from(router_id), ASN);
+    cfg.listen = Some(SocketAddr::new(addr(listen), PORT));
+    cfg.restarting = restarting;
+    cfg.deferral_time = Duration::from_secs(60);
+    Speaker::start(cfg).await.unwrap_or_else(|e| panic!("start: {e}"))
+}
+
+fn peer(address: &str, local: &str, passive: bool) -> PeerConfig {
+    let mut p = PeerConfig::new(addr(address), ASN);
+    p.port = PORT;
+    p.local_address = Some(addr(local));
+    p.passive = passive;
+    p.hold_time = 9;
+    p.connect_retry = Duration::from_millis(300);
+    p.peer_type = "node-to-node mesh".to_owned();
+    p
+}
+
+/// The Loc-RIB as a subscriber sees it.
+struct Watch {
+    rx: mpsc::Receiver<RibEvent>,
+    routes: HashMap<IpNet, IpAddr>,
+    removed: Vec<IpNet>,
+    sync_done: bool,
+}
+
+impl Watch {
+    async fn new(s: &Speaker) -> Watch {
+        let rx = s.subscribe().await.unwrap_or_else(|e| panic!("subscribe: {e}"));
+        Watch { rx, routes: HashMap::new(), removed: Vec::new(), sync_done: false }
+    }
+
+    async fn until(&mut self, what: &str, done: impl Fn(&Watch) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !done(self) {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(ev)) => self.apply(ev),
+                Ok(None) => panic!("subscription closed while waiting for {what}"),
+                Err(_) => panic!("timed out waiting for {what}; routes: {:?}", self.routes),
+            }
+        }
+    }
+
+    /// Takes whatever arrives within `d`.
+    async fn drain_for(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            self.apply(ev);
+        }
+    }
+
+    fn apply(&mut self, ev: RibEvent) {
+        match ev {
+            RibEvent::Changes(changes) => {
+                for c in changes {
+                    match c {
+                        RouteChange::Add { prefix, next_hop, .. } => {
+                            self.routes.insert(prefix, next_hop);
+                        }
+                        RouteChange::Remove { prefix } => {
+                            self.routes.remove(&prefix);
+                            self.removed.push(prefix);
+                        }
+                    }
+                }
+            }
+            RibEvent::InitialSyncDone => self.sync_done = true,
+        }
+    }
+
+    fn has(&self, prefix: &str, next_hop: &str) -> bool {
+        self.routes.get(&net(prefix)) == Some(&addr(next_hop))
+    }
+}
+
+async fn wait_state(s: &Speaker, peer: &str, state: State) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = s.peer_status().await.unwrap_or_else(|e| panic!("status: {e}"));
+        let p = status.iter().find(|p| p.address == addr(peer));
+        if p.is_some_and(|p| p.state == state) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{peer} never reached {state}: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn two_speakers_exchange_ipv4_and_ipv6_routes_and_withdrawals() {
+    init_tracing();
+    let ns = Netns::new("pair");
+    ns.run(|| async {
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
+        let mut wa = Watch::new(&a).await;
+        let mut wb = Watch::new(&b).await;
+        // The mesh rule: the higher address is passive.
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        for p in ["192.168.1.0/26", "fd00:1::/122"] {
+            a.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        for p in ["192.168.2.0/26", "192.168.3.0/26", "fd00:2::/122"] {
+            b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+
+        wa.until("B's routes on A", |w| {
+            w.has("192.168.2.0/26", "127.0.0.2")
+                && w.has("192.168.3.0/26", "127.0.0.2")
+                // IPv6 over an IPv4 session: an IPv4-mapped next hop, reported as IPv4.
+                && w.has("fd00:2::/122", "127.0.0.2")
+        })
+        .await;
+        wb.until("A's routes on B", |w| {
+            w.has("192.168.1.0/26", "127.0.0.1") && w.has("fd00:1::/122", "127.0.0.1")
+        })
+        .await;
+        // Each side sent End-of-RIB after its table.
+        wa.until("initial sync on A", |w| w.sync_done).await;
+        wb.until("initial sync on B", |w| w.sync_done).await;
+
+        let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status.len(), 1);
+        let s = &status[0];
+        assert_eq!(s.state, State::Established);
+        assert_eq!((s.prefixes_received, s.prefixes_accepted), (3, 3));
+        assert_eq!(s.router_id, Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(s.hold_time, Some(9));
+        assert_eq!(s.peer_type, "node-to-node mesh");
+        for cap in ["ipv4-unicast", "ipv6-unicast", "4-octet-as", "route-refresh", "graceful-restart"] {
+            assert!(s.capabilities.iter().any(|c| c == cap), "{cap} missing: {:?}", s.capabilities);
+        }
+
+        // Withdrawals propagate, in both families.
+        b.withdraw(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        b.withdraw(net("fd00:2::/122")).await.unwrap_or_else(|e| panic!("{e}"));
+        wa.until("withdrawals on A", |w| {
+            !w.routes.contains_key(&net("192.168.2.0/26")) && !w.routes.contains_key(&net("fd00:2::/122"))
+        })
+        .await;
+        assert!(wa.has("192.168.3.0/26", "127.0.0.2"));
+
+        // A new subscriber starts from the current table.
+        let mut late = Watch::new(&a).await;
+        late.until("snapshot", |w| w.has("192.168.3.0/26", "127.0.0.2") && w.sync_done).await;
+        assert_eq!(late.routes.len(), 1);
+
+        // Removing the peer takes its routes away and closes the session.
+        a.remove_peer(addr("127.0.0.2")).await.unwrap_or_else(|e| panic!("{e}"));
+        wa.until("routes gone with the peer", |w| w.routes.is_empty()).await;
+        wait_state(&b, "127.0.0.1", State::Active).await;
+        let status = b.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            status[0].last_error.as_deref().is_some_and(|e| e.contains("Administrative Shutdown")),
+            "{status:?}"
+        );
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
+    });
+}
+
+/// Reads one whole message from a raw connection.
+async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Message> {
+    loop {
+        match wire::decode_frame(buf, &Codec::default()) {
+            Ok(Some((msg, used))) => {
+                buf.drain(..used);
+                return Some(msg);
+            }
+            Ok(None) => {}
+            Err(e) => panic!("speaker sent something undecodable: {e}"),
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A hand-driven peer at 127.0.0.3: OPEN, KEEPALIVE, then whatever the test sends.
+async fn raw_peer(router_id: [u8; 4]) -> (TcpStream, Vec<u8>) {
+    let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    socket.bind(SocketAddr::new(addr("127.0.0.3"), 0)).unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = socket
+        .connect(SocketAddr::new(addr("127.0.0.1"), PORT))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let open = Message::Open(Open {
+        version: 4,
+        my_as: ASN,
+        hold_time: 30,
+        bgp_id: Ipv4Addr::from(router_id),
+        capabilities: vec![
+            Capability::Multiprotocol(Family::IPV4_UNICAST),
+            Capability::FourOctetAs(ASN),
+        ],
+    });
+    let bytes = wire::encode(&open, &Codec::default()).unwrap_or_else(|e| panic!("{e}"));
+    stream.write_all(&bytes).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = Vec::new();
+    let first = read_message(&mut stream, &mut buf).await;
+    assert!(matches!(first, Some(Message::Open(_))), "{first:?}");
+    let keepalive = wire::encode(&Message::Keepalive, &Codec::default()).unwrap_or_default();
+    stream.write_all(&keepalive).await.unwrap_or_else(|e| panic!("{e}"));
+    (stream, buf)
+}
+
+#[test]
+fn a_peer_sending_garbage_loses_only_its_own_session() {
+    init_tracing();
+    let ns = Netns::new("garbage");
+    ns.run(|| async {
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
+        let mut wa = Watch::new(&a).await;
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
+        a.add_peer(peer("127.0.0.3", "127.0.0.1", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        b.originate(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        wa.until("B's route", |w| w.has("192.168.2.0/26", "127.0.0.2")).await;
+
+        // A connection from an address that is no peer is closed at once.
+        let stranger = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+        stranger.bind(SocketAddr::new(addr("127.0.0.9"), 0)).unwrap_or_else(|e| panic!("{e}"));
+        let mut stranger = stranger
+            .connect(SocketAddr::new(addr("127.0.0.1"), PORT))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(WAIT, stranger.read(&mut byte)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "stranger was not closed: {n:?}");
+
+        // The hand-driven peer establishes, announces a route, then sends garbage.
+        let (mut c, mut buf) = raw_peer([10, 0, 0, 3]).await;
+        wait_state(&a, "127.0.0.3", State::Established).await;
+        let update = Message::Update(wire::Update {
+            attributes: wire::PathAttributes {
+                origin: Some(wire::Origin::Igp),
+                as_path: Some(wire::AsPath::default()),
+                next_hop: Some(Ipv4Addr::new(127, 0, 0, 3)),
+                local_pref: Some(100),
+                ..Default::default()
+            },
+            nlri: vec!["192.168.3.0/26".parse().unwrap_or_default()],
+            ..Default::default()
+        });
+        let codec = Codec { four_octet_as: true, external: false };
+        c.write_all(&wire::encode(&update, &codec).unwrap_or_else(|e| panic!("{e}")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wa.until("C's route", |w| w.has("192.168.3.0/26", "127.0.0.3")).await;
+
+        // A header with a broken marker: Connection Not Synchronized (RFC 4271 §6.1).
+        let mut garbage = vec![0u8; 19];
+        garbage[16..18].copy_from_slice(&19u16.to_be_bytes());
+        garbage[18] = 4;
+        c.write_all(&garbage).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut notification = None;
+        while let Some(msg) = read_message(&mut c, &mut buf).await {
+            if let Message::Notification(n) = msg {
+                notification = Some(n);
+            }
+        }
+        let n = notification.unwrap_or_else(|| panic!("no NOTIFICATION before the close"));
+        assert_eq!((n.code, n.subcode), (1, 1));
+
+        // C's route is gone (it did not negotiate graceful restart); B's session and
+        // route are untouched, and B's updates still flow.
+        wa.until("C's route removed", |w| !w.routes.contains_key(&net("192.168.3.0/26"))).await;
+        let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        let b_status = status.iter().find(|p| p.address == addr("127.0.0.2"));
+        assert_eq!(b_status.map(|p| p.state), Some(State::Established));
+        let c_status = status.iter().find(|p| p.address == addr("127.0.0.3"));
+        assert!(
+            c_status.and_then(|p| p.last_error.as_deref()).is_some_and(|e| e.contains("Connection Not Synchronized")),
+            "{c_status:?}"
+        );
+        assert!(wa.has("192.168.2.0/26", "127.0.0.2"));
+        b.originate(net("192.168.4.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        wa.until("B's later route", |w| w.has("192.168.4.0/26", "127.0.0.2")).await;
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
+    });
+}
+
+#[test]
+fn graceful_restart_keeps_routes_through_a_peer_restart() {
+    init_tracing();
+    let ns = Netns::new("gr");
+    ns.run(|| async {
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        let mut wa = Watch::new(&a).await;
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
+        a.originate(net("192.168.1.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        for p in ["192.168.2.0/26", "192.168.3.0/26", "fd00:2::/122"] {
+            b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        wa.until("B's routes", |w| w.routes.len() == 3).await;
+
+        // B dies without a word: its task and sockets go away.
+        drop(b);
+        wait_state(&a, "127.0.0.2", State::Active).await;
+        wa.drain_for(Duration::from_millis(500)).await;
+        assert!(wa.removed.is_empty(), "A removed {:?} although B negotiated graceful restart", wa.removed);
+        assert_eq!(wa.routes.len(), 3);
+
+        // B comes back, knowing it restarted. It no longer has 192.168.3.0/26.
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", true).await;
+        let mut wb = Watch::new(&b).await;
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        for p in ["192.168.2.0/26", "fd00:2::/122"] {
+            b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        // B waits for A's End-of-RIB before it advertises (RFC 4724 §4.1) ...
+        wb.until("B's initial sync", |w| w.sync_done && w.has("192.168.1.0/26", "127.0.0.1")).await;
+        // ... and A sweeps only what B did not re-announce, once B's End-of-RIB arrives.
+        wa.until("stale route swept", |w| !w.routes.contains_key(&net("192.168.3.0/26"))).await;
+        assert_eq!(wa.removed, vec![net("192.168.3.0/26")]);
+        assert!(wa.has("192.168.2.0/26", "127.0.0.2") && wa.has("fd00:2::/122", "127.0.0.2"));
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
+    });
+}
