@@ -67,10 +67,9 @@ impl Method {
             _ => {}
         }
         let Some((kind, arg)) = value.split_once('=') else {
-            return Err(format!(
-                "unknown method; use first-found, interface=REGEX, skip-interface=REGEX, \
+            return Err("unknown method; use first-found, interface=REGEX, skip-interface=REGEX, \
                  can-reach=ADDR, cidr=CIDR[,CIDR] or kubernetes-internal-ip"
-            ));
+                .to_owned());
         };
         match kind {
             "interface" => Ok(Method::Interface(parse_regexes(arg)?)),
@@ -312,6 +311,7 @@ pub fn local_interfaces() -> Result<Vec<Interface>, DetectError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -403,7 +403,7 @@ fn parse_abs_path(s: &str) -> Result<PathBuf, String> {
 
 /// Go-style durations, which Calico users know: `90s`, `15m`, `1h30m`, `500ms`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("not a duration; write it like 90s, 15m or 1h30m");
+    let bad = || "not a duration; write it like 90s, 15m or 1h30m".to_owned();
     let mut total = Duration::ZERO;
     let mut rest = s;
     if rest.chars().all(|c| c.is_ascii_digit()) {
@@ -432,6 +432,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -176,10 +176,10 @@ impl<S: Store> IpamTask<S> {
             match self.alloc.allocate(&handle, family, pod.clone()).await {
                 Ok(a) => out.push(host_net(a.ip)),
                 Err(e) => {
-                    if !out.is_empty() {
-                        if let Err(undo) = self.alloc.release(&handle).await {
-                            tracing::warn!(%handle, error = %undo, "could not give back a partial allocation; leak GC will");
-                        }
+                    if !out.is_empty()
+                        && let Err(undo) = self.alloc.release(&handle).await
+                    {
+                        tracing::warn!(%handle, error = %undo, "could not give back a partial allocation; leak GC will");
                     }
                     return Err(failure(e));
                 }

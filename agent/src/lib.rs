@@ -15,6 +15,9 @@ pub mod datastore;
 pub mod ipam_task;
 /// The task that owns local endpoints and affine blocks, feeding the route reconciler.
 pub mod endpoints;
+/// `tortie-node run`: the start-up sequence (node registration, default pools, CNI install)
+/// and the wiring of the tasks above.
+pub mod run;
 /// The gRPC API server (CNI and Status services) on the agent's unix socket.
 pub mod server;
 /// `tortie-node bgp --config FILE`: the speaker and its kernel sync without Kubernetes.

@@ -1,4 +1,74 @@
-fn main() {
-    eprintln!("tortie-node: not implemented yet");
-    std::process::exit(1);
+//! `tortie-node`: parses arguments and the environment, and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tortie_node::config::Config;
+
+#[derive(Parser)]
+#[command(name = "tortie-node", version, about = "tortie's per-node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (configured from the environment, calico-node's variable names).
+    Run,
+    /// Run only the BGP speaker and its kernel route sync, from a config file, without
+    /// Kubernetes.
+    Bgp {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print tortie's CustomResourceDefinitions as YAML.
+    Crds,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Run => run(),
+        Command::Bgp { config } => bgp(config),
+        Command::Crds => crds(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole chain of causes on one line.
+            eprintln!("tortie-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run() -> anyhow::Result<()> {
+    // Any bad variable stops the agent before it touches anything.
+    let config = Config::from_env()?;
+    tracing::info!(node = %config.node_name, pool = %config.ipv4_pool.cidr, "starting tortie-node");
+    runtime()?.block_on(tortie_node::run::run(config))?;
+    Ok(())
+}
+
+fn bgp(config: PathBuf) -> anyhow::Result<()> {
+    runtime()?.block_on(tortie_node::standalone::run(&config))?;
+    Ok(())
+}
+
+fn crds() -> anyhow::Result<()> {
+    print!("{}", tortie_node::datastore::crds_yaml());
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! The gRPC layer over a real unix socket, with recording fakes behind the traits.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};

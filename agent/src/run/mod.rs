@@ -1,0 +1,177 @@
+//! `tortie-node run`: the agent's start-up sequence and its tasks.
+//!
+//! In order: connect to the apiserver; wait for this node's Node object; find the node's
+//! address and register it; create the default pools if none exist; turn on forwarding;
+//! install the CNI config and plugin; start the route reconciler, the IPAM task and the
+//! endpoint task; then serve the API until SIGTERM or SIGINT.
+//!
+//! The socket is bound last, so the CNI plugin sees "agent unreachable" (try again later)
+//! rather than an agent that might hand out addresses before it knows its blocks.
+
+pub mod cni_install;
+pub mod node;
+pub mod pool;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use tokio::sync::watch;
+use tortie_ipam::{Allocator, IpFamily, IpamConfig, Store};
+
+use crate::config::Config;
+use crate::datastore::KubeStore;
+use crate::endpoints::{self, host_veth_name};
+use crate::netlink::{self, KernelRouteTable};
+use crate::routes::{ReconcilerConfig, spawn_reconciler};
+use crate::server::{self, CniService, Endpoint, Handle, Health, NodeInfo, PodRef, StatusService};
+use crate::ipam_task;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("connecting to the apiserver (KUBECONFIG, or in-cluster): {0}")]
+    Connect(#[source] kube::Error),
+    #[error("reading Node {node}: {source}")]
+    Node { node: String, source: kube::Error },
+    #[error(transparent)]
+    Address(#[from] crate::autodetect::DetectError),
+    #[error("registering Node {node} (annotations {}, {}): {source}", node::ANNOTATION_IPV4, node::ANNOTATION_AS)]
+    Register { node: String, source: kube::Error },
+    #[error("creating the default IP pool (are the tortie CRDs installed? `tortie-node crds | kubectl apply -f -`): {0}")]
+    Pool(#[from] pool::PoolSetupError),
+    #[error("enabling IP forwarding: {0}")]
+    Forwarding(#[source] std::io::Error),
+    #[error("installing the CNI config and plugin: {0}")]
+    Cni(#[from] cni_install::InstallError),
+    #[error("finding the CNI plugin next to tortie-node: {0}")]
+    PluginPath(#[source] std::io::Error),
+    #[error("starting the route reconciler: {0}")]
+    Routes(#[from] crate::routes::ReconcilerError),
+    #[error("reading this node's allocations: {0}")]
+    Ipam(#[from] tortie_ipam::StoreError),
+    #[error("binding the agent socket {path}: {source}")]
+    Bind { path: String, source: std::io::Error },
+    #[error("serving the agent API: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let client = kube::Client::try_default().await.map_err(RunError::Connect)?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let name = config.node_name.clone();
+
+    let node_obj = node::wait_for_node(&nodes, &name)
+        .await
+        .map_err(|source| RunError::Node { node: name.clone(), source })?;
+    let detected = node::node_address(&config, &node_obj)?;
+    match &detected {
+        Some(d) => tracing::info!(address = %d.addr, interface = ?d.ifname, method = %config.autodetection, "node address"),
+        None => tracing::info!("IP=none: this node has no IPv4 BGP address"),
+    }
+    let node_obj = node::register(&nodes, &name, detected.as_ref().map(|d| d.addr), config.as_number)
+        .await
+        .map_err(|source| RunError::Register { node: name.clone(), source })?;
+    tracing::info!(node = %name, as_number = config.as_number, "node registered");
+
+    let store = KubeStore::new(client.clone());
+    pool::ensure_default_pools(&store, &config).await?;
+    netlink::sysctl::enable_forwarding(config.ipv6_pool.is_some()).map_err(RunError::Forwarding)?;
+
+    let mtu = node::pod_mtu(&config, detected.as_ref().and_then(|d| d.ifname.as_deref()));
+    let conflist = cni_install::install_conflist(&config.cni_conf_dir, &config.agent_socket)?;
+    let plugin = cni_install::install_plugin(&cni_install::shipped_plugin().map_err(RunError::PluginPath)?, &config.cni_bin_dir)?;
+    tracing::info!(conflist = %conflist.display(), plugin = %plugin.display(), mtu, "CNI installed");
+
+    let (health_tx, health_rx) = watch::channel(Health::Starting("restoring local endpoints".to_owned()));
+
+    let table = KernelRouteTable::open().map_err(crate::routes::ReconcilerError::from)?;
+    let (routes, _routes_thread) = spawn_reconciler(table, ReconcilerConfig::default())?;
+
+    // Pods that outlived a restart of the agent keep their host routes: without them, the
+    // reconciler's first resync would delete those routes as leftovers.
+    let seed = local_endpoints(&store, &name).await?;
+    tracing::info!(endpoints = seed.len(), "restoring local endpoints");
+
+    let labels: BTreeMap<String, String> = node_obj.metadata.labels.clone().unwrap_or_default();
+    let ipam_config = IpamConfig {
+        // `None` (no limit) becomes "as many as the address space has".
+        max_blocks_per_node: config.max_blocks_per_node.map_or(usize::MAX, |n| n as usize),
+        leak_grace: config.ipam_gc_grace,
+        ..IpamConfig::default()
+    };
+    let mut families = vec![IpFamily::V4];
+    if config.ipv6_pool.is_some() {
+        families.push(IpFamily::V6);
+    }
+    let allocator = Allocator::new(store, name.clone(), labels, ipam_config);
+    let (ipam, affine, _ipam_task) = ipam_task::spawn(allocator, families);
+    let (endpoints, _endpoints_task) = endpoints::spawn(routes, seed, affine);
+
+    let listener = server::bind(&config.agent_socket)
+        .map_err(|source| RunError::Bind { path: config.agent_socket.display().to_string(), source })?;
+    let cni = CniService::new(ipam, endpoints, mtu, health_rx.clone());
+    let status = StatusService::new(NodeInfo { node_name: name.clone(), mtu }, health_rx);
+    let _ = health_tx.send(Health::Ready);
+    tracing::info!(socket = %config.agent_socket.display(), "tortie-node ready");
+
+    let shutdown = shutdown_signal().map_err(RunError::Signals)?;
+    server::serve(listener, cni, status, shutdown).await?;
+    // A stale socket would make the plugin wait on a dead agent instead of failing fast.
+    let _ = std::fs::remove_file(&config.agent_socket);
+    tracing::info!("tortie-node stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (the kubelet stopping the pod) or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
+}
+
+/// This node's pods, from its allocations in the datastore, whose host veth still exists.
+async fn local_endpoints<S: Store>(store: &S, node: &str) -> Result<Vec<Endpoint>, tortie_ipam::StoreError> {
+    let blocks = store.list_blocks().await?;
+    let mut by_handle: BTreeMap<String, (PodRef, Vec<IpNet>)> = BTreeMap::new();
+    for b in &blocks {
+        for (ip, a) in b.value.addresses() {
+            if a.node != node {
+                continue;
+            }
+            let Some(pod) = &a.pod else { continue };
+            let entry = by_handle.entry(a.handle.as_str().to_owned()).or_insert_with(|| {
+                (
+                    PodRef { namespace: pod.namespace.clone(), name: pod.name.clone(), uid: pod.uid.clone().unwrap_or_default() },
+                    Vec::new(),
+                )
+            });
+            entry.1.push(IpNet::from(ip as IpAddr));
+        }
+    }
+    Ok(by_handle
+        .into_iter()
+        .filter_map(|(handle, (pod, addresses))| {
+            let host_ifname = host_veth_name(&pod.namespace, &pod.name);
+            // A pod whose veth is gone has no route to restore; CNI DEL or leak GC frees it.
+            nix::net::if_::if_nametoindex(host_ifname.as_str()).ok()?;
+            let (network, container_id) = handle.rsplit_once('.')?;
+            Some(Endpoint {
+                handle: Handle { network: network.to_owned(), container_id: container_id.to_owned() },
+                pod,
+                host_ifname,
+                addresses,
+            })
+        })
+        .collect())
+}
