@@ -249,7 +249,7 @@ fn decode_known(
         }
         // RFC 7606 §7.8.
         code::COMMUNITIES => {
-            if value.is_empty() || value.len() % 4 != 0 {
+            if value.is_empty() || !value.len().is_multiple_of(4) {
                 return Err(Fault::Withdraw("COMMUNITIES is not a non-zero multiple of 4 octets"));
             }
             attrs.communities = value
@@ -265,7 +265,7 @@ fn decode_known(
         }
         // RFC 7606 §7.10.
         code::CLUSTER_LIST => {
-            if value.is_empty() || value.len() % 4 != 0 {
+            if value.is_empty() || !value.len().is_multiple_of(4) {
                 return Err(Fault::Withdraw("CLUSTER_LIST is not a non-zero multiple of 4 octets"));
             }
             attrs.cluster_list = value.chunks_exact(4).filter_map(four).map(Ipv4Addr::from).collect();

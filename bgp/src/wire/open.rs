@@ -173,7 +173,7 @@ fn read_capabilities(buf: &[u8], out: &mut Vec<Capability>) -> Result<(), Decode
                 let Some(head) = v.u16() else {
                     return Err(unspecific("Graceful Restart capability is truncated"));
                 };
-                if v.remaining() % 4 != 0 {
+                if !v.remaining().is_multiple_of(4) {
                     return Err(unspecific("Graceful Restart capability has a partial family"));
                 }
                 let mut families = Vec::with_capacity(v.remaining() / 4);
