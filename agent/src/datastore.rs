@@ -83,7 +83,10 @@ pub async fn install_crds(client: &Client, timeout: Duration) -> Result<(), Inst
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
 
     #[test]
@@ -124,5 +127,4 @@ mod tests {
         assert!(peer["peerIP"].is_mapping(), "Calico's field name peerIP");
     }
 
-    use serde::Deserialize;
 }

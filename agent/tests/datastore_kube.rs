@@ -17,6 +17,10 @@ use tortie_node::datastore::{self, KubeStore, crd};
 #[test]
 fn crds_install_and_the_store_does_compare_and_swap() {
     let server = Apiserver::start().unwrap_or_else(|e| panic!("{e}"));
+    // What users install is the manifest file: the apiserver must take it as it is.
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crds.yaml");
+    let applied = server.kubectl(&["apply", "-f", manifest]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(applied.lines().filter(|l| l.contains("crd.tortie.dev created")).count(), 5, "{applied}");
     server
         .block_on(|client| async move {
             datastore::install_crds(&client, Duration::from_secs(30)).await.unwrap();

@@ -223,6 +223,19 @@ impl<S: Store> Allocator<S> {
         Ok(cache.blocks.values().filter(|v| v.value.is_affine_to(&node)).map(|v| v.value.cidr()).collect())
     }
 
+    /// Addresses this node's agent borrowed from blocks it does not own: it advertises them
+    /// as /32s (/128s), as Calico does, while the owner advertises the block.
+    pub async fn borrowed(&mut self) -> Result<Vec<IpAddr>, IpamError> {
+        let node = self.node.clone();
+        let cache = self.ensure_loaded().await?;
+        Ok(cache
+            .blocks
+            .values()
+            .filter(|v| !v.value.is_affine_to(&node))
+            .flat_map(|v| v.value.addresses().filter(|(_, a)| a.node == node).map(|(ip, _)| ip).collect::<Vec<_>>())
+            .collect())
+    }
+
     fn affine_count(&self, family: IpFamily) -> usize {
         self.cache.as_ref().map_or(0, |c| {
             c.blocks.values().filter(|v| v.value.cidr().family() == family && v.value.is_affine_to(&self.node)).count()

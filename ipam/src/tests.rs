@@ -131,6 +131,8 @@ fn borrows_from_another_nodes_block_when_the_pool_is_full() {
     assert_eq!(block.affinity.as_deref(), Some("b"), "borrowing does not move the block");
     let alloc = block.allocations().find(|(_, al)| al.handle == h(16)).unwrap().1.clone();
     assert_eq!(alloc.node, "a");
+    assert_eq!(block_on(a.borrowed()).unwrap(), vec![borrowed.ip]);
+    assert!(block_on(b.borrowed()).unwrap().is_empty());
     assert_consistent(&store);
 }
 
@@ -419,4 +421,9 @@ fn ten_nodes_racing_never_duplicate() {
     let stored: HashMap<IpAddr, Handle> =
         store.blocks().iter().flat_map(|b| b.addresses().map(|(ip, a)| (ip, a.handle.clone())).collect::<Vec<_>>()).collect();
     assert_eq!(stored, got, "what was returned is exactly what is stored");
+    // 16 blocks for 10 nodes of 24 addresses: every block was claimed, and some nodes had to
+    // borrow, so the race went through claims, lost claims and borrowing.
+    let blocks = store.blocks();
+    assert_eq!(blocks.len(), 16);
+    assert!(blocks.iter().any(|b| b.allocations().any(|(_, a)| b.affinity.as_deref() != Some(a.node.as_str()))));
 }

@@ -152,6 +152,7 @@ pub fn affinity_to_crd(a: &ipam::BlockAffinity, revision: Option<&Revision>) -> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,9 @@
 //! tortie's custom resources, API group `crd.tortie.dev`, version `v1`, all cluster-scoped.
 //! Field names follow Calico's so that its users recognise them.
 
+// kube's derive takes one `printcolumn` per column, which clippy reads as repeated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

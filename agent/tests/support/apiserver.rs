@@ -181,6 +181,19 @@ impl Apiserver {
         self.dir.path().join("kubeconfig")
     }
 
+    /// Runs kubectl as admin inside the namespace; returns its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, Error> {
+        let kubeconfig = self.kubeconfig().display().to_string();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "kubectl", "--kubeconfig", &kubeconfig])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn netns(&self) -> &str {
         &self.netns
     }
