@@ -77,8 +77,19 @@ fn update_reset(subcode: u8, data: Vec<u8>, reason: &'static str) -> DecodeError
     DecodeError::new(ErrorCode::UpdateMessage, subcode, data, reason)
 }
 
+/// What the rest of the UPDATE says that changes how an attribute is judged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Context {
+    pub(crate) codec: Codec,
+    /// The classic NLRI field is not empty. Without it NEXT_HOP means nothing and is
+    /// ignored (RFC 4760 §3), so a bad one is discarded rather than withdrawing the
+    /// MP_REACH_NLRI routes.
+    pub(crate) classic_nlri: bool,
+}
+
 /// Decodes the Path Attributes field of an UPDATE.
-pub(crate) fn decode(buf: &[u8], codec: &Codec) -> Result<Decoded, DecodeError> {
+pub(crate) fn decode(buf: &[u8], cx: Context) -> Result<Decoded, DecodeError> {
+    let codec = &cx.codec;
     let mut d = Decoded::default();
     let mut seen = [false; 256];
     let mut as4_path: Option<AsPath> = None;
@@ -115,7 +126,7 @@ pub(crate) fn decode(buf: &[u8], codec: &Codec) -> Result<Decoded, DecodeError> 
             Some(want) if flag & (flags::OPTIONAL | flags::TRANSITIVE) != want => {
                 Err(malformed_flags(flag, c, value))
             }
-            Some(_) => decode_known(c, value, codec, &mut d.attrs, &mut as4_path, &mut as4_aggregator),
+            Some(_) => decode_known(c, value, cx, &mut d.attrs, &mut as4_path, &mut as4_aggregator),
             None => decode_unknown(flag, c, value, &mut d.attrs),
         };
         match result {
@@ -188,11 +199,12 @@ fn four(value: &[u8]) -> Option<[u8; 4]> {
 fn decode_known(
     c: u8,
     value: &[u8],
-    codec: &Codec,
+    cx: Context,
     attrs: &mut PathAttributes,
     as4_path: &mut Option<AsPath>,
     as4_aggregator: &mut Option<Aggregator>,
 ) -> Result<(), Fault> {
+    let codec = &cx.codec;
     match c {
         // RFC 7606 §7.1.
         code::ORIGIN => {
@@ -208,14 +220,24 @@ fn decode_known(
             let width = if codec.four_octet_as { 4 } else { 2 };
             let path = read_as_path(value, width)
                 .ok_or(Fault::Withdraw("AS_PATH segments are malformed"))?;
+            // tortie is in no confederation, so an external peer cannot share one with
+            // us: confederation segments from it are malformed (RFC 7606 §7.2).
+            if codec.external
+                && path.segments.iter().any(|s| {
+                    matches!(s.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet)
+                })
+            {
+                return Err(Fault::Withdraw("AS_PATH from an external peer has confederation segments"));
+            }
             attrs.as_path = Some(path);
         }
         // RFC 7606 §7.3. An address that can never be a next hop is a semantic error
         // (RFC 4271 §6.3) and also gets treat-as-withdraw.
         code::NEXT_HOP => {
-            let addr = Ipv4Addr::from(four(value).ok_or(Fault::Withdraw("NEXT_HOP is not 4 octets"))?);
+            let fault = if cx.classic_nlri { Fault::Withdraw } else { Fault::Discard };
+            let addr = Ipv4Addr::from(four(value).ok_or(fault("NEXT_HOP is not 4 octets"))?);
             if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
-                return Err(Fault::Withdraw("NEXT_HOP is not a unicast address"));
+                return Err(fault("NEXT_HOP is not a unicast address"));
             }
             attrs.next_hop = Some(addr);
         }

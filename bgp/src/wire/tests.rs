@@ -863,3 +863,30 @@ proptest! {
         let _ = decode_frame(&m, &AS4);
     }
 }
+
+#[test]
+fn bad_next_hop_without_classic_nlri_is_only_discarded() {
+    // RFC 4760 §3: NEXT_HOP means nothing in an MP-only UPDATE, so a broken one must not
+    // withdraw the IPv6 route.
+    let mut attrs = vec![0x80, 14, 26, 0, 2, 1, 16];
+    attrs.extend_from_slice(&ip6("2001:db8::1").octets());
+    attrs.extend_from_slice(&[0, 32, 0x20, 0x01, 0x0d, 0xb8]);
+    attrs.extend_from_slice(&ORIGIN_IGP);
+    attrs.extend_from_slice(&AS_PATH_EMPTY);
+    attrs.extend_from_slice(&[0x40, 3, 4, 0, 0, 0, 0]);
+    let u = update_of(&raw_update(&[], &attrs, &[]), &AS4).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(&u.status, UpdateStatus::AttributeDiscard(v) if v[0].code == attr_code::NEXT_HOP));
+    assert_eq!(u.announced().collect::<Vec<_>>(), vec![net("2001:db8::/32")]);
+}
+
+#[test]
+fn confederation_segments_from_an_external_peer_are_treat_as_withdraw() {
+    let confed: &[u8] = &[0x40, 2, 6, 3, 1, 0, 0, 0xfd, 0xe9];
+    let attrs = [&ORIGIN_IGP[..], confed, &NEXT_HOP].concat();
+    let bytes = raw_update(&[], &attrs, &NLRI_203);
+    let external = Codec { four_octet_as: true, external: true };
+    let u = update_of(&bytes, &external).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(&u.status, UpdateStatus::TreatAsWithdraw(i) if i.code == attr_code::AS_PATH));
+    let u = update_of(&bytes, &AS4).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(u.status, UpdateStatus::Ok, "internal peers may carry them");
+}

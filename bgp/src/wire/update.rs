@@ -37,7 +37,8 @@ pub(crate) fn decode(body: &[u8], codec: &Codec) -> Result<Update, DecodeError> 
     let mut announced = Vec::new();
     nlri::read_v4(nlri_bytes, &mut announced).map_err(invalid_network)?;
 
-    let decoded = attributes::decode(attr_bytes, codec)?;
+    let cx = attributes::Context { codec: *codec, classic_nlri: !announced.is_empty() };
+    let decoded = attributes::decode(attr_bytes, cx)?;
     let mut attrs = decoded.attrs;
     let mut withdraw = decoded.withdraw;
 
