@@ -1,6 +1,7 @@
 //! Real BGP routers as peers for interop tests and benchmarks: BIRD 2, FRR's bgpd (without
 //! zebra), GoBGP and ExaBGP, each started inside a given [`NetNs`] from a generated config,
-//! and queried through its own CLI.
+//! and queried through its own CLI. tortie's own standalone daemon (`tortie-node bgp`) is
+//! one more [`Kind`], queried through `tortiectl` and the namespace's kernel table.
 //!
 //! A [`Router`] owns its process and its scratch folder: dropping it kills the process
 //! (and its process group: ExaBGP runs a helper) and removes the folder.
@@ -28,6 +29,8 @@ pub enum Kind {
     Frr,
     Gobgp,
     Exabgp,
+    /// `tortie-node bgp --config FILE`, with `kernel_install = true`.
+    Tortie,
 }
 
 /// One BGP neighbor of the router.
@@ -219,6 +222,14 @@ impl Router {
                     .arg(&conf);
                 (conf, exabgp_config(&self.spec, &dir))
             }
+            Kind::Tortie => {
+                let conf = dir.join("tortie-bgp.toml");
+                let bin = crate::agents::agent_binary().ok_or_else(|| {
+                    Error::Invalid("tortie-node is not built (cargo build -p tortie-node, or set TORTIE_NODE_BIN)".into())
+                })?;
+                cmd.arg(bin).arg("bgp").arg("--config").arg(&conf).env("RUST_LOG", "info");
+                (conf, tortie_config(&self.spec, &dir))
+            }
         };
         crate::write_file(&conf.0, conf.1.as_bytes())?;
         cmd.current_dir(&dir).stdin(Stdio::null()).stdout(log).stderr(err).process_group(0);
@@ -245,6 +256,7 @@ impl Router {
                 Kind::Gobgp => self.gobgp(&["global"]).is_ok(),
                 // ExaBGP has no control socket; its helper writes a mark once it runs.
                 Kind::Exabgp => self.dir.join("helper.started").exists(),
+                Kind::Tortie => self.tortie_status().is_ok(),
             };
             if ready {
                 return Ok(());
@@ -304,6 +316,13 @@ impl Router {
                 let v: serde_json::Value = parse_json(&out)?;
                 Ok(v["state"]["session_state"] == 6 || v["state"]["session_state"] == "established")
             }
+            Kind::Tortie => {
+                let v = self.tortie_status()?;
+                let peers = v["ipv4_peers"].as_array().into_iter().chain(v["ipv6_peers"].as_array()).flatten();
+                Ok(peers
+                    .filter(|p| p["peer_address"] == peer.to_string())
+                    .any(|p| p["fsm_state"] == "Established"))
+            }
             Kind::Exabgp => {
                 // The helper logs every neighbor state change as JSON; the last one counts.
                 let mut up = false;
@@ -329,9 +348,10 @@ impl Router {
     }
 
     /// Prefixes this router has learned over BGP (in its RIB, from any neighbor), IPv4
-    /// and IPv6.
+    /// and IPv6. For tortie: the routes in the namespace's kernel table with protocol 116.
     pub fn learned(&self) -> Result<BTreeSet<IpNet>, Error> {
         match self.kind {
+            Kind::Tortie => Ok(self.kernel_routes()?.into_iter().map(|(net, _)| net).collect()),
             Kind::Bird => {
                 let mut out = BTreeSet::new();
                 for table in ["master4", "master6"] {
@@ -467,6 +487,7 @@ impl Router {
                 let nh = self.exabgp_next_hop(prefix);
                 self.exabgp_command(&format!("announce route {prefix} next-hop {nh}"))
             }
+            Kind::Tortie => Err(Error::Invalid("the tortie daemon takes its prefixes from its config only".into())),
         }
     }
 
@@ -493,7 +514,44 @@ impl Router {
                 let nh = self.exabgp_next_hop(prefix);
                 self.exabgp_command(&format!("withdraw route {prefix} next-hop {nh}"))
             }
+            Kind::Tortie => Err(Error::Invalid("the tortie daemon takes its prefixes from its config only".into())),
         }
+    }
+
+    /// tortie only: `tortiectl node status -o json` against the daemon's socket.
+    pub fn tortie_status(&self) -> Result<serde_json::Value, Error> {
+        parse_json(&self.tortiectl(&["node", "status", "-o", "json"])?)
+    }
+
+    /// tortie only: runs tortiectl against the daemon's socket; returns its stdout.
+    pub fn tortiectl(&self, args: &[&str]) -> Result<String, Error> {
+        let bin = crate::agents::sibling_binary("tortiectl", "TORTIECTL_BIN")
+            .ok_or_else(|| Error::Invalid("tortiectl is not built (cargo build -p tortie-node)".into()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--socket").arg(self.dir.join("bgp.sock")).args(args);
+        crate::run(&mut cmd)
+    }
+
+    /// The namespace's kernel routes with tortie's protocol (116), with their gateways.
+    pub fn kernel_routes(&self) -> Result<Vec<(IpNet, Option<IpAddr>)>, Error> {
+        let mut out = Vec::new();
+        for fam in ["-4", "-6"] {
+            let mut cmd = Command::new("ip");
+            cmd.args(["-j", fam, "-n", &self.netns, "route", "show", "proto", "116"]);
+            let v = parse_json(&crate::run(&mut cmd)?)?;
+            for r in v.as_array().into_iter().flatten() {
+                let Some(dst) = r["dst"].as_str() else { continue };
+                let net = if dst.contains('/') {
+                    dst.parse::<IpNet>().ok()
+                } else {
+                    dst.parse::<IpAddr>().ok().map(IpNet::from)
+                };
+                if let Some(net) = net {
+                    out.push((net, r["gateway"].as_str().and_then(|g| g.parse().ok())));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// ExaBGP only: sends one API command line as is (the adversary's raw tool, e.g. an
@@ -823,6 +881,54 @@ fn exabgp_config(spec: &RouterSpec, dir: &Path) -> String {
         c.push_str("}\n");
     }
     c
+}
+
+fn tortie_config(spec: &RouterSpec, dir: &Path) -> String {
+    let mut c = String::new();
+    let _ = writeln!(c, "router_id = \"{}\"\nasn = {}", spec.router_id, spec.asn);
+    if spec.listen_port != 0 {
+        let _ = writeln!(c, "listen = \"0.0.0.0:{}\"", spec.listen_port);
+    }
+    let _ = writeln!(c, "api_socket = {}\nkernel_install = true", toml_string(&dir.join("bgp.sock").display().to_string()));
+    if let Some(a) = spec.next_hop_v4 {
+        let _ = writeln!(c, "local_ipv4 = \"{a}\"");
+    }
+    if let Some(a) = spec.next_hop_v6 {
+        let _ = writeln!(c, "local_ipv6 = \"{a}\"");
+    }
+    for p in &spec.peers {
+        let _ = writeln!(c, "\n[[neighbor]]\naddress = \"{}\"\nasn = {}", p.address, p.asn);
+        let _ = writeln!(c, "passive = {}\nroute_reflector_client = {}", p.passive, p.rr_client);
+        let _ = writeln!(c, "graceful_restart = {}\nhold_time = {}", p.graceful_restart, spec.hold_time);
+        let _ = writeln!(c, "port = {}\nconnect_retry = 1", p.port);
+        if let Some(pw) = &p.password {
+            let _ = writeln!(c, "password = {}", toml_string(pw));
+        }
+        if let Some(local) = p.local_address {
+            let _ = writeln!(c, "local_address = \"{local}\"");
+        }
+    }
+    for n in &spec.originate {
+        let _ = writeln!(c, "\n[[originate]]\nprefix = \"{n}\"");
+    }
+    c
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// ExaBGP's API helper: forwards lines written to `ctl.fifo` to ExaBGP, and appends what

@@ -1,0 +1,197 @@
+//! Root tests: tortie's standalone BGP daemon (`tortie-node bgp`) against BIRD 2, FRR's
+//! bgpd and GoBGP, each pair in its own two namespaces joined by a veth.
+//!
+//! Build the binaries first: `cargo build -p tortie-node` (the tests find `tortie-node`
+//! and `tortiectl` in the target folder, or through TORTIE_NODE_BIN / TORTIECTL_BIN).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tortie_lab::netns::{NetNs, veth_pair};
+use tortie_lab::routers::{Kind, PeerSpec, Router, RouterSpec};
+
+const T: Duration = Duration::from_secs(40);
+const TORTIE: &str = "10.99.0.1";
+const PEER: &str = "10.99.0.2";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// The two namespaces and the routers in them. Field order is drop order: routers first.
+struct Pair {
+    tortie: Router,
+    peer: Router,
+    _ns: (NetNs, NetNs),
+}
+
+struct Options {
+    tortie_passive: bool,
+    tortie_password: Option<&'static str>,
+    peer_password: Option<&'static str>,
+}
+
+const PLAIN_ACTIVE: Options = Options { tortie_passive: false, tortie_password: None, peer_password: None };
+const PLAIN_PASSIVE: Options = Options { tortie_passive: true, tortie_password: None, peer_password: None };
+
+/// Router `n` (1 = tortie, 2 = peer) on 10.99.0.n / fd99::n, originating 10.n.0.0/24 and
+/// fdn::/64 (with next hops on the link, for IPv6 over the IPv4 session).
+fn spec(n: u8, passive: bool, password: Option<&str>) -> RouterSpec {
+    let other = 3 - n;
+    let mut s = RouterSpec::new(format!("10.99.0.{n}").parse().unwrap_or_else(|_| unreachable!()), 64512);
+    let mut p = PeerSpec::new(ip(&format!("10.99.0.{other}")), 64512);
+    p.passive = passive;
+    p.password = password.map(str::to_owned);
+    p.local_address = Some(ip(&format!("10.99.0.{n}")));
+    s.peers.push(p);
+    s.originate = vec![net(&format!("10.{n}.0.0/24")), net(&format!("fd0{n}::/64"))];
+    s.next_hop_v4 = Some(format!("10.99.0.{n}").parse().unwrap_or_else(|_| unreachable!()));
+    s.next_hop_v6 = Some(format!("fd99::{n}").parse().unwrap_or_else(|_| unreachable!()));
+    s
+}
+
+fn pair(kind: Kind, o: &Options) -> Pair {
+    let t = NetNs::create("trt-bgp-t").unwrap_or_else(|e| panic!("{e}"));
+    let p = NetNs::create("trt-bgp-p").unwrap_or_else(|e| panic!("{e}"));
+    veth_pair(&t, "eth0", &p, "eth0").unwrap_or_else(|e| panic!("{e}"));
+    for (ns, n) in [(&t, 1), (&p, 2)] {
+        ns.run("ip", &["addr", "add", &format!("10.99.0.{n}/24"), "dev", "eth0"]).unwrap_or_else(|e| panic!("{e}"));
+        ns.run("ip", &["addr", "add", &format!("fd99::{n}/64"), "dev", "eth0", "nodad"]).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let peer = Router::start(kind, &p, spec(2, !o.tortie_passive, o.peer_password)).unwrap_or_else(|e| panic!("{e}"));
+    let tortie = Router::start(Kind::Tortie, &t, spec(1, o.tortie_passive, o.tortie_password))
+        .unwrap_or_else(|e| panic!("{e}"));
+    Pair { tortie, peer, _ns: (t, p) }
+}
+
+fn has_all(want: &'static [&'static str]) -> impl Fn(&BTreeSet<IpNet>) -> bool {
+    move |s| want.iter().all(|w| s.contains(&net(w)))
+}
+
+/// Session up, prefixes both ways in both families, routes in tortie's kernel with the
+/// peer's next hops, status visible through tortiectl, and withdrawals propagating.
+fn exchange(kind: Kind, o: &Options) {
+    let mut pr = pair(kind, o);
+    pr.tortie.wait_established(ip(PEER), T).unwrap_or_else(|e| panic!("{e}"));
+    pr.peer.wait_established(ip(TORTIE), T).unwrap_or_else(|e| panic!("{e}"));
+
+    pr.peer
+        .wait_learned(T, "the peer learns tortie's prefixes", has_all(&["10.1.0.0/24", "fd01::/64"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_learned(T, "tortie installs the peer's prefixes", has_all(&["10.2.0.0/24", "fd02::/64"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kernel = pr.tortie.kernel_routes().unwrap_or_else(|e| panic!("{e}"));
+    assert!(kernel.contains(&(net("10.2.0.0/24"), Some(ip(PEER)))), "{kernel:?}");
+    assert!(kernel.contains(&(net("fd02::/64"), Some(ip("fd99::2")))), "{kernel:?}");
+
+    let table = pr.tortie.tortiectl(&["node", "status"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(table.starts_with("tortie process is running.\n"), "{table}");
+    assert!(table.contains("| 10.99.0.2    | global    | up    |"), "{table}");
+    assert!(table.contains("No IPv6 peers found."), "{table}");
+
+    pr.peer.withdraw(net("10.2.0.0/24")).unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_learned(T, "the withdrawn IPv4 route leaves tortie's kernel", |s| {
+            !s.contains(&net("10.2.0.0/24")) && s.contains(&net("fd02::/64"))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.peer.withdraw(net("fd02::/64")).unwrap_or_else(|e| panic!("{e}"));
+    pr.peer.announce(net("10.22.0.0/24")).unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_learned(T, "the IPv6 withdrawal and a new announcement reach tortie's kernel", |s| {
+            !s.contains(&net("fd02::/64")) && s.contains(&net("10.22.0.0/24"))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn bird_with_tortie_active() {
+    exchange(Kind::Bird, &PLAIN_ACTIVE);
+}
+
+#[test]
+fn bird_with_tortie_passive() {
+    exchange(Kind::Bird, &PLAIN_PASSIVE);
+}
+
+#[test]
+fn frr_with_tortie_active() {
+    exchange(Kind::Frr, &PLAIN_ACTIVE);
+}
+
+#[test]
+fn frr_with_tortie_passive() {
+    exchange(Kind::Frr, &PLAIN_PASSIVE);
+}
+
+#[test]
+fn gobgp_with_tortie_active() {
+    exchange(Kind::Gobgp, &PLAIN_ACTIVE);
+}
+
+#[test]
+fn gobgp_with_tortie_passive() {
+    exchange(Kind::Gobgp, &PLAIN_PASSIVE);
+}
+
+/// MD5 with the same password on both sides: the session comes up and routes flow.
+fn md5_matching(kind: Kind, tortie_passive: bool) {
+    let o = Options { tortie_passive, tortie_password: Some("s3cret-md5"), peer_password: Some("s3cret-md5") };
+    let pr = pair(kind, &o);
+    pr.tortie.wait_established(ip(PEER), T).unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_learned(T, "tortie installs the peer's prefixes over an MD5 session", has_all(&["10.2.0.0/24"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = pr.tortie.tortiectl(&["node", "status", "-o", "json"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!status.contains("s3cret"), "the password leaked into status: {status}");
+    let log = std::fs::read_to_string(pr.tortie.dir().join("router.log")).unwrap_or_default();
+    assert!(!log.contains("s3cret"), "the password leaked into the log");
+}
+
+/// A wrong password: the kernel drops the segments, and the session never comes up.
+fn md5_wrong(kind: Kind) {
+    let o = Options { tortie_passive: false, tortie_password: Some("right-one"), peer_password: Some("wrong-one") };
+    let pr = pair(kind, &o);
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(!pr.tortie.established(ip(PEER)).unwrap_or(true), "session up despite the wrong password");
+    assert!(!pr.peer.established(ip(TORTIE)).unwrap_or(true));
+    // Both daemons are alive and trying, so "down" is the password's doing.
+    let status = pr.tortie.tortie_status().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status["ipv4_peers"][0]["state"], "start", "{status}");
+}
+
+#[test]
+fn bird_md5_tortie_active() {
+    md5_matching(Kind::Bird, false);
+}
+
+#[test]
+fn bird_md5_tortie_passive() {
+    md5_matching(Kind::Bird, true);
+}
+
+#[test]
+fn bird_md5_wrong_password() {
+    md5_wrong(Kind::Bird);
+}
+
+#[test]
+fn frr_md5_tortie_active() {
+    md5_matching(Kind::Frr, false);
+}
+
+#[test]
+fn frr_md5_tortie_passive() {
+    md5_matching(Kind::Frr, true);
+}
+
+#[test]
+fn frr_md5_wrong_password() {
+    md5_wrong(Kind::Frr);
+}
