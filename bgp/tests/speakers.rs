@@ -420,3 +420,78 @@ fn graceful_restart_keeps_routes_through_a_peer_restart() {
         let _ = b.shutdown().await;
     });
 }
+
+#[test]
+fn route_reflector_passes_routes_between_clients() {
+    init_tracing();
+    let ns = Netns::new("rr");
+    ns.run(|| async {
+        let rr = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
+        let c = speaker([10, 0, 0, 3], "127.0.0.3", false).await;
+        for client in ["127.0.0.2", "127.0.0.3"] {
+            let mut p = peer(client, "127.0.0.1", true);
+            p.route_reflector_client = true;
+            rr.add_peer(p).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut wb = Watch::new(&b).await;
+        let mut wc = Watch::new(&c).await;
+        // The clients peer only with the reflector, not with each other.
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", false)).await.unwrap_or_else(|e| panic!("{e}"));
+        c.add_peer(peer("127.0.0.1", "127.0.0.3", false)).await.unwrap_or_else(|e| panic!("{e}"));
+        b.originate(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        c.originate(net("192.168.3.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        c.originate(net("fd00:3::/122")).await.unwrap_or_else(|e| panic!("{e}"));
+        // Reflected routes keep the originating client's next hop.
+        wc.until("B's route on C", |w| w.has("192.168.2.0/26", "127.0.0.2")).await;
+        wb.until("C's routes on B", |w| {
+            w.has("192.168.3.0/26", "127.0.0.3") && w.has("fd00:3::/122", "127.0.0.3")
+        })
+        .await;
+        // Each client refuses its own route coming back (ORIGINATOR_ID), so it does not
+        // show up as learned.
+        assert!(!wb.routes.contains_key(&net("192.168.2.0/26")));
+        let _ = rr.shutdown().await;
+        let _ = b.shutdown().await;
+        let _ = c.shutdown().await;
+    });
+}
+
+#[test]
+fn md5_passwords_must_match() {
+    init_tracing();
+    let ns = Netns::new("md5");
+    ns.run(|| async {
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
+        let c = speaker([10, 0, 0, 3], "127.0.0.3", false).await;
+        let with_password = |mut p: PeerConfig, pw: &str| {
+            p.password = Some(tortie_bgp::Password::new(pw));
+            p
+        };
+        // A waits for both; B knows the password, C does not.
+        for (p, pw) in [("127.0.0.2", "s3cret"), ("127.0.0.3", "s3cret")] {
+            a.add_peer(with_password(peer(p, "127.0.0.1", true), pw)).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        b.add_peer(with_password(peer("127.0.0.1", "127.0.0.2", false), "s3cret"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.add_peer(with_password(peer("127.0.0.1", "127.0.0.3", false), "wrong"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_state(&a, "127.0.0.2", State::Established).await;
+        // The kernel drops C's unsigned-with-the-wrong-key SYNs: no session, ever.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        let c_state = status.iter().find(|p| p.address == addr("127.0.0.3")).map(|p| p.state);
+        assert_eq!(c_state, Some(State::Active));
+        let c_status = c.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(c_status[0].state, State::Established);
+        // The password appears in no status output.
+        let shown = format!("{status:?} {c_status:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("wrong"), "{shown}");
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
+        let _ = c.shutdown().await;
+    });
+}
