@@ -2,6 +2,8 @@
 //! `main.rs` only reads stdin and exits with what this returns.
 
 use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::agent::GrpcAgent;
 use crate::config::{LogLevel, NetConf, sniff_version};
@@ -31,7 +33,17 @@ fn init_logging(level: LogLevel) {
         LogLevel::Trace => tracing::Level::TRACE,
     };
     // stdout is the result channel; logs go to stderr, which runtimes keep for diagnosis.
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_ansi(false).try_init();
+    // Our own events at the configured level; the libraries' (h2, tower) only when they warn.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("tortie_cni", level)
+        .with_default(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(level)
+        .finish()
+        .with(filter)
+        .try_init();
 }
 
 /// Runs the plugin as the runtime invoked it.

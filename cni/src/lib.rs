@@ -10,6 +10,8 @@
 //! - [`agent`]: the gRPC client of the node agent;
 //! - [`cli`]: the binary's whole life: environment and stdin in, stdout and exit code out.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod agent;
 pub mod cli;
 pub mod commands;

@@ -263,10 +263,11 @@ impl Dataplane for KernelDataplane {
     fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
         let ipv6 = plan.has_ipv6();
         // One request makes both ends: the peer message carries the pod namespace's fd
-        // (IFLA_NET_NS_FD), so the pod end is born inside the pod and never moves. Both ends
-        // come up with it, except that for IPv6 the host end waits for accept_dad=0.
+        // (IFLA_NET_NS_FD), so the pod end is born inside the pod and never moves. The host
+        // end comes up with it (for IPv6 only after accept_dad=0). The pod end cannot: the
+        // kernel configures the peer before it pairs the two, so IFF_UP there fails with
+        // ENOTCONN (veth_open finds no peer); the pod-side batch below brings it up.
         let mut peer = LinkMessage::default();
-        up_flags(&mut peer, true);
         peer.attributes.push(LinkAttribute::IfName(plan.ifname.clone()));
         peer.attributes.push(LinkAttribute::Mtu(plan.mtu));
         {
