@@ -195,3 +195,101 @@ fn frr_md5_tortie_passive() {
 fn frr_md5_wrong_password() {
     md5_wrong(Kind::Frr);
 }
+
+/// Runs `ip monitor route` in a namespace until dropped; `deleted()` lists every route
+/// deletion it saw (the evidence for "no route is withdrawn at any point").
+struct RouteMonitor {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl RouteMonitor {
+    fn start(ns: &NetNs) -> RouteMonitor {
+        let out = std::env::temp_dir().join(format!("trt-monitor-{}-{}", std::process::id(), ns.name()));
+        let file = std::fs::File::create(&out).unwrap_or_else(|e| panic!("{e}"));
+        let child = std::process::Command::new("ip")
+            .args(["-n", ns.name(), "monitor", "route"])
+            .stdout(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        // `ip monitor` subscribes right after start; give it that moment.
+        std::thread::sleep(Duration::from_millis(300));
+        RouteMonitor { child, out }
+    }
+
+    fn deleted(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("Deleted"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for RouteMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+/// RFC 4724 with tortie as the restarting speaker: SIGKILL it, the peer keeps our routes
+/// and our kernel keeps the peer's; on restart everything re-syncs without a single
+/// withdrawal, and a route the peer dropped meanwhile is swept after End-of-RIB.
+fn graceful_restart(kind: Kind) {
+    let mut pr = pair(kind, &PLAIN_ACTIVE);
+    pr.tortie.wait_established(ip(PEER), T).unwrap_or_else(|e| panic!("{e}"));
+    pr.peer.announce(net("10.23.0.0/24")).unwrap_or_else(|e| panic!("{e}"));
+    pr.peer
+        .wait_learned(T, "the peer learns tortie's prefixes", has_all(&["10.1.0.0/24", "fd01::/64"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_learned(T, "tortie installs the peer's prefixes", has_all(&["10.2.0.0/24", "fd02::/64", "10.23.0.0/24"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let monitor = RouteMonitor::start(&pr._ns.0);
+
+    pr.tortie.kill();
+    // The peer notices the dead session (the kernel closes tortie's socket) and keeps our
+    // routes as stale; our kernel keeps the peer's routes with no daemon at all.
+    tortie_lab::routers::wait_for(T, "the peer to see the session drop", || {
+        Ok(!pr.peer.established(ip(TORTIE))?)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    pr.peer.withdraw(net("10.23.0.0/24")).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..20 {
+        let learned = pr.peer.learned().unwrap_or_else(|e| panic!("{e}"));
+        assert!(has_all(&["10.1.0.0/24", "fd01::/64"])(&learned), "the peer dropped our routes: {learned:?}");
+        let kernel = pr.tortie.learned().unwrap_or_else(|e| panic!("{e}"));
+        assert!(has_all(&["10.2.0.0/24", "fd02::/64", "10.23.0.0/24"])(&kernel), "kernel lost routes: {kernel:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    pr.tortie.restart().unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie.wait_established(ip(PEER), T).unwrap_or_else(|e| panic!("{e}"));
+    // After End-of-RIB the route the peer no longer has is swept, and only that one.
+    pr.tortie
+        .wait_learned(T, "the stale route to be swept after End-of-RIB", |s| {
+            !s.contains(&net("10.23.0.0/24")) && has_all(&["10.2.0.0/24", "fd02::/64"])(s)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let learned = pr.peer.learned().unwrap_or_else(|e| panic!("{e}"));
+    assert!(has_all(&["10.1.0.0/24", "fd01::/64"])(&learned), "{learned:?}");
+    let deleted = monitor.deleted();
+    assert!(
+        deleted.iter().all(|l| l.contains("10.23.0.0/24")),
+        "routes were withdrawn from the kernel during the restart: {deleted:?}"
+    );
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+}
+
+#[test]
+fn bird_graceful_restart_of_tortie() {
+    graceful_restart(Kind::Bird);
+}
+
+#[test]
+fn frr_graceful_restart_of_tortie() {
+    graceful_restart(Kind::Frr);
+}
