@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use support::apiserver::Apiserver;
-use tortie_ipam::{AffinityState, Allocator, Handle, IpFamily, IpPool, IpamConfig, Store};
+use tortie_ipam::{AffinityState, Allocator, CountingStore, Handle, IpFamily, IpPool, IpamConfig, Store};
 use tortie_node::datastore::{self, KubeStore};
 
 const NODES: usize = 10;
@@ -38,7 +38,8 @@ fn ten_agents_racing_on_one_pool_never_duplicate() {
             let start = start.clone();
             server.spawn_in(move |client| async move {
                 let node = format!("node-{n}");
-                let mut alloc = Allocator::new(KubeStore::new(client), node.clone(), BTreeMap::new(), IpamConfig::default());
+                let store = CountingStore::new(KubeStore::new(client));
+                let mut alloc = Allocator::new(store.clone(), node.clone(), BTreeMap::new(), IpamConfig::default());
                 start.wait();
                 let mut got = Vec::new();
                 for i in 0..PER_NODE {
@@ -46,19 +47,24 @@ fn ten_agents_racing_on_one_pool_never_duplicate() {
                     let a = alloc.allocate(&h, IpFamily::V4, None).await.map_err(|e| format!("{node} #{i}: {e}"))?;
                     got.push((a.ip, h));
                 }
-                Ok::<_, String>(got)
+                Ok::<_, String>((got, store.stats()))
             })
         })
         .collect();
     let mut returned: HashMap<IpAddr, Handle> = HashMap::new();
+    let (mut writes, mut lost) = (0, 0);
     for agent in agents {
-        for (ip, h) in agent.join().unwrap().unwrap().unwrap() {
+        let (got, stats) = agent.join().unwrap().unwrap().unwrap();
+        writes += stats.writes;
+        lost += stats.lost_races;
+        for (ip, h) in got {
             if let Some(other) = returned.insert(ip, h.clone()) {
                 panic!("{ip} handed out twice: to {other} and {h}");
             }
         }
     }
     assert_eq!(returned.len(), NODES * PER_NODE);
+    eprintln!("{} allocations: {writes} apiserver writes, {lost} of them lost a compare-and-swap race", returned.len());
 
     let (blocks, affinities) = server
         .block_on(|client| async move {

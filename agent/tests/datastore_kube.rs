@@ -10,7 +10,8 @@ use std::time::Duration;
 use kube::api::{Api, PostParams};
 use support::apiserver::Apiserver;
 use tortie_ipam::{
-    AffinityState, Allocator, Block, BlockAffinity, BlockCidr, Handle, IpFamily, IpPool, IpamConfig, Store, StoreError,
+    AffinityState, Allocator, Block, BlockAffinity, BlockCidr, CountingStore, Handle, IpFamily, IpPool, IpamConfig, Store,
+    StoreError,
 };
 use tortie_node::datastore::{self, KubeStore, crd};
 
@@ -77,6 +78,29 @@ fn crds_install_and_the_store_does_compare_and_swap() {
             let affs = store.list_affinities("n1").await.unwrap();
             assert_eq!(affs.len(), 1);
             assert_eq!((affs[0].value.cidr, affs[0].value.state), (first.block, AffinityState::Confirmed));
+
+            // A steady ADD costs the apiserver exactly one write and no read.
+            let counted = CountingStore::new(store.clone());
+            let mut steady = Allocator::new(counted.clone(), "n2", BTreeMap::new(), IpamConfig::default());
+            steady.allocate(&Handle::for_container("net", "warm"), IpFamily::V4, None).await.unwrap();
+            for i in 0..10 {
+                let before = counted.stats();
+                steady.allocate(&Handle::for_container("net", &format!("c{i}")), IpFamily::V4, None).await.unwrap();
+                let after = counted.stats();
+                assert_eq!((after.reads - before.reads, after.writes - before.writes), (0, 1), "ADD {i}");
+            }
+
+            // IPv6: object names for v6 blocks and affinities are valid Kubernetes names.
+            let v6 = IpPool::new("default-ipv6-ippool", "fd00:10:66::/120".parse().unwrap(), 122).unwrap();
+            assert!(store.create_pool_if_none(&v6).await.unwrap(), "the IPv4 pool does not count for IPv6");
+            let mut dual = Allocator::new(store.clone(), "n1", BTreeMap::new(), IpamConfig::default());
+            let h6 = Handle::for_container("k8s-pod-network", "dual");
+            let a4 = dual.allocate(&h6, IpFamily::V4, None).await.unwrap();
+            let a6 = dual.allocate(&h6, IpFamily::V6, None).await.unwrap();
+            assert_eq!(a6.pool, "default-ipv6-ippool");
+            let mut released = dual.release(&h6).await.unwrap();
+            released.sort();
+            assert_eq!(released, vec![a4.ip, a6.ip]);
 
             // A block that does not parse stops allocation and says which object is wrong.
             let blocks: Api<crd::IPAMBlock> = Api::all(client.clone());

@@ -49,8 +49,47 @@ pub struct BlockAffinity {
 }
 
 impl BlockAffinity {
-    /// The object name: `<node>-<block object name>`, as Calico names them.
+    /// The object name: `<node>-<block object name>`, as Calico names them. A node name so
+    /// long that this would pass Kubernetes' 253 characters is cut and made unique again with
+    /// a hash of the whole name (readers go by `spec.node`, never by the object name).
     pub fn object_name(&self) -> String {
-        format!("{}-{}", self.node, self.cidr.object_name())
+        let block = self.cidr.object_name();
+        let name = format!("{}-{block}", self.node);
+        if name.len() <= MAX_NAME {
+            return name;
+        }
+        let hash = format!("{:016x}", fnv1a(&self.node));
+        let room = MAX_NAME - block.len() - hash.len() - 2;
+        let mut cut = room.min(self.node.len());
+        while !self.node.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        // A name must end in an alphanumeric before each dash we add.
+        let prefix = self.node[..cut].trim_end_matches(['-', '.']);
+        format!("{prefix}-{hash}-{block}")
+    }
+}
+
+/// Kubernetes' limit for object names (DNS subdomain).
+const MAX_NAME: usize = 253;
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_within_kubernetes_limits_and_unique() {
+        let cidr: BlockCidr = "10.0.0.0/26".parse().unwrap();
+        let short = BlockAffinity { node: "node-1".into(), cidr, state: AffinityState::Confirmed };
+        assert_eq!(short.object_name(), "node-1-10-0-0-0-26");
+        let long_a = BlockAffinity { node: format!("{}.a", "x".repeat(250)), ..short.clone() };
+        let long_b = BlockAffinity { node: format!("{}.b", "x".repeat(250)), ..short };
+        assert!(long_a.object_name().len() <= MAX_NAME);
+        assert!(long_a.object_name().ends_with("-10-0-0-0-26"));
+        assert_ne!(long_a.object_name(), long_b.object_name());
     }
 }

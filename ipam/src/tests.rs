@@ -75,6 +75,21 @@ fn steady_allocation_is_one_write() {
 }
 
 #[test]
+fn steady_allocation_reads_nothing_through_a_counting_store() {
+    let store = store_with(&[pool("default", "10.244.0.0/16", 26)]);
+    let counted = CountingStore::new(store.clone());
+    let mut a = Allocator::new(counted.clone(), "n1", BTreeMap::new(), IpamConfig::default());
+    block_on(a.allocate(&h(0), IpFamily::V4, None)).unwrap();
+    let before = counted.stats();
+    block_on(a.allocate(&h(1), IpFamily::V4, None)).unwrap();
+    let after = counted.stats();
+    assert_eq!((after.reads - before.reads, after.writes - before.writes), (0, 1));
+    store.inject(Kind::Block, &[Fault::Conflict]);
+    block_on(a.allocate(&h(2), IpFamily::V4, None)).unwrap();
+    assert_eq!(counted.stats().lost_races, after.lost_races + 1);
+}
+
+#[test]
 fn first_allocation_claims_a_confirmed_block() {
     let store = store_with(&[pool("default", "10.244.0.0/16", 26)]);
     let mut a = allocator(&store, "n1");
