@@ -219,7 +219,7 @@ fn decode_known(
         code::AS_PATH => {
             let width = if codec.four_octet_as { 4 } else { 2 };
             let path = read_as_path(value, width)
-                .ok_or(Fault::Withdraw("AS_PATH segments are malformed"))?;
+                .ok_or(Fault::Withdraw("AS_PATH is malformed or holds AS 0"))?;
             // tortie is in no confederation, so an external peer cannot share one with
             // us: confederation segments from it are malformed (RFC 7606 §7.2).
             if codec.external
@@ -266,7 +266,7 @@ fn decode_known(
             let width = if codec.four_octet_as { 4 } else { 2 };
             attrs.aggregator = Some(
                 read_aggregator(value, width)
-                    .ok_or(Fault::Discard("AGGREGATOR has the wrong length"))?,
+                    .ok_or(Fault::Discard("AGGREGATOR has the wrong length or AS 0"))?,
             );
         }
         // RFC 7606 §7.8.
@@ -318,7 +318,7 @@ fn decode_known(
             if codec.four_octet_as {
                 return Err(Fault::Discard("AS4_PATH from a 4-octet AS peer"));
             }
-            let path = read_as_path(value, 4).ok_or(Fault::Discard("AS4_PATH is malformed"))?;
+            let path = read_as_path(value, 4).ok_or(Fault::Discard("AS4_PATH is malformed or holds AS 0"))?;
             if path.segments.iter().any(|s| {
                 matches!(s.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet)
             }) {
@@ -331,7 +331,7 @@ fn decode_known(
                 return Err(Fault::Discard("AS4_AGGREGATOR from a 4-octet AS peer"));
             }
             *as4_aggregator =
-                Some(read_aggregator(value, 4).ok_or(Fault::Discard("AS4_AGGREGATOR is not 8 octets"))?);
+                Some(read_aggregator(value, 4).ok_or(Fault::Discard("AS4_AGGREGATOR is not 8 octets or holds AS 0"))?);
         }
         _ => {}
     }
@@ -339,7 +339,8 @@ fn decode_known(
 }
 
 /// Reads AS_PATH segments with `width`-octet AS numbers. `None` for a segment of an
-/// unknown type, an empty segment, or one that overruns the attribute (RFC 7606 §7.2).
+/// unknown type, an empty segment, or one that overruns the attribute (RFC 7606 §7.2),
+/// and for AS 0 (RFC 7607 §2).
 fn read_as_path(value: &[u8], width: usize) -> Option<AsPath> {
     let mut r = Reader::new(value);
     let mut segments = Vec::new();
@@ -356,11 +357,14 @@ fn read_as_path(value: &[u8], width: usize) -> Option<AsPath> {
             return None;
         }
         let body = r.take(count * width)?;
-        let asns = if width == 4 {
+        let asns: Vec<u32> = if width == 4 {
             body.chunks_exact(4).filter_map(four).map(u32::from_be_bytes).collect()
         } else {
             body.chunks_exact(2).map(|b| b.iter().fold(0u32, |acc, x| acc << 8 | u32::from(*x))).collect()
         };
+        if asns.contains(&0) {
+            return None;
+        }
         segments.push(AsSegment { kind, asns });
     }
     Some(AsPath { segments })
@@ -372,6 +376,10 @@ fn read_aggregator(value: &[u8], width: usize) -> Option<Aggregator> {
     }
     let mut r = Reader::new(value);
     let asn = if width == 4 { r.u32()? } else { u32::from(r.u16()?) };
+    if asn == 0 {
+        // RFC 7607 §2.
+        return None;
+    }
     Some(Aggregator { asn, address: Ipv4Addr::from(r.array::<4>()?) })
 }
 

@@ -412,6 +412,8 @@ fn attribute_faults() {
     let cases: Vec<(&str, Vec<u8>, Codec, Want)> = vec![
         ("ATOMIC_AGGREGATE with a value", vec![0x40, 6, 1, 0], AS4, Want::Discard(6)),
         ("AGGREGATOR of 7 octets", vec![0xc0, 7, 7, 0, 0, 0, 1, 1, 2, 3], AS4, Want::Discard(7)),
+        ("AGGREGATOR with AS 0", vec![0xc0, 7, 8, 0, 0, 0, 0, 1, 2, 3, 4], AS4, Want::Discard(7)),
+        ("AS4_PATH with AS 0", vec![0xc0, 17, 6, 2, 1, 0, 0, 0, 0], AS2, Want::Discard(17)),
         ("AGGREGATOR 4-octet to a 2-octet codec", vec![0xc0, 7, 8, 0, 0, 0, 1, 1, 2, 3, 4], AS2, Want::Discard(7)),
         ("COMMUNITIES of 3 octets", vec![0xc0, 8, 3, 1, 2, 3], AS4, Want::Withdraw(8)),
         ("empty COMMUNITIES", vec![0xc0, 8, 0], AS4, Want::Withdraw(8)),
@@ -485,7 +487,8 @@ fn unknown_optional_transitive_is_kept_with_partial_bit() {
 
 #[test]
 fn malformed_as_paths_are_treat_as_withdraw() {
-    let paths: [&[u8]; 4] = [
+    let paths: [&[u8]; 5] = [
+        &[0x40, 2, 4, 2, 1, 0, 0],          // AS 0 (RFC 7607)
         &[0x40, 2, 2, 2, 0],                // empty segment
         &[0x40, 2, 4, 7, 1, 0, 1],          // segment type 7
         &[0x40, 2, 4, 2, 2, 0, 1],          // segment overruns the attribute
@@ -784,7 +787,7 @@ fn arb_path() -> impl Strategy<Value = AsPath> {
             Just(SegmentType::ConfedSequence),
             Just(SegmentType::ConfedSet)
         ],
-        prop::collection::vec(any::<u32>(), 1..6),
+        prop::collection::vec(1..=u32::MAX, 1..6),
     )
         .prop_map(|(kind, asns)| AsSegment { kind, asns });
     prop::collection::vec(seg, 0..4).prop_map(|segments| AsPath { segments })
@@ -795,7 +798,7 @@ fn arb_update() -> impl Strategy<Value = Update> {
         prop::collection::vec(arb_v4(), 0..20),
         prop::collection::vec(arb_v4(), 0..20),
         arb_path(),
-        (any::<Option<u32>>(), any::<Option<u32>>(), any::<bool>(), any::<Option<(u32, u32)>>()),
+        (any::<Option<u32>>(), any::<Option<u32>>(), any::<bool>(), prop::option::of((1..=u32::MAX, any::<u32>()))),
         (prop::collection::vec(any::<u32>(), 0..5), prop::collection::vec(any::<u32>(), 0..3), any::<Option<u32>>()),
         prop::option::of((prop::collection::vec(arb_v6(), 0..10), any::<u128>(), any::<Option<u128>>())),
         prop::option::of(prop::collection::vec(arb_v6(), 0..10)),
