@@ -341,3 +341,42 @@ fn chains_with_debians_portmap() {
     assert!(!nat.contains("18080"), "{nat}");
     assert!(tort_links(&node).is_empty() && agent.held().is_empty());
 }
+
+/// IPv6 next to IPv4: the pod gets a /128, its default route goes via the host veth's
+/// link-local address (the EUI-64 of ee:ee:ee:ee:ee:ee), and the host side skips DAD.
+#[test]
+fn dual_stack_pods_reach_the_node_and_each_other_over_ipv6() {
+    let node = node_ns();
+    let agent = TestAgent::start(&node);
+    agent.state.lock().unwrap().dual_stack = true;
+    let (pod_a, pod_b) = (NetNs::new("cni-pod"), NetNs::new("cni-pod"));
+    let (name_a, name_b) = (unique("web"), unique("db"));
+    let c = conf("1.1.0", &agent.socket);
+    let inv_a = Invocation::kubelet(&name_a, &unique("cid"), &pod_a.path());
+    let inv_b = Invocation::kubelet(&name_b, &unique("cid"), &pod_b.path());
+    let ra = exec(&node, &tortie(), "ADD", &inv_a, &c.to_string()).ok().json();
+    let rb = exec(&node, &tortie(), "ADD", &inv_b, &c.to_string()).ok().json();
+    let v6 = |r: &Value| r["ips"][1]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    let (a6, b6) = (v6(&ra), v6(&rb));
+    assert_eq!(ra["ips"][1]["gateway"], "fe80::ecee:eeff:feee:eeee");
+    assert!(ra["routes"].as_array().unwrap().iter().any(|r| r["dst"] == "::/0"), "{ra}");
+
+    let routes = pod_a.ip(&["-6", "route", "show"]);
+    assert!(routes.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"), "{routes}");
+    let host_if = expected_host_ifname(&name_a);
+    assert_eq!(node.output("cat", &[&format!("/proc/sys/net/ipv6/conf/{host_if}/accept_dad")]).trim(), "0");
+    assert_eq!(node.output("cat", &[&format!("/proc/sys/net/ipv6/conf/{host_if}/proxy_ndp")]).trim(), "1");
+    let ll = node.ip(&["-6", "addr", "show", "dev", &host_if]);
+    assert!(ll.contains("fe80::ecee:eeff:feee:eeee/64") && !ll.contains("tentative"), "{ll}");
+
+    assert!(node.ping6(&a6), "node → pod a over IPv6");
+    assert!(pod_a.ping6("fd00:200::1"), "pod a → node over IPv6");
+    assert!(pod_a.ping6(&b6), "pod a → pod b over IPv6");
+    assert!(pod_a.ping(&address_of(&rb)), "pod a → pod b over IPv4");
+
+    let prev = with(c.clone(), json!({"prevResult": ra}));
+    exec(&node, &tortie(), "CHECK", &inv_a, &prev).ok();
+    exec(&node, &tortie(), "DEL", &inv_a, &prev).ok();
+    assert!(!node.has_link(&host_if));
+    assert!(!node.ip(&["-6", "route", "show", "proto", "116"]).contains(&a6));
+}

@@ -81,6 +81,10 @@ impl NetNs {
         self.succeeds("ping", &["-c", "1", "-W", "2", addr])
     }
 
+    pub fn ping6(&self, addr: &str) -> bool {
+        self.succeeds("ping", &["-6", "-c", "1", "-W", "2", addr])
+    }
+
     pub fn has_link(&self, name: &str) -> bool {
         Command::new("ip").args(["-n", &self.name, "link", "show", "dev", name]).output().is_ok_and(|o| o.status.success())
     }
@@ -103,6 +107,10 @@ pub fn node_ns() -> NetNs {
     node.ip(&["link", "set", "uplink0", "up"]);
     node.ip(&["link", "set", "uplink0p", "up"]);
     node.ip(&["route", "add", "default", "dev", "uplink0"]);
+    node.ip(&["-6", "addr", "add", "fd00:200::1/64", "dev", "uplink0", "nodad"]);
+    node.ip(&["-6", "route", "add", "default", "dev", "uplink0"]);
+    // The agent's job on a real node (pod ↔ pod over IPv6 is forwarded by the host).
+    node.output("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
     node
 }
 
@@ -113,6 +121,10 @@ pub struct AgentState {
     pub next: u8,
     pub ready: bool,
     pub fail_endpoint_ready: bool,
+    /// Hand out an IPv6 address (fd00:99::x/128) next to each IPv4 one.
+    pub dual_stack: bool,
+    /// Skip installing the host route (the timing harness: `ip` exec costs would swamp it).
+    pub skip_routes: bool,
     pub calls: Vec<String>,
 }
 
@@ -137,27 +149,35 @@ impl Cni for TestAgentSvc {
         let k = key(&req.attachment)?;
         let mut st = self.state.lock().unwrap();
         st.calls.push(format!("Allocate {}", k.1));
-        let addr = match st.held.get(&k) {
+        let addrs = match st.held.get(&k) {
             Some(a) => a.clone(),
             None => {
-                let a = format!("10.99.0.{}/32", u32::from(st.next) + 10);
+                let n = u32::from(st.next) + 10;
                 st.next += 1;
+                let mut a = format!("10.99.0.{n}/32");
+                if st.dual_stack {
+                    a.push_str(&format!(",fd00:99::{n:x}/128"));
+                }
                 st.held.insert(k, a.clone());
                 a
             }
         };
-        Ok(Response::new(AllocateReply { ips: vec![IpConfig { address: addr, gateway: String::new() }], mtu: 1450 }))
+        let ips = addrs.split(',').map(|a| IpConfig { address: a.to_owned(), gateway: String::new() }).collect();
+        Ok(Response::new(AllocateReply { ips, mtu: 1450 }))
     }
 
     async fn endpoint_ready(&self, req: Request<EndpointReadyRequest>) -> Result<Response<EndpointReadyReply>, Status> {
         let req = req.into_inner();
-        let fail = {
+        let (fail, skip) = {
             let mut st = self.state.lock().unwrap();
             st.calls.push(format!("EndpointReady {}", req.host_ifname));
-            st.fail_endpoint_ready
+            (st.fail_endpoint_ready, st.skip_routes)
         };
         if fail {
             return Err(Status::internal("test agent: told to fail EndpointReady"));
+        }
+        if skip {
+            return Ok(Response::new(EndpointReadyReply {}));
         }
         for a in &req.addresses {
             let out = Command::new("ip")
@@ -176,7 +196,7 @@ impl Cni for TestAgentSvc {
         let mut st = self.state.lock().unwrap();
         st.calls.push(format!("Release {}", k.1));
         let released = st.held.remove(&k);
-        if let Some(addr) = &released {
+        for addr in released.iter().flat_map(|a| a.split(',')) {
             // Gone with the veth already, normally; a leftover would be our bug.
             let _ = Command::new("ip").args(["-n", &self.node_ns, "route", "del", addr, "proto", "116"]).output();
         }
@@ -187,7 +207,8 @@ impl Cni for TestAgentSvc {
         let k = key(&req.into_inner().attachment)?;
         let mut st = self.state.lock().unwrap();
         st.calls.push(format!("Check {}", k.1));
-        Ok(Response::new(CheckReply { addresses: st.held.get(&k).cloned().into_iter().collect() }))
+        let addresses = st.held.get(&k).map(|a| a.split(',').map(str::to_owned).collect()).unwrap_or_default();
+        Ok(Response::new(CheckReply { addresses }))
     }
 
     async fn gc(&self, req: Request<GcRequest>) -> Result<Response<GcReply>, Status> {
