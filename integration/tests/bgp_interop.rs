@@ -293,3 +293,95 @@ fn bird_graceful_restart_of_tortie() {
 fn frr_graceful_restart_of_tortie() {
     graceful_restart(Kind::Frr);
 }
+
+/// A LAN: a bridge in its own namespace and `n` member namespaces on it, member `i`
+/// (1-based) at 10.98.0.i/24 and fd98::i/64. Members come first so they drop first.
+struct Lan {
+    members: Vec<NetNs>,
+    _bridge: NetNs,
+}
+
+fn lan(n: u8) -> Lan {
+    let bridge = NetNs::create("trt-bgp-lan").unwrap_or_else(|e| panic!("{e}"));
+    bridge.run("ip", &["link", "add", "br0", "type", "bridge"]).unwrap_or_else(|e| panic!("{e}"));
+    bridge.run("ip", &["link", "set", "br0", "up"]).unwrap_or_else(|e| panic!("{e}"));
+    let mut members = Vec::new();
+    for i in 1..=n {
+        let m = NetNs::create(&format!("trt-bgp-m{i}")).unwrap_or_else(|e| panic!("{e}"));
+        let port = format!("p{i}");
+        veth_pair(&m, "eth0", &bridge, &port).unwrap_or_else(|e| panic!("{e}"));
+        bridge.run("ip", &["link", "set", &port, "master", "br0"]).unwrap_or_else(|e| panic!("{e}"));
+        m.run("ip", &["addr", "add", &format!("10.98.0.{i}/24"), "dev", "eth0"]).unwrap_or_else(|e| panic!("{e}"));
+        m.run("ip", &["addr", "add", &format!("fd98::{i}/64"), "dev", "eth0", "nodad"]).unwrap_or_else(|e| panic!("{e}"));
+        members.push(m);
+    }
+    Lan { members, _bridge: bridge }
+}
+
+/// LAN member `i` peering with `peers` (address index, is an RR client of ours),
+/// originating 10.i.0.0/24 and fd0i::/64.
+fn lan_spec(i: u8, peers: &[(u8, bool)], passive: bool) -> RouterSpec {
+    let mut s = RouterSpec::new(format!("10.98.0.{i}").parse().unwrap_or_else(|_| unreachable!()), 64512);
+    for &(j, rr_client) in peers {
+        let mut p = PeerSpec::new(ip(&format!("10.98.0.{j}")), 64512);
+        p.rr_client = rr_client;
+        p.passive = passive;
+        p.local_address = Some(ip(&format!("10.98.0.{i}")));
+        s.peers.push(p);
+    }
+    s.originate = vec![net(&format!("10.{i}.0.0/24")), net(&format!("fd0{i}::/64"))];
+    s.next_hop_v4 = Some(format!("10.98.0.{i}").parse().unwrap_or_else(|_| unreachable!()));
+    s.next_hop_v6 = Some(format!("fd98::{i}").parse().unwrap_or_else(|_| unreachable!()));
+    s
+}
+
+/// RFC 4456 with tortie as the reflector: an FRR client and a tortie client learn each
+/// other's routes through it, with the originator's next hop and the RR's loop-check
+/// attributes.
+#[test]
+fn tortie_reflects_between_frr_and_tortie_clients() {
+    let lan = lan(3);
+    let rr = Router::start(Kind::Tortie, &lan.members[0], lan_spec(1, &[(2, true), (3, true)], true))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let frr = Router::start(Kind::Frr, &lan.members[1], lan_spec(2, &[(1, false)], false)).unwrap_or_else(|e| panic!("{e}"));
+    let client = Router::start(Kind::Tortie, &lan.members[2], lan_spec(3, &[(1, false)], false))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    client
+        .wait_learned(T, "the tortie client learns FRR's routes via the reflector", has_all(&["10.2.0.0/24", "fd02::/64", "10.1.0.0/24"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kernel = client.kernel_routes().unwrap_or_else(|e| panic!("{e}"));
+    assert!(kernel.contains(&(net("10.2.0.0/24"), Some(ip("10.98.0.2")))), "next hop not the originator's: {kernel:?}");
+    assert!(kernel.contains(&(net("fd02::/64"), Some(ip("fd98::2")))), "{kernel:?}");
+
+    frr.wait_learned(T, "FRR learns the tortie client's routes via the reflector", has_all(&["10.3.0.0/24", "fd03::/64"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let route = frr.vtysh(&["show bgp ipv4 unicast 10.3.0.0/24 json"]).unwrap_or_else(|e| panic!("{e}"));
+    let v: serde_json::Value = serde_json::from_str(&route).unwrap_or_else(|e| panic!("{e}: {route}"));
+    let path = &v["paths"][0];
+    assert_eq!(path["originatorId"], "10.98.0.3", "{route}");
+    assert_eq!(path["clusterList"]["list"][0], "10.98.0.1", "{route}");
+    assert_eq!(path["nexthops"][0]["ip"], "10.98.0.3", "{route}");
+
+    let rr_kernel = rr.learned().unwrap_or_else(|e| panic!("{e}"));
+    assert!(has_all(&["10.2.0.0/24", "10.3.0.0/24"])(&rr_kernel), "{rr_kernel:?}");
+}
+
+/// RFC 4456 with tortie as a client of an FRR reflector, next to a BIRD client.
+#[test]
+fn tortie_as_client_of_an_frr_reflector() {
+    let lan = lan(3);
+    let _rr = Router::start(Kind::Frr, &lan.members[0], lan_spec(1, &[(2, true), (3, true)], true))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tortie = Router::start(Kind::Tortie, &lan.members[1], lan_spec(2, &[(1, false)], false))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bird = Router::start(Kind::Bird, &lan.members[2], lan_spec(3, &[(1, false)], false)).unwrap_or_else(|e| panic!("{e}"));
+
+    tortie
+        .wait_learned(T, "tortie learns BIRD's routes via FRR", has_all(&["10.3.0.0/24", "fd03::/64", "10.1.0.0/24"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kernel = tortie.kernel_routes().unwrap_or_else(|e| panic!("{e}"));
+    assert!(kernel.contains(&(net("10.3.0.0/24"), Some(ip("10.98.0.3")))), "{kernel:?}");
+    bird.wait_learned(T, "BIRD learns tortie's routes via FRR", has_all(&["10.2.0.0/24", "fd02::/64"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
