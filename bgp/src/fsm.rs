@@ -416,11 +416,16 @@ impl Fsm {
             self.connecting = false;
         }
         match self.state {
-            State::Idle => {
-                // RFC 4271 §8.2.2 Idle: refuse connections while stopped or backing off.
+            State::Idle if !self.enabled => {
+                // RFC 4271 §8.2.2 Idle: refuse connections while stopped.
                 out.push(Action::Close(id));
             }
-            State::Connect | State::Active => {
+            State::Idle | State::Connect | State::Active => {
+                // While backing off after an error we still take the peer's connection:
+                // the backoff is there to stop us hammering the peer, and refusing a
+                // peer that just restarted would only delay it by its own (often
+                // two-minute) connect-retry time.
+                out.push(Action::StopTimer(Timer::IdleHold));
                 if self.connecting {
                     self.connecting = false;
                     out.push(Action::CancelConnect);
@@ -1140,10 +1145,18 @@ mod tests {
     }
 
     #[test]
-    fn idle_refuses_connections() {
+    fn idle_refuses_connections_until_started() {
         let mut fsm = Fsm::new(config(false), Jitter::new(1));
         let acts = fsm.handle(Event::TcpUp(9, Direction::Inbound));
         assert_eq!(acts, vec![Action::Close(9)]);
+        // Backing off after an error, a connection from the peer is taken at once.
+        let mut fsm = established(true, false);
+        fsm.handle(Event::TcpClosed(1));
+        assert_eq!(fsm.state(), State::Idle);
+        let acts = fsm.handle(Event::TcpUp(2, Direction::Inbound));
+        assert!(acts.contains(&Action::StopTimer(Timer::IdleHold)));
+        assert_eq!(fsm.state(), State::OpenSent);
+        assert_eq!(fsm.conn(), Some(2));
     }
 
     #[test]

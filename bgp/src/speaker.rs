@@ -71,7 +71,7 @@ enum Command {
     Withdraw(IpNet, oneshot::Sender<()>),
     Subscribe(oneshot::Sender<mpsc::Receiver<RibEvent>>),
     Status(oneshot::Sender<Vec<PeerStatus>>),
-    Shutdown(oneshot::Sender<()>),
+    Shutdown { graceful: bool, reply: oneshot::Sender<()> },
 }
 
 const COMMAND_QUEUE: usize = 64;
@@ -159,8 +159,16 @@ impl Speaker {
     }
 
     /// Closes every session with Cease / Administrative Shutdown and stops the speaker.
+    /// Peers drop our routes.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        self.ask(Command::Shutdown).await
+        self.ask(|r| Command::Shutdown { graceful: false, reply: r }).await
+    }
+
+    /// Stops the speaker for a planned restart: every connection is closed without a
+    /// NOTIFICATION, so peers that negotiated graceful restart keep our routes as stale
+    /// until we are back (RFC 4724 §4.2). Start the next speaker with `restarting`.
+    pub async fn shutdown_for_restart(&self) -> Result<(), Error> {
+        self.ask(|r| Command::Shutdown { graceful: true, reply: r }).await
     }
 }
 
@@ -216,8 +224,8 @@ impl Owner {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     None => break,
-                    Some(Command::Shutdown(reply)) => {
-                        self.shutdown().await;
+                    Some(Command::Shutdown { graceful, reply }) => {
+                        self.shutdown(graceful).await;
                         let _ = reply.send(());
                         return;
                     }
@@ -235,8 +243,17 @@ impl Owner {
         }
     }
 
-    async fn shutdown(&mut self) {
+    async fn shutdown(&mut self, graceful: bool) {
         let sessions: Vec<SessionHandle> = self.peers.drain().map(|(_, e)| e.session).collect();
+        if graceful {
+            // Ending the tasks drops their connections: the writers flush and send FIN,
+            // and no NOTIFICATION goes out.
+            for s in sessions {
+                s.task.abort();
+                let _ = s.task.await;
+            }
+            return;
+        }
         for s in &sessions {
             let _ = s.tx.try_send(ToSession::Stop);
         }
@@ -297,7 +314,7 @@ impl Owner {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::Shutdown(reply) => {
+            Command::Shutdown { reply, .. } => {
                 let _ = reply.send(());
             }
         }

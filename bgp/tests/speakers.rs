@@ -396,7 +396,8 @@ fn graceful_restart_keeps_routes_through_a_peer_restart() {
         }
         wa.until("B's routes", |w| w.routes.len() == 3).await;
 
-        // B dies without a word: its task and sockets go away.
+        // B goes down for a planned restart: its sockets close without a NOTIFICATION.
+        b.shutdown_for_restart().await.unwrap_or_else(|e| panic!("{e}"));
         drop(b);
         wait_state(&a, "127.0.0.2", State::Active).await;
         wa.drain_for(Duration::from_millis(500)).await;
