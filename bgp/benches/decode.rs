@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipnet::{IpNet, Ipv4Net};
-use tortie_bgp::wire::{AsPath, Codec, Message, Origin, PathAttributes, decode_frame, pack_announce};
+use tortie_bgp::wire::{
+    AsPath, Codec, Message, Origin, PathAttributes, decode_frame, pack_announce,
+};
 
 /// 100k distinct /30s with one set of attributes, packed the way a feeder sends them.
 fn burst(prefixes: u32) -> Vec<u8> {
@@ -22,7 +24,10 @@ fn burst(prefixes: u32) -> Vec<u8> {
         .map(IpNet::V4)
         .collect();
     let mut out = BytesMut::new();
-    let codec = Codec { four_octet_as: true, external: false };
+    let codec = Codec {
+        four_octet_as: true,
+        external: false,
+    };
     if let Err(e) = pack_announce(&attrs, &nets, &codec, &mut out) {
         panic!("packing the burst: {e}");
     }
@@ -44,11 +49,16 @@ fn decode_all(bytes: &[u8], codec: &Codec) -> usize {
 fn bench(c: &mut Criterion) {
     const N: u32 = 100_000;
     let bytes = burst(N);
-    let codec = Codec { four_octet_as: true, external: false };
+    let codec = Codec {
+        four_octet_as: true,
+        external: false,
+    };
     assert_eq!(decode_all(&bytes, &codec), N as usize);
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(u64::from(N)));
-    group.bench_function("update burst, 100k /30 prefixes", |b| b.iter(|| decode_all(&bytes, &codec)));
+    group.bench_function("update burst, 100k /30 prefixes", |b| {
+        b.iter(|| decode_all(&bytes, &codec))
+    });
     group.finish();
 }
 

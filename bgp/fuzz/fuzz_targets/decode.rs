@@ -23,9 +23,16 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, mut stream)) = data.split_first() else {
         return;
     };
-    let codec = Codec { four_octet_as: selector & 1 != 0, external: selector & 2 != 0 };
+    let codec = Codec {
+        four_octet_as: selector & 1 != 0,
+        external: selector & 2 != 0,
+    };
     while let Ok(Some((message, used))) = decode_frame(stream, &codec) {
-        assert!(used >= 19 && used <= stream.len(), "consumed {used} of {}", stream.len());
+        assert!(
+            used >= 19 && used <= stream.len(),
+            "consumed {used} of {}",
+            stream.len()
+        );
         stream = &stream[used..];
         match encode(&message, &codec) {
             Ok(bytes) => {

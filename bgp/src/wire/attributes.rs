@@ -1,7 +1,7 @@
 //! Path attributes: decoding with RFC 7606 error handling, and encoding.
 //!
 //! Each malformed attribute gets the approach RFC 7606 §7 (or RFC 6793 §6 for the AS4_*
-//! attributes) prescribes. When several apply, the strongest wins (RFC 7606 §3 j):
+//! attributes) prescribes. When several apply, the strongest wins (RFC 7606 §3):
 //! session reset > treat-as-withdraw > attribute discard.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -109,7 +109,7 @@ pub(crate) fn decode(buf: &[u8], cx: Context) -> Result<Decoded, DecodeError> {
         };
 
         if std::mem::replace(&mut seen[usize::from(c)], true) {
-            // RFC 7606 §3 g.
+            // RFC 7606 §3: a repeated MP attribute is a session reset, any other repeat is dropped.
             if c == code::MP_REACH_NLRI || c == code::MP_UNREACH_NLRI {
                 return Err(update_reset(
                     update_error::MALFORMED_ATTRIBUTE_LIST,
@@ -117,16 +117,26 @@ pub(crate) fn decode(buf: &[u8], cx: Context) -> Result<Decoded, DecodeError> {
                     "MP_REACH_NLRI or MP_UNREACH_NLRI appears twice",
                 ));
             }
-            d.discarded.push(AttributeIssue { code: c, reason: "repeated attribute" });
+            d.discarded.push(AttributeIssue {
+                code: c,
+                reason: "repeated attribute",
+            });
             continue;
         }
 
         let result = match expected_flags(c) {
-            // RFC 7606 §3 c: wrong Optional/Transitive bits make the attribute malformed.
+            // RFC 7606 §3: wrong Optional/Transitive bits make the attribute malformed.
             Some(want) if flag & (flags::OPTIONAL | flags::TRANSITIVE) != want => {
                 Err(malformed_flags(flag, c, value))
             }
-            Some(_) => decode_known(c, value, cx, &mut d.attrs, &mut as4_path, &mut as4_aggregator),
+            Some(_) => decode_known(
+                c,
+                value,
+                cx,
+                &mut d.attrs,
+                &mut as4_path,
+                &mut as4_aggregator,
+            ),
             None => decode_unknown(flag, c, value, &mut d.attrs),
         };
         match result {
@@ -157,7 +167,7 @@ fn read_header<'a>(r: &mut Reader<'a>) -> Option<(u8, u8, &'a [u8])> {
 }
 
 /// Flags that contradict the attribute type: the attribute is malformed and gets its own
-/// approach (RFC 7606 §3 c).
+/// approach (RFC 7606 §3).
 fn malformed_flags(flag: u8, c: u8, value: &[u8]) -> Fault {
     match c {
         code::ATOMIC_AGGREGATE | code::AGGREGATOR | code::AS4_PATH | code::AS4_AGGREGATOR => {
@@ -223,18 +233,25 @@ fn decode_known(
             // tortie is in no confederation, so an external peer cannot share one with
             // us: confederation segments from it are malformed (RFC 7606 §7.2).
             if codec.external
-                && path.segments.iter().any(|s| {
-                    matches!(s.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet)
-                })
+                && path
+                    .segments
+                    .iter()
+                    .any(|s| matches!(s.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet))
             {
-                return Err(Fault::Withdraw("AS_PATH from an external peer has confederation segments"));
+                return Err(Fault::Withdraw(
+                    "AS_PATH from an external peer has confederation segments",
+                ));
             }
             attrs.as_path = Some(path);
         }
         // RFC 7606 §7.3. An address that can never be a next hop is a semantic error
         // (RFC 4271 §6.3) and also gets treat-as-withdraw.
         code::NEXT_HOP => {
-            let fault = if cx.classic_nlri { Fault::Withdraw } else { Fault::Discard };
+            let fault = if cx.classic_nlri {
+                Fault::Withdraw
+            } else {
+                Fault::Discard
+            };
             let addr = Ipv4Addr::from(four(value).ok_or(fault("NEXT_HOP is not 4 octets"))?);
             if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
                 return Err(fault("NEXT_HOP is not a unicast address"));
@@ -272,7 +289,9 @@ fn decode_known(
         // RFC 7606 §7.8.
         code::COMMUNITIES => {
             if value.is_empty() || !value.len().is_multiple_of(4) {
-                return Err(Fault::Withdraw("COMMUNITIES is not a non-zero multiple of 4 octets"));
+                return Err(Fault::Withdraw(
+                    "COMMUNITIES is not a non-zero multiple of 4 octets",
+                ));
             }
             attrs.communities = value
                 .chunks_exact(4)
@@ -288,9 +307,15 @@ fn decode_known(
         // RFC 7606 §7.10.
         code::CLUSTER_LIST => {
             if value.is_empty() || !value.len().is_multiple_of(4) {
-                return Err(Fault::Withdraw("CLUSTER_LIST is not a non-zero multiple of 4 octets"));
+                return Err(Fault::Withdraw(
+                    "CLUSTER_LIST is not a non-zero multiple of 4 octets",
+                ));
             }
-            attrs.cluster_list = value.chunks_exact(4).filter_map(four).map(Ipv4Addr::from).collect();
+            attrs.cluster_list = value
+                .chunks_exact(4)
+                .filter_map(four)
+                .map(Ipv4Addr::from)
+                .collect();
         }
         // RFC 7606 §7.11 and RFC 4760 §7: we do not implement "AFI/SAFI disable", so a
         // malformed MP attribute resets the session, with Optional Attribute Error.
@@ -318,10 +343,13 @@ fn decode_known(
             if codec.four_octet_as {
                 return Err(Fault::Discard("AS4_PATH from a 4-octet AS peer"));
             }
-            let path = read_as_path(value, 4).ok_or(Fault::Discard("AS4_PATH is malformed or holds AS 0"))?;
-            if path.segments.iter().any(|s| {
-                matches!(s.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet)
-            }) {
+            let path = read_as_path(value, 4)
+                .ok_or(Fault::Discard("AS4_PATH is malformed or holds AS 0"))?;
+            if path
+                .segments
+                .iter()
+                .any(|s| matches!(s.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet))
+            {
                 return Err(Fault::Discard("AS4_PATH carries confederation segments"));
             }
             *as4_path = Some(path);
@@ -330,8 +358,9 @@ fn decode_known(
             if codec.four_octet_as {
                 return Err(Fault::Discard("AS4_AGGREGATOR from a 4-octet AS peer"));
             }
-            *as4_aggregator =
-                Some(read_aggregator(value, 4).ok_or(Fault::Discard("AS4_AGGREGATOR is not 8 octets or holds AS 0"))?);
+            *as4_aggregator = Some(read_aggregator(value, 4).ok_or(Fault::Discard(
+                "AS4_AGGREGATOR is not 8 octets or holds AS 0",
+            ))?);
         }
         _ => {}
     }
@@ -358,9 +387,14 @@ fn read_as_path(value: &[u8], width: usize) -> Option<AsPath> {
         }
         let body = r.take(count * width)?;
         let asns: Vec<u32> = if width == 4 {
-            body.chunks_exact(4).filter_map(four).map(u32::from_be_bytes).collect()
+            body.chunks_exact(4)
+                .filter_map(four)
+                .map(u32::from_be_bytes)
+                .collect()
         } else {
-            body.chunks_exact(2).map(|b| b.iter().fold(0u32, |acc, x| acc << 8 | u32::from(*x))).collect()
+            body.chunks_exact(2)
+                .map(|b| b.iter().fold(0u32, |acc, x| acc << 8 | u32::from(*x)))
+                .collect()
         };
         if asns.contains(&0) {
             return None;
@@ -375,12 +409,19 @@ fn read_aggregator(value: &[u8], width: usize) -> Option<Aggregator> {
         return None;
     }
     let mut r = Reader::new(value);
-    let asn = if width == 4 { r.u32()? } else { u32::from(r.u16()?) };
+    let asn = if width == 4 {
+        r.u32()?
+    } else {
+        u32::from(r.u16()?)
+    };
     if asn == 0 {
         // RFC 7607 §2.
         return None;
     }
-    Some(Aggregator { asn, address: Ipv4Addr::from(r.array::<4>()?) })
+    Some(Aggregator {
+        asn,
+        address: Ipv4Addr::from(r.array::<4>()?),
+    })
 }
 
 /// RFC 4760 §3. `Ok(None)` for a family this codec does not carry: it was not
@@ -404,25 +445,34 @@ fn read_mp_reach(value: &[u8]) -> Result<Option<MpReach>, &'static str> {
         }
         (Afi::Ipv6, Safi::Unicast) => {
             // RFC 2545 §3: 16 octets global, or 32 with the link-local address after it.
-            let global: [u8; 16] = nh.get(..16).and_then(|b| b.try_into().ok()).ok_or(
-                "IPv6 MP_REACH_NLRI next hop is not 16 or 32 octets",
-            )?;
+            let global: [u8; 16] = nh
+                .get(..16)
+                .and_then(|b| b.try_into().ok())
+                .ok_or("IPv6 MP_REACH_NLRI next hop is not 16 or 32 octets")?;
             let link_local = match nh.len() {
                 16 => None,
                 32 => {
-                    let ll: [u8; 16] = nh.get(16..).and_then(|b| b.try_into().ok()).ok_or(
-                        "IPv6 MP_REACH_NLRI next hop is not 16 or 32 octets",
-                    )?;
+                    let ll: [u8; 16] = nh
+                        .get(16..)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or("IPv6 MP_REACH_NLRI next hop is not 16 or 32 octets")?;
                     Some(Ipv6Addr::from(ll))
                 }
                 _ => return Err("IPv6 MP_REACH_NLRI next hop is not 16 or 32 octets"),
             };
             nlri::read_v6(r.rest(), &mut nlri).map_err(|e| e.reason())?;
-            NextHop::V6 { global: Ipv6Addr::from(global), link_local }
+            NextHop::V6 {
+                global: Ipv6Addr::from(global),
+                link_local,
+            }
         }
         _ => return Ok(None),
     };
-    Ok(Some(MpReach { family, next_hop, nlri }))
+    Ok(Some(MpReach {
+        family,
+        next_hop,
+        nlri,
+    }))
 }
 
 /// RFC 4760 §4.
@@ -437,7 +487,9 @@ fn read_mp_unreach(value: &[u8]) -> Result<Option<MpUnreach>, &'static str> {
         (Afi::Ipv4, Safi::Unicast) => {
             nlri::read_v4_as_ipnet(r.rest(), &mut withdrawn).map_err(|e| e.reason())?
         }
-        (Afi::Ipv6, Safi::Unicast) => nlri::read_v6(r.rest(), &mut withdrawn).map_err(|e| e.reason())?,
+        (Afi::Ipv6, Safi::Unicast) => {
+            nlri::read_v6(r.rest(), &mut withdrawn).map_err(|e| e.reason())?
+        }
         _ => return Ok(None),
     }
     Ok(Some(MpUnreach { family, withdrawn }))
@@ -476,7 +528,10 @@ fn merge_as4(d: &mut Decoded, as4_path: Option<AsPath>, as4_aggregator: Option<A
     let mut needed = have - want;
     let mut merged: Vec<AsSegment> = Vec::with_capacity(path.segments.len() + as4.segments.len());
     for seg in &path.segments {
-        let confed = matches!(seg.kind, SegmentType::ConfedSequence | SegmentType::ConfedSet);
+        let confed = matches!(
+            seg.kind,
+            SegmentType::ConfedSequence | SegmentType::ConfedSet
+        );
         if needed == 0 && !confed {
             break;
         }
@@ -550,7 +605,11 @@ fn write_as_path(path: &AsPath, width: usize, out: &mut Vec<u8>) -> Result<(), E
     Ok(())
 }
 
-pub(crate) fn write_mp_reach(reach_family: Family, next_hop: &NextHop, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+pub(crate) fn write_mp_reach(
+    reach_family: Family,
+    next_hop: &NextHop,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     out.extend_from_slice(&reach_family.afi.to_u16().to_be_bytes());
     out.push(reach_family.safi.to_u8());
     match (reach_family, next_hop) {
@@ -558,19 +617,17 @@ pub(crate) fn write_mp_reach(reach_family: Family, next_hop: &NextHop, out: &mut
             out.push(4);
             out.extend_from_slice(&a.octets());
         }
-        (f, NextHop::V6 { global, link_local }) if f == Family::IPV6_UNICAST => {
-            match link_local {
-                Some(ll) => {
-                    out.push(32);
-                    out.extend_from_slice(&global.octets());
-                    out.extend_from_slice(&ll.octets());
-                }
-                None => {
-                    out.push(16);
-                    out.extend_from_slice(&global.octets());
-                }
+        (f, NextHop::V6 { global, link_local }) if f == Family::IPV6_UNICAST => match link_local {
+            Some(ll) => {
+                out.push(32);
+                out.extend_from_slice(&global.octets());
+                out.extend_from_slice(&ll.octets());
             }
-        }
+            None => {
+                out.push(16);
+                out.extend_from_slice(&global.octets());
+            }
+        },
         (f, _) if f == Family::IPV4_UNICAST => return Err(EncodeError::MissingNextHop("IPv4")),
         (f, _) if f == Family::IPV6_UNICAST => return Err(EncodeError::MissingNextHop("IPv6")),
         _ => return Err(EncodeError::FamilyMismatch("MP_REACH_NLRI")),
@@ -587,7 +644,7 @@ fn check_prefix_family(family: Family, prefix: &IpNet) -> Result<(), EncodeError
     }
 }
 
-/// Writes all attributes. MP_UNREACH_NLRI and MP_REACH_NLRI come first (RFC 7606 §5.1,
+/// Writes all attributes. MP_UNREACH_NLRI and MP_REACH_NLRI come first (RFC 7606 §5.1 asks for that,
 /// so that a receiver can always find the NLRI), then the rest in ascending type order
 /// (RFC 4271 §5), unknown ones merged in by code. With `skip_mp_reach`, MP_REACH_NLRI is
 /// left out so that the packer can append its own.
@@ -646,7 +703,12 @@ pub(crate) fn encode(
         put_attr(out, WELL_KNOWN, code::AS_PATH, &scratch);
         // RFC 6793 §4.2.2: only when some AS number did not fit in 2 octets; AS4_PATH
         // never carries confederation segments.
-        if width == 2 && path.segments.iter().any(|s| s.asns.iter().any(|&a| a > 0xffff)) {
+        if width == 2
+            && path
+                .segments
+                .iter()
+                .any(|s| s.asns.iter().any(|&a| a > 0xffff))
+        {
             as4_path = Some(AsPath {
                 segments: path
                     .segments
@@ -663,7 +725,12 @@ pub(crate) fn encode(
     }
     if let Some(med) = attrs.med {
         flush_below(code::MULTI_EXIT_DISC.into(), out);
-        put_attr(out, flags::OPTIONAL, code::MULTI_EXIT_DISC, &med.to_be_bytes());
+        put_attr(
+            out,
+            flags::OPTIONAL,
+            code::MULTI_EXIT_DISC,
+            &med.to_be_bytes(),
+        );
     }
     if let Some(lp) = attrs.local_pref {
         flush_below(code::LOCAL_PREF.into(), out);

@@ -20,7 +20,10 @@ impl DecodeError {
         data: Vec<u8>,
         reason: impl Into<Cow<'static, str>>,
     ) -> Self {
-        DecodeError { notification: Notification::new(code, subcode, data), reason: reason.into() }
+        DecodeError {
+            notification: Notification::new(code, subcode, data),
+            reason: reason.into(),
+        }
     }
 
     /// The NOTIFICATION to send before closing the session.

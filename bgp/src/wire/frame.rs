@@ -5,8 +5,8 @@ use bytes::{BufMut, BytesMut};
 use super::error::{DecodeError, EncodeError};
 use super::reader::Reader;
 use super::{
-    Codec, ErrorCode, Family, HEADER_LEN, MARKER, MAX_MESSAGE_LEN, Message, Notification,
-    RouteRefresh, Safi, Afi, header_error, open, route_refresh_error, update,
+    Afi, Codec, ErrorCode, Family, HEADER_LEN, MARKER, MAX_MESSAGE_LEN, Message, Notification,
+    RouteRefresh, Safi, header_error, open, route_refresh_error, update,
 };
 
 /// Type octets (RFC 4271 §4.1, RFC 2918 §3).
@@ -73,7 +73,11 @@ pub fn decode_frame(buf: &[u8], codec: &Codec) -> Result<Option<(Message, usize)
             let (Some(code), Some(subcode)) = (b.u8(), b.u8()) else {
                 return Err(bad_length(len));
             };
-            Message::Notification(Notification { code, subcode, data: b.rest().to_vec() })
+            Message::Notification(Notification {
+                code,
+                subcode,
+                data: b.rest().to_vec(),
+            })
         }
         KEEPALIVE => Message::Keepalive,
         _ => {
@@ -81,9 +85,11 @@ pub fn decode_frame(buf: &[u8], codec: &Codec) -> Result<Option<(Message, usize)
             // length and wants the whole message as its data.
             let mut b = Reader::new(body);
             match (b.u16(), b.u8(), b.u8(), b.is_empty()) {
-                (Some(afi), Some(_reserved), Some(safi), true) => Message::RouteRefresh(RouteRefresh {
-                    family: Family::new(Afi::from_u16(afi), Safi::from_u8(safi)),
-                }),
+                (Some(afi), Some(_reserved), Some(safi), true) => {
+                    Message::RouteRefresh(RouteRefresh {
+                        family: Family::new(Afi::from_u16(afi), Safi::from_u8(safi)),
+                    })
+                }
                 _ => {
                     return Err(DecodeError::new(
                         ErrorCode::RouteRefresh,
@@ -106,7 +112,11 @@ pub fn encode(message: &Message, codec: &Codec) -> Result<Vec<u8>, EncodeError> 
 }
 
 /// Appends one message to `out`. On error `out` is left as it was.
-pub fn encode_into(message: &Message, codec: &Codec, out: &mut BytesMut) -> Result<(), EncodeError> {
+pub fn encode_into(
+    message: &Message,
+    codec: &Codec,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let start = out.len();
     let result = write_message(message, codec, out, start);
     if result.is_err() {
@@ -115,7 +125,12 @@ pub fn encode_into(message: &Message, codec: &Codec, out: &mut BytesMut) -> Resu
     result
 }
 
-fn write_message(message: &Message, codec: &Codec, out: &mut BytesMut, start: usize) -> Result<(), EncodeError> {
+fn write_message(
+    message: &Message,
+    codec: &Codec,
+    out: &mut BytesMut,
+    start: usize,
+) -> Result<(), EncodeError> {
     out.put_slice(&MARKER);
     out.put_u16(0);
     out.put_u8(message.type_code());

@@ -110,8 +110,14 @@ pub struct Family {
 }
 
 impl Family {
-    pub const IPV4_UNICAST: Family = Family { afi: Afi::Ipv4, safi: Safi::Unicast };
-    pub const IPV6_UNICAST: Family = Family { afi: Afi::Ipv6, safi: Safi::Unicast };
+    pub const IPV4_UNICAST: Family = Family {
+        afi: Afi::Ipv4,
+        safi: Safi::Unicast,
+    };
+    pub const IPV6_UNICAST: Family = Family {
+        afi: Afi::Ipv6,
+        safi: Safi::Unicast,
+    };
 
     pub fn new(afi: Afi, safi: Safi) -> Self {
         Family { afi, safi }
@@ -279,7 +285,12 @@ impl AsPath {
         if asns.is_empty() {
             return AsPath::default();
         }
-        AsPath { segments: vec![AsSegment { kind: SegmentType::Sequence, asns }] }
+        AsPath {
+            segments: vec![AsSegment {
+                kind: SegmentType::Sequence,
+                asns,
+            }],
+        }
     }
 
     /// The path length used by best-path selection (RFC 4271 §9.1.2.2 a): a SET counts
@@ -315,7 +326,13 @@ impl AsPath {
             Some(s) if s.kind == SegmentType::Sequence && s.asns.len() < 255 => {
                 s.asns.insert(0, asn)
             }
-            _ => self.segments.insert(0, AsSegment { kind: SegmentType::Sequence, asns: vec![asn] }),
+            _ => self.segments.insert(
+                0,
+                AsSegment {
+                    kind: SegmentType::Sequence,
+                    asns: vec![asn],
+                },
+            ),
         }
     }
 }
@@ -372,7 +389,10 @@ pub enum NextHop {
     V4(Ipv4Addr),
     /// RFC 2545 §3: a global address, optionally followed by the link-local address of
     /// the same interface (a 32-octet next hop).
-    V6 { global: Ipv6Addr, link_local: Option<Ipv6Addr> },
+    V6 {
+        global: Ipv6Addr,
+        link_local: Option<Ipv6Addr>,
+    },
 }
 
 /// MP_UNREACH_NLRI (RFC 4760 §4).
@@ -446,7 +466,10 @@ pub struct Codec {
 impl Default for Codec {
     /// What holds before negotiation: 2-octet AS, internal peer.
     fn default() -> Self {
-        Codec { four_octet_as: false, external: false }
+        Codec {
+            four_octet_as: false,
+            external: false,
+        }
     }
 }
 

@@ -51,8 +51,8 @@ pub(crate) fn read_v4(buf: &[u8], out: &mut Vec<Ipv4Net>) -> Result<(), NlriErro
         for (dst, src) in octets.iter_mut().zip(bytes) {
             *dst = *src;
         }
-        let net = Ipv4Net::new(Ipv4Addr::from(octets), len)
-            .map_err(|_| NlriError::LengthTooLong(len))?;
+        let net =
+            Ipv4Net::new(Ipv4Addr::from(octets), len).map_err(|_| NlriError::LengthTooLong(len))?;
         out.push(net.trunc());
     }
     Ok(())
@@ -71,8 +71,8 @@ pub(crate) fn read_v6(buf: &[u8], out: &mut Vec<IpNet>) -> Result<(), NlriError>
         for (dst, src) in octets.iter_mut().zip(bytes) {
             *dst = *src;
         }
-        let net = Ipv6Net::new(Ipv6Addr::from(octets), len)
-            .map_err(|_| NlriError::LengthTooLong(len))?;
+        let net =
+            Ipv6Net::new(Ipv6Addr::from(octets), len).map_err(|_| NlriError::LengthTooLong(len))?;
         out.push(IpNet::V6(net.trunc()));
     }
     Ok(())

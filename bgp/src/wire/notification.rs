@@ -100,7 +100,11 @@ pub mod route_refresh_error {
 
 impl Notification {
     pub fn new(code: ErrorCode, subcode: u8, data: Vec<u8>) -> Self {
-        Notification { code: code as u8, subcode, data }
+        Notification {
+            code: code as u8,
+            subcode,
+            data,
+        }
     }
 
     /// A Cease with no data.
@@ -134,7 +138,10 @@ impl Notification {
     /// Reset that carries a well-formed one.
     pub fn shutdown_message(&self) -> Option<&str> {
         if self.code != ErrorCode::Cease as u8
-            || !matches!(self.subcode, cease::ADMINISTRATIVE_SHUTDOWN | cease::ADMINISTRATIVE_RESET)
+            || !matches!(
+                self.subcode,
+                cease::ADMINISTRATIVE_SHUTDOWN | cease::ADMINISTRATIVE_RESET
+            )
         {
             return None;
         }
@@ -159,8 +166,12 @@ impl Notification {
             (ErrorCode::OpenMessage, open_error::UNSUPPORTED_OPTIONAL_PARAMETER) => {
                 "Unsupported Optional Parameter"
             }
-            (ErrorCode::OpenMessage, open_error::UNACCEPTABLE_HOLD_TIME) => "Unacceptable Hold Time",
-            (ErrorCode::OpenMessage, open_error::UNSUPPORTED_CAPABILITY) => "Unsupported Capability",
+            (ErrorCode::OpenMessage, open_error::UNACCEPTABLE_HOLD_TIME) => {
+                "Unacceptable Hold Time"
+            }
+            (ErrorCode::OpenMessage, open_error::UNSUPPORTED_CAPABILITY) => {
+                "Unsupported Capability"
+            }
             (ErrorCode::UpdateMessage, update_error::MALFORMED_ATTRIBUTE_LIST) => {
                 "Malformed Attribute List"
             }
@@ -170,7 +181,9 @@ impl Notification {
             (ErrorCode::UpdateMessage, update_error::MISSING_WELL_KNOWN_ATTRIBUTE) => {
                 "Missing Well-known Attribute"
             }
-            (ErrorCode::UpdateMessage, update_error::ATTRIBUTE_FLAGS_ERROR) => "Attribute Flags Error",
+            (ErrorCode::UpdateMessage, update_error::ATTRIBUTE_FLAGS_ERROR) => {
+                "Attribute Flags Error"
+            }
             (ErrorCode::UpdateMessage, update_error::ATTRIBUTE_LENGTH_ERROR) => {
                 "Attribute Length Error"
             }
@@ -183,7 +196,9 @@ impl Notification {
             (ErrorCode::UpdateMessage, update_error::OPTIONAL_ATTRIBUTE_ERROR) => {
                 "Optional Attribute Error"
             }
-            (ErrorCode::UpdateMessage, update_error::INVALID_NETWORK_FIELD) => "Invalid Network Field",
+            (ErrorCode::UpdateMessage, update_error::INVALID_NETWORK_FIELD) => {
+                "Invalid Network Field"
+            }
             (ErrorCode::UpdateMessage, update_error::MALFORMED_AS_PATH) => "Malformed AS_PATH",
             (ErrorCode::Cease, cease::MAXIMUM_PREFIXES_REACHED) => {
                 "Maximum Number of Prefixes Reached"

@@ -38,7 +38,9 @@ impl Open {
     }
 
     pub fn route_refresh(&self) -> bool {
-        self.capabilities.iter().any(|c| matches!(c, Capability::RouteRefresh))
+        self.capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::RouteRefresh))
     }
 
     pub fn graceful_restart(&self) -> Option<&GracefulRestart> {
@@ -59,7 +61,11 @@ mod cap_code {
     pub const FOUR_OCTET_AS: u8 = 65;
 }
 
-fn open_err(subcode: u8, data: Vec<u8>, reason: impl Into<std::borrow::Cow<'static, str>>) -> DecodeError {
+fn open_err(
+    subcode: u8,
+    data: Vec<u8>,
+    reason: impl Into<std::borrow::Cow<'static, str>>,
+) -> DecodeError {
     DecodeError::new(ErrorCode::OpenMessage, subcode, data, reason)
 }
 
@@ -94,7 +100,9 @@ pub(crate) fn decode(body: &[u8]) -> Result<Open, DecodeError> {
         r.u8().ok_or_else(|| unspecific(SHORT))?;
         opt_len = usize::from(r.u16().ok_or_else(|| unspecific(SHORT))?);
     }
-    let params = r.take(opt_len).ok_or_else(|| unspecific("optional parameters overrun the OPEN"))?;
+    let params = r
+        .take(opt_len)
+        .ok_or_else(|| unspecific("optional parameters overrun the OPEN"))?;
     if !r.is_empty() {
         return Err(unspecific("bytes after the optional parameters"));
     }
@@ -102,8 +110,14 @@ pub(crate) fn decode(body: &[u8]) -> Result<Open, DecodeError> {
     let mut capabilities = Vec::new();
     let mut p = Reader::new(params);
     while !p.is_empty() {
-        let kind = p.u8().ok_or_else(|| unspecific("truncated optional parameter"))?;
-        let len = if extended { p.u16().map(usize::from) } else { p.u8().map(usize::from) };
+        let kind = p
+            .u8()
+            .ok_or_else(|| unspecific("truncated optional parameter"))?;
+        let len = if extended {
+            p.u16().map(usize::from)
+        } else {
+            p.u8().map(usize::from)
+        };
         let value = len
             .and_then(|len| p.take(len))
             .ok_or_else(|| unspecific("optional parameter overruns its field"))?;
@@ -117,12 +131,22 @@ pub(crate) fn decode(body: &[u8]) -> Result<Open, DecodeError> {
         read_capabilities(value, &mut capabilities)?;
     }
 
-    let mut open = Open { version, my_as: u32::from(as2), hold_time, bgp_id, capabilities };
+    let mut open = Open {
+        version,
+        my_as: u32::from(as2),
+        hold_time,
+        bgp_id,
+        capabilities,
+    };
     if let Some(asn) = open.four_octet_as() {
         open.my_as = asn;
     }
     if open.my_as == 0 {
-        return Err(open_err(open_error::BAD_PEER_AS, Vec::new(), "peer AS is 0 (RFC 7607)"));
+        return Err(open_err(
+            open_error::BAD_PEER_AS,
+            Vec::new(),
+            "peer AS is 0 (RFC 7607)",
+        ));
     }
     // RFC 4271 §4.2: zero or at least three seconds.
     if hold_time == 1 || hold_time == 2 {
@@ -134,7 +158,11 @@ pub(crate) fn decode(body: &[u8]) -> Result<Open, DecodeError> {
     }
     // RFC 6286 §2.2: any non-zero value is a valid identifier.
     if bgp_id.is_unspecified() {
-        return Err(open_err(open_error::BAD_BGP_IDENTIFIER, Vec::new(), "BGP identifier is 0.0.0.0"));
+        return Err(open_err(
+            open_error::BAD_BGP_IDENTIFIER,
+            Vec::new(),
+            "BGP identifier is 0.0.0.0",
+        ));
     }
     Ok(open)
 }
@@ -145,11 +173,14 @@ fn read_capabilities(buf: &[u8], out: &mut Vec<Capability>) -> Result<(), Decode
         let (Some(code), Some(len)) = (r.u8(), r.u8()) else {
             return Err(unspecific("truncated capability"));
         };
-        let value = r.take(usize::from(len)).ok_or_else(|| unspecific("capability overruns its parameter"))?;
+        let value = r
+            .take(usize::from(len))
+            .ok_or_else(|| unspecific("capability overruns its parameter"))?;
         let mut v = Reader::new(value);
         let cap = match code {
             cap_code::MULTIPROTOCOL => {
-                let (Some(afi), Some(_reserved), Some(safi), true) = (v.u16(), v.u8(), v.u8(), value.len() == 4)
+                let (Some(afi), Some(_reserved), Some(safi), true) =
+                    (v.u16(), v.u8(), v.u8(), value.len() == 4)
                 else {
                     return Err(unspecific("Multiprotocol capability is not 4 octets"));
                 };
@@ -174,7 +205,9 @@ fn read_capabilities(buf: &[u8], out: &mut Vec<Capability>) -> Result<(), Decode
                     return Err(unspecific("Graceful Restart capability is truncated"));
                 };
                 if !v.remaining().is_multiple_of(4) {
-                    return Err(unspecific("Graceful Restart capability has a partial family"));
+                    return Err(unspecific(
+                        "Graceful Restart capability has a partial family",
+                    ));
                 }
                 let mut families = Vec::with_capacity(v.remaining() / 4);
                 while let (Some(afi), Some(safi), Some(flags)) = (v.u16(), v.u8(), v.u8()) {
@@ -190,7 +223,10 @@ fn read_capabilities(buf: &[u8], out: &mut Vec<Capability>) -> Result<(), Decode
                     families,
                 })
             }
-            _ => Capability::Unknown { code, value: value.to_vec() },
+            _ => Capability::Unknown {
+                code,
+                value: value.to_vec(),
+            },
         };
         out.push(cap);
     }
@@ -229,7 +265,8 @@ fn write_capability(cap: &Capability, out: &mut Vec<u8>) -> Result<(), EncodeErr
             }
         }
         Capability::Unknown { code, value } => {
-            let len8 = u8::try_from(value.len()).map_err(|_| EncodeError::OpenTooLong(value.len()))?;
+            let len8 =
+                u8::try_from(value.len()).map_err(|_| EncodeError::OpenTooLong(value.len()))?;
             out.extend_from_slice(&[*code, len8]);
             out.extend_from_slice(value);
         }
@@ -279,14 +316,30 @@ fn flush_param(params: &mut Vec<u8>, param: &mut Vec<u8>) {
 impl Open {
     /// The OPEN tortie sends: version 4, AS_TRANS in the 2-octet field when needed, and
     /// the capabilities given (the caller decides which; see [`Capability`]).
-    pub fn new(my_as: u32, hold_time: u16, bgp_id: Ipv4Addr, capabilities: Vec<Capability>) -> Self {
-        Open { version: BGP_VERSION, my_as, hold_time, bgp_id, capabilities }
+    pub fn new(
+        my_as: u32,
+        hold_time: u16,
+        bgp_id: Ipv4Addr,
+        capabilities: Vec<Capability>,
+    ) -> Self {
+        Open {
+            version: BGP_VERSION,
+            my_as,
+            hold_time,
+            bgp_id,
+            capabilities,
+        }
     }
 
     /// The checks of RFC 4271 §6.2 that need our configuration: the peer's AS must be
     /// the one configured, and an internal peer must not share our BGP identifier
     /// (RFC 6286 §2.1).
-    pub fn validate_peer(&self, expected_as: u32, local_as: u32, local_id: Ipv4Addr) -> Result<(), DecodeError> {
+    pub fn validate_peer(
+        &self,
+        expected_as: u32,
+        local_as: u32,
+        local_id: Ipv4Addr,
+    ) -> Result<(), DecodeError> {
         if self.my_as != expected_as {
             return Err(open_err(
                 open_error::BAD_PEER_AS,

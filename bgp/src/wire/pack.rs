@@ -60,7 +60,11 @@ fn announce(
             return Err(EncodeError::MissingIpv4NextHop);
         }
         let mut block = BytesMut::new();
-        let plain = PathAttributes { mp_reach: None, mp_unreach: None, ..attrs.clone() };
+        let plain = PathAttributes {
+            mp_reach: None,
+            mp_unreach: None,
+            ..attrs.clone()
+        };
         attributes::encode(&plain, codec, true, &mut block)?;
         let fixed = HEADER_LEN + 4 + block.len();
         check_room(fixed)?;
@@ -70,7 +74,9 @@ fn announce(
             out.put_u16(0); // No withdrawn routes.
             out.put_u16(block.len() as u16);
             out.put_slice(&block);
-            while let Some(p) = v4.next_if(|p| out.len() - msg + nlri::wire_len(p) <= MAX_MESSAGE_LEN) {
+            while let Some(p) =
+                v4.next_if(|p| out.len() - msg + nlri::wire_len(p) <= MAX_MESSAGE_LEN)
+            {
                 nlri::write(p, out);
             }
             finish_header(out, msg)?;
@@ -85,7 +91,12 @@ fn announce(
         };
         let mut block = BytesMut::new();
         // RFC 4760 §3: NEXT_HOP has no place in an UPDATE without classic NLRI.
-        let plain = PathAttributes { mp_reach: None, mp_unreach: None, next_hop: None, ..attrs.clone() };
+        let plain = PathAttributes {
+            mp_reach: None,
+            mp_unreach: None,
+            next_hop: None,
+            ..attrs.clone()
+        };
         attributes::encode(&plain, codec, true, &mut block)?;
         let mut reach_head = Vec::with_capacity(40);
         attributes::write_mp_reach(Family::IPV6_UNICAST, &next_hop, &mut reach_head)?;
@@ -121,13 +132,18 @@ fn announce(
 /// messages it wrote.
 pub fn pack_withdraw(prefixes: &[IpNet], out: &mut BytesMut) -> Result<usize, EncodeError> {
     let mut messages = 0;
-    let mut v4 = prefixes.iter().filter(|p| matches!(p, IpNet::V4(_))).peekable();
+    let mut v4 = prefixes
+        .iter()
+        .filter(|p| matches!(p, IpNet::V4(_)))
+        .peekable();
     while v4.peek().is_some() {
         let msg = start_message(out);
         let withdrawn_len_at = out.len();
         out.put_u16(0);
         // Leave room for the Total Path Attribute Length that follows.
-        while let Some(p) = v4.next_if(|p| out.len() - msg + nlri::wire_len(p) + 2 <= MAX_MESSAGE_LEN) {
+        while let Some(p) =
+            v4.next_if(|p| out.len() - msg + nlri::wire_len(p) + 2 <= MAX_MESSAGE_LEN)
+        {
             nlri::write(p, out);
         }
         patch_len(out, withdrawn_len_at)?;
@@ -135,7 +151,10 @@ pub fn pack_withdraw(prefixes: &[IpNet], out: &mut BytesMut) -> Result<usize, En
         finish_header(out, msg)?;
         messages += 1;
     }
-    let mut v6 = prefixes.iter().filter(|p| matches!(p, IpNet::V6(_))).peekable();
+    let mut v6 = prefixes
+        .iter()
+        .filter(|p| matches!(p, IpNet::V6(_)))
+        .peekable();
     while v6.peek().is_some() {
         let msg = start_message(out);
         out.put_u16(0);

@@ -11,33 +11,50 @@ use super::{
 };
 
 fn malformed_list(reason: &'static str) -> DecodeError {
-    DecodeError::new(ErrorCode::UpdateMessage, update_error::MALFORMED_ATTRIBUTE_LIST, Vec::new(), reason)
+    DecodeError::new(
+        ErrorCode::UpdateMessage,
+        update_error::MALFORMED_ATTRIBUTE_LIST,
+        Vec::new(),
+        reason,
+    )
 }
 
 /// Decodes the body of an UPDATE (what follows the 19-octet header).
 pub(crate) fn decode(body: &[u8], codec: &Codec) -> Result<Update, DecodeError> {
     // RFC 4271 §6.3: lengths that do not fit the message are a Malformed Attribute List;
-    // RFC 7606 §5.3 keeps that a session reset, since the NLRI cannot be found.
+    // RFC 7606 keeps that a session reset, since the NLRI cannot be found.
     let mut r = Reader::new(body);
-    let withdrawn_len = r.u16().ok_or_else(|| malformed_list("UPDATE too short for Withdrawn Routes Length"))?;
+    let withdrawn_len = r
+        .u16()
+        .ok_or_else(|| malformed_list("UPDATE too short for Withdrawn Routes Length"))?;
     let withdrawn_bytes = r
         .take(usize::from(withdrawn_len))
         .ok_or_else(|| malformed_list("Withdrawn Routes Length overruns the message"))?;
-    let attr_len = r.u16().ok_or_else(|| malformed_list("UPDATE too short for Total Path Attribute Length"))?;
+    let attr_len = r
+        .u16()
+        .ok_or_else(|| malformed_list("UPDATE too short for Total Path Attribute Length"))?;
     let attr_bytes = r
         .take(usize::from(attr_len))
         .ok_or_else(|| malformed_list("Total Path Attribute Length overruns the message"))?;
     let nlri_bytes = r.rest();
 
     let invalid_network = |e: nlri::NlriError| {
-        DecodeError::new(ErrorCode::UpdateMessage, update_error::INVALID_NETWORK_FIELD, Vec::new(), e.reason())
+        DecodeError::new(
+            ErrorCode::UpdateMessage,
+            update_error::INVALID_NETWORK_FIELD,
+            Vec::new(),
+            e.reason(),
+        )
     };
     let mut withdrawn = Vec::new();
     nlri::read_v4(withdrawn_bytes, &mut withdrawn).map_err(invalid_network)?;
     let mut announced = Vec::new();
     nlri::read_v4(nlri_bytes, &mut announced).map_err(invalid_network)?;
 
-    let cx = attributes::Context { codec: *codec, classic_nlri: !announced.is_empty() };
+    let cx = attributes::Context {
+        codec: *codec,
+        classic_nlri: !announced.is_empty(),
+    };
     let decoded = attributes::decode(attr_bytes, cx)?;
     let mut attrs = decoded.attrs;
     let mut withdraw = decoded.withdraw;
@@ -47,12 +64,14 @@ pub(crate) fn decode(body: &[u8], codec: &Codec) -> Result<Update, DecodeError> 
         && attrs.mp_reach.is_none()
         && attrs.mp_unreach.is_none()
     {
-        // RFC 7606 §5.2: treat-as-withdraw needs the NLRI, and an MP_REACH_NLRI may have
+        // Treat-as-withdraw needs the NLRI (RFC 7606 §4), and an MP_REACH_NLRI may have
         // been lost in the part of the list we could not read.
-        return Err(malformed_list("attribute list overruns its length and the NLRI cannot be located"));
+        return Err(malformed_list(
+            "attribute list overruns its length and the NLRI cannot be located",
+        ));
     }
 
-    // RFC 7606 §3 d: a missing well-known mandatory attribute means treat-as-withdraw.
+    // RFC 7606 §3: a missing well-known mandatory attribute means treat-as-withdraw.
     // NEXT_HOP is only mandatory for NLRI in the classic field (RFC 4760 §3).
     let mp_announces = attrs.mp_reach.as_ref().is_some_and(|m| !m.nlri.is_empty());
     if !announced.is_empty() || mp_announces {
@@ -66,7 +85,10 @@ pub(crate) fn decode(body: &[u8], codec: &Codec) -> Result<Update, DecodeError> 
             None
         };
         if let Some(code) = missing {
-            withdraw.get_or_insert(AttributeIssue { code, reason: "missing well-known mandatory attribute" });
+            withdraw.get_or_insert(AttributeIssue {
+                code,
+                reason: "missing well-known mandatory attribute",
+            });
         }
     }
 
@@ -75,11 +97,16 @@ pub(crate) fn decode(body: &[u8], codec: &Codec) -> Result<Update, DecodeError> 
         let mut unreach = attrs.mp_unreach.take();
         if let Some(reach) = attrs.mp_reach.take() {
             match &mut unreach {
-                None => unreach = Some(MpUnreach { family: reach.family, withdrawn: reach.nlri }),
+                None => {
+                    unreach = Some(MpUnreach {
+                        family: reach.family,
+                        withdrawn: reach.nlri,
+                    })
+                }
                 Some(u) if u.family == reach.family => u.withdrawn.extend(reach.nlri),
                 Some(_) => {
                     // One UPDATE cannot withdraw two families through MP_UNREACH_NLRI, so
-                    // this treat-as-withdraw cannot be expressed; escalate (RFC 7606 §3 j
+                    // this treat-as-withdraw cannot be expressed; escalate (RFC 7606 §3
                     // allows the stronger action).
                     return Err(DecodeError::new(
                         ErrorCode::UpdateMessage,
@@ -90,7 +117,10 @@ pub(crate) fn decode(body: &[u8], codec: &Codec) -> Result<Update, DecodeError> 
                 }
             }
         }
-        attrs = PathAttributes { mp_unreach: unreach, ..PathAttributes::default() };
+        attrs = PathAttributes {
+            mp_unreach: unreach,
+            ..PathAttributes::default()
+        };
         UpdateStatus::TreatAsWithdraw(issue)
     } else if !decoded.discarded.is_empty() {
         UpdateStatus::AttributeDiscard(decoded.discarded)
@@ -98,11 +128,20 @@ pub(crate) fn decode(body: &[u8], codec: &Codec) -> Result<Update, DecodeError> 
         UpdateStatus::Ok
     };
 
-    Ok(Update { withdrawn, attributes: attrs, nlri: announced, status })
+    Ok(Update {
+        withdrawn,
+        attributes: attrs,
+        nlri: announced,
+        status,
+    })
 }
 
 /// Writes the body of an UPDATE.
-pub(crate) fn encode(update: &Update, codec: &Codec, out: &mut BytesMut) -> Result<(), EncodeError> {
+pub(crate) fn encode(
+    update: &Update,
+    codec: &Codec,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     if !update.nlri.is_empty() && update.attributes.next_hop.is_none() {
         return Err(EncodeError::MissingIpv4NextHop);
     }
@@ -141,7 +180,10 @@ impl Update {
         }
         Update {
             attributes: PathAttributes {
-                mp_unreach: Some(MpUnreach { family, withdrawn: Vec::new() }),
+                mp_unreach: Some(MpUnreach {
+                    family,
+                    withdrawn: Vec::new(),
+                }),
                 ..PathAttributes::default()
             },
             ..Update::default()
@@ -159,7 +201,11 @@ impl Update {
             None if *a == PathAttributes::default() => Some(Family::IPV4_UNICAST),
             Some(un)
                 if un.withdrawn.is_empty()
-                    && *a == PathAttributes { mp_unreach: a.mp_unreach.clone(), ..PathAttributes::default() } =>
+                    && *a
+                        == PathAttributes {
+                            mp_unreach: a.mp_unreach.clone(),
+                            ..PathAttributes::default()
+                        } =>
             {
                 Some(un.family)
             }
@@ -169,18 +215,22 @@ impl Update {
 
     /// Every prefix this UPDATE announces, IPv4 NLRI first, then MP_REACH_NLRI.
     pub fn announced(&self) -> impl Iterator<Item = IpNet> + '_ {
-        self.nlri
-            .iter()
-            .map(|p| IpNet::V4(*p))
-            .chain(self.attributes.mp_reach.iter().flat_map(|m| m.nlri.iter().copied()))
+        self.nlri.iter().map(|p| IpNet::V4(*p)).chain(
+            self.attributes
+                .mp_reach
+                .iter()
+                .flat_map(|m| m.nlri.iter().copied()),
+        )
     }
 
     /// Every prefix this UPDATE withdraws, IPv4 withdrawn routes first, then
     /// MP_UNREACH_NLRI.
     pub fn withdrawals(&self) -> impl Iterator<Item = IpNet> + '_ {
-        self.withdrawn
-            .iter()
-            .map(|p| IpNet::V4(*p))
-            .chain(self.attributes.mp_unreach.iter().flat_map(|m| m.withdrawn.iter().copied()))
+        self.withdrawn.iter().map(|p| IpNet::V4(*p)).chain(
+            self.attributes
+                .mp_unreach
+                .iter()
+                .flat_map(|m| m.withdrawn.iter().copied()),
+        )
     }
 }
