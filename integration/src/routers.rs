@@ -557,6 +557,11 @@ impl Router {
     /// ExaBGP only: sends one API command line as is (the adversary's raw tool, e.g. an
     /// `attribute [...]` announcement).
     pub fn exabgp_command(&self, line: &str) -> Result<(), Error> {
+        self.exabgp_commands(&[line])
+    }
+
+    /// ExaBGP only: sends several API command lines in one write.
+    pub fn exabgp_commands(&self, lines: &[&str]) -> Result<(), Error> {
         if self.kind != Kind::Exabgp {
             return Err(Error::Invalid(format!("{:?} takes no ExaBGP commands", self.kind)));
         }
@@ -566,7 +571,9 @@ impl Router {
             .write(true)
             .open(&fifo)
             .map_err(Error::io(format!("opening {}", fifo.display())))?;
-        writeln!(f, "{line}").map_err(Error::io("writing an ExaBGP command"))
+        let mut text = lines.join("\n");
+        text.push('\n');
+        f.write_all(text.as_bytes()).map_err(Error::io("writing ExaBGP commands"))
     }
 
     fn exabgp_events(&self) -> Vec<serde_json::Value> {
@@ -944,11 +951,11 @@ def reader():
             out.flush()
 threading.Thread(target=reader, daemon=True).start()
 open("{d}/helper.started", "w").close()
-while True:
-    with open("{d}/ctl.fifo") as f:
-        for line in f:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+# Read-write, so the FIFO always has a writer and never reads EOF between our commands.
+with os.fdopen(os.open("{d}/ctl.fifo", os.O_RDWR), "r") as f:
+    for line in f:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 "#
     )
 }
