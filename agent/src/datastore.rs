@@ -4,6 +4,7 @@
 //! `manifests/crds.yaml` is [`crds_yaml`]'s output; a unit test fails when the two differ
 //! (`TORTIE_BLESS=1 cargo test -p tortie-node datastore` rewrites the file).
 
+mod cluster;
 mod convert;
 pub mod crd;
 mod kube_store;
@@ -14,6 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, PostParams};
 use kube::{Client, CustomResourceExt};
 
+pub use cluster::{ClusterError, NodeGc, PodIndex};
 pub use crd::{BGPConfiguration, BGPPeer, BlockAffinity, IPAMBlock, IPPool};
 pub use kube_store::KubeStore;
 
