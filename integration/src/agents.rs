@@ -37,8 +37,12 @@ pub fn agent_binary() -> Option<PathBuf> {
     sibling_binary("tortie-node", "TORTIE_NODE_BIN")
 }
 
-/// Makes the node's private tree: socket folder and CNI folders. The `tortie` CNI plugin,
-/// when built, is linked into the node's CNI bin folder, as install-cni would copy it.
+/// Where Debian's containernetworking-plugins puts the reference plugins.
+const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+
+/// Makes the node's private tree: socket folder and CNI folders. The CNI bin folder gets the
+/// reference plugins (loopback, portmap, ...) linked in, as a node image would ship them in
+/// /opt/cni/bin; the agent itself installs the `tortie` plugin and the conflist there.
 pub fn prepare_tree(lab: &Lab, node: &str) -> Result<(), Error> {
     for dir in [
         lab.agent_socket(node).parent().map(Path::to_path_buf).unwrap_or_else(|| lab.node_dir(node)),
@@ -47,11 +51,11 @@ pub fn prepare_tree(lab: &Lab, node: &str) -> Result<(), Error> {
     ] {
         crate::mkdir(&dir)?;
     }
-    if let Some(cni) = sibling_binary("tortie", "TORTIE_CNI_BIN") {
-        let link = lab.cni_bin_dir(node).join("tortie");
-        if std::fs::read_link(&link).ok().as_deref() != Some(cni.as_path()) {
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(&cni, &link).map_err(Error::io(format!("linking {}", link.display())))?;
+    let plugins = std::fs::read_dir(REFERENCE_PLUGINS).into_iter().flatten().filter_map(|e| e.ok());
+    for plugin in plugins {
+        let link = lab.cni_bin_dir(node).join(plugin.file_name());
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(plugin.path(), &link).map_err(Error::io(format!("linking {}", link.display())))?;
         }
     }
     Ok(())

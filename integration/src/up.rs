@@ -85,7 +85,9 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
             Ok(NodeConfig { netns: lab.node_netns(&name), name, ip })
         })
         .collect::<Result<_, Error>>()?;
-    if let Some(old) = LabConfig::load(lab)? {
+    let old = LabConfig::load(lab)?;
+    check_no_foreign_netns(lab, old.as_ref())?;
+    if let Some(old) = &old {
         let extra: Vec<&str> =
             old.nodes.iter().filter(|n| !nodes.iter().any(|m| m.name == n.name)).map(|n| n.name.as_str()).collect();
         if !extra.is_empty() {
@@ -143,6 +145,30 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
         });
     }
     Ok(UpReport { config, agents: outcomes, elapsed: start.elapsed() })
+}
+
+/// Refuses to adopt namespaces another lab made: same prefix, other state folder. Reusing
+/// them would put two etcds on one loopback and agents of one lab in the other's nodes.
+/// Our own are the ones our `lab.json` lists (it is written before any namespace exists).
+fn check_no_foreign_netns(lab: &Lab, old: Option<&LabConfig>) -> Result<(), Error> {
+    let mut known: Vec<String> = old.iter().flat_map(|c| c.nodes.iter().map(|n| n.netns.clone())).collect();
+    if old.is_some() {
+        known.extend([lab.lan_netns(), lab.control_netns()]);
+    }
+    let pods = format!("{}pod-", lab.prefix());
+    let foreign: Vec<String> = network::existing_netns()
+        .into_iter()
+        .filter(|n| lab.owns_netns(n) && !n.starts_with(&pods) && !known.contains(n))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "namespaces {} exist but are not part of the lab in {}: another lab uses the same names. \
+         Remove it (`down` with its TORTIE_LAB_STATE), or give this one another TORTIE_LAB_PREFIX",
+        foreign.join(", "),
+        lab.state_dir().display()
+    )))
 }
 
 fn indent(text: &str) -> String {

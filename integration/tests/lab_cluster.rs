@@ -21,7 +21,7 @@ fn up_serves_nodes_rbac_and_custom_resources_then_down_leaves_nothing() {
 
     let start = Instant::now();
     let out = t.output(
-        &mut t.cmd(&["up", "--nodes", &NODES.to_string(), "--agent-timeout", "1"])
+        t.cmd(&["up", "--nodes", &NODES.to_string(), "--agent-timeout", "1"])
             .env("TORTIE_NODE_BIN", &agent),
     );
     assert!(out.status.success(), "up failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));

@@ -40,8 +40,18 @@ fn down_cleans_up_after_an_up_killed_half_way() {
 fn down_kills_processes_even_without_pid_files_or_namespaces() {
     let t = TestLab::new("m");
     let agent = recording_agent(t.scratch());
-    let out = t.output(&mut t.cmd(&["up", "--nodes", "1", "--agent-timeout", "1"]).env("TORTIE_NODE_BIN", &agent));
+    let out = t.output(t.cmd(&["up", "--nodes", "1", "--agent-timeout", "1"]).env("TORTIE_NODE_BIN", &agent));
     assert!(out.status.success(), "up failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+
+    // A second lab with the same prefix must not adopt this one's namespaces.
+    let other_state = t.scratch().join("other-state");
+    let out = t.output(t.cmd(&["up", "--nodes", "1"]).env(tortie_lab::lab::STATE_ENV, &other_state));
+    assert!(!out.status.success(), "a second lab adopted the first one's namespaces");
+    assert!(text(&out.stderr).contains("another lab uses the same names"), "{}", text(&out.stderr));
+    let other = tortie_lab::Lab::new(&other_state, t.lab.prefix());
+    assert!(tortie_lab::process::members(&other).is_empty(), "the refused up started processes");
+    t.ok(&["kubectl", "get", "nodes"]);
+
     // Lose every record: pid files gone, namespaces deleted behind the lab's back.
     for ns in tortie_lab::teardown::lab_netns(&t.lab) {
         let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).output();
