@@ -153,6 +153,14 @@ impl<S: Store> Allocator<S> {
         Ok(self.cache.get_or_insert_with(Cache::default))
     }
 
+    async fn reload_pools(&mut self) -> Result<(), IpamError> {
+        let mut pools = self.store.list_pools().await?;
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        let cache = self.ensure_loaded().await?;
+        cache.pools = pools;
+        Ok(())
+    }
+
     async fn reload_blocks(&mut self) -> Result<(), IpamError> {
         let blocks = self.store.list_blocks().await?;
         let cache = self.ensure_loaded().await?;
@@ -273,7 +281,7 @@ impl<S: Store> Allocator<S> {
             // 2. A new block, while under the cap.
             if self.affine_count(family) < self.config.max_blocks_per_node {
                 fresh = true;
-                match self.claim_free_block(&pools).await? {
+                match self.claim_free_block(family).await? {
                     Claim::Claimed | Claim::Lost => continue,
                     Claim::PoolsFull => {}
                 }
@@ -328,10 +336,13 @@ impl<S: Store> Allocator<S> {
         }
     }
 
-    async fn claim_free_block(&mut self, pools: &[IpPool]) -> Result<Claim, IpamError> {
+    async fn claim_free_block(&mut self, family: IpFamily) -> Result<Claim, IpamError> {
+        // Claims are rare: look at what is really stored, blocks and pools alike (a pool
+        // disabled meanwhile is then not claimed from).
+        self.reload_pools().await?;
         self.reload_blocks().await?;
         let start = node_hash(&self.node);
-        for pool in pools {
+        for pool in self.usable_pools(family) {
             let n = pool.block_count();
             let first = start % n;
             let mut i: u128 = 0;
@@ -457,10 +468,12 @@ impl<S: Store> Allocator<S> {
         Err(IpamError::Contention { op: "release", attempts: self.config.max_attempts })
     }
 
-    /// Housekeeping for this node's blocks; call it periodically. It finishes claims and
-    /// releases that a crash interrupted, and gives back blocks that stayed empty for the
-    /// grace period. Returns the blocks given back.
+    /// Housekeeping for this node's blocks; call it periodically. It re-reads the pools (so a
+    /// pool disabled or added is seen within one period even without `invalidate`), finishes
+    /// claims and releases that a crash interrupted, and gives back blocks that stayed empty
+    /// for the grace period. Returns the blocks given back.
     pub async fn release_empty_blocks(&mut self, now: Instant) -> Result<Vec<BlockCidr>, IpamError> {
+        self.reload_pools().await?;
         self.reload_blocks().await?;
         let node = self.node.clone();
         let affinities = self.store.list_affinities(&node).await?;

@@ -392,6 +392,22 @@ fn pools_that_do_not_apply_are_skipped() {
 }
 
 #[test]
+fn pool_changes_are_seen_by_housekeeping_and_claims() {
+    let store = store_with(&[pool("default", "10.0.0.0/24", 28)]);
+    let mut a = allocator(&store, "n1");
+    v4(&mut a, &h(0)).unwrap();
+    let mut disabled = pool("default", "10.0.0.0/24", 28);
+    disabled.disabled = true;
+    store.set_pools(vec![disabled, pool("second", "10.1.0.0/24", 28)]);
+    // Until it looks, the allocator keeps using its block...
+    let same = v4(&mut a, &h(1)).unwrap();
+    assert_eq!(same.pool, "default");
+    // ...and once housekeeping re-read the pools, the disabled one gives nothing.
+    block_on(a.release_empty_blocks(Instant::now())).unwrap();
+    assert_eq!(v4(&mut a, &h(2)).unwrap().pool, "second");
+}
+
+#[test]
 fn dual_stack_handle_gets_one_address_per_family() {
     let store = store_with(&[pool("v4", "10.0.0.0/24", 26), pool("v6", "fd00::/120", 122)]);
     let mut a = allocator(&store, "n1");
