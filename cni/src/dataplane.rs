@@ -66,26 +66,29 @@ impl DataplaneError {
     }
 }
 
+// Async so that pod-namespace work (on its own thread) can overlap agent calls, as DEL's
+// link deletion and Release do. The binary's runtime is single-threaded: no Send needed.
+#[allow(async_fn_in_trait)]
 pub trait Dataplane {
     /// The pod-side link `ifname` in `netns`, or `None` when the namespace has no such link.
     /// With `detail`, also its addresses and the main table's routes (CHECK); without, only
     /// the link (ADD's pre-check, where every round trip counts).
-    fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError>;
+    async fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError>;
 
     /// The host-side link `name` in the plugin's own namespace.
-    fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError>;
+    async fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError>;
 
     /// Wires the pod as `plan` says: the veth pair (peer created inside the pod netns in the
     /// same request), the host sysctls, the pod's addresses and routes. On error it may
     /// leave a partial pair behind; the caller removes it with [`Dataplane::delete_host_link`].
-    fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError>;
+    async fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError>;
 
     /// Deletes a host-side link (and with it its veth peer). `Ok(false)` if absent.
-    fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError>;
+    async fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError>;
 
     /// Deletes `ifname` inside `netns`. `Ok(false)` if the link is absent;
     /// `Err(NetnsMissing)` if the namespace is.
-    fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError>;
+    async fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError>;
 }
 
 /// A dataplane in memory that records every call, for the commands' unit tests.
@@ -158,7 +161,7 @@ pub mod fake {
     }
 
     impl Dataplane for FakeDataplane {
-        fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError> {
+        async fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError> {
             self.calls.push(Call::PodState(netns.to_owned(), ifname.to_owned()));
             if !self.netns.contains(netns) {
                 return Err(DataplaneError::NetnsMissing(netns.to_owned()));
@@ -181,7 +184,7 @@ pub mod fake {
             }))
         }
 
-        fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError> {
+        async fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError> {
             self.calls.push(Call::HostState(name.to_owned()));
             Ok(self.pair(name).map(|p| HostState {
                 link: LinkState {
@@ -196,7 +199,7 @@ pub mod fake {
             }))
         }
 
-        fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
+        async fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
             self.calls.push(Call::Create(plan.clone()));
             if !self.netns.contains(&plan.netns) {
                 return Err(DataplaneError::NetnsMissing(plan.netns.clone()));
@@ -235,14 +238,14 @@ pub mod fake {
             Ok(Created { pod_mac: mac_for(pod_index) })
         }
 
-        fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
+        async fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
             self.calls.push(Call::DeleteHostLink(name.to_owned()));
             let before = self.pairs.len();
             self.pairs.retain(|p| p.host != name);
             Ok(self.pairs.len() != before)
         }
 
-        fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
+        async fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
             self.calls.push(Call::DeletePodLink(netns.to_owned(), ifname.to_owned()));
             if !self.netns.contains(netns) {
                 return Err(DataplaneError::NetnsMissing(netns.to_owned()));

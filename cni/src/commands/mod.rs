@@ -68,8 +68,8 @@ async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
 
     // Look before touching anything: a CNI_IFNAME that is not our own earlier wiring of this
     // pod is someone else's, and ADD must fail without changing it (or allocating).
-    let existing = dp.pod_state(&netns, &env.ifname, false).map_err(dataplane_error)?;
-    let host = dp.host_state(&host_if).map_err(dataplane_error)?;
+    let existing = dp.pod_state(&netns, &env.ifname, false).await.map_err(dataplane_error)?;
+    let host = dp.host_state(&host_if).await.map_err(dataplane_error)?;
     if let Some(pod_link) = &existing
         && !plan::is_our_pair(pod_link, host.as_ref())
     {
@@ -88,7 +88,7 @@ async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
     debug!(?reply, "allocated");
 
     let undo = async |agent: &mut A, dp: &mut D, err: CniError| -> CniError {
-        if let Err(e) = dp.delete_host_link(&host_if) {
+        if let Err(e) = dp.delete_host_link(&host_if).await {
             warn!(error = %e, host_if, "cleanup after a failed ADD could not delete the veth");
         }
         if let Err(e) = agent.release(att.clone()).await {
@@ -108,12 +108,12 @@ async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
     // allocation is the same either way, so wire afresh rather than trust a half-made pair.
     if host.is_some() {
         info!(host_if, "replacing an earlier veth of this pod");
-        if let Err(e) = dp.delete_host_link(&host_if) {
+        if let Err(e) = dp.delete_host_link(&host_if).await {
             return Err(undo(agent, dp, dataplane_error(e)).await);
         }
     }
 
-    let created = match dp.create(&plan) {
+    let created = match dp.create(&plan).await {
         Ok(c) => c,
         Err(e) => return Err(undo(agent, dp, dataplane_error(e)).await),
     };
@@ -146,14 +146,26 @@ async fn del<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
     // Deleting the pod side takes the host side with it. Without a netns (or with one that is
     // gone) the veth died with the namespace; the host name alone is not enough to delete by,
     // since a newer sandbox of the same pod may own it by now.
-    if let Some(netns) = &env.netns {
-        match dp.delete_pod_link(netns, &env.ifname) {
-            Ok(found) => debug!(found, "pod link deleted"),
-            Err(DataplaneError::NetnsMissing(_)) => debug!("netns already gone"),
-            Err(e) => return Err(dataplane_error(e)),
+    let delete = async {
+        let Some(netns) = &env.netns else { return Ok(()) };
+        match dp.delete_pod_link(netns, &env.ifname).await {
+            Ok(found) => {
+                debug!(found, "pod link deleted");
+                Ok(())
+            }
+            Err(DataplaneError::NetnsMissing(_)) => {
+                debug!("netns already gone");
+                Ok(())
+            }
+            Err(e) => Err(dataplane_error(e)),
         }
-    }
-    let released = agent.release(attachment(env, conf)).await.map_err(|e| agent_error("Release", e))?;
+    };
+    // Both at once: unregistering a veth waits for the kernel's RCU grace periods, the
+    // release for the datastore. Releasing a moment before the pod's eth0 is gone is
+    // harmless: the dying namespace has no host route pointing into it any more.
+    let (deleted, released) = tokio::join!(delete, agent.release(attachment(env, conf)));
+    deleted?;
+    let released = released.map_err(|e| agent_error("Release", e))?;
     info!(released, "endpoint released");
     Ok(())
 }
@@ -172,14 +184,14 @@ async fn check<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut
         .ok_or_else(|| CniError::new(Code::InvalidNetworkConfig, "CHECK needs prevResult, and the config has none"))?;
     let netns = netns_of(env)?;
     let host_if = host_ifname(env);
-    let pod = match dp.pod_state(&netns, &env.ifname, true) {
+    let pod = match dp.pod_state(&netns, &env.ifname, true).await {
         Ok(p) => p,
         Err(DataplaneError::NetnsMissing(p)) => {
             return Err(CniError::new(Code::CheckFailed, format!("network namespace {} is gone", p.display())));
         }
         Err(e) => return Err(dataplane_error(e)),
     };
-    let host = dp.host_state(&host_if).map_err(dataplane_error)?;
+    let host = dp.host_state(&host_if).await.map_err(dataplane_error)?;
     let held = agent.check(attachment(env, conf)).await.map_err(|e| agent_error("Check", e))?;
     plan::check(prev, &netns.display().to_string(), &env.ifname, pod.as_ref(), &host_if, host.as_ref(), &held)
 }

@@ -238,7 +238,7 @@ fn up_flags(msg: &mut LinkMessage, up: bool) {
 }
 
 impl Dataplane for KernelDataplane {
-    fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError> {
+    async fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError> {
         let name = ifname.to_owned();
         self.pod(netns)?
             .run(move |nl| -> io::Result<Option<PodState>> {
@@ -246,11 +246,12 @@ impl Dataplane for KernelDataplane {
                 let (addresses, routes) =
                     if detail { (addresses_of(nl, link.index)?, main_routes(nl)?) } else { (vec![], vec![]) };
                 Ok(Some(PodState { link, addresses, routes }))
-            })?
+            })
+            .await?
             .map_err(|e| DataplaneError::failed(format!("read {ifname} in {}", netns.display()), e))
     }
 
-    fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError> {
+    async fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError> {
         let Some(link) = get_link(self.host()?, name).map_err(|e| DataplaneError::failed(format!("read link {name}"), e))? else {
             return Ok(None);
         };
@@ -260,7 +261,7 @@ impl Dataplane for KernelDataplane {
         Ok(Some(HostState { link, proxy_arp }))
     }
 
-    fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
+    async fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
         let ipv6 = plan.has_ipv6();
         // One request makes both ends: the peer message carries the pod namespace's fd
         // (IFLA_NET_NS_FD), so the pod end is born inside the pod and never moves. The host
@@ -322,18 +323,20 @@ impl Dataplane for KernelDataplane {
                 DataplaneError::failed(format!("configure {ifname} in {netns} ({:?})", batch.get(i).map(|b| &b.0)), e)
             })?;
             link.mac.ok_or_else(|| DataplaneError::failed(format!("read {ifname}"), "no MAC address"))
-        })?
+        })
+        .await?
         .map(|pod_mac| Created { pod_mac })
     }
 
-    fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
+    async fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
         delete_link(self.host()?, name).map_err(|e| DataplaneError::failed(format!("delete {name}"), e))
     }
 
-    fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
+    async fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
         let name = ifname.to_owned();
         self.pod(netns)?
-            .run(move |nl| delete_link(nl, &name))?
+            .run(move |nl| delete_link(nl, &name))
+            .await?
             .map_err(|e| DataplaneError::failed(format!("delete {ifname} in {}", netns.display()), e))
     }
 }

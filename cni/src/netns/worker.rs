@@ -75,15 +75,19 @@ impl PodNetns {
         self.fd.as_fd()
     }
 
-    /// Runs `job` on the namespace's thread and waits for its answer.
-    pub fn run<R: Send + 'static>(&self, job: impl FnOnce(&mut Netlink) -> R + Send + 'static) -> Result<R, DataplaneError> {
-        let (tx, rx) = mpsc::sync_channel(1);
+    /// Runs `job` on the namespace's thread; the answer comes back without blocking the
+    /// caller's thread, so other work (an agent call) can proceed meanwhile.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Netlink) -> R + Send + 'static,
+    ) -> Result<R, DataplaneError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or_else(|| DataplaneError::failed("netns thread", "already stopped"))?;
         jobs.send(Box::new(move |nl| {
             let _ = tx.send(job(nl));
         }))
         .map_err(|_| DataplaneError::failed("netns thread", "stopped"))?;
-        rx.recv().map_err(|_| DataplaneError::failed("netns thread", "died during a job"))
+        rx.await.map_err(|_| DataplaneError::failed("netns thread", "died during a job"))
     }
 }
 
