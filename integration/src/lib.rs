@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 /// The per-node agents: start, find, ask for health.
 pub mod agents;
+/// `bench bgp`: full-feed convergence into the kernel, tortie against BIRD.
+pub mod bench_bgp;
 /// The command line: one module per subcommand.
 pub mod cli;
 /// etcd and kube-apiserver in the control namespace.

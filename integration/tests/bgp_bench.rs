@@ -1,0 +1,33 @@
+//! Root test: the `bench bgp` scenario end to end at a small size, so the harness that
+//! produces the README's figures is itself tested.
+
+use std::time::Duration;
+
+use tortie_lab::bench_bgp::{BenchOptions, Target, render, run};
+
+#[test]
+fn bench_scenario_measures_both_speakers() {
+    let opts = BenchOptions {
+        sizes: vec![5_000],
+        targets: vec![Target::Tortie, Target::Bird],
+        timeout: Duration::from_secs(60),
+    };
+    let results = run(&opts).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}", render(&results));
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        assert_eq!(r.prefixes, 5_000);
+        assert!(r.seconds > 0.0 && r.seconds < 60.0, "{r:?}");
+        assert!(r.rss_bytes > r.rss_before_bytes / 2, "{r:?}");
+    }
+}
+
+/// The README's figures: 100k and 500k prefixes. Slow, so run on demand, with release
+/// binaries: `cargo build --release -p tortie-node && TORTIE_NODE_BIN=target/release/tortie-node
+/// cargo test -p tortie-lab --test bgp_bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_full_feed() {
+    let results = run(&BenchOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", render(&results));
+}
