@@ -350,7 +350,12 @@ impl<S: Store> Allocator<S> {
                 let index = if i < n - first { first + i } else { i - (n - first) };
                 i += 1;
                 let Some(cidr) = pool.block_at(index) else { continue };
-                if self.cache.as_ref().is_some_and(|c| c.blocks.contains_key(&cidr)) {
+                // Overlap, not just equality: a pool recreated with another block size must
+                // not hand out addresses that an older, differently sized block holds.
+                if self.cache.as_ref().is_some_and(|c| {
+                    c.blocks.contains_key(&cidr)
+                        || c.blocks.keys().any(|b| b.net().contains(&cidr.net()) || cidr.net().contains(&b.net()))
+                }) {
                     continue;
                 }
                 return self.claim(cidr).await;

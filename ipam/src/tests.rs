@@ -408,6 +408,20 @@ fn pool_changes_are_seen_by_housekeeping_and_claims() {
 }
 
 #[test]
+fn a_new_block_never_overlaps_an_old_block_of_another_size() {
+    let store = store_with(&[pool("default", "10.0.0.0/27", 28)]);
+    let mut old = allocator(&store, "old");
+    let first = v4(&mut old, &h(0)).unwrap();
+    // The pool is recreated with one /27 block, which the old /28 block overlaps.
+    store.set_pools(vec![pool("default", "10.0.0.0/27", 27)]);
+    let mut a = allocator(&store, "n1");
+    let got = v4(&mut a, &h(1)).unwrap();
+    assert_eq!(got.block, first.block, "n1 borrows instead of claiming an overlapping block");
+    assert_eq!(store.blocks().len(), 1);
+    assert_consistent(&store);
+}
+
+#[test]
 fn dual_stack_handle_gets_one_address_per_family() {
     let store = store_with(&[pool("v4", "10.0.0.0/24", 26), pool("v6", "fd00::/120", 122)]);
     let mut a = allocator(&store, "n1");
