@@ -228,6 +228,9 @@ impl Session {
                 }
             }
             Action::Send(id, message) => {
+                if let Message::Notification(note) = &message {
+                    info!(code = note.code, subcode = note.subcode, "sending NOTIFICATION");
+                }
                 let mut buf = BytesMut::new();
                 match encode_into(&message, &self.codec, &mut buf) {
                     Ok(()) => self.write(id, WriteMsg::Control(buf.freeze())),

@@ -346,6 +346,31 @@ fn a_peer_sending_garbage_loses_only_its_own_session() {
             .unwrap_or_else(|e| panic!("{e}"));
         wa.until("C's route", |w| w.has("192.168.3.0/26", "127.0.0.3")).await;
 
+        // An UPDATE for the same prefix with an invalid ORIGIN (5): RFC 7606 §7.1 makes
+        // it a withdrawal, and the session stays up.
+        let mut body = vec![0, 0]; // no withdrawn routes
+        let attrs: &[u8] = &[
+            0x40, 1, 1, 5, // ORIGIN 5
+            0x40, 2, 0, // AS_PATH, empty
+            0x40, 3, 4, 127, 0, 0, 3, // NEXT_HOP
+            0x40, 5, 4, 0, 0, 0, 100, // LOCAL_PREF
+        ];
+        body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        body.extend_from_slice(attrs);
+        body.extend_from_slice(&[26, 192, 168, 3, 0]);
+        let mut msg = vec![0xff; 16];
+        msg.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+        msg.push(2);
+        msg.extend_from_slice(&body);
+        c.write_all(&msg).await.unwrap_or_else(|e| panic!("{e}"));
+        wa.until("C's route treated as withdrawn", |w| !w.routes.contains_key(&net("192.168.3.0/26")))
+            .await;
+        wait_state(&a, "127.0.0.3", State::Established).await;
+        c.write_all(&wire::encode(&update, &codec).unwrap_or_else(|e| panic!("{e}")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wa.until("C's route again", |w| w.has("192.168.3.0/26", "127.0.0.3")).await;
+
         // A header with a broken marker: Connection Not Synchronized (RFC 4271 §6.1).
         let mut garbage = vec![0u8; 19];
         garbage[16..18].copy_from_slice(&19u16.to_be_bytes());
@@ -494,5 +519,101 @@ fn md5_passwords_must_match() {
         let _ = a.shutdown().await;
         let _ = b.shutdown().await;
         let _ = c.shutdown().await;
+    });
+}
+
+#[test]
+fn two_active_speakers_settle_on_one_session() {
+    init_tracing();
+    let ns = Netns::new("collide");
+    ns.run(|| async {
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
+        let mut wa = Watch::new(&a).await;
+        // Neither side is passive: both connect, and collision resolution (RFC 4271 §6.8)
+        // must leave exactly one session.
+        let (ra, rb) = tokio::join!(
+            a.add_peer(peer("127.0.0.2", "127.0.0.1", false)),
+            b.add_peer(peer("127.0.0.1", "127.0.0.2", false)),
+        );
+        ra.unwrap_or_else(|e| panic!("{e}"));
+        rb.unwrap_or_else(|e| panic!("{e}"));
+        b.originate(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        wa.until("B's route", |w| w.has("192.168.2.0/26", "127.0.0.2")).await;
+        wait_state(&a, "127.0.0.2", State::Established).await;
+        wait_state(&b, "127.0.0.1", State::Established).await;
+        // It stays up: no flapping between the two connections.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for s in [&a, &b] {
+            let status = s.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(status[0].state, State::Established, "{status:?}");
+        }
+        wa.drain_for(Duration::from_millis(100)).await;
+        assert!(wa.removed.is_empty(), "{:?}", wa.removed);
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
+    });
+}
+
+fn open_message(router_id: [u8; 4]) -> Vec<u8> {
+    let open = Message::Open(Open {
+        version: 4,
+        my_as: ASN,
+        hold_time: 30,
+        bgp_id: Ipv4Addr::from(router_id),
+        capabilities: vec![Capability::Multiprotocol(Family::IPV4_UNICAST), Capability::FourOctetAs(ASN)],
+    });
+    wire::encode(&open, &Codec::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn connection_collision_keeps_the_connection_of_the_higher_identifier() {
+    init_tracing();
+    let ns = Netns::new("collision");
+    ns.run(|| async {
+        // The hand-driven peer C (10.0.0.9) listens, and also connects to A (10.0.0.1).
+        let c_listener = tokio::net::TcpListener::bind(SocketAddr::new(addr("127.0.0.3"), PORT))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        a.add_peer(peer("127.0.0.3", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
+        let (mut from_a, _) = tokio::time::timeout(WAIT, c_listener.accept())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut buf1 = Vec::new();
+        let m = read_message(&mut from_a, &mut buf1).await;
+        assert!(matches!(m, Some(Message::Open(_))), "{m:?}");
+
+        // While A is in OpenSent on its connection, C opens its own.
+        let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+        socket.bind(SocketAddr::new(addr("127.0.0.3"), 0)).unwrap_or_else(|e| panic!("{e}"));
+        let mut to_a = socket
+            .connect(SocketAddr::new(addr("127.0.0.1"), PORT))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut buf2 = Vec::new();
+        let m = read_message(&mut to_a, &mut buf2).await;
+        assert!(matches!(m, Some(Message::Open(_))), "A must send OPEN on the second connection: {m:?}");
+
+        // C's OPEN on A's connection reveals C's higher identifier: A must close the
+        // connection it opened with Cease / Connection Collision Resolution.
+        from_a.write_all(&open_message([10, 0, 0, 9])).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut cease = None;
+        while let Some(m) = read_message(&mut from_a, &mut buf1).await {
+            if let Message::Notification(n) = m {
+                cease = Some((n.code, n.subcode));
+            }
+        }
+        assert_eq!(cease, Some((6, 7)));
+
+        // The connection C opened carries on to Established.
+        to_a.write_all(&open_message([10, 0, 0, 9])).await.unwrap_or_else(|e| panic!("{e}"));
+        let keepalive = wire::encode(&Message::Keepalive, &Codec::default()).unwrap_or_default();
+        to_a.write_all(&keepalive).await.unwrap_or_else(|e| panic!("{e}"));
+        let m = read_message(&mut to_a, &mut buf2).await;
+        assert_eq!(m, Some(Message::Keepalive));
+        wait_state(&a, "127.0.0.3", State::Established).await;
+        let _ = a.shutdown().await;
     });
 }
