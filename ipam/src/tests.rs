@@ -219,6 +219,21 @@ fn a_lost_write_that_did_not_land_is_retried() {
 }
 
 #[test]
+fn a_claim_whose_answer_was_lost_is_finished_later() {
+    let store = store_with(&[pool("default", "10.0.0.0/24", 26)]);
+    let mut a = allocator(&store, "n1");
+    // The block create lands, but its answer is lost: the affinity stays pending.
+    store.inject(Kind::Block, &[Fault::Lost { applied: true }]);
+    assert!(v4(&mut a, &h(0)).is_err());
+    let got = v4(&mut a, &h(0)).unwrap();
+    assert_eq!(store.blocks().len(), 1, "the retry uses the block that landed");
+    assert_eq!(store.affinities()[0].state, AffinityState::Pending);
+    block_on(a.release_empty_blocks(Instant::now())).unwrap();
+    assert_eq!(store.affinities(), vec![BlockAffinity { node: "n1".into(), cidr: got.block, state: AffinityState::Confirmed }]);
+    assert_consistent(&store);
+}
+
+#[test]
 fn a_lost_block_claim_moves_on_and_leaves_no_pending_affinity() {
     let store = store_with(&[pool("default", "10.0.0.0/24", 26)]);
     let mut a = allocator(&store, "n1");
