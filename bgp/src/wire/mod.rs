@@ -29,6 +29,8 @@ mod reader;
 mod update;
 
 #[cfg(test)]
+mod exabgp_check;
+#[cfg(test)]
 mod tests;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
