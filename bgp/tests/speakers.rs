@@ -617,3 +617,79 @@ fn connection_collision_keeps_the_connection_of_the_higher_identifier() {
         let _ = a.shutdown().await;
     });
 }
+
+#[test]
+fn a_silent_peer_times_out_and_its_routes_go_after_its_restart_time() {
+    init_tracing();
+    let ns = Netns::new("hold");
+    ns.run(|| async {
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        let mut wa = Watch::new(&a).await;
+        let mut p = peer("127.0.0.3", "127.0.0.1", true);
+        p.hold_time = 3;
+        a.add_peer(p).await.unwrap_or_else(|e| panic!("{e}"));
+
+        // C offers graceful restart with a 2-second restart time.
+        let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+        socket.bind(SocketAddr::new(addr("127.0.0.3"), 0)).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = socket
+            .connect(SocketAddr::new(addr("127.0.0.1"), PORT))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let open = Message::Open(Open {
+            version: 4,
+            my_as: ASN,
+            hold_time: 30,
+            bgp_id: Ipv4Addr::new(10, 0, 0, 3),
+            capabilities: vec![
+                Capability::Multiprotocol(Family::IPV4_UNICAST),
+                Capability::FourOctetAs(ASN),
+                Capability::GracefulRestart(wire::GracefulRestart {
+                    restart_state: false,
+                    notification: false,
+                    restart_time: 2,
+                    families: vec![wire::GracefulRestartFamily {
+                        family: Family::IPV4_UNICAST,
+                        forwarding_preserved: true,
+                    }],
+                }),
+            ],
+        });
+        let codec = Codec { four_octet_as: true, external: false };
+        let update = Message::Update(wire::Update {
+            attributes: wire::PathAttributes {
+                origin: Some(wire::Origin::Igp),
+                as_path: Some(wire::AsPath::default()),
+                next_hop: Some(Ipv4Addr::new(127, 0, 0, 3)),
+                local_pref: Some(100),
+                ..Default::default()
+            },
+            nlri: vec!["192.168.3.0/26".parse().unwrap_or_default()],
+            ..Default::default()
+        });
+        let mut hello = wire::encode(&open, &Codec::default()).unwrap_or_else(|e| panic!("{e}"));
+        hello.extend(wire::encode(&Message::Keepalive, &codec).unwrap_or_default());
+        hello.extend(wire::encode(&update, &codec).unwrap_or_else(|e| panic!("{e}")));
+        c.write_all(&hello).await.unwrap_or_else(|e| panic!("{e}"));
+        wa.until("C's route", |w| w.has("192.168.3.0/26", "127.0.0.3")).await;
+
+        // C goes silent. After the 3-second hold time A gives up with Hold Timer Expired
+        // but keeps C's route as stale ...
+        let mut buf = Vec::new();
+        let mut expired = false;
+        while let Some(m) = read_message(&mut c, &mut buf).await {
+            if let Message::Notification(n) = m {
+                expired = (n.code, n.subcode) == (4, 0);
+            }
+        }
+        assert!(expired, "no Hold Timer Expired NOTIFICATION");
+        let down_at = tokio::time::Instant::now();
+        wa.drain_for(Duration::from_millis(1000)).await;
+        assert!(wa.removed.is_empty(), "removed at once: {:?}", wa.removed);
+        // ... until C's restart time has passed without C coming back.
+        wa.until("stale route swept", |w| w.routes.is_empty()).await;
+        let waited = down_at.elapsed();
+        assert!(waited >= Duration::from_millis(1500), "swept after only {waited:?}");
+        let _ = a.shutdown().await;
+    });
+}
