@@ -50,6 +50,8 @@ impl Lab {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        // Absolute, so that the marker `down` looks for is the same from any working folder.
+        let state = std::path::absolute(&state).unwrap_or(state);
         let prefix = std::env::var(PREFIX_ENV).unwrap_or_default();
         Lab::new(state, prefix)
     }

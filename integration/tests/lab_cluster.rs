@@ -156,12 +156,19 @@ fn custom_resources_round_trip(t: &TestLab) {
     t.ok(&["kubectl", "apply", "-f", &path("crd.yaml")]);
     t.ok(&["kubectl", "wait", "--for=condition=Established", "crd/labchecks.lab.tortie.dev", "--timeout=30s"]);
     t.ok(&["kubectl", "apply", "-f", &path("cr.yaml")]);
+    // Keep the object as created, to write it back once it has changed.
+    std::fs::write(dir.join("stale.json"), t.ok(&["kubectl", "get", "labcheck", "first", "-o", "json"]))
+        .unwrap_or_else(|e| panic!("{e}"));
     t.ok(&["kubectl", "patch", "labcheck", "first", "--type=merge", "-p", r#"{"spec":{"blocks":{"10.244.0.64-26":"node-2"}}}"#]);
     t.ok(&["kubectl", "label", "labcheck", "first", "tortie.dev/checked=yes"]);
     let cr = kubectl_json(t, &["get", "labcheck", "first"]);
     assert_eq!(cr["spec"]["blocks"]["10.244.0.64-26"], "node-2", "{cr}");
     assert_eq!(cr["spec"]["blocks"]["10.244.0.0-26"], "node-1", "{cr}");
     assert_eq!(cr["metadata"]["labels"]["tortie.dev/checked"], "yes", "{cr}");
+    // Compare-and-swap: a write carrying an old resourceVersion is refused with 409.
+    let out = t.output(&mut t.cmd(&["kubectl", "replace", "-f", &path("stale.json")]));
+    assert!(!out.status.success(), "a stale write was accepted");
+    assert!(text(&out.stderr).contains("Conflict"), "{}", text(&out.stderr));
     t.ok(&["kubectl", "delete", "labcheck", "first"]);
     let out = t.output(&mut t.cmd(&["kubectl", "get", "labcheck", "first"]));
     assert!(!out.status.success() && text(&out.stderr).contains("NotFound"), "{}", text(&out.stderr));
