@@ -33,6 +33,7 @@ fn up_serves_nodes_rbac_and_custom_resources_then_down_leaves_nothing() {
     custom_resources_round_trip(&t);
     agents_run_in_their_node_with_the_env_contract(&t);
     lan_connects_the_nodes(&t);
+    pods_are_reported_from_the_apiserver(&t);
     second_up_changes_nothing(&t);
 
     let start = Instant::now();
@@ -218,6 +219,40 @@ fn agents_run_in_their_node_with_the_env_contract(t: &TestLab) {
     }
     assert!(status["pods"].as_array().is_some_and(|p| p.is_empty()), "{status}");
     assert!(status["pods_error"].is_null(), "{status}");
+}
+
+const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: default}
+spec:
+  nodeName: node-2
+  containers: [{name: web, image: registry.invalid/none}]
+"#;
+
+/// The lab plays kubelet: it writes Pod objects bound to a node and their status.podIP.
+/// `status` reads them back, with the pod's namespace once it exists (and `down` must
+/// remove that namespace too).
+fn pods_are_reported_from_the_apiserver(t: &TestLab) {
+    std::fs::write(t.scratch().join("pod.yaml"), POD).unwrap_or_else(|e| panic!("{e}"));
+    t.ok(&["kubectl", "apply", "-f", &t.scratch().join("pod.yaml").display().to_string()]);
+    t.ok(&[
+        "kubectl", "patch", "pod", "web-0", "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"podIP":"10.244.0.5","podIPs":[{"ip":"10.244.0.5"}]}}"#,
+    ]);
+    let netns = t.lab.pod_netns("default", "web-0");
+    let out = t.output(std::process::Command::new("ip").args(["netns", "add", &netns]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    t.ok(&["exec", "default/web-0", "--", "ip", "link", "show", "lo"]);
+
+    let status: Value = serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
+    let pods = status["pods"].as_array().unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(pods.len(), 1, "{status}");
+    assert_eq!(pods[0]["namespace"], "default");
+    assert_eq!(pods[0]["name"], "web-0");
+    assert_eq!(pods[0]["node"], "node-2");
+    assert_eq!(pods[0]["ip"], "10.244.0.5");
+    assert_eq!(pods[0]["netns"], netns.as_str());
 }
 
 fn lan_connects_the_nodes(t: &TestLab) {
