@@ -91,7 +91,7 @@ impl Apiserver {
         let p = |name: &str| d.join(name).display().to_string();
         me.spawn("etcd", "etcd.log", &[
             "--name=test".into(),
-            format!("--data-dir={}", p("etcd")),
+            format!("--data-dir={}", me.etcd_dir().display()),
             "--listen-client-urls=http://127.0.0.1:2379".into(),
             "--advertise-client-urls=http://127.0.0.1:2379".into(),
             "--listen-peer-urls=http://127.0.0.1:2380".into(),
@@ -123,6 +123,12 @@ impl Apiserver {
         ])?;
         me.wait_ready(Duration::from_secs(90))?;
         Ok(me)
+    }
+
+    /// etcd's data lives in memory (/dev/shm): etcd fsyncs every commit, and on this
+    /// machine's disk that alone costs more than the whole allocation path should.
+    fn etcd_dir(&self) -> PathBuf {
+        Path::new("/dev/shm").join(format!("{}-etcd", self.netns))
     }
 
     fn exec(&self, program: &str, args: &[&str]) -> Result<(), Error> {
@@ -239,5 +245,6 @@ impl Drop for Apiserver {
             let _ = c.wait();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = fs::remove_dir_all(self.etcd_dir());
     }
 }
