@@ -58,6 +58,30 @@ pub async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
     kube::Client::try_from(config).map_err(|e| Error::Kube(format!("client from {}: {e}", kubeconfig.display())))
 }
 
+/// Runs `f` with an admin kube-rs client of `lab`, inside its control namespace:
+///
+/// ```no_run
+/// # use tortie_lab::{Lab, kube_netns::with_admin_client};
+/// # use k8s_openapi::api::core::v1::Node;
+/// let lab = Lab::from_env();
+/// let nodes = with_admin_client(&lab, |client| async move {
+///     kube::Api::<Node>::all(client).list(&Default::default()).await
+/// })?;
+/// # Ok::<(), tortie_lab::Error>(())
+/// ```
+pub fn with_admin_client<T, F, Fut>(lab: &crate::Lab, f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce(kube::Client) -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    let kubeconfig = lab.admin_kubeconfig();
+    block_on_in_netns(&lab.control_netns(), move || async move {
+        let c = client(&kubeconfig).await?;
+        Ok(f(c).await)
+    })?
+}
+
 /// GETs `path` (e.g. `/readyz`) and returns the body; a non-2xx status is an error.
 pub async fn get_raw(client: &kube::Client, path: &str) -> Result<String, Error> {
     let req = http::Request::get(path)

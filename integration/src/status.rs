@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agents::{self, Health};
 use crate::control;
-use crate::kube_netns::{block_on_in_netns, client};
+use crate::kube_netns::with_admin_client;
 use crate::lab::{Lab, LabConfig};
 use crate::process;
 use crate::Error;
@@ -107,9 +107,7 @@ pub fn gather(lab: &Lab) -> Result<Report, Error> {
 
 /// Every Pod object, with the node it is bound to and the IP the lab wrote to its status.
 pub fn pods(lab: &Lab) -> Result<Vec<PodStatus>, Error> {
-    let kubeconfig = lab.admin_kubeconfig();
-    let list = block_on_in_netns(&lab.control_netns(), move || async move {
-        let client = client(&kubeconfig).await?;
+    let list = with_admin_client(lab, |client| async move {
         kube::Api::<Pod>::all(client)
             .list(&kube::api::ListParams::default())
             .await
