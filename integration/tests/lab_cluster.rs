@@ -236,10 +236,16 @@ spec:
 fn pods_are_reported_from_the_apiserver(t: &TestLab) {
     std::fs::write(t.scratch().join("pod.yaml"), POD).unwrap_or_else(|e| panic!("{e}"));
     t.ok(&["kubectl", "apply", "-f", &t.scratch().join("pod.yaml").display().to_string()]);
-    t.ok(&[
-        "kubectl", "patch", "pod", "web-0", "--subresource=status", "--type=merge", "-p",
-        r#"{"status":{"podIP":"10.244.0.5","podIPs":[{"ip":"10.244.0.5"}]}}"#,
-    ]);
+    // Through kube-rs: Debian's kubectl (1.20) cannot patch a status subresource.
+    tortie_lab::kube_netns::with_admin_client(&t.lab, |client| async move {
+        let status = serde_json::json!({"status": {"podIP": "10.244.0.5", "podIPs": [{"ip": "10.244.0.5"}]}});
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, "default")
+            .patch_status("web-0", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(status))
+            .await
+            .map(|_| ())
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("patching the pod's status: {e}"));
     let netns = t.lab.pod_netns("default", "web-0");
     let out = t.output(std::process::Command::new("ip").args(["netns", "add", &netns]));
     assert!(out.status.success(), "{}", text(&out.stderr));
