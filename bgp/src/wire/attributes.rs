@@ -130,6 +130,7 @@ pub(crate) fn decode(buf: &[u8], cx: Context) -> Result<Decoded, DecodeError> {
                 Err(malformed_flags(flag, c, value))
             }
             Some(_) => decode_known(
+                flag,
                 c,
                 value,
                 cx,
@@ -207,6 +208,7 @@ fn four(value: &[u8]) -> Option<[u8; 4]> {
 }
 
 fn decode_known(
+    flag: u8,
     c: u8,
     value: &[u8],
     cx: Context,
@@ -323,7 +325,7 @@ fn decode_known(
             attrs.mp_reach = read_mp_reach(value).map_err(|reason| {
                 Fault::Reset(update_reset(
                     update_error::OPTIONAL_ATTRIBUTE_ERROR,
-                    attribute_bytes(flags::OPTIONAL | flags::EXTENDED_LENGTH, c, value),
+                    attribute_bytes(flag, c, value),
                     reason,
                 ))
             })?;
@@ -332,7 +334,7 @@ fn decode_known(
             attrs.mp_unreach = read_mp_unreach(value).map_err(|reason| {
                 Fault::Reset(update_reset(
                     update_error::OPTIONAL_ATTRIBUTE_ERROR,
-                    attribute_bytes(flags::OPTIONAL | flags::EXTENDED_LENGTH, c, value),
+                    attribute_bytes(flag, c, value),
                     reason,
                 ))
             })?;

@@ -456,11 +456,17 @@ fn undefined_origin_is_treat_as_withdraw() {
 
 #[test]
 fn bad_mp_next_hop_length_resets_with_optional_attribute_error() {
-    let r = update_of(&hex_file("update-malformed-mp-next-hop.hex"), &AS4);
+    let bytes = hex_file("update-malformed-mp-next-hop.hex");
+    let e = update_of(&bytes, &AS4).err();
+    let n = e
+        .map(|e| e.notification)
+        .unwrap_or_else(|| panic!("expected a session reset"));
     assert_eq!(
-        notification_of(r),
+        (n.code, n.subcode),
         (3, update_error::OPTIONAL_ATTRIBUTE_ERROR)
     );
+    // The data is the attribute as received (RFC 4271 §6.3).
+    assert_eq!(n.data, bytes[23..23 + 3 + 32]);
 }
 
 #[test]
