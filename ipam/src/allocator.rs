@@ -43,7 +43,7 @@ impl Default for IpamConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum IpamError {
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -62,6 +62,14 @@ pub struct Allocated {
     pub block: BlockCidr,
     /// The pool the block belongs to (for its VXLAN and NAT settings).
     pub pool: String,
+}
+
+/// One request of [`Allocator::allocate_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocRequest {
+    pub handle: Handle,
+    pub family: IpFamily,
+    pub pod: Option<PodRef>,
 }
 
 /// Which allocations leak GC looks at.
@@ -100,6 +108,12 @@ pub struct Allocator<S> {
 
 fn is_stale(e: &StoreError) -> bool {
     matches!(e, StoreError::Conflict { .. } | StoreError::NotFound { .. })
+}
+
+fn fill_pending(results: &mut [Option<Result<Allocated, IpamError>>], e: &IpamError) {
+    for r in results.iter_mut().filter(|r| r.is_none()) {
+        *r = Some(Err(e.clone()));
+    }
 }
 
 /// FNV-1a: a stable spread of nodes over the pool, so racing nodes try different blocks first.
@@ -304,6 +318,72 @@ impl<S: Store> Allocator<S> {
             return Err(IpamError::Exhausted { family, node });
         }
         Err(IpamError::Contention { op: "allocate", attempts: self.config.max_attempts })
+    }
+
+    /// Serves several requests at once, as a burst of concurrent ADDs queues them: as many
+    /// as fit go into one affine block with a single write, so a burst of N ADDs costs about
+    /// one write, not N, and every allocation is still stored before its caller hears of
+    /// it. Requests that need a claim or a borrow go through [`allocate`](Self::allocate)
+    /// one by one. Results come in request order; a handle asked twice gets one address.
+    pub async fn allocate_batch(&mut self, reqs: &[AllocRequest]) -> Vec<Result<Allocated, IpamError>> {
+        let mut results: Vec<Option<Result<Allocated, IpamError>>> = vec![None; reqs.len()];
+        for _ in 0..self.config.max_attempts {
+            if let Err(e) = self.ensure_loaded().await {
+                fill_pending(&mut results, &e);
+                break;
+            }
+            for (i, r) in reqs.iter().enumerate() {
+                if results[i].is_none() {
+                    results[i] = self.lookup_cached(&r.handle, r.family).map(Ok);
+                }
+            }
+            let Some(first) = results.iter().position(Option::is_none) else { break };
+            let family = reqs[first].family;
+            let pools = self.usable_pools(family);
+            let node = self.node.clone();
+            let Some(cidr) = self.find_block(&pools, |b| b.is_affine_to(&node) && b.free() > 0) else {
+                // No room in our own blocks: claims and borrowing are the single path's job.
+                results[first] = Some(self.allocate(&reqs[first].handle, family, reqs[first].pod.clone()).await);
+                continue;
+            };
+            let Some(entry) = self.cached_block(cidr) else { continue };
+            let mut block = entry.value;
+            let mut taken = Vec::new();
+            for (i, r) in reqs.iter().enumerate() {
+                if results[i].is_some() || r.family != family {
+                    continue;
+                }
+                if block.find(&r.handle).is_some() {
+                    continue;
+                }
+                if block.assign(r.handle.clone(), node.clone(), r.pod.clone()).is_none() {
+                    break;
+                }
+                taken.push(i);
+            }
+            match self.store.update_block(&block, &entry.revision).await {
+                Ok(revision) => {
+                    if let Some(cache) = self.cache.as_mut() {
+                        cache.blocks.insert(cidr, Versioned { value: block, revision });
+                    }
+                    debug!(block = %cidr, count = taken.len(), "allocated a batch with one write");
+                }
+                Err(e) if is_stale(&e) => {
+                    if let Err(e) = self.refetch_block(cidr).await {
+                        fill_pending(&mut results, &e);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let e = self.unknown(e);
+                    for i in taken {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        let contention = IpamError::Contention { op: "allocate", attempts: self.config.max_attempts };
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(contention.clone()))).collect()
     }
 
     /// Writes one new allocation into `cidr`. `Ok(None)` means the block was stale or full:

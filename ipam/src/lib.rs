@@ -20,7 +20,7 @@ mod selector;
 mod store;
 
 pub use affinity::{AffinityState, AffinityStateError, BlockAffinity};
-pub use allocator::{Allocated, Allocator, GcScope, IpamConfig, IpamError};
+pub use allocator::{AllocRequest, Allocated, Allocator, GcScope, IpamConfig, IpamError};
 pub use block::{Allocation, Block, BlockError, Handle, PodRef};
 pub use counting::{CountingStore, StoreStats};
 pub use cidr::{BlockCidr, CidrError, IpFamily, MAX_BLOCK_HOST_BITS};

@@ -89,6 +89,57 @@ fn steady_allocation_reads_nothing_through_a_counting_store() {
     assert_eq!(counted.stats().lost_races, after.lost_races + 1);
 }
 
+fn req(i: usize, family: IpFamily) -> AllocRequest {
+    AllocRequest { handle: h(i), family, pod: None }
+}
+
+#[test]
+fn a_batch_fills_a_block_with_one_write() {
+    let store = store_with(&[pool("default", "10.0.0.0/24", 28)]);
+    let mut a = allocator(&store, "n1");
+    v4(&mut a, &h(0)).unwrap();
+    let before = store.writes();
+    // 15 free addresses in the block: one write for them all.
+    let reqs: Vec<AllocRequest> = (1..16).map(|i| req(i, IpFamily::V4)).collect();
+    let got = block_on(a.allocate_batch(&reqs));
+    assert_eq!(store.writes() - before, 1);
+    let ips: HashSet<IpAddr> = got.iter().map(|r| r.as_ref().unwrap().ip).collect();
+    assert_eq!(ips.len(), 15);
+    assert_consistent(&store);
+}
+
+#[test]
+fn a_batch_spills_into_new_blocks_and_keeps_order_and_handles() {
+    let store = store_with(&[pool("v4", "10.0.0.0/24", 28), pool("v6", "fd00::/120", 124)]);
+    let mut a = allocator(&store, "n1");
+    let mut reqs: Vec<AllocRequest> = (0..40).map(|i| req(i, IpFamily::V4)).collect();
+    reqs.push(req(3, IpFamily::V4));
+    reqs.push(req(3, IpFamily::V6));
+    let got: Vec<Allocated> = block_on(a.allocate_batch(&reqs)).into_iter().map(Result::unwrap).collect();
+    assert_eq!(got[3], got[40], "the same handle asked twice gets one address");
+    assert_eq!(IpFamily::of_addr(&got[41].ip), IpFamily::V6);
+    for (r, g) in reqs.iter().zip(&got) {
+        assert!(block_on(a.lookup(&r.handle)).unwrap().contains(&g.ip));
+    }
+    let distinct: HashSet<IpAddr> = got[..40].iter().map(|g| g.ip).collect();
+    assert_eq!(distinct.len(), 40);
+    assert_eq!(store.blocks().iter().filter(|b| b.cidr().family() == IpFamily::V4).count(), 3);
+    assert_consistent(&store);
+}
+
+#[test]
+fn a_batch_survives_conflicts_and_reports_exhaustion_per_request() {
+    let store = store_with(&[pool("default", "10.0.0.0/28", 28)]);
+    let mut a = allocator(&store, "n1");
+    v4(&mut a, &h(0)).unwrap();
+    store.inject(Kind::Block, &[Fault::Conflict, Fault::Conflict]);
+    let reqs: Vec<AllocRequest> = (1..20).map(|i| req(i, IpFamily::V4)).collect();
+    let got = block_on(a.allocate_batch(&reqs));
+    assert_eq!(got.iter().filter(|r| r.is_ok()).count(), 15);
+    assert!(got[15..].iter().all(|r| matches!(r, Err(IpamError::Exhausted { .. }))));
+    assert_consistent(&store);
+}
+
 #[test]
 fn first_allocation_claims_a_confirmed_block() {
     let store = store_with(&[pool("default", "10.244.0.0/16", 26)]);
