@@ -329,6 +329,13 @@ fn decode_known(
                     reason,
                 ))
             })?;
+            if attrs.mp_reach.is_none() {
+                // Not an error, but reported: an UPDATE that only carried it must not
+                // look like an IPv4 End-of-RIB.
+                return Err(Fault::Discard(
+                    "MP_REACH_NLRI of a family tortie does not carry",
+                ));
+            }
         }
         code::MP_UNREACH_NLRI => {
             attrs.mp_unreach = read_mp_unreach(value).map_err(|reason| {
@@ -338,6 +345,11 @@ fn decode_known(
                     reason,
                 ))
             })?;
+            if attrs.mp_unreach.is_none() {
+                return Err(Fault::Discard(
+                    "MP_UNREACH_NLRI of a family tortie does not carry",
+                ));
+            }
         }
         // RFC 6793 §6: a NEW speaker never sends these to a NEW speaker, so from a
         // 4-octet peer they are discarded; malformed ones are discarded too.

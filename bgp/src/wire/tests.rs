@@ -661,7 +661,7 @@ fn attribute_faults() {
             "MP_REACH of an unknown family",
             vec![0x80, 14, 9, 0, 25, 70, 4, 1, 2, 3, 4, 0],
             AS4,
-            Want::Ok,
+            Want::Discard(14),
         ),
     ];
     for (what, extra, codec, want) in cases {
@@ -1357,4 +1357,13 @@ fn confederation_segments_from_an_external_peer_are_treat_as_withdraw() {
     assert!(matches!(&u.status, UpdateStatus::TreatAsWithdraw(i) if i.code == attr_code::AS_PATH));
     let u = update_of(&bytes, &AS4).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(u.status, UpdateStatus::Ok, "internal peers may carry them");
+}
+
+#[test]
+fn end_of_rib_of_an_unknown_family_is_not_an_ipv4_one() {
+    // An empty MP_UNREACH_NLRI for L2VPN EVPN (AFI 25, SAFI 70).
+    let u = update_of(&raw_update(&[], &[0x80, 15, 3, 0, 25, 70], &[]), &AS4)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(u.attributes.mp_unreach, None);
+    assert_eq!(u.end_of_rib_family(), None);
 }
