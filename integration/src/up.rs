@@ -93,6 +93,12 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
         if !extra.is_empty() {
             progress.say(&format!("note: {} from an earlier up stay until `down`", extra.join(", ")));
         }
+        if old.pool != opts.pool {
+            progress.say(&format!(
+                "note: the pool was {}; agents already running keep it (and IPPools live in etcd) until `down`",
+                old.pool
+            ));
+        }
     }
     let config = LabConfig { prefix: lab.prefix().to_string(), pool: opts.pool, nodes };
     // Recorded before any namespace exists, so that `down` after a crash knows them.
