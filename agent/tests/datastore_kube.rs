@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::api::{Api, PostParams};
 use support::apiserver::Apiserver;
 use tortie_ipam::{
-    AffinityState, Allocator, Block, BlockAffinity, BlockCidr, CountingStore, Handle, IpFamily, IpPool, IpamConfig, Store,
+    AffinityState, AllocRequest, Allocator, Block, BlockAffinity, BlockCidr, CountingStore, Handle, IpFamily, IpPool, IpamConfig, Store,
     StoreError,
 };
 use tortie_node::datastore::{self, KubeStore, crd};
@@ -94,6 +94,15 @@ fn crds_install_and_the_store_does_compare_and_swap() {
             }
             took.sort();
             eprintln!("steady allocation against the apiserver: p50 {:?}, max {:?}", took[took.len() / 2], took[took.len() - 1]);
+
+            // A burst that fits the block: one write for all of it.
+            let burst: Vec<AllocRequest> = (0..10)
+                .map(|i| AllocRequest { handle: Handle::for_container("net", &format!("burst{i}")), family: IpFamily::V4, pod: None })
+                .collect();
+            let before = counted.stats();
+            let results = steady.allocate_batch(&burst).await;
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+            assert_eq!(counted.stats().writes - before.writes, 1);
 
             // IPv6: object names for v6 blocks and affinities are valid Kubernetes names.
             let v6 = IpPool::new("default-ipv6-ippool", "fd00:10:66::/120".parse().unwrap(), 122).unwrap();
