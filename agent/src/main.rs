@@ -30,7 +30,9 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // No colour codes in log files (the lab and DaemonSets capture stderr).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 fn main() -> ExitCode {
@@ -44,8 +46,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the whole chain of causes on one line.
-            eprintln!("tortie-node: {e:#}");
+            // Our error messages already embed their causes, so `{e}` (not `{e:#}`, which
+            // would repeat each cause) is the whole story.
+            eprintln!("tortie-node: {e}");
             ExitCode::FAILURE
         }
     }

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use tortie_api::v1 as api;
+use tortie_api::v1::cni_client::CniClient;
 use tortie_api::v1::status_client::StatusClient;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_tortie-node");
@@ -364,6 +366,73 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     // Forwarding is on in the node's namespace.
     let fwd = ns.command("cat").arg("/proc/sys/net/ipv4/ip_forward").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
+
+    // The CNI path through the real IPAM store and the kernel: Allocate, EndpointReady.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cni = || async { CniClient::new(tortie_api::connect_unix(tree.socket()).await.unwrap()) };
+    let att = Some(api::Attachment { network: "k8s-pod-network".into(), container_id: "c1".into(), ifname: "eth0".into() });
+    let pod = Some(api::Pod { namespace: "default".into(), name: "p1".into(), uid: "u1".into() });
+    let reply = rt
+        .block_on(async { cni().await.allocate(api::AllocateRequest { attachment: att.clone(), pod: pod.clone() }).await })
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.mtu, 1460);
+    assert_eq!(reply.ips.len(), 1);
+    let addr: ipnet::Ipv4Net = reply.ips[0].address.parse().unwrap();
+    assert_eq!(addr.prefix_len(), 32);
+    assert!("10.244.0.0/16".parse::<ipnet::Ipv4Net>().unwrap().contains(&addr.addr()), "{addr}");
+    assert_eq!(reply.ips[0].gateway, "169.254.1.1");
+    // Durable: the block holding it is in the apiserver.
+    let blocks = cp.kubectl(&ns, &["get", "ipamblocks.crd.tortie.dev", "-o", "name"]);
+    assert_eq!(blocks.lines().count(), 1, "{blocks}");
+    let again = rt
+        .block_on(async { cni().await.allocate(api::AllocateRequest { attachment: att.clone(), pod: pod.clone() }).await })
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.ips, reply.ips);
+
+    // The CNI plugin's part, done by hand: the host veth (peer stays here: no pod netns needed
+    // to see the host route).
+    let veth = tortie_node::endpoints::host_veth_name("default", "p1");
+    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "p1peer"]);
+    ns.ip(&["link", "set", &veth, "up"]);
+    rt.block_on(async {
+        cni()
+            .await
+            .endpoint_ready(api::EndpointReadyRequest {
+                attachment: att.clone(),
+                pod: pod.clone(),
+                host_ifname: veth.clone(),
+                addresses: vec![addr.to_string()],
+            })
+            .await
+    })
+    .unwrap();
+    let host_route = format!("{} dev {veth} scope link", addr.addr());
+    let ours = ns.ip(&["route", "show", "proto", "116"]);
+    assert!(ours.contains(&host_route), "{ours}");
+    assert!(ours.contains("blackhole 10.244."), "{ours}");
+
+    // SIGKILL and restart: the pod's route survives (restored from the allocation).
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    drop(agent);
+    let mut agent = tree.start(&ns, &cp.kubeconfig, "10.244.0.0/16");
+    tree.wait_ready(&mut agent);
+    let ours = ns.ip(&["route", "show", "proto", "116"]);
+    assert!(ours.contains(&host_route), "{ours}\n{}", tree.log());
+    assert!(tree.log().contains("restoring local endpoints endpoints=1"), "{}", tree.log());
+
+    // Release: the route goes, then the address; CHECK sees nothing.
+    let released = rt
+        .block_on(async { cni().await.release(api::ReleaseRequest { attachment: att.clone() }).await })
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.released, 1);
+    let ours = ns.ip(&["route", "show", "proto", "116"]);
+    assert!(!ours.contains(&host_route), "{ours}");
+    let check = rt.block_on(async { cni().await.check(api::CheckRequest { attachment: att.clone() }).await }).unwrap();
+    assert!(check.into_inner().addresses.is_empty());
 
     // SIGTERM: a clean stop that removes the socket.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.0.id() as i32), nix::sys::signal::SIGTERM).unwrap();

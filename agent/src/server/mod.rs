@@ -344,18 +344,51 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     tortie_api::bind_root_only(path)
 }
 
-/// Serves both services on `listener` until `shutdown` completes.
+/// How long open connections may drain after shutdown is asked for.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves both services on `listener` until `shutdown` completes, then lets open
+/// connections finish for up to [`SHUTDOWN_GRACE`]: a client that keeps its connection
+/// open (an idle `tortiectl`, a test) must not keep the agent from stopping.
 pub async fn serve<I: Ipam, E: Endpoints>(
     listener: UnixListener,
     cni: CniService<I, E>,
     status: StatusService,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    serve_with_grace(listener, cni, status, shutdown, SHUTDOWN_GRACE).await
+}
+
+async fn serve_with_grace<I: Ipam, E: Endpoints>(
+    listener: UnixListener,
+    cni: CniService<I, E>,
+    status: StatusService,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: std::time::Duration,
+) -> Result<(), tonic::transport::Error> {
+    let (asked_tx, asked_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = asked_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(CniServer::new(cni))
         .add_service(StatusServer::new(status))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r,
+        // Only a sent value counts: the sender is dropped unsent only with the server.
+        Ok(()) = asked_rx => {
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(?grace, "clients still connected; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

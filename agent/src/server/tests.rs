@@ -1,6 +1,6 @@
 //! The gRPC layer over a real unix socket, with recording fakes behind the traits.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -91,6 +91,8 @@ impl Endpoints for FakeEndpoints {
     }
 }
 
+const TEST_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
 struct Harness {
     _dir: tempfile::TempDir,
     sock: std::path::PathBuf,
@@ -112,9 +114,15 @@ impl Harness {
         let cni = CniService::new(ipam.clone(), endpoints.clone(), 1440, health_rx.clone());
         let status = StatusService::new(NodeInfo { node_name: "node-1".into(), mtu: 1440 }, health_rx);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, cni, status, async {
-            let _ = stop_rx.await;
-        }));
+        let server = tokio::spawn(serve_with_grace(
+            listener,
+            cni,
+            status,
+            async {
+                let _ = stop_rx.await;
+            },
+            TEST_GRACE,
+        ));
         Harness { _dir: dir, sock, ipam, endpoints, health: health_tx, stop: Some(stop_tx), server }
     }
 
@@ -313,6 +321,36 @@ async fn gc_releases_what_is_not_valid_in_that_network_only() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_forever_for_an_open_connection() {
+    let mut h = Harness::start(Health::Ready).await;
+    // A client on a runtime nobody polls any more: its connection stays open and never
+    // answers the server's GOAWAY, as with a stopped or stuck client process.
+    let sock = h.sock.clone();
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel::<()>();
+    let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let c = rt.block_on(async {
+            let mut c = CniClient::new(tortie_api::connect_unix(&sock).await.unwrap());
+            c.check(api::CheckRequest { attachment: att("net", "c1") }).await.unwrap();
+            c
+        });
+        connected_tx.send(()).unwrap();
+        let _ = exit_rx.recv();
+        drop(c);
+    });
+    tokio::task::spawn_blocking(move || connected_rx.recv()).await.unwrap().unwrap();
+    if let Some(stop) = h.stop.take() {
+        stop.send(()).unwrap();
+    }
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(TEST_GRACE * 10, &mut h.server).await.expect("the server must stop").unwrap().unwrap();
+    assert!(started.elapsed() >= TEST_GRACE, "{:?}", started.elapsed());
+    exit_tx.send(()).unwrap();
+    client.join().unwrap();
 }
 
 #[tokio::test]
