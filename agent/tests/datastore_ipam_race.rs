@@ -13,7 +13,9 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use support::apiserver::Apiserver;
-use tortie_ipam::{AffinityState, Allocator, CountingStore, Handle, IpFamily, IpPool, IpamConfig, Store};
+use tortie_ipam::{
+    AffinityState, Allocator, CountingStore, Handle, IpFamily, IpPool, IpamConfig, Store,
+};
 use tortie_node::datastore::{self, KubeStore};
 
 const NODES: usize = 10;
@@ -24,11 +26,18 @@ fn ten_agents_racing_on_one_pool_never_duplicate() {
     let server = Apiserver::start().unwrap_or_else(|e| panic!("{e}"));
     server
         .block_on(|client| async move {
-            datastore::install_crds(&client, Duration::from_secs(30)).await.unwrap();
+            datastore::install_crds(&client, Duration::from_secs(30))
+                .await
+                .unwrap();
             // 16 blocks of 16 for 10 nodes and 200 addresses: some nodes claim two blocks, claims
             // collide, and the last allocations must borrow.
             let pool = IpPool::new("race", "10.77.0.0/24".parse().unwrap(), 28).unwrap();
-            assert!(KubeStore::new(client).create_pool_if_none(&pool).await.unwrap());
+            assert!(
+                KubeStore::new(client)
+                    .create_pool_if_none(&pool)
+                    .await
+                    .unwrap()
+            );
         })
         .unwrap_or_else(|e| panic!("{e}"));
 
@@ -39,12 +48,20 @@ fn ten_agents_racing_on_one_pool_never_duplicate() {
             server.spawn_in(move |client| async move {
                 let node = format!("node-{n}");
                 let store = CountingStore::new(KubeStore::new(client));
-                let mut alloc = Allocator::new(store.clone(), node.clone(), BTreeMap::new(), IpamConfig::default());
+                let mut alloc = Allocator::new(
+                    store.clone(),
+                    node.clone(),
+                    BTreeMap::new(),
+                    IpamConfig::default(),
+                );
                 start.wait();
                 let mut got = Vec::new();
                 for i in 0..PER_NODE {
                     let h = Handle::for_container("k8s-pod-network", &format!("{node}-c{i}"));
-                    let a = alloc.allocate(&h, IpFamily::V4, None).await.map_err(|e| format!("{node} #{i}: {e}"))?;
+                    let a = alloc
+                        .allocate(&h, IpFamily::V4, None)
+                        .await
+                        .map_err(|e| format!("{node} #{i}: {e}"))?;
                     got.push((a.ip, h));
                 }
                 Ok::<_, String>((got, store.stats()))
@@ -64,7 +81,10 @@ fn ten_agents_racing_on_one_pool_never_duplicate() {
         }
     }
     assert_eq!(returned.len(), NODES * PER_NODE);
-    eprintln!("{} allocations: {writes} apiserver writes, {lost} of them lost a compare-and-swap race", returned.len());
+    eprintln!(
+        "{} allocations: {writes} apiserver writes, {lost} of them lost a compare-and-swap race",
+        returned.len()
+    );
 
     let (blocks, affinities) = server
         .block_on(|client| async move {
@@ -81,22 +101,53 @@ fn ten_agents_racing_on_one_pool_never_duplicate() {
     let mut stored: HashMap<IpAddr, Handle> = HashMap::new();
     for b in &blocks {
         for (ip, a) in b.value.addresses() {
-            assert!(stored.insert(ip, a.handle.clone()).is_none(), "{ip} stored twice");
+            assert!(
+                stored.insert(ip, a.handle.clone()).is_none(),
+                "{ip} stored twice"
+            );
         }
-        let owner = b.value.affinity.clone().unwrap_or_else(|| panic!("block {} has no owner", b.value.cidr()));
-        let claims: Vec<_> = affinities.iter().filter(|a| a.value.cidr == b.value.cidr()).collect();
-        assert_eq!(claims.len(), 1, "block {} has affinities {claims:?}", b.value.cidr());
-        assert_eq!((claims[0].value.node.as_str(), claims[0].value.state), (owner.as_str(), AffinityState::Confirmed));
+        let owner = b
+            .value
+            .affinity
+            .clone()
+            .unwrap_or_else(|| panic!("block {} has no owner", b.value.cidr()));
+        let claims: Vec<_> = affinities
+            .iter()
+            .filter(|a| a.value.cidr == b.value.cidr())
+            .collect();
+        assert_eq!(
+            claims.len(),
+            1,
+            "block {} has affinities {claims:?}",
+            b.value.cidr()
+        );
+        assert_eq!(
+            (claims[0].value.node.as_str(), claims[0].value.state),
+            (owner.as_str(), AffinityState::Confirmed)
+        );
     }
-    assert_eq!(stored, returned, "what the agents returned is exactly what is stored");
-    assert!(affinities.iter().all(|a| blocks.iter().any(|b| b.value.cidr() == a.value.cidr)), "no affinity without a block");
+    assert_eq!(
+        stored, returned,
+        "what the agents returned is exactly what is stored"
+    );
+    assert!(
+        affinities
+            .iter()
+            .all(|a| blocks.iter().any(|b| b.value.cidr() == a.value.cidr)),
+        "no affinity without a block"
+    );
     // 16 blocks of 16 for 200 addresses on 10 nodes: every block was claimed, and some
     // nodes had to borrow, so the race went through claims and borrowing, not only the
     // first allocation of each node.
     assert_eq!(blocks.len(), 16);
     let borrowed = blocks
         .iter()
-        .map(|b| b.value.addresses().filter(|(_, a)| b.value.affinity.as_deref() != Some(a.node.as_str())).count())
+        .map(|b| {
+            b.value
+                .addresses()
+                .filter(|(_, a)| b.value.affinity.as_deref() != Some(a.node.as_str()))
+                .count()
+        })
         .sum::<usize>();
     assert!(borrowed > 0, "no allocation was borrowed");
 }

@@ -74,7 +74,9 @@ impl BlockAffinity {
 const MAX_NAME: usize = 253;
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -84,10 +86,20 @@ mod tests {
     #[test]
     fn names_stay_within_kubernetes_limits_and_unique() {
         let cidr: BlockCidr = "10.0.0.0/26".parse().unwrap();
-        let short = BlockAffinity { node: "node-1".into(), cidr, state: AffinityState::Confirmed };
+        let short = BlockAffinity {
+            node: "node-1".into(),
+            cidr,
+            state: AffinityState::Confirmed,
+        };
         assert_eq!(short.object_name(), "node-1-10-0-0-0-26");
-        let long_a = BlockAffinity { node: format!("{}.a", "x".repeat(250)), ..short.clone() };
-        let long_b = BlockAffinity { node: format!("{}.b", "x".repeat(250)), ..short };
+        let long_a = BlockAffinity {
+            node: format!("{}.a", "x".repeat(250)),
+            ..short.clone()
+        };
+        let long_b = BlockAffinity {
+            node: format!("{}.b", "x".repeat(250)),
+            ..short
+        };
         assert!(long_a.object_name().len() <= MAX_NAME);
         assert!(long_a.object_name().ends_with("-10-0-0-0-26"));
         assert_ne!(long_a.object_name(), long_b.object_name());

@@ -47,11 +47,17 @@ impl Default for IpamConfig {
 pub enum IpamError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("no enabled {family} IP pool selects node {node}: create one, or fix the pools' nodeSelector")]
+    #[error(
+        "no enabled {family} IP pool selects node {node}: create one, or fix the pools' nodeSelector"
+    )]
     NoPool { family: IpFamily, node: String },
-    #[error("{family} pools for node {node} are exhausted: no free address in any block it may use")]
+    #[error(
+        "{family} pools for node {node} are exhausted: no free address in any block it may use"
+    )]
     Exhausted { family: IpFamily, node: String },
-    #[error("{op}: gave up after {attempts} compare-and-swap conflicts; the datastore is too contended")]
+    #[error(
+        "{op}: gave up after {attempts} compare-and-swap conflicts; the datastore is too contended"
+    )]
     Contention { op: &'static str, attempts: usize },
 }
 
@@ -127,7 +133,12 @@ fn node_hash(node: &str) -> u128 {
 }
 
 impl<S: Store> Allocator<S> {
-    pub fn new(store: S, node: impl Into<String>, node_labels: BTreeMap<String, String>, config: IpamConfig) -> Self {
+    pub fn new(
+        store: S,
+        node: impl Into<String>,
+        node_labels: BTreeMap<String, String>,
+        config: IpamConfig,
+    ) -> Self {
         Allocator {
             store,
             node: node.into(),
@@ -162,7 +173,10 @@ impl<S: Store> Allocator<S> {
             let mut pools = self.store.list_pools().await?;
             pools.sort_by(|a, b| a.name.cmp(&b.name));
             let blocks = self.store.list_blocks().await?;
-            self.cache = Some(Cache { pools, blocks: blocks.into_iter().map(|b| (b.value.cidr(), b)).collect() });
+            self.cache = Some(Cache {
+                pools,
+                blocks: blocks.into_iter().map(|b| (b.value.cidr(), b)).collect(),
+            });
         }
         Ok(self.cache.get_or_insert_with(Cache::default))
     }
@@ -204,7 +218,9 @@ impl<S: Store> Allocator<S> {
     }
 
     fn usable_pools(&self, family: IpFamily) -> Vec<IpPool> {
-        let Some(cache) = &self.cache else { return Vec::new() };
+        let Some(cache) = &self.cache else {
+            return Vec::new();
+        };
         cache
             .pools
             .iter()
@@ -225,24 +241,45 @@ impl<S: Store> Allocator<S> {
 
     fn lookup_cached(&self, handle: &Handle, family: IpFamily) -> Option<Allocated> {
         let cache = self.cache.as_ref()?;
-        cache.blocks.values().filter(|v| v.value.cidr().family() == family).find_map(|v| {
-            let ip = v.value.find(handle)?;
-            let pool = cache.pools.iter().find(|p| p.contains_block(&v.value.cidr())).map(|p| p.name.clone());
-            Some(Allocated { ip, block: v.value.cidr(), pool: pool.unwrap_or_default() })
-        })
+        cache
+            .blocks
+            .values()
+            .filter(|v| v.value.cidr().family() == family)
+            .find_map(|v| {
+                let ip = v.value.find(handle)?;
+                let pool = cache
+                    .pools
+                    .iter()
+                    .find(|p| p.contains_block(&v.value.cidr()))
+                    .map(|p| p.name.clone());
+                Some(Allocated {
+                    ip,
+                    block: v.value.cidr(),
+                    pool: pool.unwrap_or_default(),
+                })
+            })
     }
 
     /// Every address `handle` holds, from the cache (loading it if needed).
     pub async fn lookup(&mut self, handle: &Handle) -> Result<Vec<IpAddr>, IpamError> {
         let cache = self.ensure_loaded().await?;
-        Ok(cache.blocks.values().filter_map(|v| v.value.find(handle)).collect())
+        Ok(cache
+            .blocks
+            .values()
+            .filter_map(|v| v.value.find(handle))
+            .collect())
     }
 
     /// The blocks affine to this node, as last seen.
     pub async fn affine_blocks(&mut self) -> Result<Vec<BlockCidr>, IpamError> {
         let node = self.node.clone();
         let cache = self.ensure_loaded().await?;
-        Ok(cache.blocks.values().filter(|v| v.value.is_affine_to(&node)).map(|v| v.value.cidr()).collect())
+        Ok(cache
+            .blocks
+            .values()
+            .filter(|v| v.value.is_affine_to(&node))
+            .map(|v| v.value.cidr())
+            .collect())
     }
 
     /// Addresses this node's agent borrowed from blocks it does not own: it advertises them
@@ -254,13 +291,22 @@ impl<S: Store> Allocator<S> {
             .blocks
             .values()
             .filter(|v| !v.value.is_affine_to(&node))
-            .flat_map(|v| v.value.addresses().filter(|(_, a)| a.node == node).map(|(ip, _)| ip).collect::<Vec<_>>())
+            .flat_map(|v| {
+                v.value
+                    .addresses()
+                    .filter(|(_, a)| a.node == node)
+                    .map(|(ip, _)| ip)
+                    .collect::<Vec<_>>()
+            })
             .collect())
     }
 
     fn affine_count(&self, family: IpFamily) -> usize {
         self.cache.as_ref().map_or(0, |c| {
-            c.blocks.values().filter(|v| v.value.cidr().family() == family && v.value.is_affine_to(&self.node)).count()
+            c.blocks
+                .values()
+                .filter(|v| v.value.cidr().family() == family && v.value.is_affine_to(&self.node))
+                .count()
         })
     }
 
@@ -281,7 +327,10 @@ impl<S: Store> Allocator<S> {
             }
             let pools = self.usable_pools(family);
             if pools.is_empty() {
-                return Err(IpamError::NoPool { family, node: self.node.clone() });
+                return Err(IpamError::NoPool {
+                    family,
+                    node: self.node.clone(),
+                });
             }
             let node = self.node.clone();
 
@@ -301,8 +350,14 @@ impl<S: Store> Allocator<S> {
                 }
             }
             // 3. Borrow a free address from another node's block.
-            let lenient: Vec<IpPool> = pools.iter().filter(|p| !p.strict_affinity).cloned().collect();
-            if let Some(cidr) = self.find_block(&lenient, |b| !b.is_affine_to(&node) && b.free() > 0) {
+            let lenient: Vec<IpPool> = pools
+                .iter()
+                .filter(|p| !p.strict_affinity)
+                .cloned()
+                .collect();
+            if let Some(cidr) =
+                self.find_block(&lenient, |b| !b.is_affine_to(&node) && b.free() > 0)
+            {
                 debug!(%handle, block = %cidr, "borrowing from another node's block");
                 if let Some(a) = self.try_assign(cidr, handle, &pod, &pools).await? {
                     return Ok(a);
@@ -317,7 +372,10 @@ impl<S: Store> Allocator<S> {
             }
             return Err(IpamError::Exhausted { family, node });
         }
-        Err(IpamError::Contention { op: "allocate", attempts: self.config.max_attempts })
+        Err(IpamError::Contention {
+            op: "allocate",
+            attempts: self.config.max_attempts,
+        })
     }
 
     /// Serves several requests at once, as a burst of concurrent ADDs queues them: as many
@@ -325,7 +383,10 @@ impl<S: Store> Allocator<S> {
     /// one write, not N, and every allocation is still stored before its caller hears of
     /// it. Requests that need a claim or a borrow go through [`allocate`](Self::allocate)
     /// one by one. Results come in request order; a handle asked twice gets one address.
-    pub async fn allocate_batch(&mut self, reqs: &[AllocRequest]) -> Vec<Result<Allocated, IpamError>> {
+    pub async fn allocate_batch(
+        &mut self,
+        reqs: &[AllocRequest],
+    ) -> Vec<Result<Allocated, IpamError>> {
         let mut results: Vec<Option<Result<Allocated, IpamError>>> = vec![None; reqs.len()];
         for _ in 0..self.config.max_attempts {
             if let Err(e) = self.ensure_loaded().await {
@@ -337,16 +398,24 @@ impl<S: Store> Allocator<S> {
                     results[i] = self.lookup_cached(&r.handle, r.family).map(Ok);
                 }
             }
-            let Some(first) = results.iter().position(Option::is_none) else { break };
+            let Some(first) = results.iter().position(Option::is_none) else {
+                break;
+            };
             let family = reqs[first].family;
             let pools = self.usable_pools(family);
             let node = self.node.clone();
-            let Some(cidr) = self.find_block(&pools, |b| b.is_affine_to(&node) && b.free() > 0) else {
+            let Some(cidr) = self.find_block(&pools, |b| b.is_affine_to(&node) && b.free() > 0)
+            else {
                 // No room in our own blocks: claims and borrowing are the single path's job.
-                results[first] = Some(self.allocate(&reqs[first].handle, family, reqs[first].pod.clone()).await);
+                results[first] = Some(
+                    self.allocate(&reqs[first].handle, family, reqs[first].pod.clone())
+                        .await,
+                );
                 continue;
             };
-            let Some(entry) = self.cached_block(cidr) else { continue };
+            let Some(entry) = self.cached_block(cidr) else {
+                continue;
+            };
             let mut block = entry.value;
             let mut taken = Vec::new();
             for (i, r) in reqs.iter().enumerate() {
@@ -356,7 +425,10 @@ impl<S: Store> Allocator<S> {
                 if block.find(&r.handle).is_some() {
                     continue;
                 }
-                if block.assign(r.handle.clone(), node.clone(), r.pod.clone()).is_none() {
+                if block
+                    .assign(r.handle.clone(), node.clone(), r.pod.clone())
+                    .is_none()
+                {
                     break;
                 }
                 taken.push(i);
@@ -364,7 +436,13 @@ impl<S: Store> Allocator<S> {
             match self.store.update_block(&block, &entry.revision).await {
                 Ok(revision) => {
                     if let Some(cache) = self.cache.as_mut() {
-                        cache.blocks.insert(cidr, Versioned { value: block, revision });
+                        cache.blocks.insert(
+                            cidr,
+                            Versioned {
+                                value: block,
+                                revision,
+                            },
+                        );
                     }
                     debug!(block = %cidr, count = taken.len(), "allocated a batch with one write");
                 }
@@ -382,8 +460,14 @@ impl<S: Store> Allocator<S> {
                 }
             }
         }
-        let contention = IpamError::Contention { op: "allocate", attempts: self.config.max_attempts };
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(contention.clone()))).collect()
+        let contention = IpamError::Contention {
+            op: "allocate",
+            attempts: self.config.max_attempts,
+        };
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(contention.clone())))
+            .collect()
     }
 
     /// Writes one new allocation into `cidr`. `Ok(None)` means the block was stale or full:
@@ -395,17 +479,35 @@ impl<S: Store> Allocator<S> {
         pod: &Option<PodRef>,
         pools: &[IpPool],
     ) -> Result<Option<Allocated>, IpamError> {
-        let Some(entry) = self.cached_block(cidr) else { return Ok(None) };
+        let Some(entry) = self.cached_block(cidr) else {
+            return Ok(None);
+        };
         let mut block = entry.value;
-        let Some(ip) = block.assign(handle.clone(), self.node.clone(), pod.clone()) else { return Ok(None) };
+        let Some(ip) = block.assign(handle.clone(), self.node.clone(), pod.clone()) else {
+            return Ok(None);
+        };
         match self.store.update_block(&block, &entry.revision).await {
             Ok(revision) => {
                 if let Some(cache) = self.cache.as_mut() {
-                    cache.blocks.insert(cidr, Versioned { value: block, revision });
+                    cache.blocks.insert(
+                        cidr,
+                        Versioned {
+                            value: block,
+                            revision,
+                        },
+                    );
                 }
-                let pool = pools.iter().find(|p| p.contains_block(&cidr)).map(|p| p.name.clone()).unwrap_or_default();
+                let pool = pools
+                    .iter()
+                    .find(|p| p.contains_block(&cidr))
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
                 debug!(%handle, %ip, block = %cidr, "allocated");
-                Ok(Some(Allocated { ip, block: cidr, pool }))
+                Ok(Some(Allocated {
+                    ip,
+                    block: cidr,
+                    pool,
+                }))
             }
             Err(e) if is_stale(&e) => {
                 debug!(%handle, block = %cidr, "block changed under us; retrying on fresh data");
@@ -427,14 +529,22 @@ impl<S: Store> Allocator<S> {
             let first = start % n;
             let mut i: u128 = 0;
             while i < n {
-                let index = if i < n - first { first + i } else { i - (n - first) };
+                let index = if i < n - first {
+                    first + i
+                } else {
+                    i - (n - first)
+                };
                 i += 1;
-                let Some(cidr) = pool.block_at(index) else { continue };
+                let Some(cidr) = pool.block_at(index) else {
+                    continue;
+                };
                 // Overlap, not just equality: a pool recreated with another block size must
                 // not hand out addresses that an older, differently sized block holds.
                 if self.cache.as_ref().is_some_and(|c| {
                     c.blocks.contains_key(&cidr)
-                        || c.blocks.keys().any(|b| b.net().contains(&cidr.net()) || cidr.net().contains(&b.net()))
+                        || c.blocks
+                            .keys()
+                            .any(|b| b.net().contains(&cidr.net()) || cidr.net().contains(&b.net()))
                 }) {
                     continue;
                 }
@@ -447,7 +557,11 @@ impl<S: Store> Allocator<S> {
     /// Claims `cidr` for this node: affinity `Pending`, then the block (the create is the
     /// compare-and-swap that decides the owner), then affinity `Confirmed`.
     async fn claim(&mut self, cidr: BlockCidr) -> Result<Claim, IpamError> {
-        let pending = BlockAffinity { node: self.node.clone(), cidr, state: AffinityState::Pending };
+        let pending = BlockAffinity {
+            node: self.node.clone(),
+            cidr,
+            state: AffinityState::Pending,
+        };
         match self.store.create_affinity(&pending).await {
             Ok(_) => {}
             // Left over from an earlier attempt of ours that died halfway: carry on with it.
@@ -458,12 +572,20 @@ impl<S: Store> Allocator<S> {
         match self.store.create_block(&block).await {
             Ok(revision) => {
                 if let Some(cache) = self.cache.as_mut() {
-                    cache.blocks.insert(cidr, Versioned { value: block, revision });
+                    cache.blocks.insert(
+                        cidr,
+                        Versioned {
+                            value: block,
+                            revision,
+                        },
+                    );
                 }
             }
             Err(StoreError::AlreadyExists { .. }) => {
                 self.refetch_block(cidr).await?;
-                let ours = self.cached_block(cidr).is_some_and(|b| b.value.is_affine_to(&self.node));
+                let ours = self
+                    .cached_block(cidr)
+                    .is_some_and(|b| b.value.is_affine_to(&self.node));
                 if !ours {
                     debug!(block = %cidr, "another node claimed the block first");
                     self.delete_affinity(cidr).await?;
@@ -472,22 +594,44 @@ impl<S: Store> Allocator<S> {
             }
             Err(e) => return Err(self.unknown(e)),
         }
-        self.set_affinity_state(cidr, AffinityState::Confirmed).await?;
+        self.set_affinity_state(cidr, AffinityState::Confirmed)
+            .await?;
         info!(block = %cidr, node = %self.node, "claimed block");
         Ok(Claim::Claimed)
     }
 
-    async fn find_affinity(&self, node: &str, cidr: BlockCidr) -> Result<Option<Versioned<BlockAffinity>>, IpamError> {
-        Ok(self.store.list_affinities(node).await?.into_iter().find(|a| a.value.cidr == cidr))
+    async fn find_affinity(
+        &self,
+        node: &str,
+        cidr: BlockCidr,
+    ) -> Result<Option<Versioned<BlockAffinity>>, IpamError> {
+        Ok(self
+            .store
+            .list_affinities(node)
+            .await?
+            .into_iter()
+            .find(|a| a.value.cidr == cidr))
     }
 
     /// Makes this node's affinity for `cidr` exist in `state`.
-    async fn set_affinity_state(&mut self, cidr: BlockCidr, state: AffinityState) -> Result<(), IpamError> {
-        let wanted = BlockAffinity { node: self.node.clone(), cidr, state };
+    async fn set_affinity_state(
+        &mut self,
+        cidr: BlockCidr,
+        state: AffinityState,
+    ) -> Result<(), IpamError> {
+        let wanted = BlockAffinity {
+            node: self.node.clone(),
+            cidr,
+            state,
+        };
         for _ in 0..self.config.max_attempts {
             let result = match self.find_affinity(&self.node, cidr).await? {
                 Some(cur) if cur.value.state == state => return Ok(()),
-                Some(cur) => self.store.update_affinity(&wanted, &cur.revision).await.map(drop),
+                Some(cur) => self
+                    .store
+                    .update_affinity(&wanted, &cur.revision)
+                    .await
+                    .map(drop),
                 None => self.store.create_affinity(&wanted).await.map(drop),
             };
             match result {
@@ -496,20 +640,28 @@ impl<S: Store> Allocator<S> {
                 Err(e) => return Err(self.unknown(e)),
             }
         }
-        Err(IpamError::Contention { op: "set block affinity", attempts: self.config.max_attempts })
+        Err(IpamError::Contention {
+            op: "set block affinity",
+            attempts: self.config.max_attempts,
+        })
     }
 
     /// Deletes `node`'s affinity for `cidr`, if it exists.
     async fn delete_affinity_of(&mut self, node: &str, cidr: BlockCidr) -> Result<(), IpamError> {
         for _ in 0..self.config.max_attempts {
-            let Some(cur) = self.find_affinity(node, cidr).await? else { return Ok(()) };
+            let Some(cur) = self.find_affinity(node, cidr).await? else {
+                return Ok(());
+            };
             match self.store.delete_affinity(&cur.value, &cur.revision).await {
                 Ok(()) => return Ok(()),
                 Err(e) if is_stale(&e) => continue,
                 Err(e) => return Err(self.unknown(e)),
             }
         }
-        Err(IpamError::Contention { op: "delete block affinity", attempts: self.config.max_attempts })
+        Err(IpamError::Contention {
+            op: "delete block affinity",
+            attempts: self.config.max_attempts,
+        })
     }
 
     async fn delete_affinity(&mut self, cidr: BlockCidr) -> Result<(), IpamError> {
@@ -523,7 +675,12 @@ impl<S: Store> Allocator<S> {
         let mut released = Vec::new();
         for _ in 0..self.config.max_attempts {
             let cache = self.ensure_loaded().await?;
-            let Some(entry) = cache.blocks.values().find(|v| v.value.find(handle).is_some()).cloned() else {
+            let Some(entry) = cache
+                .blocks
+                .values()
+                .find(|v| v.value.find(handle).is_some())
+                .cloned()
+            else {
                 return Ok(released);
             };
             let cidr = entry.value.cidr();
@@ -531,15 +688,27 @@ impl<S: Store> Allocator<S> {
             let ips = block.release(handle);
             // A block nobody is affine to lives only while it holds addresses.
             let result = if block.is_empty() && block.affinity.is_none() {
-                self.store.delete_block(cidr, &entry.revision).await.map(|()| None)
+                self.store
+                    .delete_block(cidr, &entry.revision)
+                    .await
+                    .map(|()| None)
             } else {
-                self.store.update_block(&block, &entry.revision).await.map(Some)
+                self.store
+                    .update_block(&block, &entry.revision)
+                    .await
+                    .map(Some)
             };
             match result {
                 Ok(revision) => {
                     if let Some(cache) = self.cache.as_mut() {
                         match revision {
-                            Some(revision) => cache.blocks.insert(cidr, Versioned { value: block, revision }),
+                            Some(revision) => cache.blocks.insert(
+                                cidr,
+                                Versioned {
+                                    value: block,
+                                    revision,
+                                },
+                            ),
                             None => cache.blocks.remove(&cidr),
                         };
                     }
@@ -550,14 +719,20 @@ impl<S: Store> Allocator<S> {
                 Err(e) => return Err(self.unknown(e)),
             }
         }
-        Err(IpamError::Contention { op: "release", attempts: self.config.max_attempts })
+        Err(IpamError::Contention {
+            op: "release",
+            attempts: self.config.max_attempts,
+        })
     }
 
     /// Housekeeping for this node's blocks; call it periodically. It re-reads the pools (so a
     /// pool disabled or added is seen within one period even without `invalidate`), finishes
     /// claims and releases that a crash interrupted, and gives back blocks that stayed empty
     /// for the grace period. Returns the blocks given back.
-    pub async fn release_empty_blocks(&mut self, now: Instant) -> Result<Vec<BlockCidr>, IpamError> {
+    pub async fn release_empty_blocks(
+        &mut self,
+        now: Instant,
+    ) -> Result<Vec<BlockCidr>, IpamError> {
         self.reload_pools().await?;
         self.reload_blocks().await?;
         let node = self.node.clone();
@@ -566,18 +741,24 @@ impl<S: Store> Allocator<S> {
         for aff in affinities {
             let cidr = aff.value.cidr;
             with_affinity.insert(cidr);
-            let block = self.cached_block(cidr).filter(|b| b.value.is_affine_to(&node));
+            let block = self
+                .cached_block(cidr)
+                .filter(|b| b.value.is_affine_to(&node));
             match (aff.value.state, block) {
                 (_, None) => {
                     debug!(block = %cidr, state = %aff.value.state, "dropping affinity for a block we do not own");
                     self.delete_affinity(cidr).await?;
                 }
-                (AffinityState::Pending, Some(_)) => self.set_affinity_state(cidr, AffinityState::Confirmed).await?,
+                (AffinityState::Pending, Some(_)) => {
+                    self.set_affinity_state(cidr, AffinityState::Confirmed)
+                        .await?
+                }
                 (AffinityState::PendingDeletion, Some(b)) if b.value.is_empty() => {
                     self.release_block(cidr).await?;
                 }
                 (AffinityState::PendingDeletion, Some(_)) => {
-                    self.set_affinity_state(cidr, AffinityState::Confirmed).await?;
+                    self.set_affinity_state(cidr, AffinityState::Confirmed)
+                        .await?;
                 }
                 (AffinityState::Confirmed, Some(_)) => {}
             }
@@ -585,19 +766,32 @@ impl<S: Store> Allocator<S> {
         let owned: Vec<Versioned<Block>> = self
             .cache
             .as_ref()
-            .map(|c| c.blocks.values().filter(|v| v.value.is_affine_to(&node)).cloned().collect())
+            .map(|c| {
+                c.blocks
+                    .values()
+                    .filter(|v| v.value.is_affine_to(&node))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         for b in &owned {
             if !with_affinity.contains(&b.value.cidr()) {
-                self.set_affinity_state(b.value.cidr(), AffinityState::Confirmed).await?;
+                self.set_affinity_state(b.value.cidr(), AffinityState::Confirmed)
+                    .await?;
             }
         }
-        let empty: HashSet<BlockCidr> = owned.iter().filter(|v| v.value.is_empty()).map(|v| v.value.cidr()).collect();
+        let empty: HashSet<BlockCidr> = owned
+            .iter()
+            .filter(|v| v.value.is_empty())
+            .map(|v| v.value.cidr())
+            .collect();
         self.empty_since.retain(|c, _| empty.contains(c));
         let mut released = Vec::new();
         for cidr in empty {
             let since = *self.empty_since.entry(cidr).or_insert(now);
-            if now.saturating_duration_since(since) >= self.config.block_release_grace && self.release_block(cidr).await? {
+            if now.saturating_duration_since(since) >= self.config.block_release_grace
+                && self.release_block(cidr).await?
+            {
                 self.empty_since.remove(&cidr);
                 released.push(cidr);
             }
@@ -609,12 +803,16 @@ impl<S: Store> Allocator<S> {
     /// Gives back one empty affine block. `Ok(false)` when it turned out not to be empty.
     async fn release_block(&mut self, cidr: BlockCidr) -> Result<bool, IpamError> {
         // Mark first, so that a crash between the two deletes is finished by the next pass.
-        self.set_affinity_state(cidr, AffinityState::PendingDeletion).await?;
+        self.set_affinity_state(cidr, AffinityState::PendingDeletion)
+            .await?;
         for _ in 0..self.config.max_attempts {
-            let Some(entry) = self.cached_block(cidr) else { break };
+            let Some(entry) = self.cached_block(cidr) else {
+                break;
+            };
             if !entry.value.is_empty() || !entry.value.is_affine_to(&self.node) {
                 // Someone borrowed from it meanwhile: keep it.
-                self.set_affinity_state(cidr, AffinityState::Confirmed).await?;
+                self.set_affinity_state(cidr, AffinityState::Confirmed)
+                    .await?;
                 return Ok(false);
             }
             match self.store.delete_block(cidr, &entry.revision).await {
@@ -634,14 +832,20 @@ impl<S: Store> Allocator<S> {
     }
 
     /// CNI GC: releases this node's allocations of `network` whose handle is not in `valid`.
-    pub async fn gc_handles(&mut self, network: &str, valid: &HashSet<Handle>) -> Result<Vec<Handle>, IpamError> {
+    pub async fn gc_handles(
+        &mut self,
+        network: &str,
+        valid: &HashSet<Handle>,
+    ) -> Result<Vec<Handle>, IpamError> {
         self.reload_blocks().await?;
         let stale: BTreeSet<Handle> = self
             .cache
             .iter()
             .flat_map(|c| c.blocks.values())
             .flat_map(|v| v.value.allocations().map(|(_, a)| a))
-            .filter(|a| a.node == self.node && a.handle.is_of_network(network) && !valid.contains(&a.handle))
+            .filter(|a| {
+                a.node == self.node && a.handle.is_of_network(network) && !valid.contains(&a.handle)
+            })
             .map(|a| a.handle.clone())
             .collect();
         for h in &stale {
@@ -726,7 +930,10 @@ impl<S: Store> Allocator<S> {
             }
         }
         if !done {
-            return Err(IpamError::Contention { op: "release node", attempts: self.config.max_attempts });
+            return Err(IpamError::Contention {
+                op: "release node",
+                attempts: self.config.max_attempts,
+            });
         }
         for aff in self.store.list_affinities(node).await? {
             self.delete_affinity_of(node, aff.value.cidr).await?;

@@ -88,7 +88,13 @@ pub struct Block {
 
 impl Block {
     pub fn new(cidr: BlockCidr, affinity: Option<String>) -> Block {
-        Block { cidr, affinity, allocations: BTreeMap::new(), sequence: 0, cursor: 0 }
+        Block {
+            cidr,
+            affinity,
+            allocations: BTreeMap::new(),
+            sequence: 0,
+            cursor: 0,
+        }
     }
 
     /// Rebuilds a block from its stored parts, checking every ordinal.
@@ -103,11 +109,21 @@ impl Block {
         let mut map = BTreeMap::new();
         for (ordinal, a) in allocations {
             if ordinal >= size {
-                return Err(BlockError { cidr, ordinal, size });
+                return Err(BlockError {
+                    cidr,
+                    ordinal,
+                    size,
+                });
             }
             map.insert(ordinal, a);
         }
-        Ok(Block { cidr, affinity, allocations: map, sequence, cursor: cursor % size })
+        Ok(Block {
+            cidr,
+            affinity,
+            allocations: map,
+            sequence,
+            cursor: cursor % size,
+        })
     }
 
     pub fn cidr(&self) -> BlockCidr {
@@ -133,7 +149,9 @@ impl Block {
 
     /// Allocations with their address.
     pub fn addresses(&self) -> impl Iterator<Item = (IpAddr, &Allocation)> {
-        self.allocations.iter().filter_map(|(o, a)| Some((self.cidr.addr(*o)?, a)))
+        self.allocations
+            .iter()
+            .filter_map(|(o, a)| Some((self.cidr.addr(*o)?, a)))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -146,23 +164,40 @@ impl Block {
 
     /// The address held by `handle` in this block, if any.
     pub fn find(&self, handle: &Handle) -> Option<IpAddr> {
-        self.addresses().find(|(_, a)| &a.handle == handle).map(|(ip, _)| ip)
+        self.addresses()
+            .find(|(_, a)| &a.handle == handle)
+            .map(|(ip, _)| ip)
     }
 
     /// Takes the next free address for `handle` (next-fit from the cursor), or None when the
     /// block is full.
     pub fn assign(&mut self, handle: Handle, node: String, pod: Option<PodRef>) -> Option<IpAddr> {
         let size = self.cidr.size();
-        let ordinal = (0..size).map(|i| (self.cursor + i) % size).find(|o| !self.allocations.contains_key(o))?;
+        let ordinal = (0..size)
+            .map(|i| (self.cursor + i) % size)
+            .find(|o| !self.allocations.contains_key(o))?;
         self.sequence += 1;
-        self.allocations.insert(ordinal, Allocation { handle, node, pod, sequence: self.sequence });
+        self.allocations.insert(
+            ordinal,
+            Allocation {
+                handle,
+                node,
+                pod,
+                sequence: self.sequence,
+            },
+        );
         self.cursor = (ordinal + 1) % size;
         self.cidr.addr(ordinal)
     }
 
     /// Frees every address held by `handle`; returns them.
     pub fn release(&mut self, handle: &Handle) -> Vec<IpAddr> {
-        let ordinals: Vec<u32> = self.allocations.iter().filter(|(_, a)| &a.handle == handle).map(|(o, _)| *o).collect();
+        let ordinals: Vec<u32> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| &a.handle == handle)
+            .map(|(o, _)| *o)
+            .collect();
         if !ordinals.is_empty() {
             self.sequence += 1;
         }
@@ -188,10 +223,16 @@ mod tests {
     fn assigns_next_fit_and_fills_up() {
         let mut b = block();
         let h = |i: u32| Handle::for_container("net", &format!("c{i}"));
-        let ips: Vec<_> = (0..4).map(|i| b.assign(h(i), "n1".into(), None).unwrap()).collect();
+        let ips: Vec<_> = (0..4)
+            .map(|i| b.assign(h(i), "n1".into(), None).unwrap())
+            .collect();
         assert_eq!(ips[0].to_string(), "10.0.0.0");
         assert_eq!(ips[3].to_string(), "10.0.0.3");
-        assert_eq!(b.assign(h(9), "n1".into(), None), None, "a full block yields nothing");
+        assert_eq!(
+            b.assign(h(9), "n1".into(), None),
+            None,
+            "a full block yields nothing"
+        );
         assert_eq!(b.release(&h(1)), vec![ips[1]]);
         assert_eq!(b.free(), 1);
         assert_eq!(b.assign(h(5), "n1".into(), None), Some(ips[1]));
@@ -221,7 +262,12 @@ mod tests {
     #[test]
     fn from_parts_rejects_ordinals_outside() {
         let cidr: BlockCidr = "10.0.0.0/30".parse().unwrap();
-        let a = Allocation { handle: Handle::from_raw("a"), node: "n".into(), pod: None, sequence: 1 };
+        let a = Allocation {
+            handle: Handle::from_raw("a"),
+            node: "n".into(),
+            pod: None,
+            sequence: 1,
+        };
         assert!(Block::from_parts(cidr, None, [(4, a.clone())], 1, 0).is_err());
         assert!(Block::from_parts(cidr, None, [(3, a)], 1, 0).is_ok());
     }

@@ -58,7 +58,9 @@ pub enum CidrError {
     Parse(String, String),
     #[error("{net} is a host address, not a network: the network is {network}")]
     HostBits { net: IpNet, network: IpNet },
-    #[error("{net} is too large for a block: at most {MAX_BLOCK_HOST_BITS} host bits (/{min} here)")]
+    #[error(
+        "{net} is too large for a block: at most {MAX_BLOCK_HOST_BITS} host bits (/{min} here)"
+    )]
     TooLarge { net: IpNet, min: u8 },
 }
 
@@ -70,11 +72,17 @@ pub struct BlockCidr(IpNet);
 impl BlockCidr {
     pub fn new(net: IpNet) -> Result<BlockCidr, CidrError> {
         if net.addr() != net.network() {
-            return Err(CidrError::HostBits { net, network: net.trunc() });
+            return Err(CidrError::HostBits {
+                net,
+                network: net.trunc(),
+            });
         }
         let host_bits = net.max_prefix_len() - net.prefix_len();
         if host_bits > MAX_BLOCK_HOST_BITS {
-            return Err(CidrError::TooLarge { net, min: net.max_prefix_len() - MAX_BLOCK_HOST_BITS });
+            return Err(CidrError::TooLarge {
+                net,
+                min: net.max_prefix_len() - MAX_BLOCK_HOST_BITS,
+            });
         }
         Ok(BlockCidr(net))
     }
@@ -110,7 +118,10 @@ impl BlockCidr {
         if ordinal >= self.size() {
             return None;
         }
-        Some(u128_to_addr(self.family(), addr_to_u128(self.0.network()) + u128::from(ordinal)))
+        Some(u128_to_addr(
+            self.family(),
+            addr_to_u128(self.0.network()) + u128::from(ordinal),
+        ))
     }
 
     /// The Kubernetes object name for this block, as Calico spells it: `10-244-3-0-26`,
@@ -129,7 +140,9 @@ impl fmt::Display for BlockCidr {
 impl FromStr for BlockCidr {
     type Err = CidrError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let net: IpNet = s.parse().map_err(|e: ipnet::AddrParseError| CidrError::Parse(s.to_owned(), e.to_string()))?;
+        let net: IpNet = s
+            .parse()
+            .map_err(|e: ipnet::AddrParseError| CidrError::Parse(s.to_owned(), e.to_string()))?;
         BlockCidr::new(net)
     }
 }
@@ -156,9 +169,18 @@ mod tests {
 
     #[test]
     fn rejects_host_addresses_and_oversized_blocks() {
-        assert!(matches!("10.0.0.1/26".parse::<BlockCidr>(), Err(CidrError::HostBits { .. })));
-        assert!(matches!("10.0.0.0/19".parse::<BlockCidr>(), Err(CidrError::TooLarge { min: 20, .. })));
-        assert!(matches!("10.0.0.0/33".parse::<BlockCidr>(), Err(CidrError::Parse(..))));
+        assert!(matches!(
+            "10.0.0.1/26".parse::<BlockCidr>(),
+            Err(CidrError::HostBits { .. })
+        ));
+        assert!(matches!(
+            "10.0.0.0/19".parse::<BlockCidr>(),
+            Err(CidrError::TooLarge { min: 20, .. })
+        ));
+        assert!(matches!(
+            "10.0.0.0/33".parse::<BlockCidr>(),
+            Err(CidrError::Parse(..))
+        ));
         assert!("10.0.0.0/20".parse::<BlockCidr>().is_ok());
         assert!("fd00::/116".parse::<BlockCidr>().is_ok());
     }

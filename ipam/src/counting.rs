@@ -37,7 +37,10 @@ pub struct CountingStore<S> {
 
 impl<S> CountingStore<S> {
     pub fn new(inner: S) -> Self {
-        CountingStore { inner, counters: Arc::default() }
+        CountingStore {
+            inner,
+            counters: Arc::default(),
+        }
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -55,7 +58,10 @@ impl<S> CountingStore<S> {
 
     fn write<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        if matches!(r, Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. })) {
+        if matches!(
+            r,
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. })
+        ) {
             self.counters.lost_races.fetch_add(1, Ordering::Relaxed);
         }
         r
@@ -75,22 +81,37 @@ impl<S: Store> Store for CountingStore<S> {
     async fn create_block(&self, block: &Block) -> Result<Revision, StoreError> {
         self.write(self.inner.create_block(block).await)
     }
-    async fn update_block(&self, block: &Block, revision: &Revision) -> Result<Revision, StoreError> {
+    async fn update_block(
+        &self,
+        block: &Block,
+        revision: &Revision,
+    ) -> Result<Revision, StoreError> {
         self.write(self.inner.update_block(block, revision).await)
     }
     async fn delete_block(&self, cidr: BlockCidr, revision: &Revision) -> Result<(), StoreError> {
         self.write(self.inner.delete_block(cidr, revision).await)
     }
-    async fn list_affinities(&self, node: &str) -> Result<Vec<Versioned<BlockAffinity>>, StoreError> {
+    async fn list_affinities(
+        &self,
+        node: &str,
+    ) -> Result<Vec<Versioned<BlockAffinity>>, StoreError> {
         self.read(self.inner.list_affinities(node).await)
     }
     async fn create_affinity(&self, affinity: &BlockAffinity) -> Result<Revision, StoreError> {
         self.write(self.inner.create_affinity(affinity).await)
     }
-    async fn update_affinity(&self, affinity: &BlockAffinity, revision: &Revision) -> Result<Revision, StoreError> {
+    async fn update_affinity(
+        &self,
+        affinity: &BlockAffinity,
+        revision: &Revision,
+    ) -> Result<Revision, StoreError> {
         self.write(self.inner.update_affinity(affinity, revision).await)
     }
-    async fn delete_affinity(&self, affinity: &BlockAffinity, revision: &Revision) -> Result<(), StoreError> {
+    async fn delete_affinity(
+        &self,
+        affinity: &BlockAffinity,
+        revision: &Revision,
+    ) -> Result<(), StoreError> {
         self.write(self.inner.delete_affinity(affinity, revision).await)
     }
 }

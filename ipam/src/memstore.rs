@@ -59,7 +59,10 @@ impl MemStore {
 
     /// A handle on the same data that yields the thread before every operation.
     pub fn yielding(&self) -> MemStore {
-        MemStore { inner: self.inner.clone(), yield_each_op: true }
+        MemStore {
+            inner: self.inner.clone(),
+            yield_each_op: true,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -89,11 +92,19 @@ impl MemStore {
     }
 
     pub fn blocks(&self) -> Vec<Block> {
-        self.lock().blocks.values().map(|(b, _)| b.clone()).collect()
+        self.lock()
+            .blocks
+            .values()
+            .map(|(b, _)| b.clone())
+            .collect()
     }
 
     pub fn affinities(&self) -> Vec<BlockAffinity> {
-        self.lock().affinities.values().map(|(a, _)| a.clone()).collect()
+        self.lock()
+            .affinities
+            .values()
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     /// Replaces a block behind everyone's back, as another agent would.
@@ -105,11 +116,20 @@ impl MemStore {
 
     /// Applies the next queued fault, if any. `Ok(true)` means "apply the write, then fail".
     fn fault(g: &mut Inner, kind: Kind, name: &str) -> Result<bool, StoreError> {
-        let next = g.faults.iter().position(|(k, _)| *k == kind).and_then(|i| g.faults.remove(i));
+        let next = g
+            .faults
+            .iter()
+            .position(|(k, _)| *k == kind)
+            .and_then(|i| g.faults.remove(i));
         match next.map(|(_, f)| f) {
             None => Ok(false),
-            Some(Fault::Conflict) => Err(StoreError::Conflict { kind, name: name.to_owned() }),
-            Some(Fault::Lost { applied: false }) => Err(StoreError::Backend("connection reset (injected)".into())),
+            Some(Fault::Conflict) => Err(StoreError::Conflict {
+                kind,
+                name: name.to_owned(),
+            }),
+            Some(Fault::Lost { applied: false }) => {
+                Err(StoreError::Backend("connection reset (injected)".into()))
+            }
             Some(Fault::Lost { applied: true }) => Ok(true),
         }
     }
@@ -130,7 +150,13 @@ impl MemStore {
 
     fn finish<T>(g: &mut Inner, lost: bool, value: T) -> Result<T, StoreError> {
         g.writes += 1;
-        if lost { Err(StoreError::Backend("response lost after the write (injected)".into())) } else { Ok(value) }
+        if lost {
+            Err(StoreError::Backend(
+                "response lost after the write (injected)".into(),
+            ))
+        } else {
+            Ok(value)
+        }
     }
 }
 
@@ -140,25 +166,45 @@ impl Store for MemStore {
     }
 
     async fn list_blocks(&self) -> Result<Vec<Versioned<Block>>, StoreError> {
-        Ok(self.lock().blocks.values().map(|(b, r)| Versioned { value: b.clone(), revision: rev(*r) }).collect())
+        Ok(self
+            .lock()
+            .blocks
+            .values()
+            .map(|(b, r)| Versioned {
+                value: b.clone(),
+                revision: rev(*r),
+            })
+            .collect())
     }
 
     async fn get_block(&self, cidr: BlockCidr) -> Result<Option<Versioned<Block>>, StoreError> {
-        Ok(self.lock().blocks.get(&cidr).map(|(b, r)| Versioned { value: b.clone(), revision: rev(*r) }))
+        Ok(self.lock().blocks.get(&cidr).map(|(b, r)| Versioned {
+            value: b.clone(),
+            revision: rev(*r),
+        }))
     }
 
     async fn create_block(&self, block: &Block) -> Result<Revision, StoreError> {
         let mut g = self.lock();
         let name = block.cidr().object_name();
         if g.blocks.contains_key(&block.cidr()) {
-            return Err(StoreError::AlreadyExists { kind: Kind::Block, name });
+            return Err(StoreError::AlreadyExists {
+                kind: Kind::Block,
+                name,
+            });
         }
         let lost = match Self::fault(&mut g, Kind::Block, &name) {
             // A conflicting creator got there first: the name is taken.
             Err(StoreError::Conflict { .. }) => {
                 let r = g.bump();
-                g.blocks.insert(block.cidr(), (Block::new(block.cidr(), Some("someone-else".into())), r));
-                return Err(StoreError::AlreadyExists { kind: Kind::Block, name });
+                g.blocks.insert(
+                    block.cidr(),
+                    (Block::new(block.cidr(), Some("someone-else".into())), r),
+                );
+                return Err(StoreError::AlreadyExists {
+                    kind: Kind::Block,
+                    name,
+                });
             }
             other => other?,
         };
@@ -167,14 +213,24 @@ impl Store for MemStore {
         Self::finish(&mut g, lost, rev(r))
     }
 
-    async fn update_block(&self, block: &Block, revision: &Revision) -> Result<Revision, StoreError> {
+    async fn update_block(
+        &self,
+        block: &Block,
+        revision: &Revision,
+    ) -> Result<Revision, StoreError> {
         let mut g = self.lock();
         let name = block.cidr().object_name();
         let Some((_, current)) = g.blocks.get(&block.cidr()) else {
-            return Err(StoreError::NotFound { kind: Kind::Block, name });
+            return Err(StoreError::NotFound {
+                kind: Kind::Block,
+                name,
+            });
         };
         if *current != parse_rev(revision) {
-            return Err(StoreError::Conflict { kind: Kind::Block, name });
+            return Err(StoreError::Conflict {
+                kind: Kind::Block,
+                name,
+            });
         }
         let lost = match Self::fault(&mut g, Kind::Block, &name) {
             Err(e @ StoreError::Conflict { .. }) => {
@@ -195,10 +251,16 @@ impl Store for MemStore {
         let mut g = self.lock();
         let name = cidr.object_name();
         let Some((_, current)) = g.blocks.get(&cidr) else {
-            return Err(StoreError::NotFound { kind: Kind::Block, name });
+            return Err(StoreError::NotFound {
+                kind: Kind::Block,
+                name,
+            });
         };
         if *current != parse_rev(revision) {
-            return Err(StoreError::Conflict { kind: Kind::Block, name });
+            return Err(StoreError::Conflict {
+                kind: Kind::Block,
+                name,
+            });
         }
         let lost = match Self::fault(&mut g, Kind::Block, &name) {
             Err(e @ StoreError::Conflict { .. }) => {
@@ -214,13 +276,19 @@ impl Store for MemStore {
         Self::finish(&mut g, lost, ())
     }
 
-    async fn list_affinities(&self, node: &str) -> Result<Vec<Versioned<BlockAffinity>>, StoreError> {
+    async fn list_affinities(
+        &self,
+        node: &str,
+    ) -> Result<Vec<Versioned<BlockAffinity>>, StoreError> {
         Ok(self
             .lock()
             .affinities
             .values()
             .filter(|(a, _)| a.node == node)
-            .map(|(a, r)| Versioned { value: a.clone(), revision: rev(*r) })
+            .map(|(a, r)| Versioned {
+                value: a.clone(),
+                revision: rev(*r),
+            })
             .collect())
     }
 
@@ -228,7 +296,10 @@ impl Store for MemStore {
         let mut g = self.lock();
         let name = affinity.object_name();
         if g.affinities.contains_key(&name) {
-            return Err(StoreError::AlreadyExists { kind: Kind::Affinity, name });
+            return Err(StoreError::AlreadyExists {
+                kind: Kind::Affinity,
+                name,
+            });
         }
         let lost = Self::fault(&mut g, Kind::Affinity, &name)?;
         let r = g.bump();
@@ -236,14 +307,24 @@ impl Store for MemStore {
         Self::finish(&mut g, lost, rev(r))
     }
 
-    async fn update_affinity(&self, affinity: &BlockAffinity, revision: &Revision) -> Result<Revision, StoreError> {
+    async fn update_affinity(
+        &self,
+        affinity: &BlockAffinity,
+        revision: &Revision,
+    ) -> Result<Revision, StoreError> {
         let mut g = self.lock();
         let name = affinity.object_name();
         let Some((_, current)) = g.affinities.get(&name) else {
-            return Err(StoreError::NotFound { kind: Kind::Affinity, name });
+            return Err(StoreError::NotFound {
+                kind: Kind::Affinity,
+                name,
+            });
         };
         if *current != parse_rev(revision) {
-            return Err(StoreError::Conflict { kind: Kind::Affinity, name });
+            return Err(StoreError::Conflict {
+                kind: Kind::Affinity,
+                name,
+            });
         }
         let lost = Self::affinity_fault(&mut g, &name)?;
         let r = g.bump();
@@ -251,14 +332,24 @@ impl Store for MemStore {
         Self::finish(&mut g, lost, rev(r))
     }
 
-    async fn delete_affinity(&self, affinity: &BlockAffinity, revision: &Revision) -> Result<(), StoreError> {
+    async fn delete_affinity(
+        &self,
+        affinity: &BlockAffinity,
+        revision: &Revision,
+    ) -> Result<(), StoreError> {
         let mut g = self.lock();
         let name = affinity.object_name();
         let Some((_, current)) = g.affinities.get(&name) else {
-            return Err(StoreError::NotFound { kind: Kind::Affinity, name });
+            return Err(StoreError::NotFound {
+                kind: Kind::Affinity,
+                name,
+            });
         };
         if *current != parse_rev(revision) {
-            return Err(StoreError::Conflict { kind: Kind::Affinity, name });
+            return Err(StoreError::Conflict {
+                kind: Kind::Affinity,
+                name,
+            });
         }
         let lost = Self::affinity_fault(&mut g, &name)?;
         g.affinities.remove(&name);

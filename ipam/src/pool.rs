@@ -50,8 +50,15 @@ impl fmt::Display for VxlanMode {
 pub enum PoolError {
     #[error("pool cidr {net} has host bits set: did you mean {network}?")]
     HostBits { net: IpNet, network: IpNet },
-    #[error("block size /{block_size} does not fit pool {cidr}: it must be between /{min} and /{max}")]
-    BlockSize { cidr: IpNet, block_size: u8, min: u8, max: u8 },
+    #[error(
+        "block size /{block_size} does not fit pool {cidr}: it must be between /{min} and /{max}"
+    )]
+    BlockSize {
+        cidr: IpNet,
+        block_size: u8,
+        min: u8,
+        max: u8,
+    },
     #[error("vxlanMode {0:?} is not one of Never, Always, CrossSubnet")]
     VxlanMode(String),
 }
@@ -75,12 +82,20 @@ impl IpPool {
     /// A pool with Calico's defaults for everything but the CIDR and block size.
     pub fn new(name: impl Into<String>, cidr: IpNet, block_size: u8) -> Result<IpPool, PoolError> {
         if cidr.addr() != cidr.network() {
-            return Err(PoolError::HostBits { net: cidr, network: cidr.trunc() });
+            return Err(PoolError::HostBits {
+                net: cidr,
+                network: cidr.trunc(),
+            });
         }
         let max = cidr.max_prefix_len();
         let min = cidr.prefix_len().max(max - MAX_BLOCK_HOST_BITS);
         if block_size < min || block_size > max {
-            return Err(PoolError::BlockSize { cidr, block_size, min, max });
+            return Err(PoolError::BlockSize {
+                cidr,
+                block_size,
+                min,
+                max,
+            });
         }
         Ok(IpPool {
             name: name.into(),
@@ -116,7 +131,9 @@ impl IpPool {
 
     /// How many blocks the pool holds (saturating for absurd IPv6 pools).
     pub fn block_count(&self) -> u128 {
-        1u128.checked_shl(u32::from(self.block_size - self.cidr.prefix_len())).unwrap_or(u128::MAX)
+        1u128
+            .checked_shl(u32::from(self.block_size - self.cidr.prefix_len()))
+            .unwrap_or(u128::MAX)
     }
 
     /// The `index`-th block of the pool, or None past the end.
@@ -137,12 +154,22 @@ mod tests {
 
     #[test]
     fn validates_cidr_and_block_size() {
-        assert!(matches!(IpPool::new("p", "10.0.0.1/16".parse().unwrap(), 26), Err(PoolError::HostBits { .. })));
+        assert!(matches!(
+            IpPool::new("p", "10.0.0.1/16".parse().unwrap(), 26),
+            Err(PoolError::HostBits { .. })
+        ));
         assert!(matches!(
             IpPool::new("p", "10.0.0.0/16".parse().unwrap(), 15),
-            Err(PoolError::BlockSize { min: 20, max: 32, .. })
+            Err(PoolError::BlockSize {
+                min: 20,
+                max: 32,
+                ..
+            })
         ));
-        assert!(matches!(IpPool::new("p", "10.0.0.0/24".parse().unwrap(), 23), Err(PoolError::BlockSize { min: 24, .. })));
+        assert!(matches!(
+            IpPool::new("p", "10.0.0.0/24".parse().unwrap(), 23),
+            Err(PoolError::BlockSize { min: 24, .. })
+        ));
         assert!(IpPool::new("p", "10.0.0.0/16".parse().unwrap(), 26).is_ok());
     }
 

@@ -6,7 +6,9 @@ use std::fmt;
 use std::str::FromStr;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("node selector {source_text:?}: cannot parse {term:?}; supported: all(), has(k), !has(k), k == 'v', k != 'v', joined with &&")]
+#[error(
+    "node selector {source_text:?}: cannot parse {term:?}; supported: all(), has(k), !has(k), k == 'v', k != 'v', joined with &&"
+)]
 pub struct SelectorError {
     pub source_text: String,
     pub term: String,
@@ -29,7 +31,10 @@ pub struct Selector {
 
 impl Selector {
     pub fn all() -> Selector {
-        Selector { text: "all()".into(), terms: Vec::new() }
+        Selector {
+            text: "all()".into(),
+            terms: Vec::new(),
+        }
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -67,7 +72,9 @@ fn unquote(s: &str) -> Option<&str> {
 
 fn label_key(s: &str) -> Option<String> {
     let s = s.trim();
-    let ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    let ok = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     ok.then(|| s.to_owned())
 }
 
@@ -102,10 +109,18 @@ impl FromStr for Selector {
             match parse_term(part) {
                 Some(Some(term)) => terms.push(term),
                 Some(None) => {}
-                None => return Err(SelectorError { source_text: s.to_owned(), term: part.trim().to_owned() }),
+                None => {
+                    return Err(SelectorError {
+                        source_text: s.to_owned(),
+                        term: part.trim().to_owned(),
+                    });
+                }
             }
         }
-        Ok(Selector { text: s.trim().to_owned(), terms })
+        Ok(Selector {
+            text: s.trim().to_owned(),
+            terms,
+        })
     }
 }
 
@@ -114,7 +129,9 @@ mod tests {
     use super::*;
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

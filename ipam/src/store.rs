@@ -58,7 +58,11 @@ pub enum StoreError {
     Backend(String),
     /// A stored object that does not parse; it names the object and the problem.
     #[error("{kind} {name} is malformed: {reason}")]
-    Malformed { kind: Kind, name: String, reason: String },
+    Malformed {
+        kind: Kind,
+        name: String,
+        reason: String,
+    },
 }
 
 /// Storage for pools, blocks and affinities. Implementations must make `create_*` fail with
@@ -67,15 +71,36 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     fn list_pools(&self) -> impl Future<Output = Result<Vec<IpPool>, StoreError>> + Send;
 
-    fn list_blocks(&self) -> impl Future<Output = Result<Vec<Versioned<Block>>, StoreError>> + Send;
-    fn get_block(&self, cidr: BlockCidr) -> impl Future<Output = Result<Option<Versioned<Block>>, StoreError>> + Send;
-    fn create_block(&self, block: &Block) -> impl Future<Output = Result<Revision, StoreError>> + Send;
-    fn update_block(&self, block: &Block, revision: &Revision) -> impl Future<Output = Result<Revision, StoreError>> + Send;
-    fn delete_block(&self, cidr: BlockCidr, revision: &Revision) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn list_blocks(&self)
+    -> impl Future<Output = Result<Vec<Versioned<Block>>, StoreError>> + Send;
+    fn get_block(
+        &self,
+        cidr: BlockCidr,
+    ) -> impl Future<Output = Result<Option<Versioned<Block>>, StoreError>> + Send;
+    fn create_block(
+        &self,
+        block: &Block,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    fn update_block(
+        &self,
+        block: &Block,
+        revision: &Revision,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    fn delete_block(
+        &self,
+        cidr: BlockCidr,
+        revision: &Revision,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The affinities of `node`.
-    fn list_affinities(&self, node: &str) -> impl Future<Output = Result<Vec<Versioned<BlockAffinity>>, StoreError>> + Send;
-    fn create_affinity(&self, affinity: &BlockAffinity) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+    fn list_affinities(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Vec<Versioned<BlockAffinity>>, StoreError>> + Send;
+    fn create_affinity(
+        &self,
+        affinity: &BlockAffinity,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
     fn update_affinity(
         &self,
         affinity: &BlockAffinity,

@@ -43,7 +43,12 @@ fn assert_consistent(store: &MemStore) {
         }
         for other in &blocks {
             if other.cidr() != b.cidr() {
-                assert!(!b.cidr().net().contains(&other.cidr().net()), "{} overlaps {}", b.cidr(), other.cidr());
+                assert!(
+                    !b.cidr().net().contains(&other.cidr().net()),
+                    "{} overlaps {}",
+                    b.cidr(),
+                    other.cidr()
+                );
             }
         }
     }
@@ -56,7 +61,11 @@ fn assert_consistent(store: &MemStore) {
             .collect();
         match &b.affinity {
             Some(node) => assert_eq!(owners, vec![node.clone()], "block {} owners", b.cidr()),
-            None => assert!(owners.is_empty(), "orphan block {} still has affinities {owners:?}", b.cidr()),
+            None => assert!(
+                owners.is_empty(),
+                "orphan block {} still has affinities {owners:?}",
+                b.cidr()
+            ),
         }
     }
 }
@@ -78,19 +87,31 @@ fn steady_allocation_is_one_write() {
 fn steady_allocation_reads_nothing_through_a_counting_store() {
     let store = store_with(&[pool("default", "10.244.0.0/16", 26)]);
     let counted = CountingStore::new(store.clone());
-    let mut a = Allocator::new(counted.clone(), "n1", BTreeMap::new(), IpamConfig::default());
+    let mut a = Allocator::new(
+        counted.clone(),
+        "n1",
+        BTreeMap::new(),
+        IpamConfig::default(),
+    );
     block_on(a.allocate(&h(0), IpFamily::V4, None)).unwrap();
     let before = counted.stats();
     block_on(a.allocate(&h(1), IpFamily::V4, None)).unwrap();
     let after = counted.stats();
-    assert_eq!((after.reads - before.reads, after.writes - before.writes), (0, 1));
+    assert_eq!(
+        (after.reads - before.reads, after.writes - before.writes),
+        (0, 1)
+    );
     store.inject(Kind::Block, &[Fault::Conflict]);
     block_on(a.allocate(&h(2), IpFamily::V4, None)).unwrap();
     assert_eq!(counted.stats().lost_races, after.lost_races + 1);
 }
 
 fn req(i: usize, family: IpFamily) -> AllocRequest {
-    AllocRequest { handle: h(i), family, pod: None }
+    AllocRequest {
+        handle: h(i),
+        family,
+        pod: None,
+    }
 }
 
 #[test]
@@ -115,15 +136,28 @@ fn a_batch_spills_into_new_blocks_and_keeps_order_and_handles() {
     let mut reqs: Vec<AllocRequest> = (0..40).map(|i| req(i, IpFamily::V4)).collect();
     reqs.push(req(3, IpFamily::V4));
     reqs.push(req(3, IpFamily::V6));
-    let got: Vec<Allocated> = block_on(a.allocate_batch(&reqs)).into_iter().map(Result::unwrap).collect();
-    assert_eq!(got[3], got[40], "the same handle asked twice gets one address");
+    let got: Vec<Allocated> = block_on(a.allocate_batch(&reqs))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        got[3], got[40],
+        "the same handle asked twice gets one address"
+    );
     assert_eq!(IpFamily::of_addr(&got[41].ip), IpFamily::V6);
     for (r, g) in reqs.iter().zip(&got) {
         assert!(block_on(a.lookup(&r.handle)).unwrap().contains(&g.ip));
     }
     let distinct: HashSet<IpAddr> = got[..40].iter().map(|g| g.ip).collect();
     assert_eq!(distinct.len(), 40);
-    assert_eq!(store.blocks().iter().filter(|b| b.cidr().family() == IpFamily::V4).count(), 3);
+    assert_eq!(
+        store
+            .blocks()
+            .iter()
+            .filter(|b| b.cidr().family() == IpFamily::V4)
+            .count(),
+        3
+    );
     assert_consistent(&store);
 }
 
@@ -136,7 +170,11 @@ fn a_batch_survives_conflicts_and_reports_exhaustion_per_request() {
     let reqs: Vec<AllocRequest> = (1..20).map(|i| req(i, IpFamily::V4)).collect();
     let got = block_on(a.allocate_batch(&reqs));
     assert_eq!(got.iter().filter(|r| r.is_ok()).count(), 15);
-    assert!(got[15..].iter().all(|r| matches!(r, Err(IpamError::Exhausted { .. }))));
+    assert!(
+        got[15..]
+            .iter()
+            .all(|r| matches!(r, Err(IpamError::Exhausted { .. })))
+    );
     assert_consistent(&store);
 }
 
@@ -171,14 +209,20 @@ fn repeated_allocate_returns_the_same_address_even_after_restart() {
 #[test]
 fn full_blocks_lead_to_new_blocks_up_to_the_cap() {
     let store = store_with(&[pool("default", "10.0.0.0/24", 28)]);
-    let config = IpamConfig { max_blocks_per_node: 2, ..IpamConfig::default() };
+    let config = IpamConfig {
+        max_blocks_per_node: 2,
+        ..IpamConfig::default()
+    };
     let mut a = Allocator::new(store.clone(), "n1", BTreeMap::new(), config);
     for i in 0..32 {
         v4(&mut a, &h(i)).unwrap();
     }
     assert_eq!(store.blocks().len(), 2);
     // The pool has 14 more blocks, but the cap stops claims and nobody else has a block.
-    assert!(matches!(v4(&mut a, &h(99)), Err(IpamError::Exhausted { .. })));
+    assert!(matches!(
+        v4(&mut a, &h(99)),
+        Err(IpamError::Exhausted { .. })
+    ));
     assert_consistent(&store);
 }
 
@@ -193,9 +237,22 @@ fn borrows_from_another_nodes_block_when_the_pool_is_full() {
     let b_first = v4(&mut b, &h(100)).unwrap();
     let borrowed = v4(&mut a, &h(16)).unwrap();
     assert_eq!(borrowed.block, b_first.block, "a borrows from b's block");
-    let block = store.blocks().into_iter().find(|bl| bl.cidr() == b_first.block).unwrap();
-    assert_eq!(block.affinity.as_deref(), Some("b"), "borrowing does not move the block");
-    let alloc = block.allocations().find(|(_, al)| al.handle == h(16)).unwrap().1.clone();
+    let block = store
+        .blocks()
+        .into_iter()
+        .find(|bl| bl.cidr() == b_first.block)
+        .unwrap();
+    assert_eq!(
+        block.affinity.as_deref(),
+        Some("b"),
+        "borrowing does not move the block"
+    );
+    let alloc = block
+        .allocations()
+        .find(|(_, al)| al.handle == h(16))
+        .unwrap()
+        .1
+        .clone();
     assert_eq!(alloc.node, "a");
     assert_eq!(block_on(a.borrowed()).unwrap(), vec![borrowed.ip]);
     assert!(block_on(b.borrowed()).unwrap().is_empty());
@@ -213,7 +270,10 @@ fn strict_affinity_forbids_borrowing() {
         v4(&mut a, &h(i)).unwrap();
     }
     v4(&mut b, &h(100)).unwrap();
-    assert!(matches!(v4(&mut a, &h(16)), Err(IpamError::Exhausted { .. })));
+    assert!(matches!(
+        v4(&mut a, &h(16)),
+        Err(IpamError::Exhausted { .. })
+    ));
 }
 
 #[test]
@@ -221,7 +281,10 @@ fn release_by_handle_is_idempotent_and_frees_the_address() {
     let store = store_with(&[pool("default", "10.0.0.0/30", 30)]);
     let mut a = allocator(&store, "n1");
     let ips: Vec<IpAddr> = (0..4).map(|i| v4(&mut a, &h(i)).unwrap().ip).collect();
-    assert!(matches!(v4(&mut a, &h(4)), Err(IpamError::Exhausted { .. })));
+    assert!(matches!(
+        v4(&mut a, &h(4)),
+        Err(IpamError::Exhausted { .. })
+    ));
     assert_eq!(block_on(a.release(&h(2))).unwrap(), vec![ips[2]]);
     assert_eq!(block_on(a.release(&h(2))).unwrap(), Vec::<IpAddr>::new());
     assert_eq!(block_on(a.lookup(&h(2))).unwrap(), Vec::<IpAddr>::new());
@@ -235,7 +298,11 @@ fn a_conflict_retries_on_fresh_data() {
     let mut a = allocator(&store, "n1");
     let first = v4(&mut a, &h(0)).unwrap();
     // Another agent borrows the next address behind our cache's back.
-    let mut block = store.blocks().into_iter().find(|b| b.cidr() == first.block).unwrap();
+    let mut block = store
+        .blocks()
+        .into_iter()
+        .find(|b| b.cidr() == first.block)
+        .unwrap();
     let theirs = block.assign(h(500), "other".into(), None).unwrap();
     store.put_block(block);
     store.inject(Kind::Block, &[Fault::Conflict]);
@@ -251,11 +318,26 @@ fn a_lost_write_that_landed_is_found_again() {
     let mut a = allocator(&store, "n1");
     v4(&mut a, &h(0)).unwrap();
     store.inject(Kind::Block, &[Fault::Lost { applied: true }]);
-    assert!(matches!(v4(&mut a, &h(1)), Err(IpamError::Store(StoreError::Backend(_)))));
+    assert!(matches!(
+        v4(&mut a, &h(1)),
+        Err(IpamError::Store(StoreError::Backend(_)))
+    ));
     let retried = v4(&mut a, &h(1)).unwrap();
-    let holders: Vec<_> =
-        store.blocks().iter().flat_map(|b| b.addresses().map(|(ip, al)| (ip, al.handle.clone())).collect::<Vec<_>>()).filter(|(_, hd)| *hd == h(1)).collect();
-    assert_eq!(holders, vec![(retried.ip, h(1))], "one address for the handle, the one returned");
+    let holders: Vec<_> = store
+        .blocks()
+        .iter()
+        .flat_map(|b| {
+            b.addresses()
+                .map(|(ip, al)| (ip, al.handle.clone()))
+                .collect::<Vec<_>>()
+        })
+        .filter(|(_, hd)| *hd == h(1))
+        .collect();
+    assert_eq!(
+        holders,
+        vec![(retried.ip, h(1))],
+        "one address for the handle, the one returned"
+    );
 }
 
 #[test]
@@ -277,10 +359,21 @@ fn a_claim_whose_answer_was_lost_is_finished_later() {
     store.inject(Kind::Block, &[Fault::Lost { applied: true }]);
     assert!(v4(&mut a, &h(0)).is_err());
     let got = v4(&mut a, &h(0)).unwrap();
-    assert_eq!(store.blocks().len(), 1, "the retry uses the block that landed");
+    assert_eq!(
+        store.blocks().len(),
+        1,
+        "the retry uses the block that landed"
+    );
     assert_eq!(store.affinities()[0].state, AffinityState::Pending);
     block_on(a.release_empty_blocks(Instant::now())).unwrap();
-    assert_eq!(store.affinities(), vec![BlockAffinity { node: "n1".into(), cidr: got.block, state: AffinityState::Confirmed }]);
+    assert_eq!(
+        store.affinities(),
+        vec![BlockAffinity {
+            node: "n1".into(),
+            cidr: got.block,
+            state: AffinityState::Confirmed
+        }]
+    );
     assert_consistent(&store);
 }
 
@@ -293,10 +386,21 @@ fn a_lost_block_claim_moves_on_and_leaves_no_pending_affinity() {
     let got = v4(&mut a, &h(0)).unwrap();
     let blocks = store.blocks();
     assert_eq!(blocks.len(), 2);
-    assert!(blocks.iter().any(|b| b.affinity.as_deref() == Some("someone-else")));
-    let mine: Vec<_> = store.affinities().into_iter().filter(|x| x.node == "n1").collect();
+    assert!(
+        blocks
+            .iter()
+            .any(|b| b.affinity.as_deref() == Some("someone-else"))
+    );
+    let mine: Vec<_> = store
+        .affinities()
+        .into_iter()
+        .filter(|x| x.node == "n1")
+        .collect();
     assert_eq!(mine.len(), 1);
-    assert_eq!((mine[0].cidr, mine[0].state), (got.block, AffinityState::Confirmed));
+    assert_eq!(
+        (mine[0].cidr, mine[0].state),
+        (got.block, AffinityState::Confirmed)
+    );
 }
 
 #[test]
@@ -306,15 +410,32 @@ fn empty_blocks_are_released_only_after_the_grace_period() {
     let grace = IpamConfig::default().block_release_grace;
     let got = v4(&mut a, &h(0)).unwrap();
     let t0 = Instant::now();
-    assert!(block_on(a.release_empty_blocks(t0)).unwrap().is_empty(), "not empty");
+    assert!(
+        block_on(a.release_empty_blocks(t0)).unwrap().is_empty(),
+        "not empty"
+    );
     block_on(a.release(&h(0))).unwrap();
-    assert!(block_on(a.release_empty_blocks(t0)).unwrap().is_empty(), "grace starts now");
+    assert!(
+        block_on(a.release_empty_blocks(t0)).unwrap().is_empty(),
+        "grace starts now"
+    );
     // Used again in between: the clock starts over.
     v4(&mut a, &h(1)).unwrap();
-    assert!(block_on(a.release_empty_blocks(t0 + grace / 2)).unwrap().is_empty());
+    assert!(
+        block_on(a.release_empty_blocks(t0 + grace / 2))
+            .unwrap()
+            .is_empty()
+    );
     block_on(a.release(&h(1))).unwrap();
-    assert!(block_on(a.release_empty_blocks(t0 + grace)).unwrap().is_empty());
-    assert_eq!(block_on(a.release_empty_blocks(t0 + grace * 2)).unwrap(), vec![got.block]);
+    assert!(
+        block_on(a.release_empty_blocks(t0 + grace))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        block_on(a.release_empty_blocks(t0 + grace * 2)).unwrap(),
+        vec![got.block]
+    );
     assert!(store.blocks().is_empty());
     assert!(store.affinities().is_empty());
 }
@@ -331,9 +452,20 @@ fn a_borrowed_address_keeps_an_empty_looking_block() {
     let mut block = store.blocks().pop().unwrap();
     block.assign(h(7), "b".into(), None);
     store.put_block(block);
-    assert!(block_on(a.release_empty_blocks(t0 + Duration::from_secs(3600))).unwrap().is_empty());
+    assert!(
+        block_on(a.release_empty_blocks(t0 + Duration::from_secs(3600)))
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.blocks().len(), 1);
-    assert_eq!(store.affinities()[0], BlockAffinity { node: "a".into(), cidr: got.block, state: AffinityState::Confirmed });
+    assert_eq!(
+        store.affinities()[0],
+        BlockAffinity {
+            node: "a".into(),
+            cidr: got.block,
+            state: AffinityState::Confirmed
+        }
+    );
 }
 
 #[test]
@@ -342,9 +474,19 @@ fn the_sweep_finishes_what_a_crash_left() {
     let cidr = |s: &str| s.parse::<BlockCidr>().unwrap();
     // Claimed but never confirmed.
     store.put_block(Block::new(cidr("10.0.0.0/26"), Some("n1".into())));
-    block_on(store.create_affinity(&BlockAffinity { node: "n1".into(), cidr: cidr("10.0.0.0/26"), state: AffinityState::Pending })).unwrap();
+    block_on(store.create_affinity(&BlockAffinity {
+        node: "n1".into(),
+        cidr: cidr("10.0.0.0/26"),
+        state: AffinityState::Pending,
+    }))
+    .unwrap();
     // A claim that died before its block was created.
-    block_on(store.create_affinity(&BlockAffinity { node: "n1".into(), cidr: cidr("10.0.0.64/26"), state: AffinityState::Pending })).unwrap();
+    block_on(store.create_affinity(&BlockAffinity {
+        node: "n1".into(),
+        cidr: cidr("10.0.0.64/26"),
+        state: AffinityState::Pending,
+    }))
+    .unwrap();
     // A release that died between marking and deleting.
     store.put_block(Block::new(cidr("10.0.0.128/26"), Some("n1".into())));
     block_on(store.create_affinity(&BlockAffinity {
@@ -357,9 +499,16 @@ fn the_sweep_finishes_what_a_crash_left() {
     block_on(a.release_empty_blocks(Instant::now())).unwrap();
     assert_eq!(
         store.affinities(),
-        vec![BlockAffinity { node: "n1".into(), cidr: cidr("10.0.0.0/26"), state: AffinityState::Confirmed }]
+        vec![BlockAffinity {
+            node: "n1".into(),
+            cidr: cidr("10.0.0.0/26"),
+            state: AffinityState::Confirmed
+        }]
     );
-    assert_eq!(store.blocks().iter().map(Block::cidr).collect::<Vec<_>>(), vec![cidr("10.0.0.0/26")]);
+    assert_eq!(
+        store.blocks().iter().map(Block::cidr).collect::<Vec<_>>(),
+        vec![cidr("10.0.0.0/26")]
+    );
     assert_consistent(&store);
 }
 
@@ -377,8 +526,16 @@ fn cni_gc_releases_handles_not_in_the_valid_set() {
     let foreign = Handle::for_container("net", "on-n2");
     v4(&mut b, &foreign).unwrap();
     let valid: HashSet<Handle> = [keep.clone()].into();
-    assert_eq!(block_on(a.gc_handles("net", &valid)).unwrap(), vec![drop_me.clone()]);
-    for (hd, held) in [(&keep, true), (&drop_me, false), (&other_net, true), (&foreign, true)] {
+    assert_eq!(
+        block_on(a.gc_handles("net", &valid)).unwrap(),
+        vec![drop_me.clone()]
+    );
+    for (hd, held) in [
+        (&keep, true),
+        (&drop_me, false),
+        (&other_net, true),
+        (&foreign, true),
+    ] {
         assert_eq!(!block_on(a.lookup(hd)).unwrap().is_empty(), held, "{hd}");
     }
 }
@@ -387,7 +544,13 @@ fn cni_gc_releases_handles_not_in_the_valid_set() {
 fn leaked_handles_are_released_after_the_grace_period_and_live_ones_never() {
     let store = store_with(&[pool("default", "10.0.0.0/24", 26)]);
     let mut a = allocator(&store, "n1");
-    let pod = |name: &str| Some(PodRef { namespace: "default".into(), name: name.into(), uid: None });
+    let pod = |name: &str| {
+        Some(PodRef {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: None,
+        })
+    };
     let live = Handle::for_container("net", "live");
     let leaked = Handle::for_container("net", "leaked");
     let own = Handle::from_raw("vxlan-tunnel-addr-n1");
@@ -397,9 +560,24 @@ fn leaked_handles_are_released_after_the_grace_period_and_live_ones_never() {
     let exists = |p: &PodRef| p.name == "live";
     let grace = IpamConfig::default().leak_grace;
     let t0 = Instant::now();
-    assert!(block_on(a.gc_leaks(GcScope::Node("n1"), t0, exists)).unwrap().is_empty());
-    assert!(block_on(a.gc_leaks(GcScope::Node("n1"), t0 + grace - Duration::from_secs(1), exists)).unwrap().is_empty());
-    assert_eq!(block_on(a.gc_leaks(GcScope::Node("n1"), t0 + grace, exists)).unwrap(), vec![leaked.clone()]);
+    assert!(
+        block_on(a.gc_leaks(GcScope::Node("n1"), t0, exists))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        block_on(a.gc_leaks(
+            GcScope::Node("n1"),
+            t0 + grace - Duration::from_secs(1),
+            exists
+        ))
+        .unwrap()
+        .is_empty()
+    );
+    assert_eq!(
+        block_on(a.gc_leaks(GcScope::Node("n1"), t0 + grace, exists)).unwrap(),
+        vec![leaked.clone()]
+    );
     assert!(block_on(a.lookup(&leaked)).unwrap().is_empty());
     assert_eq!(block_on(a.lookup(&live)).unwrap().len(), 1);
     assert_eq!(block_on(a.lookup(&own)).unwrap().len(), 1);
@@ -410,13 +588,29 @@ fn a_pod_seen_again_restarts_the_leak_clock() {
     let store = store_with(&[pool("default", "10.0.0.0/24", 26)]);
     let mut a = allocator(&store, "n1");
     let hd = Handle::for_container("net", "flaky");
-    block_on(a.allocate(&hd, IpFamily::V4, Some(PodRef { namespace: "ns".into(), name: "p".into(), uid: None }))).unwrap();
+    block_on(a.allocate(
+        &hd,
+        IpFamily::V4,
+        Some(PodRef {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: None,
+        }),
+    ))
+    .unwrap();
     let grace = IpamConfig::default().leak_grace;
     let t0 = Instant::now();
     block_on(a.gc_leaks(GcScope::AllNodes, t0, |_| false)).unwrap();
     block_on(a.gc_leaks(GcScope::AllNodes, t0 + grace / 2, |_| true)).unwrap();
-    assert!(block_on(a.gc_leaks(GcScope::AllNodes, t0 + grace, |_| false)).unwrap().is_empty());
-    assert_eq!(block_on(a.gc_leaks(GcScope::AllNodes, t0 + grace * 2, |_| false)).unwrap(), vec![hd]);
+    assert!(
+        block_on(a.gc_leaks(GcScope::AllNodes, t0 + grace, |_| false))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        block_on(a.gc_leaks(GcScope::AllNodes, t0 + grace * 2, |_| false)).unwrap(),
+        vec![hd]
+    );
 }
 
 #[test]
@@ -435,7 +629,10 @@ fn node_deletion_releases_its_affinities_and_empty_blocks() {
     assert!(store.affinities().is_empty());
     let blocks = store.blocks();
     assert_eq!(blocks.len(), 1, "the empty block is gone");
-    assert_eq!(blocks[0].affinity, None, "the block still in use is orphaned");
+    assert_eq!(
+        blocks[0].affinity, None,
+        "the block still in use is orphaned"
+    );
     assert_consistent(&store);
     // Its last address released, the orphan block goes too.
     block_on(other.release(&h(16))).unwrap();
@@ -450,10 +647,21 @@ fn pools_that_do_not_apply_are_skipped() {
     elsewhere.node_selector = "zone == 'b'".parse().unwrap();
     let store = store_with(&[disabled, elsewhere.clone(), pool("c-v6", "fd00::/120", 122)]);
     let mut a = allocator(&store, "n1");
-    assert!(matches!(v4(&mut a, &h(0)), Err(IpamError::NoPool { family: IpFamily::V4, .. })));
+    assert!(matches!(
+        v4(&mut a, &h(0)),
+        Err(IpamError::NoPool {
+            family: IpFamily::V4,
+            ..
+        })
+    ));
     let v6 = block_on(a.allocate(&h(0), IpFamily::V6, None)).unwrap();
     assert_eq!(v6.pool, "c-v6");
-    let mut zoned = Allocator::new(store.clone(), "n2", [("zone".to_string(), "b".to_string())].into(), IpamConfig::default());
+    let mut zoned = Allocator::new(
+        store.clone(),
+        "n2",
+        [("zone".to_string(), "b".to_string())].into(),
+        IpamConfig::default(),
+    );
     assert_eq!(v4(&mut zoned, &h(1)).unwrap().pool, "b-elsewhere");
 }
 
@@ -482,7 +690,10 @@ fn a_new_block_never_overlaps_an_old_block_of_another_size() {
     store.set_pools(vec![pool("default", "10.0.0.0/27", 27)]);
     let mut a = allocator(&store, "n1");
     let got = v4(&mut a, &h(1)).unwrap();
-    assert_eq!(got.block, first.block, "n1 borrows instead of claiming an overlapping block");
+    assert_eq!(
+        got.block, first.block,
+        "n1 borrows instead of claiming an overlapping block"
+    );
     assert_eq!(store.blocks().len(), 1);
     assert_consistent(&store);
 }
@@ -510,7 +721,12 @@ fn ten_nodes_racing_never_duplicate() {
         .map(|n| {
             let s = store.yielding();
             std::thread::spawn(move || {
-                let mut a = Allocator::new(s, format!("node-{n}"), BTreeMap::new(), IpamConfig::default());
+                let mut a = Allocator::new(
+                    s,
+                    format!("node-{n}"),
+                    BTreeMap::new(),
+                    IpamConfig::default(),
+                );
                 (0..per_node)
                     .map(|i| {
                         let hd = Handle::for_container("net", &format!("n{n}-c{i}"));
@@ -524,17 +740,30 @@ fn ten_nodes_racing_never_duplicate() {
     for t in threads {
         for r in t.join().unwrap() {
             let (hd, ip) = r.unwrap();
-            assert!(got.insert(ip, hd.clone()).is_none(), "{ip} handed out twice");
+            assert!(
+                got.insert(ip, hd.clone()).is_none(),
+                "{ip} handed out twice"
+            );
         }
     }
     assert_eq!(got.len(), 10 * per_node);
     assert_consistent(&store);
-    let stored: HashMap<IpAddr, Handle> =
-        store.blocks().iter().flat_map(|b| b.addresses().map(|(ip, a)| (ip, a.handle.clone())).collect::<Vec<_>>()).collect();
+    let stored: HashMap<IpAddr, Handle> = store
+        .blocks()
+        .iter()
+        .flat_map(|b| {
+            b.addresses()
+                .map(|(ip, a)| (ip, a.handle.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     assert_eq!(stored, got, "what was returned is exactly what is stored");
     // 16 blocks for 10 nodes of 24 addresses: every block was claimed, and some nodes had to
     // borrow, so the race went through claims, lost claims and borrowing.
     let blocks = store.blocks();
     assert_eq!(blocks.len(), 16);
-    assert!(blocks.iter().any(|b| b.allocations().any(|(_, a)| b.affinity.as_deref() != Some(a.node.as_str()))));
+    assert!(blocks.iter().any(|b| {
+        b.allocations()
+            .any(|(_, a)| b.affinity.as_deref() != Some(a.node.as_str()))
+    }));
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams};
 use kube::Client;
+use kube::api::{Api, ListParams};
 use tortie_ipam::{Allocator, IpamError, PodRef, Store};
 use tracing::info;
 
@@ -15,7 +15,10 @@ use super::crd;
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("listing {what} in the apiserver: {source}")]
-    List { what: &'static str, source: kube::Error },
+    List {
+        what: &'static str,
+        source: kube::Error,
+    },
     #[error(transparent)]
     Ipam(#[from] IpamError),
 }
@@ -35,7 +38,13 @@ impl PodIndex {
             Some(n) => ListParams::default().fields(&format!("spec.nodeName={n}")),
             None => ListParams::default(),
         };
-        let list = api.list(&params).await.map_err(|source| ClusterError::List { what: "pods", source })?;
+        let list = api
+            .list(&params)
+            .await
+            .map_err(|source| ClusterError::List {
+                what: "pods",
+                source,
+            })?;
         let pods = list
             .items
             .into_iter()
@@ -71,7 +80,10 @@ pub struct NodeGc {
 
 impl NodeGc {
     pub fn new(grace: Duration) -> NodeGc {
-        NodeGc { grace, missing_since: HashMap::new() }
+        NodeGc {
+            grace,
+            missing_since: HashMap::new(),
+        }
     }
 
     /// One pass. Returns the nodes released.

@@ -8,7 +8,11 @@ use tortie_ipam::{Kind, Revision, StoreError, Versioned};
 use super::crd;
 
 fn malformed(kind: Kind, name: &str, reason: impl ToString) -> StoreError {
-    StoreError::Malformed { kind, name: name.to_owned(), reason: reason.to_string() }
+    StoreError::Malformed {
+        kind,
+        name: name.to_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 fn name_of(meta: &ObjectMeta) -> &str {
@@ -23,18 +27,27 @@ fn revision_of(kind: Kind, meta: &ObjectMeta) -> Result<Revision, StoreError> {
 }
 
 fn meta(name: String, revision: Option<&Revision>) -> ObjectMeta {
-    ObjectMeta { name: Some(name), resource_version: revision.map(|r| r.0.clone()), ..ObjectMeta::default() }
+    ObjectMeta {
+        name: Some(name),
+        resource_version: revision.map(|r| r.0.clone()),
+        ..ObjectMeta::default()
+    }
 }
 
 pub fn pool_from_crd(p: &crd::IPPool) -> Result<ipam::IpPool, StoreError> {
     let name = name_of(&p.metadata);
     let bad = |reason: String| malformed(Kind::Pool, name, reason);
-    let cidr: ipnet::IpNet = p.spec.cidr.parse().map_err(|e| bad(format!("cidr {:?}: {e}", p.spec.cidr)))?;
+    let cidr: ipnet::IpNet = p
+        .spec
+        .cidr
+        .parse()
+        .map_err(|e| bad(format!("cidr {:?}: {e}", p.spec.cidr)))?;
     let default_size = match cidr {
         ipnet::IpNet::V4(_) => ipam::DEFAULT_BLOCK_SIZE_V4,
         ipnet::IpNet::V6(_) => ipam::DEFAULT_BLOCK_SIZE_V6,
     };
-    let mut pool = ipam::IpPool::new(name, cidr, p.spec.block_size.unwrap_or(default_size)).map_err(|e| bad(e.to_string()))?;
+    let mut pool = ipam::IpPool::new(name, cidr, p.spec.block_size.unwrap_or(default_size))
+        .map_err(|e| bad(e.to_string()))?;
     pool.vxlan_mode = match p.spec.vxlan_mode {
         crd::VxlanMode::Never => ipam::VxlanMode::Never,
         crd::VxlanMode::Always => ipam::VxlanMode::Always,
@@ -44,7 +57,9 @@ pub fn pool_from_crd(p: &crd::IPPool) -> Result<ipam::IpPool, StoreError> {
     pool.disabled = p.spec.disabled;
     pool.strict_affinity = p.spec.strict_affinity;
     if let Some(sel) = &p.spec.node_selector {
-        pool.node_selector = sel.parse().map_err(|e: ipam::SelectorError| bad(e.to_string()))?;
+        pool.node_selector = sel
+            .parse()
+            .map_err(|e: ipam::SelectorError| bad(e.to_string()))?;
     }
     Ok(pool)
 }
@@ -73,20 +88,45 @@ pub fn pool_to_crd(p: &ipam::IpPool) -> crd::IPPool {
 pub fn block_from_crd(b: &crd::IPAMBlock) -> Result<Versioned<ipam::Block>, StoreError> {
     let name = name_of(&b.metadata);
     let bad = |reason: String| malformed(Kind::Block, name, reason);
-    let cidr: ipam::BlockCidr = b.spec.cidr.parse().map_err(|e: ipam::CidrError| bad(e.to_string()))?;
+    let cidr: ipam::BlockCidr = b
+        .spec
+        .cidr
+        .parse()
+        .map_err(|e: ipam::CidrError| bad(e.to_string()))?;
     if cidr.object_name() != name {
-        return Err(bad(format!("its name should be {} for cidr {cidr}", cidr.object_name())));
+        return Err(bad(format!(
+            "its name should be {} for cidr {cidr}",
+            cidr.object_name()
+        )));
     }
     let allocations = b.spec.allocations.iter().map(|a| {
-        let pod = a.pod.as_ref().map(|p| ipam::PodRef { namespace: p.namespace.clone(), name: p.name.clone(), uid: p.uid.clone() });
+        let pod = a.pod.as_ref().map(|p| ipam::PodRef {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            uid: p.uid.clone(),
+        });
         (
             a.ordinal,
-            ipam::Allocation { handle: ipam::Handle::from_raw(a.handle.clone()), node: a.node.clone(), pod, sequence: a.sequence },
+            ipam::Allocation {
+                handle: ipam::Handle::from_raw(a.handle.clone()),
+                node: a.node.clone(),
+                pod,
+                sequence: a.sequence,
+            },
         )
     });
-    let block = ipam::Block::from_parts(cidr, b.spec.affinity.clone(), allocations, b.spec.sequence_number, b.spec.cursor)
-        .map_err(|e| bad(e.to_string()))?;
-    Ok(Versioned { value: block, revision: revision_of(Kind::Block, &b.metadata)? })
+    let block = ipam::Block::from_parts(
+        cidr,
+        b.spec.affinity.clone(),
+        allocations,
+        b.spec.sequence_number,
+        b.spec.cursor,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    Ok(Versioned {
+        value: block,
+        revision: revision_of(Kind::Block, &b.metadata)?,
+    })
 }
 
 pub fn block_to_crd(b: &ipam::Block, revision: Option<&Revision>) -> crd::IPAMBlock {
@@ -118,17 +158,26 @@ pub fn block_to_crd(b: &ipam::Block, revision: Option<&Revision>) -> crd::IPAMBl
     obj
 }
 
-pub fn affinity_from_crd(a: &crd::BlockAffinity) -> Result<Versioned<ipam::BlockAffinity>, StoreError> {
+pub fn affinity_from_crd(
+    a: &crd::BlockAffinity,
+) -> Result<Versioned<ipam::BlockAffinity>, StoreError> {
     let name = name_of(&a.metadata);
-    let cidr: ipam::BlockCidr =
-        a.spec.cidr.parse().map_err(|e: ipam::CidrError| malformed(Kind::Affinity, name, e.to_string()))?;
+    let cidr: ipam::BlockCidr = a
+        .spec
+        .cidr
+        .parse()
+        .map_err(|e: ipam::CidrError| malformed(Kind::Affinity, name, e.to_string()))?;
     let state = match a.spec.state {
         crd::AffinityState::Pending => ipam::AffinityState::Pending,
         crd::AffinityState::Confirmed => ipam::AffinityState::Confirmed,
         crd::AffinityState::PendingDeletion => ipam::AffinityState::PendingDeletion,
     };
     Ok(Versioned {
-        value: ipam::BlockAffinity { node: a.spec.node.clone(), cidr, state },
+        value: ipam::BlockAffinity {
+            node: a.spec.node.clone(),
+            cidr,
+            state,
+        },
         revision: revision_of(Kind::Affinity, &a.metadata)?,
     })
 }
@@ -160,8 +209,16 @@ mod tests {
     fn block_round_trips() {
         let cidr: ipam::BlockCidr = "10.244.1.64/26".parse().unwrap();
         let mut b = ipam::Block::new(cidr, Some("node-1".into()));
-        let pod = ipam::PodRef { namespace: "ns".into(), name: "p".into(), uid: Some("u".into()) };
-        b.assign(ipam::Handle::for_container("net", "abc"), "node-1".into(), Some(pod));
+        let pod = ipam::PodRef {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: Some("u".into()),
+        };
+        b.assign(
+            ipam::Handle::for_container("net", "abc"),
+            "node-1".into(),
+            Some(pod),
+        );
         b.assign(ipam::Handle::from_raw("tunnel"), "node-1".into(), None);
         let mut obj = block_to_crd(&b, Some(&Revision("7".into())));
         assert_eq!(obj.metadata.name.as_deref(), Some("10-244-1-64-26"));
@@ -170,26 +227,38 @@ mod tests {
         assert_eq!(back.revision, Revision("7".into()));
         obj.spec.allocations[0].ordinal = 64;
         let err = block_from_crd(&obj).unwrap_err().to_string();
-        assert!(err.contains("10-244-1-64-26") && err.contains("ordinal 64"), "{err}");
+        assert!(
+            err.contains("10-244-1-64-26") && err.contains("ordinal 64"),
+            "{err}"
+        );
     }
 
     #[test]
     fn pool_defaults_and_errors_name_the_object() {
-        let mut p = crd::IPPool::new("default", crd::IPPoolSpec {
-            cidr: "192.168.0.0/16".into(),
-            block_size: None,
-            vxlan_mode: crd::VxlanMode::CrossSubnet,
-            nat_outgoing: true,
-            disabled: false,
-            node_selector: None,
-            strict_affinity: false,
-        });
+        let mut p = crd::IPPool::new(
+            "default",
+            crd::IPPoolSpec {
+                cidr: "192.168.0.0/16".into(),
+                block_size: None,
+                vxlan_mode: crd::VxlanMode::CrossSubnet,
+                nat_outgoing: true,
+                disabled: false,
+                node_selector: None,
+                strict_affinity: false,
+            },
+        );
         let pool = pool_from_crd(&p).unwrap();
-        assert_eq!((pool.block_size(), pool.vxlan_mode, pool.nat_outgoing), (26, ipam::VxlanMode::CrossSubnet, true));
+        assert_eq!(
+            (pool.block_size(), pool.vxlan_mode, pool.nat_outgoing),
+            (26, ipam::VxlanMode::CrossSubnet, true)
+        );
         assert_eq!(pool_from_crd(&pool_to_crd(&pool)).unwrap(), pool);
         p.spec.cidr = "192.168.0.0/33".into();
         let err = pool_from_crd(&p).unwrap_err().to_string();
-        assert!(err.contains("IPPool default") && err.contains("192.168.0.0/33"), "{err}");
+        assert!(
+            err.contains("IPPool default") && err.contains("192.168.0.0/33"),
+            "{err}"
+        );
     }
 
     #[test]

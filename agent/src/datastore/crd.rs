@@ -22,7 +22,12 @@ pub enum VxlanMode {
 
 /// A range of pod addresses, cut into blocks that nodes claim.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "crd.tortie.dev", version = "v1", kind = "IPPool", plural = "ippools")]
+#[kube(
+    group = "crd.tortie.dev",
+    version = "v1",
+    kind = "IPPool",
+    plural = "ippools"
+)]
 #[kube(printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"))]
 #[serde(rename_all = "camelCase")]
 pub struct IPPoolSpec {
@@ -75,7 +80,12 @@ pub struct PodRef {
 /// A block of addresses and, inside it, every allocation: the handle lives in the block so
 /// that one write takes an address and records its owner.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "crd.tortie.dev", version = "v1", kind = "IPAMBlock", plural = "ipamblocks")]
+#[kube(
+    group = "crd.tortie.dev",
+    version = "v1",
+    kind = "IPAMBlock",
+    plural = "ipamblocks"
+)]
 #[kube(printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"))]
 #[kube(printcolumn(name = "Node", type_ = "string", json_path = ".spec.affinity"))]
 #[serde(rename_all = "camelCase")]
@@ -103,7 +113,12 @@ pub enum AffinityState {
 
 /// A node's claim on a block.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "crd.tortie.dev", version = "v1", kind = "BlockAffinity", plural = "blockaffinities")]
+#[kube(
+    group = "crd.tortie.dev",
+    version = "v1",
+    kind = "BlockAffinity",
+    plural = "blockaffinities"
+)]
 #[kube(printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"))]
 #[kube(printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"))]
 #[kube(printcolumn(name = "State", type_ = "string", json_path = ".spec.state"))]
@@ -132,7 +147,12 @@ pub struct BgpPassword {
 /// A BGP peering beyond the node-to-node mesh: a top-of-rack router, a route reflector, or
 /// other nodes picked by selector.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "crd.tortie.dev", version = "v1", kind = "BGPPeer", plural = "bgppeers")]
+#[kube(
+    group = "crd.tortie.dev",
+    version = "v1",
+    kind = "BGPPeer",
+    plural = "bgppeers"
+)]
 #[kube(printcolumn(name = "PeerIP", type_ = "string", json_path = ".spec.peerIP"))]
 #[kube(printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"))]
 #[serde(rename_all = "camelCase")]
@@ -167,7 +187,12 @@ pub struct BGPPeerSpec {
 
 /// Cluster-wide BGP settings; the object named `default` applies.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "crd.tortie.dev", version = "v1", kind = "BGPConfiguration", plural = "bgpconfigurations")]
+#[kube(
+    group = "crd.tortie.dev",
+    version = "v1",
+    kind = "BGPConfiguration",
+    plural = "bgpconfigurations"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct BGPConfigurationSpec {
     /// Full iBGP mesh between all nodes (default true).

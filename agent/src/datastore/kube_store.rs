@@ -2,8 +2,8 @@
 //! a replace or delete carries the resourceVersion it was decided on, and a 409 Conflict
 //! sends the allocator back to re-read.
 
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use tortie_ipam as ipam;
 use tortie_ipam::{BlockCidr, Kind, Revision, Store, StoreError, Versioned};
 use tracing::warn;
@@ -23,41 +23,72 @@ pub struct KubeStore {
 /// on a create, `Conflict` on a stale resourceVersion.
 fn store_error(kind: Kind, name: &str, e: kube::Error) -> StoreError {
     match &e {
-        kube::Error::Api(s) if s.is_already_exists() => StoreError::AlreadyExists { kind, name: name.to_owned() },
-        kube::Error::Api(s) if s.is_conflict() || s.code == 409 => StoreError::Conflict { kind, name: name.to_owned() },
-        kube::Error::Api(s) if s.is_not_found() => StoreError::NotFound { kind, name: name.to_owned() },
+        kube::Error::Api(s) if s.is_already_exists() => StoreError::AlreadyExists {
+            kind,
+            name: name.to_owned(),
+        },
+        kube::Error::Api(s) if s.is_conflict() || s.code == 409 => StoreError::Conflict {
+            kind,
+            name: name.to_owned(),
+        },
+        kube::Error::Api(s) if s.is_not_found() => StoreError::NotFound {
+            kind,
+            name: name.to_owned(),
+        },
         _ => StoreError::Backend(format!("{kind} {name}: {e}")),
     }
 }
 
 fn revision(kind: Kind, name: &str, meta: &kube::api::ObjectMeta) -> Result<Revision, StoreError> {
-    meta.resource_version.clone().map(Revision).ok_or_else(|| StoreError::Malformed {
-        kind,
-        name: name.to_owned(),
-        reason: "the apiserver returned it without a resourceVersion".into(),
-    })
+    meta.resource_version
+        .clone()
+        .map(Revision)
+        .ok_or_else(|| StoreError::Malformed {
+            kind,
+            name: name.to_owned(),
+            reason: "the apiserver returned it without a resourceVersion".into(),
+        })
 }
 
 fn precondition(revision: &Revision) -> DeleteParams {
     DeleteParams {
-        preconditions: Some(Preconditions { resource_version: Some(revision.0.clone()), uid: None }),
+        preconditions: Some(Preconditions {
+            resource_version: Some(revision.0.clone()),
+            uid: None,
+        }),
         ..DeleteParams::default()
     }
 }
 
 impl KubeStore {
     pub fn new(client: Client) -> KubeStore {
-        KubeStore { pools: Api::all(client.clone()), blocks: Api::all(client.clone()), affinities: Api::all(client) }
+        KubeStore {
+            pools: Api::all(client.clone()),
+            blocks: Api::all(client.clone()),
+            affinities: Api::all(client),
+        }
     }
 
     /// Creates `pool` unless some pool already exists, as calico-node does with
     /// `CALICO_IPV4POOL_CIDR` at start. Returns whether it created it.
     pub async fn create_pool_if_none(&self, pool: &ipam::IpPool) -> Result<bool, StoreError> {
-        let existing = self.pools.list(&ListParams::default()).await.map_err(|e| store_error(Kind::Pool, "*", e))?;
-        if existing.items.iter().any(|p| pool_family(p) == Some(pool.family())) {
+        let existing = self
+            .pools
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| store_error(Kind::Pool, "*", e))?;
+        if existing
+            .items
+            .iter()
+            .any(|p| pool_family(p) == Some(pool.family()))
+        {
             return Ok(false);
         }
-        match self.pools.create(&PostParams::default(), &convert::pool_to_crd(pool)).await {
+        match self
+            .pools
+            .create(&PostParams::default(), &convert::pool_to_crd(pool))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) => match store_error(Kind::Pool, &pool.name, e) {
                 StoreError::AlreadyExists { .. } => Ok(false),
@@ -69,29 +100,53 @@ impl KubeStore {
 
 /// Calico creates the default IPv4 pool only if no IPv4 pool exists (and the same for IPv6).
 fn pool_family(p: &crd::IPPool) -> Option<ipam::IpFamily> {
-    p.spec.cidr.parse::<ipnet::IpNet>().ok().map(|n| ipam::IpFamily::of_net(&n))
+    p.spec
+        .cidr
+        .parse::<ipnet::IpNet>()
+        .ok()
+        .map(|n| ipam::IpFamily::of_net(&n))
 }
 
 impl Store for KubeStore {
     async fn list_pools(&self) -> Result<Vec<ipam::IpPool>, StoreError> {
-        let list = self.pools.list(&ListParams::default()).await.map_err(|e| store_error(Kind::Pool, "*", e))?;
+        let list = self
+            .pools
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| store_error(Kind::Pool, "*", e))?;
         // A bad pool must not stop allocation from the good ones: skip it, loudly.
         Ok(list
             .items
             .iter()
-            .filter_map(|p| convert::pool_from_crd(p).map_err(|e| warn!(error = %e, "ignoring IPPool")).ok())
+            .filter_map(|p| {
+                convert::pool_from_crd(p)
+                    .map_err(|e| warn!(error = %e, "ignoring IPPool"))
+                    .ok()
+            })
             .collect())
     }
 
     async fn list_blocks(&self) -> Result<Vec<Versioned<ipam::Block>>, StoreError> {
-        let list = self.blocks.list(&ListParams::default()).await.map_err(|e| store_error(Kind::Block, "*", e))?;
+        let list = self
+            .blocks
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| store_error(Kind::Block, "*", e))?;
         // A bad block must stop allocation: skipping it would make its addresses look free.
         list.items.iter().map(convert::block_from_crd).collect()
     }
 
-    async fn get_block(&self, cidr: BlockCidr) -> Result<Option<Versioned<ipam::Block>>, StoreError> {
+    async fn get_block(
+        &self,
+        cidr: BlockCidr,
+    ) -> Result<Option<Versioned<ipam::Block>>, StoreError> {
         let name = cidr.object_name();
-        match self.blocks.get_opt(&name).await.map_err(|e| store_error(Kind::Block, &name, e))? {
+        match self
+            .blocks
+            .get_opt(&name)
+            .await
+            .map_err(|e| store_error(Kind::Block, &name, e))?
+        {
             Some(b) => Ok(Some(convert::block_from_crd(&b)?)),
             None => Ok(None),
         }
@@ -100,39 +155,73 @@ impl Store for KubeStore {
     async fn create_block(&self, block: &ipam::Block) -> Result<Revision, StoreError> {
         let obj = convert::block_to_crd(block, None);
         let name = block.cidr().object_name();
-        let created = self.blocks.create(&PostParams::default(), &obj).await.map_err(|e| store_error(Kind::Block, &name, e))?;
+        let created = self
+            .blocks
+            .create(&PostParams::default(), &obj)
+            .await
+            .map_err(|e| store_error(Kind::Block, &name, e))?;
         revision(Kind::Block, &name, &created.metadata)
     }
 
-    async fn update_block(&self, block: &ipam::Block, rev: &Revision) -> Result<Revision, StoreError> {
+    async fn update_block(
+        &self,
+        block: &ipam::Block,
+        rev: &Revision,
+    ) -> Result<Revision, StoreError> {
         let obj = convert::block_to_crd(block, Some(rev));
         let name = block.cidr().object_name();
-        let stored =
-            self.blocks.replace(&name, &PostParams::default(), &obj).await.map_err(|e| store_error(Kind::Block, &name, e))?;
+        let stored = self
+            .blocks
+            .replace(&name, &PostParams::default(), &obj)
+            .await
+            .map_err(|e| store_error(Kind::Block, &name, e))?;
         revision(Kind::Block, &name, &stored.metadata)
     }
 
     async fn delete_block(&self, cidr: BlockCidr, rev: &Revision) -> Result<(), StoreError> {
         let name = cidr.object_name();
-        self.blocks.delete(&name, &precondition(rev)).await.map_err(|e| store_error(Kind::Block, &name, e))?;
+        self.blocks
+            .delete(&name, &precondition(rev))
+            .await
+            .map_err(|e| store_error(Kind::Block, &name, e))?;
         Ok(())
     }
 
-    async fn list_affinities(&self, node: &str) -> Result<Vec<Versioned<ipam::BlockAffinity>>, StoreError> {
-        let list =
-            self.affinities.list(&ListParams::default()).await.map_err(|e| store_error(Kind::Affinity, "*", e))?;
-        list.items.iter().filter(|a| a.spec.node == node).map(convert::affinity_from_crd).collect()
+    async fn list_affinities(
+        &self,
+        node: &str,
+    ) -> Result<Vec<Versioned<ipam::BlockAffinity>>, StoreError> {
+        let list = self
+            .affinities
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| store_error(Kind::Affinity, "*", e))?;
+        list.items
+            .iter()
+            .filter(|a| a.spec.node == node)
+            .map(convert::affinity_from_crd)
+            .collect()
     }
 
-    async fn create_affinity(&self, affinity: &ipam::BlockAffinity) -> Result<Revision, StoreError> {
+    async fn create_affinity(
+        &self,
+        affinity: &ipam::BlockAffinity,
+    ) -> Result<Revision, StoreError> {
         let obj = convert::affinity_to_crd(affinity, None);
         let name = affinity.object_name();
-        let created =
-            self.affinities.create(&PostParams::default(), &obj).await.map_err(|e| store_error(Kind::Affinity, &name, e))?;
+        let created = self
+            .affinities
+            .create(&PostParams::default(), &obj)
+            .await
+            .map_err(|e| store_error(Kind::Affinity, &name, e))?;
         revision(Kind::Affinity, &name, &created.metadata)
     }
 
-    async fn update_affinity(&self, affinity: &ipam::BlockAffinity, rev: &Revision) -> Result<Revision, StoreError> {
+    async fn update_affinity(
+        &self,
+        affinity: &ipam::BlockAffinity,
+        rev: &Revision,
+    ) -> Result<Revision, StoreError> {
         let obj = convert::affinity_to_crd(affinity, Some(rev));
         let name = affinity.object_name();
         let stored = self
@@ -143,9 +232,16 @@ impl Store for KubeStore {
         revision(Kind::Affinity, &name, &stored.metadata)
     }
 
-    async fn delete_affinity(&self, affinity: &ipam::BlockAffinity, rev: &Revision) -> Result<(), StoreError> {
+    async fn delete_affinity(
+        &self,
+        affinity: &ipam::BlockAffinity,
+        rev: &Revision,
+    ) -> Result<(), StoreError> {
         let name = affinity.object_name();
-        self.affinities.delete(&name, &precondition(rev)).await.map_err(|e| store_error(Kind::Affinity, &name, e))?;
+        self.affinities
+            .delete(&name, &precondition(rev))
+            .await
+            .map_err(|e| store_error(Kind::Affinity, &name, e))?;
         Ok(())
     }
 }

@@ -36,14 +36,20 @@ fn apiserver_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TORTIE_APISERVER") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("TORTIE_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/tortie"));
+    let cache = std::env::var_os("TORTIE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/tortie"));
     cache.join("kube-apiserver")
 }
 
 fn run(cmd: &mut Command) -> Result<(), Error> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
     }
     Ok(())
 }
@@ -55,16 +61,69 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), Error> {
 /// A CA and a serving certificate for 127.0.0.1 signed by it (rustls refuses a CA
 /// certificate as the server's own), plus the service-account key pair v1.20 requires.
 fn make_pki(dir: &Path) -> Result<(), Error> {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=tortie-test-ca"])?;
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kube-apiserver"])?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tortie-test-ca",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
+    )?;
     fs::write(
         dir.join("server.ext"),
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
     )?;
-    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext"])?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    )?;
     openssl(dir, &["genrsa", "-out", "sa.key", "2048"])?;
     openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
-    fs::write(dir.join("tokens.csv"), format!("{TOKEN},admin,admin,\"system:masters\"\n"))?;
+    fs::write(
+        dir.join("tokens.csv"),
+        format!("{TOKEN},admin,admin,\"system:masters\"\n"),
+    )?;
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{PORT}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n",
         ca = dir.join("ca.crt").display()
@@ -78,49 +137,71 @@ impl Apiserver {
     pub fn start() -> Result<Apiserver, Error> {
         let binary = apiserver_binary();
         if !binary.exists() {
-            return Err(format!("{} not found: run scripts/deps (it builds kube-apiserver v1.20.2)", binary.display()).into());
+            return Err(format!(
+                "{} not found: run scripts/deps (it builds kube-apiserver v1.20.2)",
+                binary.display()
+            )
+            .into());
         }
-        let netns = format!("tds-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let netns = format!(
+            "tds-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         run(Command::new("ip").args(["netns", "add", &netns]))?;
-        let dir = tempfile::Builder::new().prefix("tortie-apiserver-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tortie-apiserver-")
+            .tempdir()?;
         // From here on, Drop cleans up whatever exists.
-        let mut me = Apiserver { netns, dir, children: Vec::new() };
+        let mut me = Apiserver {
+            netns,
+            dir,
+            children: Vec::new(),
+        };
         me.exec("ip", &["link", "set", "lo", "up"])?;
         make_pki(me.dir.path())?;
         let d = me.dir.path().to_path_buf();
         let p = |name: &str| d.join(name).display().to_string();
-        me.spawn("etcd", "etcd.log", &[
-            "--name=test".into(),
-            format!("--data-dir={}", me.etcd_dir().display()),
-            "--listen-client-urls=http://127.0.0.1:2379".into(),
-            "--advertise-client-urls=http://127.0.0.1:2379".into(),
-            "--listen-peer-urls=http://127.0.0.1:2380".into(),
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
-            "--initial-cluster=test=http://127.0.0.1:2380".into(),
-            "--log-level=warn".into(),
-            "--logger=zap".into(),
-        ])?;
-        me.spawn(&binary.display().to_string(), "apiserver.log", &[
-            "--etcd-servers=http://127.0.0.1:2379".into(),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            // Loopback is not a valid Endpoints address; nothing here needs the
-            // `kubernetes` Service's endpoints.
-            "--endpoint-reconciler-type=none".into(),
-            format!("--secure-port={PORT}"),
-            "--insecure-port=0".into(),
-            format!("--tls-cert-file={}", p("server.crt")),
-            format!("--tls-private-key-file={}", p("server.key")),
-            format!("--token-auth-file={}", p("tokens.csv")),
-            "--authorization-mode=RBAC".into(),
-            format!("--service-account-key-file={}", p("sa.pub")),
-            format!("--service-account-signing-key-file={}", p("sa.key")),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-            "--service-cluster-ip-range=10.96.0.0/12".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
-            format!("--cert-dir={}", p("apiserver-certs")),
-            "--profiling=false".into(),
-        ])?;
+        me.spawn(
+            "etcd",
+            "etcd.log",
+            &[
+                "--name=test".into(),
+                format!("--data-dir={}", me.etcd_dir().display()),
+                "--listen-client-urls=http://127.0.0.1:2379".into(),
+                "--advertise-client-urls=http://127.0.0.1:2379".into(),
+                "--listen-peer-urls=http://127.0.0.1:2380".into(),
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+                "--initial-cluster=test=http://127.0.0.1:2380".into(),
+                "--log-level=warn".into(),
+                "--logger=zap".into(),
+            ],
+        )?;
+        me.spawn(
+            &binary.display().to_string(),
+            "apiserver.log",
+            &[
+                "--etcd-servers=http://127.0.0.1:2379".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                // Loopback is not a valid Endpoints address; nothing here needs the
+                // `kubernetes` Service's endpoints.
+                "--endpoint-reconciler-type=none".into(),
+                format!("--secure-port={PORT}"),
+                "--insecure-port=0".into(),
+                format!("--tls-cert-file={}", p("server.crt")),
+                format!("--tls-private-key-file={}", p("server.key")),
+                format!("--token-auth-file={}", p("tokens.csv")),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                "--service-cluster-ip-range=10.96.0.0/12".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                format!("--cert-dir={}", p("apiserver-certs")),
+                "--profiling=false".into(),
+            ],
+        )?;
         me.wait_ready(Duration::from_secs(90))?;
         Ok(me)
     }
@@ -132,7 +213,9 @@ impl Apiserver {
     }
 
     fn exec(&self, program: &str, args: &[&str]) -> Result<(), Error> {
-        run(Command::new("ip").args(["netns", "exec", &self.netns, program]).args(args))
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.netns, program])
+            .args(args))
     }
 
     fn spawn(&mut self, program: &str, log: &str, args: &[String]) -> Result<(), Error> {
@@ -177,7 +260,11 @@ impl Apiserver {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                return Err(format!("kube-apiserver not ready after {timeout:?}:\n{}", self.log_tail("apiserver.log")).into());
+                return Err(format!(
+                    "kube-apiserver not ready after {timeout:?}:\n{}",
+                    self.log_tail("apiserver.log")
+                )
+                .into());
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -191,11 +278,22 @@ impl Apiserver {
     pub fn kubectl(&self, args: &[&str]) -> Result<String, Error> {
         let kubeconfig = self.kubeconfig().display().to_string();
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "kubectl", "--kubeconfig", &kubeconfig])
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "kubectl",
+                "--kubeconfig",
+                &kubeconfig,
+            ])
             .args(args)
             .output()?;
         if !out.status.success() {
-            return Err(format!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+            return Err(format!(
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -212,7 +310,9 @@ impl Apiserver {
         F: FnOnce(kube::Client) -> Fut + Send + 'static,
         Fut: Future<Output = T>,
     {
-        self.spawn_in(f).join().map_err(|_| Error::from("the thread inside the apiserver's netns panicked"))?
+        self.spawn_in(f)
+            .join()
+            .map_err(|_| Error::from("the thread inside the apiserver's netns panicked"))?
     }
 
     /// Like [`block_on`](Self::block_on) but returns the thread, so several clients run at once.
@@ -227,10 +327,16 @@ impl Apiserver {
         std::thread::spawn(move || -> Result<T, Error> {
             let ns = fs::File::open(&path)?;
             nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let raw = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-                let config = kube::Config::from_custom_kubeconfig(raw, &kube::config::KubeConfigOptions::default()).await?;
+                let config = kube::Config::from_custom_kubeconfig(
+                    raw,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await?;
                 let client = kube::Client::try_from(config)?;
                 Ok(f(client).await)
             })
@@ -244,7 +350,9 @@ impl Drop for Apiserver {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
         let _ = fs::remove_dir_all(self.etcd_dir());
     }
 }
