@@ -6,13 +6,13 @@
 //! The task also publishes the blocks affine to this node (for their blackhole routes) and
 //! gives empty blocks back after their grace period.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot, watch};
-use tortie_ipam::{Allocator, IpFamily, IpamError, Store, StoreError};
+use tortie_ipam::{Allocator, GcScope, IpFamily, IpamError, Store, StoreError};
 
 use crate::server::{AllocateParams, Failure, GcOutcome, Handle, Ipam};
 
@@ -26,6 +26,32 @@ enum Command {
     Release(Handle, oneshot::Sender<Result<u32, Failure>>),
     Lookup(Handle, oneshot::Sender<Result<Vec<IpNet>, Failure>>),
     Gc(String, Vec<Handle>, oneshot::Sender<Result<GcOutcome, Failure>>),
+    GcLeaks(LivePods, oneshot::Sender<Result<Vec<Handle>, Failure>>),
+}
+
+/// The pods that exist on this node, by namespace and name, with their UIDs: what leak GC
+/// compares allocations against.
+#[derive(Debug, Clone, Default)]
+pub struct LivePods {
+    uids: HashMap<(String, String), String>,
+}
+
+impl LivePods {
+    pub fn insert(&mut self, namespace: &str, name: &str, uid: &str) {
+        self.uids.insert((namespace.to_owned(), name.to_owned()), uid.to_owned());
+    }
+
+    /// A pod recreated under the same name is a different pod: with a UID on both sides,
+    /// they must match.
+    fn has(&self, pod: &tortie_ipam::PodRef) -> bool {
+        match self.uids.get(&(pod.namespace.clone(), pod.name.clone())) {
+            None => false,
+            Some(uid) => match &pod.uid {
+                Some(want) if !uid.is_empty() => want == uid,
+                _ => true,
+            },
+        }
+    }
 }
 
 /// How the rest of the agent talks to the IPAM task. Clonable; the task ends when the last
@@ -64,6 +90,12 @@ fn host_net(ip: IpAddr) -> IpNet {
 }
 
 impl IpamHandle {
+    /// Releases this node's allocations whose pod is not in `live` once they have been seen
+    /// leaked for the grace period (`TORTIE_IPAM_GC_GRACE`). Returns the released handles.
+    pub async fn gc_leaks(&self, live: LivePods) -> Result<Vec<Handle>, Failure> {
+        self.call(|tx| Command::GcLeaks(live, tx)).await
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, Failure>>) -> Command,
@@ -156,6 +188,16 @@ impl<S: Store> IpamTask<S> {
                 let r = self.alloc.gc_handles(&network, &valid).await.map_err(failure).map(|hs| GcOutcome {
                     handles: hs.iter().map(from_ipam_handle).collect(),
                 });
+                let _ = reply.send(r);
+            }
+            Command::GcLeaks(live, reply) => {
+                let node = self.alloc.node().to_owned();
+                let r = self
+                    .alloc
+                    .gc_leaks(GcScope::Node(&node), Instant::now(), |p| live.has(p))
+                    .await
+                    .map(|hs| hs.iter().map(from_ipam_handle).collect())
+                    .map_err(failure);
                 let _ = reply.send(r);
             }
         }
@@ -293,6 +335,39 @@ mod tests {
         assert_eq!(out.handles, vec![params("leak").handle]);
         assert!(ipam.addresses(&params("leak").handle).await.unwrap().is_empty());
         assert_eq!(ipam.addresses(&params("keep").handle).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn leak_gc_waits_for_the_grace_period_and_spares_live_pods() {
+        let store = MemStore::new();
+        store.set_pools(vec![pool("p4", "10.9.0.0/24", 28)]);
+        let config = IpamConfig { leak_grace: std::time::Duration::from_millis(200), ..IpamConfig::default() };
+        let (ipam, _affine, _join) = spawn(Allocator::new(store, "node-1", BTreeMap::new(), config), vec![IpFamily::V4]);
+        for c in ["live", "gone", "recreated"] {
+            ipam.allocate(params(c)).await.unwrap();
+        }
+        let mut live = LivePods::default();
+        live.insert("default", "pod-live", "");
+        // Same name, another UID than the allocation recorded (none recorded here: any UID
+        // matches), so only "gone" leaks.
+        live.insert("default", "pod-recreated", "uid-2");
+        // First sight of a leak starts its clock: nothing released yet.
+        assert!(ipam.gc_leaks(live.clone()).await.unwrap().is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        assert_eq!(ipam.gc_leaks(live).await.unwrap(), vec![params("gone").handle]);
+        assert!(ipam.addresses(&params("gone").handle).await.unwrap().is_empty());
+        assert_eq!(ipam.addresses(&params("live").handle).await.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn live_pods_compare_uids_when_both_have_one() {
+        let mut live = LivePods::default();
+        live.insert("ns", "a", "u1");
+        let pod = |uid: Option<&str>| tortie_ipam::PodRef { namespace: "ns".into(), name: "a".into(), uid: uid.map(String::from) };
+        assert!(live.has(&pod(Some("u1"))));
+        assert!(live.has(&pod(None)));
+        assert!(!live.has(&pod(Some("u0"))));
+        assert!(!live.has(&tortie_ipam::PodRef { namespace: "ns".into(), name: "b".into(), uid: None }));
     }
 
     #[test]

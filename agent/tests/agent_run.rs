@@ -216,6 +216,7 @@ struct NodeTree {
     dir: PathBuf,
     agent: PathBuf,
     plugin: PathBuf,
+    extra_env: Vec<(String, String)>,
 }
 
 impl NodeTree {
@@ -226,7 +227,7 @@ impl NodeTree {
         std::fs::copy(AGENT, &agent).unwrap();
         let plugin = bin.join("tortie");
         std::fs::write(&plugin, format!("#!/bin/sh\n# plugin stand-in {}\nexit 0\n", std::process::id())).unwrap();
-        NodeTree { dir: dir.to_owned(), agent, plugin }
+        NodeTree { dir: dir.to_owned(), agent, plugin, extra_env: Vec::new() }
     }
 
     fn socket(&self) -> PathBuf {
@@ -252,7 +253,8 @@ impl NodeTree {
             .env("TORTIE_CNI_BIN_DIR", self.bin_dir())
             .env("CALICO_IPV4POOL_CIDR", pool)
             .env("IP_AUTODETECTION_METHOD", "interface=eth0")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -452,4 +454,73 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     let mut agent = tree.start(&ns, &cp.kubeconfig, "10.99.0.0/16");
     tree.wait_ready(&mut agent);
     assert_eq!(pools(&cp, &ns), vec![("mine".to_owned(), "10.50.0.0/16".to_owned())]);
+}
+
+fn allocate(rt: &tokio::runtime::Runtime, sock: &Path, cid: &str, pod: &str, uid: &str) -> Vec<String> {
+    rt.block_on(async {
+        let mut c = CniClient::new(tortie_api::connect_unix(sock).await.unwrap());
+        c.allocate(api::AllocateRequest {
+            attachment: Some(api::Attachment { network: "k8s-pod-network".into(), container_id: cid.into(), ifname: "eth0".into() }),
+            pod: Some(api::Pod { namespace: "default".into(), name: pod.into(), uid: uid.into() }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ips
+        .into_iter()
+        .map(|i| i.address)
+        .collect()
+    })
+}
+
+fn held(rt: &tokio::runtime::Runtime, sock: &Path, cid: &str) -> Vec<String> {
+    rt.block_on(async {
+        let mut c = CniClient::new(tortie_api::connect_unix(sock).await.unwrap());
+        c.check(api::CheckRequest {
+            attachment: Some(api::Attachment { network: "k8s-pod-network".into(), container_id: cid.into(), ifname: "eth0".into() }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .addresses
+    })
+}
+
+#[test]
+fn leaked_allocations_are_released_after_the_grace_period_and_live_ones_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Ns::new();
+    let cp = ControlPlane::start(&ns, dir.path());
+    cp.apply(&ns, &crds_yaml());
+    cp.apply(&ns, NODE_YAML);
+    cp.apply(
+        &ns,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: alive\n  namespace: default\nspec:\n  nodeName: node-a\n  containers:\n  - name: c\n    image: busybox\n",
+    );
+    let uid = cp.kubectl(&ns, &["get", "pod", "alive", "-o", "jsonpath={.metadata.uid}"]);
+    let mut tree = NodeTree::new(&dir.path().join("node-a"));
+    tree.extra_env.push(("TORTIE_IPAM_GC_GRACE".into(), "2s".into()));
+    let mut agent = tree.start(&ns, &cp.kubeconfig, "10.244.0.0/16");
+    tree.wait_ready(&mut agent);
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sock = tree.socket();
+    let alive = allocate(&rt, &sock, "c-alive", "alive", &uid);
+    let ghost = allocate(&rt, &sock, "c-ghost", "ghost", "");
+    // Same name as the live pod, but the UID of an earlier incarnation.
+    let stale = allocate(&rt, &sock, "c-stale", "alive", "uid-of-an-older-pod");
+    // Inside the grace period nothing goes.
+    assert_eq!(held(&rt, &sock, "c-ghost"), ghost);
+    assert_eq!(held(&rt, &sock, "c-stale"), stale);
+
+    let start = Instant::now();
+    while !held(&rt, &sock, "c-ghost").is_empty() || !held(&rt, &sock, "c-stale").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "leaks not released:\n{}", tree.log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(start.elapsed() >= Duration::from_secs(1), "released too early: {:?}", start.elapsed());
+    assert_eq!(held(&rt, &sock, "c-alive"), alive);
+    // And it stays.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(held(&rt, &sock, "c-alive"), alive);
 }

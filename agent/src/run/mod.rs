@@ -9,6 +9,7 @@
 //! rather than an agent that might hand out addresses before it knows its blocks.
 
 pub mod cni_install;
+pub mod leak_gc;
 pub mod node;
 pub mod pool;
 
@@ -111,6 +112,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let allocator = Allocator::new(store, name.clone(), labels, ipam_config);
     let (ipam, affine, _ipam_task) = ipam_task::spawn(allocator, families);
     let (endpoints, _endpoints_task) = endpoints::spawn(routes, seed, affine);
+    let leak_gc = tokio::spawn(leak_gc::run(client.clone(), name.clone(), config.ipam_gc_grace, ipam.clone(), endpoints.clone()));
 
     let listener = server::bind(&config.agent_socket)
         .map_err(|source| RunError::Bind { path: config.agent_socket.display().to_string(), source })?;
@@ -121,6 +123,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let shutdown = shutdown_signal().map_err(RunError::Signals)?;
     server::serve(listener, cni, status, shutdown).await?;
+    leak_gc.abort();
     // A stale socket would make the plugin wait on a dead agent instead of failing fast.
     let _ = std::fs::remove_file(&config.agent_socket);
     tracing::info!("tortie-node stopped");

@@ -1,0 +1,72 @@
+//! Leak GC's driver: now and then, list the pods bound to this node and let the IPAM task
+//! release allocations whose pod is gone (after `TORTIE_IPAM_GC_GRACE`), and the endpoint
+//! task forget their routes.
+//!
+//! A failed pod listing skips the round: an empty answer must never read as "every pod is
+//! gone".
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+
+use crate::endpoints::EndpointsHandle;
+use crate::ipam_task::{IpamHandle, LivePods};
+use crate::server::Endpoints;
+
+/// How often to look: often enough that a leak goes soon after its grace period ends, and
+/// not more than once a second nor less than once a minute.
+pub fn interval(grace: Duration) -> Duration {
+    (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Runs forever; spawn it and drop the handle to stop it.
+pub async fn run(client: kube::Client, node: String, grace: Duration, ipam: IpamHandle, endpoints: EndpointsHandle) {
+    let pods: Api<Pod> = Api::all(client);
+    let params = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let mut tick = tokio::time::interval(interval(grace));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let list = match pods.list(&params).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "leak GC: listing this node's pods failed; skipping this round");
+                continue;
+            }
+        };
+        let mut live = LivePods::default();
+        for p in &list.items {
+            let m = &p.metadata;
+            live.insert(
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or_default(),
+                m.uid.as_deref().unwrap_or_default(),
+            );
+        }
+        match ipam.gc_leaks(live).await {
+            Ok(released) => {
+                for h in released {
+                    tracing::info!(handle = %h, "leak GC released an allocation whose pod is gone");
+                    if let Err(e) = endpoints.removed(&h).await {
+                        tracing::warn!(handle = %h, error = %e, "leak GC: forgetting the endpoint failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "leak GC failed; retrying next round"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_is_half_the_grace_within_bounds() {
+        assert_eq!(interval(Duration::from_secs(15 * 60)), Duration::from_secs(60));
+        assert_eq!(interval(Duration::from_secs(10)), Duration::from_secs(5));
+        assert_eq!(interval(Duration::ZERO), Duration::from_secs(1));
+    }
+}
