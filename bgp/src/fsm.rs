@@ -1177,4 +1177,64 @@ mod tests {
             |c| matches!(c, Capability::GracefulRestart(g) if !g.restart_state)
         ));
     }
+
+    /// Golden transcripts (holo style): each scenario's events and the actions they
+    /// produced, in `testdata/fsm/`. A deliberate behaviour change is blessed with
+    /// `TORTIE_BLESS=1 cargo test -p tortie-bgp --lib fsm::tests::golden`.
+    #[test]
+    fn golden_transcripts() {
+        let scenarios: Vec<(&str, bool, Vec<Event>)> = vec![
+            ("active-session", false, vec![
+                Event::Start,
+                Event::ConnectFailed,
+                Event::TimerExpired(Timer::ConnectRetry),
+                Event::TcpUp(1, Direction::Outbound),
+                Event::Open(1, peer_open(HIGHER, 30, true)),
+                Event::Keepalive(1),
+                Event::Update(1),
+                Event::TimerExpired(Timer::Keepalive),
+                Event::TimerExpired(Timer::Hold),
+                Event::TimerExpired(Timer::IdleHold),
+            ]),
+            ("collision-in-opensent", false, vec![
+                Event::Start,
+                Event::TcpUp(1, Direction::Outbound),
+                Event::TcpUp(2, Direction::Inbound),
+                Event::Open(1, peer_open(HIGHER, 90, false)),
+                Event::Open(2, peer_open(HIGHER, 90, false)),
+                Event::Keepalive(2),
+            ]),
+            ("passive-peer-restarts", true, vec![
+                Event::Start,
+                Event::TcpUp(1, Direction::Inbound),
+                Event::Open(1, peer_open(HIGHER, 90, true)),
+                Event::Keepalive(1),
+                Event::TcpUp(2, Direction::Inbound),
+                Event::Open(2, peer_open(HIGHER, 90, true)),
+                Event::Keepalive(2),
+                Event::Stop,
+            ]),
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fsm");
+        let bless = std::env::var_os("TORTIE_BLESS").is_some();
+        for (name, passive, events) in scenarios {
+            let mut fsm = Fsm::new(config(passive), Jitter::new(7));
+            let mut transcript = String::new();
+            for event in events {
+                transcript.push_str(&format!("> {event:?}\n"));
+                for action in fsm.handle(event) {
+                    transcript.push_str(&format!("    {action:?}\n"));
+                }
+                transcript.push_str(&format!("  = {}\n", fsm.state()));
+            }
+            let path = dir.join(format!("{name}.txt"));
+            if bless {
+                std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+                std::fs::write(&path, &transcript).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+            let golden = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e} (bless with TORTIE_BLESS=1)", path.display()));
+            assert_eq!(transcript, golden, "{name} differs from {}", path.display());
+        }
+    }
 }
