@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub mod agents;
 /// `bench bgp`: full-feed convergence into the kernel, tortie against BIRD.
 pub mod bench_bgp;
+/// `bench cni`: CNI ADD/DEL latency of tortie against Debian's ptp + host-local on a lab node.
+pub mod bench_cni;
 /// The command line: one module per subcommand.
 pub mod cli;
 /// etcd and kube-apiserver in the control namespace.
@@ -29,6 +31,9 @@ pub mod netns;
 pub mod objects;
 /// The lab's own CA, apiserver certificate, service-account key and tokens.
 pub mod pki;
+/// Pods: the lab as kubelet + containerd (Pod objects, sandbox namespaces, CNI through the
+/// node's conflist), and `ping` between pods and nodes.
+pub mod pod;
 /// Processes started detached inside a namespace, found again by pid file or marker.
 pub mod process;
 /// Real BGP routers (BIRD, FRR, GoBGP, ExaBGP) as peers in namespaces, for interop tests.

@@ -65,7 +65,13 @@ pub fn ensure_control(lab: &Lab) -> Result<(), Error> {
 /// Node `index`'s namespace, attached to the LAN at `ip`.
 pub fn ensure_node(lab: &Lab, index: u32, netns: &str, ip: Ipv4Addr) -> Result<(), Error> {
     ensure_netns(netns)?;
-    attach(lab, netns, &format!("n{index}"), ip)
+    attach(lab, netns, &format!("n{index}"), ip)?;
+    // Pods reach their node through proxy ARP for 169.254.1.1 on the host veth, and the
+    // kernel answers a proxy ARP only for an address it routes out of another interface: a
+    // real node's default route does that. Here it points at the LAN, where nothing forwards,
+    // so no packet leaves the lab.
+    ip(netns, &["route", "replace", "default", "dev", "eth0"])?;
+    Ok(())
 }
 
 /// Gives `netns` an `eth0` with address `addr`, plugged into the LAN bridge as `port`.

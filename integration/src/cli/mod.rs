@@ -39,11 +39,11 @@ pub enum Command {
     Kubectl(kubectl::Args),
     /// Run a command inside a node's (`node-2`) or a pod's (`ns/name`) network namespace.
     Exec(exec::Args),
-    /// Add or delete pods (issue 3).
+    /// Add, check or delete pods: the lab as kubelet + containerd.
     Pod(pod::Args),
-    /// Ping between pods (issue 3).
+    /// Ping a pod or node from a pod or node.
     Ping(ping::Args),
-    /// Run a benchmark scenario (issue 4).
+    /// Run a benchmark scenario (`cni`).
     Bench(bench::Args),
 }
 

@@ -15,7 +15,7 @@ pub struct Args {
     /// The default IPv4 pool the agents create (CALICO_IPV4POOL_CIDR).
     #[arg(long, default_value = "10.244.0.0/16")]
     pub pool: Ipv4Net,
-    /// Pods to start on each node once the lab is up (issue 3).
+    /// Pods to start on each node once the lab is up (`default/pod-<node>-<i>`).
     #[arg(long, default_value_t = 0)]
     pub pods_per_node: u32,
     /// Seconds to wait for agents to report ready before returning anyway.
@@ -24,10 +24,6 @@ pub struct Args {
 }
 
 pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
-    if args.pods_per_node > 0 {
-        // Refused before doing anything, so the caller never gets a half-asked-for lab.
-        return super::not_yet("up --pods-per-node", 3);
-    }
     let progress = Progress::new(false);
     let opts = UpOptions {
         nodes: args.nodes,
@@ -43,6 +39,14 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
     }
     if missing > 0 {
         summary.push_str("; agents not started (tortie-node not built)");
+    }
+    if args.pods_per_node > 0 {
+        let added = crate::pod::ensure_per_node(lab, &report.config, args.pods_per_node).context("up --pods-per-node")?;
+        for record in &added {
+            let ips: Vec<String> = record.ips.iter().map(ToString::to_string).collect();
+            progress.say(&format!("pod {} on {}: {}", record.pod, record.node, ips.join(", ")));
+        }
+        summary.push_str(&format!(", {} pods added", added.len()));
     }
     println!("{summary}");
     println!("try: scripts/lab kubectl get nodes -o wide; scripts/lab status");

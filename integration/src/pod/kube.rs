@@ -1,0 +1,207 @@
+//! The apiserver side of a lab pod: the Namespace and Pod objects the lab writes as a user
+//! and a kubelet would, and a read-back of IPAM allocations from the IPAMBlock objects.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use super::{PodError, PodRef};
+use crate::kube_netns::with_admin_client;
+use crate::lab::Lab;
+
+/// The image a pod's only container names; nothing pulls it, the lab has no container runtime.
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.9";
+
+fn kube_err(what: String) -> impl FnOnce(kube::Error) -> PodError {
+    move |e| PodError::Lab(crate::Error::Kube(format!("{what}: {e}")))
+}
+
+/// Creates the pod's Namespace when missing, then the Pod, bound to `node` (as the scheduler
+/// would have done). Returns the Pod's UID. A Pod that already exists is an error: it belongs
+/// to someone else's `pod add`.
+pub fn create_pod(
+    lab: &Lab,
+    pod: &PodRef,
+    node: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<String, PodError> {
+    let (ns, name, node, labels) = (
+        pod.namespace.clone(),
+        pod.name.clone(),
+        node.to_owned(),
+        labels.clone(),
+    );
+    with_admin_client(lab, move |client| async move {
+        let namespaces = Api::<Namespace>::all(client.clone());
+        let wanted = Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match namespaces.create(&PostParams::default(), &wanted).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => return Err(kube_err(format!("creating namespace {ns}"))(e)),
+        }
+        let object = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                labels: (!labels.is_empty()).then_some(labels),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(node),
+                containers: vec![Container {
+                    name: "pause".into(),
+                    image: Some(PAUSE_IMAGE.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let created = Api::<Pod>::namespaced(client, &ns)
+            .create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.is_already_exists() => PodError::Invalid(format!(
+                    "pod {ns}/{name} already exists in the apiserver (`pod del {ns}/{name}` first)"
+                )),
+                e => kube_err(format!("creating pod {ns}/{name}"))(e),
+            })?;
+        created
+            .metadata
+            .uid
+            .ok_or_else(|| PodError::Invalid(format!("the apiserver gave pod {ns}/{name} no UID")))
+    })?
+}
+
+/// Writes what a kubelet reports once the sandbox is up: phase Running, hostIP, podIP(s).
+pub fn set_running(
+    lab: &Lab,
+    pod: &PodRef,
+    host_ip: IpAddr,
+    ips: &[IpAddr],
+) -> Result<(), PodError> {
+    let (ns, name) = (pod.namespace.clone(), pod.name.clone());
+    let status = json!({"status": {
+        "phase": "Running",
+        "hostIP": host_ip.to_string(),
+        "podIP": ips.first().map(ToString::to_string),
+        "podIPs": ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
+    }});
+    with_admin_client(lab, move |client| async move {
+        Api::<Pod>::namespaced(client, &ns)
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .map(|_| ())
+            .map_err(kube_err(format!("writing the status of pod {ns}/{name}")))
+    })?
+}
+
+/// Deletes the Pod at once. Grace period 0: there is no kubelet to confirm a graceful one,
+/// and the object would stay Terminating forever. A Pod already gone is fine.
+pub fn delete_pod(lab: &Lab, pod: &PodRef) -> Result<(), PodError> {
+    let (ns, name) = (pod.namespace.clone(), pod.name.clone());
+    with_admin_client(lab, move |client| async move {
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        match Api::<Pod>::namespaced(client, &ns)
+            .delete(&name, &params)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(kube_err(format!("deleting pod {ns}/{name}"))(e)),
+        }
+    })?
+}
+
+/// Every allocation the IPAMBlock objects hold: handle (`<network>.<containerID>`) → its
+/// addresses. This is what survives an agent's crash, so tests compare against it.
+pub fn allocations(lab: &Lab) -> Result<BTreeMap<String, Vec<IpAddr>>, PodError> {
+    let text = crate::run(crate::up::kubectl(lab).args([
+        "get",
+        "ipamblocks.crd.tortie.dev",
+        "-o",
+        "json",
+    ]))?;
+    allocations_from_json(&text)
+}
+
+fn allocations_from_json(text: &str) -> Result<BTreeMap<String, Vec<IpAddr>>, PodError> {
+    let list: Value = serde_json::from_str(text)
+        .map_err(|e| PodError::Invalid(format!("IPAMBlock list is not JSON: {e}")))?;
+    let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    for block in list["items"].as_array().into_iter().flatten() {
+        let cidr_text = block["spec"]["cidr"].as_str().unwrap_or_default();
+        let cidr: IpNet = cidr_text
+            .parse()
+            .map_err(|_| PodError::Invalid(format!("IPAMBlock with cidr {cidr_text:?}")))?;
+        for a in block["spec"]["allocations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let (Some(handle), Some(ordinal)) = (a["handle"].as_str(), a["ordinal"].as_u64())
+            else {
+                return Err(PodError::Invalid(format!(
+                    "allocation without handle or ordinal in block {cidr}: {a}"
+                )));
+            };
+            let addr = nth(cidr, ordinal).ok_or_else(|| {
+                PodError::Invalid(format!("ordinal {ordinal} outside block {cidr}"))
+            })?;
+            out.entry(handle.to_owned()).or_default().push(addr);
+        }
+    }
+    Ok(out)
+}
+
+/// The `n`th address of `net` (0 = the network address), if inside it.
+fn nth(net: IpNet, n: u64) -> Option<IpAddr> {
+    let addr = match net {
+        IpNet::V4(v4) => IpAddr::V4(
+            u32::from(v4.network())
+                .checked_add(u32::try_from(n).ok()?)?
+                .into(),
+        ),
+        IpNet::V6(v6) => IpAddr::V6(u128::from(v6.network()).checked_add(u128::from(n))?.into()),
+    };
+    net.contains(&addr).then_some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocations_are_read_by_handle_and_ordinal() {
+        let text = json!({"items": [
+            {"spec": {"cidr": "10.244.0.64/26", "allocations": [
+                {"handle": "k8s-pod-network.a", "node": "node-1", "ordinal": 0, "sequence": 1},
+                {"handle": "k8s-pod-network.b", "node": "node-1", "ordinal": 5, "sequence": 2}]}},
+            {"spec": {"cidr": "fd00::/122", "allocations": [
+                {"handle": "k8s-pod-network.a", "node": "node-1", "ordinal": 3, "sequence": 1}]}},
+        ]})
+        .to_string();
+        let got = allocations_from_json(&text).unwrap_or_else(|e| panic!("{e}"));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            got["k8s-pod-network.a"],
+            vec![ip("10.244.0.64"), ip("fd00::3")]
+        );
+        assert_eq!(got["k8s-pod-network.b"], vec![ip("10.244.0.69")]);
+        let outside = json!({"items": [{"spec": {"cidr": "10.0.0.0/30", "allocations": [{"handle": "h", "ordinal": 4}]}}]});
+        assert!(allocations_from_json(&outside.to_string()).is_err());
+    }
+}
