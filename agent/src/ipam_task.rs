@@ -27,6 +27,7 @@ enum Command {
     Lookup(Handle, oneshot::Sender<Result<Vec<IpNet>, Failure>>),
     Gc(String, Vec<Handle>, oneshot::Sender<Result<GcOutcome, Failure>>),
     GcLeaks(LivePods, oneshot::Sender<Result<Vec<Handle>, Failure>>),
+    ReleaseDeletedNodes(HashSet<String>, oneshot::Sender<Result<Vec<String>, Failure>>),
 }
 
 /// The pods that exist on this node, by namespace and name, with their UIDs: what leak GC
@@ -94,6 +95,12 @@ impl IpamHandle {
     /// leaked for the grace period (`TORTIE_IPAM_GC_GRACE`). Returns the released handles.
     pub async fn gc_leaks(&self, live: LivePods) -> Result<Vec<Handle>, Failure> {
         self.call(|tx| Command::GcLeaks(live, tx)).await
+    }
+
+    /// Releases the blocks and affinities of every node that holds some but is not in
+    /// `existing` (its Node object was deleted). Returns the nodes released.
+    pub async fn release_deleted_nodes(&self, existing: HashSet<String>) -> Result<Vec<String>, Failure> {
+        self.call(|tx| Command::ReleaseDeletedNodes(existing, tx)).await
     }
 
     async fn call<T>(
@@ -190,6 +197,10 @@ impl<S: Store> IpamTask<S> {
                 });
                 let _ = reply.send(r);
             }
+            Command::ReleaseDeletedNodes(existing, reply) => {
+                let r = self.release_deleted_nodes(&existing).await;
+                let _ = reply.send(r);
+            }
             Command::GcLeaks(live, reply) => {
                 let node = self.alloc.node().to_owned();
                 let r = self
@@ -228,6 +239,21 @@ impl<S: Store> IpamTask<S> {
             }
         }
         Ok(out)
+    }
+
+    async fn release_deleted_nodes(&mut self, existing: &HashSet<String>) -> Result<Vec<String>, Failure> {
+        let blocks = self.alloc.store().list_blocks().await.map_err(|e| failure(e.into()))?;
+        let me = self.alloc.node().to_owned();
+        let gone: std::collections::BTreeSet<String> = blocks
+            .iter()
+            .filter_map(|b| b.value.affinity.clone())
+            // Never ourselves: our Node object may be missing from a stale listing.
+            .filter(|n| *n != me && !existing.contains(n))
+            .collect();
+        for node in &gone {
+            self.alloc.release_node(node).await.map_err(failure)?;
+        }
+        Ok(gone.into_iter().collect())
     }
 
     async fn publish_affine(&mut self) {
@@ -357,6 +383,24 @@ mod tests {
         assert_eq!(ipam.gc_leaks(live).await.unwrap(), vec![params("gone").handle]);
         assert!(ipam.addresses(&params("gone").handle).await.unwrap().is_empty());
         assert_eq!(ipam.addresses(&params("live").handle).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_nodes_blocks_are_released() {
+        let store = MemStore::new();
+        store.set_pools(vec![pool("p4", "10.9.0.0/24", 28)]);
+        let other = Allocator::new(store.clone(), "node-2", BTreeMap::new(), IpamConfig::default());
+        let (ipam2, _a2, _j2) = spawn(other, vec![IpFamily::V4]);
+        ipam2.allocate(params("theirs")).await.unwrap();
+        let (ipam1, _a1, _j1) = spawn(Allocator::new(store.clone(), "node-1", BTreeMap::new(), IpamConfig::default()), vec![IpFamily::V4]);
+        ipam1.allocate(params("mine")).await.unwrap();
+        let both: HashSet<String> = ["node-1".to_owned(), "node-2".to_owned()].into();
+        assert!(ipam1.release_deleted_nodes(both).await.unwrap().is_empty());
+        // node-2 is gone, and node-1 is missing from the listing too: only node-2 goes.
+        assert_eq!(ipam1.release_deleted_nodes(HashSet::new()).await.unwrap(), vec!["node-2".to_owned()]);
+        assert!(store.blocks().iter().all(|b| b.affinity.as_deref() != Some("node-2")));
+        assert!(store.affinities().iter().all(|a| a.node != "node-2"), "{:?}", store.affinities());
+        assert!(store.blocks().iter().any(|b| b.affinity.as_deref() == Some("node-1")));
     }
 
     #[test]

@@ -1,19 +1,40 @@
 //! Leak GC's driver: now and then, list the pods bound to this node and let the IPAM task
 //! release allocations whose pod is gone (after `TORTIE_IPAM_GC_GRACE`), and the endpoint
-//! task forget their routes.
+//! task forget their routes. Each round also releases the blocks of deleted nodes.
 //!
 //! A failed pod listing skips the round: an empty answer must never read as "every pod is
 //! gone".
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::ListParams;
 
 use crate::endpoints::EndpointsHandle;
 use crate::ipam_task::{IpamHandle, LivePods};
 use crate::server::Endpoints;
+
+/// Node deletion releases the node's blocks and affinities (Calico's kube-controllers does
+/// this; here every agent does, and compare-and-swap keeps them from colliding).
+async fn release_deleted_nodes(nodes: &Api<Node>, ipam: &IpamHandle) {
+    let list = match nodes.list_metadata(&ListParams::default()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing nodes failed; not releasing deleted nodes' blocks this round");
+            return;
+        }
+    };
+    let existing = list.items.iter().filter_map(|n| n.metadata.name.clone()).collect();
+    match ipam.release_deleted_nodes(existing).await {
+        Ok(released) => {
+            for n in released {
+                tracing::info!(node = %n, "released the blocks of a deleted node");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "releasing deleted nodes' blocks failed; retrying next round"),
+    }
+}
 
 /// How often to look: often enough that a leak goes soon after its grace period ends, and
 /// not more than once a second nor less than once a minute.
@@ -23,12 +44,14 @@ pub fn interval(grace: Duration) -> Duration {
 
 /// Runs forever; spawn it and drop the handle to stop it.
 pub async fn run(client: kube::Client, node: String, grace: Duration, ipam: IpamHandle, endpoints: EndpointsHandle) {
-    let pods: Api<Pod> = Api::all(client);
+    let pods: Api<Pod> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client);
     let params = ListParams::default().fields(&format!("spec.nodeName={node}"));
     let mut tick = tokio::time::interval(interval(grace));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        release_deleted_nodes(&nodes, &ipam).await;
         let list = match pods.list(&params).await {
             Ok(l) => l,
             Err(e) => {
