@@ -7,8 +7,8 @@
 
 mod desired;
 mod reconciler;
+mod state;
 
 pub use desired::{LocalEndpoint, RemoteBlock, RouteModel, RouteSet, desired_routes};
-pub use reconciler::{
-    ReconcilerConfig, ReconcilerError, RoutesHandle, diff, spawn_reconciler,
-};
+pub use reconciler::{ReconcilerConfig, ReconcilerError, RoutesHandle, spawn_reconciler};
+pub use state::RouteState;

@@ -10,13 +10,13 @@
 //! them, but never deleted until [`RoutesHandle::sync_complete`] (End-of-RIB from every
 //! peer). Only then are the stale routes nobody re-announced swept.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
 
-use super::RouteSet;
+use super::{RouteSet, RouteState};
 use crate::netlink::{NetlinkError, OpFailure, Route, RouteOp, RouteTable};
 
 /// Commands waiting for the reconciler; bounded so producers feel backpressure.
@@ -122,24 +122,15 @@ pub fn spawn_reconciler<T: RouteTable + 'static>(
     mut table: T,
     config: ReconcilerConfig,
 ) -> Result<(RoutesHandle, std::thread::JoinHandle<()>), ReconcilerError> {
-    let kernel: HashMap<IpNet, Route> = table.dump()?.into_iter().map(|r| (r.dst, r)).collect();
-    let stale: HashSet<IpNet> =
-        if config.graceful_restart { kernel.keys().copied().collect() } else { HashSet::new() };
+    let kernel = table.dump()?;
+    let found_at_start = kernel.len();
     tracing::info!(
-        routes = kernel.len(),
+        routes = found_at_start,
         graceful_restart = config.graceful_restart,
         "route reconciler starting"
     );
     let (tx, rx) = mpsc::channel(QUEUE);
-    let found_at_start = kernel.len();
-    let mut state = Reconciler {
-        table,
-        desired: BTreeMap::new(),
-        kernel,
-        stale,
-        // Without graceful restart nothing is kept: leftovers go on the first resync.
-        synced: !config.graceful_restart,
-    };
+    let mut state = Reconciler { table, state: RouteState::new(kernel, config.graceful_restart) };
     let thread = std::thread::Builder::new()
         .name("tortie-routes".into())
         .spawn(move || state.run(rx, config.resync_interval))
@@ -149,12 +140,7 @@ pub fn spawn_reconciler<T: RouteTable + 'static>(
 
 struct Reconciler<T> {
     table: T,
-    desired: BTreeMap<IpNet, Route>,
-    /// Our mirror of the kernel's tortie routes, kept by applying our own batches and
-    /// refreshed by each dump.
-    kernel: HashMap<IpNet, Route>,
-    stale: HashSet<IpNet>,
-    synced: bool,
+    state: RouteState,
 }
 
 impl<T: RouteTable> Reconciler<T> {
@@ -191,33 +177,35 @@ impl<T: RouteTable> Reconciler<T> {
             let mut replies = Vec::new();
             let mut resync_reply = None;
             let mut cmd = Some(first);
+            let mut early_failures = Vec::new();
             while let Some(c) = cmd.take() {
                 match c {
                     Command::Set(set) => {
-                        self.desired = set.into_map();
+                        early_failures.extend(self.state.set_all(set));
                         full = true;
                     }
                     Command::Update { upsert, remove, reply } => {
                         let mut keys = Vec::with_capacity(upsert.len() + remove.len());
                         for dst in remove {
-                            self.desired.remove(&dst);
+                            self.state.unwant(dst);
                             keys.push(dst);
                         }
                         for r in upsert {
                             keys.push(r.dst);
-                            self.desired.insert(r.dst, r);
+                            if let Err(f) = self.state.want(r) {
+                                early_failures.push(f);
+                            }
                         }
-                        dirty.extend(keys.iter().copied());
+                        if !full {
+                            dirty.extend(keys.iter().copied());
+                        }
                         if let Some(reply) = reply {
                             replies.push((keys, reply));
                         }
                     }
                     Command::SyncComplete => {
-                        if !self.synced {
-                            tracing::info!(stale = self.stale.len(), "routes in sync: sweeping stale routes");
-                        }
-                        self.synced = true;
-                        self.stale.clear();
+                        tracing::info!(stale = self.state.stale(), "routes in sync: sweeping stale routes");
+                        self.state.sync_complete();
                         full = true;
                     }
                     Command::Resync(reply) => {
@@ -228,12 +216,9 @@ impl<T: RouteTable> Reconciler<T> {
                 }
                 cmd = rx.try_recv().ok();
             }
-            let ops = if full {
-                diff(&self.desired, &self.kernel, &self.stale, self.synced)
-            } else {
-                self.diff_keys(&dirty)
-            };
-            let failures = self.apply(&ops);
+            let ops = if full { self.state.ops() } else { self.state.ops_for(&dirty) };
+            let mut failures = self.apply(&ops);
+            failures.extend(early_failures);
             for (keys, reply) in replies {
                 let keys: HashSet<IpNet> = keys.into_iter().collect();
                 let mine = failures.iter().filter(|f| keys.contains(&f.op.route().dst)).cloned().collect();
@@ -246,19 +231,9 @@ impl<T: RouteTable> Reconciler<T> {
         }
     }
 
-    fn diff_keys(&self, keys: &HashSet<IpNet>) -> Vec<RouteOp> {
-        let mut ops = Vec::new();
-        for dst in keys {
-            push_op(&mut ops, dst, self.desired.get(dst), self.kernel.get(dst), &self.stale, self.synced);
-        }
-        // Deletes first: a prefix moving between routes never collides with itself.
-        ops.sort_by_key(|op| !matches!(op, RouteOp::Delete(_)));
-        ops
-    }
-
     fn resync(&mut self) -> Result<Vec<RouteOp>, NetlinkError> {
-        self.kernel = self.table.dump()?.into_iter().map(|r| (r.dst, r)).collect();
-        let ops = diff(&self.desired, &self.kernel, &self.stale, self.synced);
+        self.state.observe_kernel(self.table.dump()?);
+        let ops = self.state.ops();
         if !ops.is_empty() {
             tracing::info!(changes = ops.len(), "repairing drift in the kernel route table");
         }
@@ -266,7 +241,7 @@ impl<T: RouteTable> Reconciler<T> {
         Ok(ops)
     }
 
-    /// Applies `ops` and updates the mirror with what the kernel accepted.
+    /// Applies `ops` and records what the kernel accepted.
     fn apply(&mut self, ops: &[RouteOp]) -> Vec<OpFailure> {
         if ops.is_empty() {
             return Vec::new();
@@ -277,28 +252,13 @@ impl<T: RouteTable> Reconciler<T> {
                 // The socket failed mid-batch: we no longer know what the kernel holds.
                 tracing::error!(error = %e, "netlink batch failed; re-reading the kernel table");
                 match self.table.dump() {
-                    Ok(routes) => self.kernel = routes.into_iter().map(|r| (r.dst, r)).collect(),
+                    Ok(routes) => self.state.observe_kernel(routes),
                     Err(e) => tracing::error!(error = %e, "kernel route dump failed"),
                 }
                 return ops.iter().map(|op| OpFailure { op: op.clone(), errno: libc::EIO }).collect();
             }
         };
-        let failed: HashSet<&RouteOp> = failures.iter().map(|f| &f.op).collect();
-        for op in ops {
-            if failed.contains(op) {
-                continue;
-            }
-            match op {
-                RouteOp::Add(r) | RouteOp::Replace(r) => {
-                    self.stale.remove(&r.dst);
-                    self.kernel.insert(r.dst, r.clone());
-                }
-                RouteOp::Delete(r) => {
-                    self.stale.remove(&r.dst);
-                    self.kernel.remove(&r.dst);
-                }
-            }
-        }
+        self.state.applied(ops, &failures);
         for f in failures.iter().take(10) {
             tracing::warn!(failure = %f, "kernel refused a route");
         }
@@ -306,42 +266,6 @@ impl<T: RouteTable> Reconciler<T> {
             tracing::warn!(more = failures.len() - 10, "kernel refused more routes");
         }
         failures
-    }
-}
-
-/// The operations that turn `kernel` into `desired`. Routes in `stale` are left alone
-/// (not deleted) until `synced`.
-pub fn diff(
-    desired: &BTreeMap<IpNet, Route>,
-    kernel: &HashMap<IpNet, Route>,
-    stale: &HashSet<IpNet>,
-    synced: bool,
-) -> Vec<RouteOp> {
-    let mut ops = Vec::new();
-    for dst in kernel.keys() {
-        if !desired.contains_key(dst) {
-            push_op(&mut ops, dst, None, kernel.get(dst), stale, synced);
-        }
-    }
-    for (dst, want) in desired {
-        push_op(&mut ops, dst, Some(want), kernel.get(dst), stale, synced);
-    }
-    ops
-}
-
-fn push_op(
-    ops: &mut Vec<RouteOp>,
-    dst: &IpNet,
-    want: Option<&Route>,
-    have: Option<&Route>,
-    stale: &HashSet<IpNet>,
-    synced: bool,
-) {
-    match (want, have) {
-        (Some(w), None) => ops.push(RouteOp::Add(w.clone())),
-        (Some(w), Some(h)) if !w.satisfied_by(h) => ops.push(RouteOp::Replace(w.clone())),
-        (None, Some(h)) if synced || !stale.contains(dst) => ops.push(RouteOp::Delete(h.clone())),
-        _ => {}
     }
 }
 
@@ -468,17 +392,27 @@ mod tests {
     }
 
     #[test]
-    fn diff_replaces_changed_next_hops_and_accepts_resolved_devices() {
+    fn accepts_a_kernel_resolved_device_and_replaces_a_changed_next_hop() {
         let gw: std::net::IpAddr = "192.0.2.1".parse().unwrap_or_else(|_| unreachable!());
         let want = Route::via(net("10.6.0.0/26"), gw);
         let have = Route {
             dst: want.dst,
             next_hop: crate::netlink::NextHop::Gateway { gateway: gw, dev: Some("eth0".into()), onlink: false },
         };
-        let desired: BTreeMap<_, _> = [(want.dst, want.clone())].into();
-        let kernel: HashMap<_, _> = [(have.dst, have)].into();
-        assert!(diff(&desired, &kernel, &HashSet::new(), true).is_empty());
-        let kernel: HashMap<_, _> = [(want.dst, Route::blackhole(want.dst))].into();
-        assert_eq!(diff(&desired, &kernel, &HashSet::new(), true), vec![RouteOp::Replace(want)]);
+        let mut state = RouteState::new(vec![], false);
+        state.want(want.clone()).unwrap_or_else(|f| panic!("{f}"));
+        state.observe_kernel(vec![have]);
+        assert!(state.ops().is_empty());
+        state.observe_kernel(vec![Route::blackhole(want.dst)]);
+        assert_eq!(state.ops(), vec![RouteOp::Replace(want)]);
+    }
+
+    #[test]
+    fn an_ipv6_prefix_via_an_ipv4_gateway_is_refused() {
+        let mut state = RouteState::new(vec![], false);
+        let r = Route::via(net("fd00::/64"), "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()));
+        let f = state.want(r).err().map(|f| f.errno);
+        assert_eq!(f, Some(libc::EAFNOSUPPORT));
+        assert!(state.ops().is_empty());
     }
 }
