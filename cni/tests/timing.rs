@@ -80,7 +80,12 @@ fn sequential_add_latency_against_ptp_host_local() {
     let agent = TestAgent::start(&node);
     agent.state.lock().unwrap().skip_routes = true;
     let ipam_dir = tempfile::tempdir().unwrap();
-    let tortie_conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "tortie", "agent_socket": agent.socket}).to_string();
+    // TORTIE_TIMING_LOG=debug prints the plugin's own timestamped steps for the last ADD.
+    let log_level = std::env::var("TORTIE_TIMING_LOG").unwrap_or_else(|_| "warn".into());
+    let tortie_conf =
+        json!({"cniVersion": "1.0.0", "name": "bench", "type": "tortie", "agent_socket": agent.socket, "log_level": log_level})
+            .to_string();
+    let mut last_log = String::new();
     let ptp_conf = json!({"cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp", "mtu": 1450,
         "ipam": {"type": "host-local", "subnet": "10.97.0.0/16", "dataDir": ipam_dir.path()}})
     .to_string();
@@ -95,6 +100,7 @@ fn sequential_add_latency_against_ptp_host_local() {
         let (d, code, out) = timed(&node_fd, &tortie(), &tenv, &tortie_conf);
         assert_eq!(code, 0, "tortie ADD {i}: {out}");
         t_add.push(d);
+        last_log = out;
         let (d, code, out) = timed(&node_fd, Path::new("/usr/lib/cni/ptp"), &penv, &ptp_conf);
         assert_eq!(code, 0, "ptp ADD {i}: {out}");
         p_add.push(d);
@@ -112,6 +118,7 @@ fn sequential_add_latency_against_ptp_host_local() {
         let (_, code, out) = timed(&node_fd, Path::new("/usr/lib/cni/ptp"), &penv, &ptp_conf);
         assert_eq!(code, 0, "ptp DEL {i}: {out}");
     }
+    println!("last tortie ADD printed:\n{last_log}");
     let (tp50, tp99) = report("tortie ADD", t_add);
     let (pp50, _) = report("ptp+host-local ADD", p_add);
     report("tortie DEL", t_del);

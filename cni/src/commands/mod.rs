@@ -80,6 +80,7 @@ async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
         .with_details("tortie does not take over an interface it did not create; pick another CNI_IFNAME or remove it"));
     }
 
+    debug!(exists = existing.is_some(), host_exists = host.is_some(), "looked before wiring");
     let att = attachment(env, conf);
     let reply = agent
         .allocate(AllocateRequest { attachment: Some(att.clone()), pod: pod(env) })
@@ -118,6 +119,7 @@ async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
         Err(e) => return Err(undo(agent, dp, dataplane_error(e)).await),
     };
 
+    debug!("veth and pod side configured");
     let ready = EndpointReadyRequest {
         attachment: Some(att.clone()),
         pod: pod(env),
