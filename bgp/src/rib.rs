@@ -567,6 +567,14 @@ impl Rib {
         if external && attrs.as_path.contains(self.cfg.asn) {
             return Some("AS_PATH contains our AS");
         }
+        // RFC 4271 §6.3: a NEXT_HOP that is our own address is semantically wrong; a
+        // route through ourselves would loop.
+        let ours = self.slot(id).and_then(|s| s.session.as_ref()).map(|s| s.local_address);
+        if let (Some(ours), Some(nh)) = (ours, attrs.next_hop.as_ref())
+            && kernel_next_hop(nh) == ours
+        {
+            return Some("NEXT_HOP is our own address");
+        }
         None
     }
 
@@ -1283,6 +1291,17 @@ mod tests {
         let ch = announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26"]);
         assert_eq!(ch.len(), 1);
         assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 1 });
+    }
+
+    #[test]
+    fn a_next_hop_of_our_own_is_refused() {
+        let mut rib = rib(None, false);
+        let a = peer(&mut rib, "10.0.0.2", false);
+        up(&mut rib, a, "10.0.0.2", false);
+        // `up` puts us at 10.0.0.1 on this session.
+        assert!(announce(&mut rib, a, attrs("10.0.0.1"), &["192.168.1.0/26"]).is_empty());
+        assert!(announce(&mut rib, a, attrs("::ffff:10.0.0.1"), &["fd00::/122"]).is_empty());
+        assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 0 });
     }
 
     #[test]
