@@ -70,7 +70,7 @@ pub fn ensure_node(lab: &Lab, index: u32, netns: &str, ip: Ipv4Addr) -> Result<(
     // kernel answers a proxy ARP only for an address it routes out of another interface: a
     // real node's default route does that. Here it points at the LAN, where nothing forwards,
     // so no packet leaves the lab.
-    ip(netns, &["route", "replace", "default", "dev", "eth0"])?;
+    self::ip(netns, &["route", "replace", "default", "dev", "eth0"])?;
     Ok(())
 }
 
