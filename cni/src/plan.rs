@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sha1::{Digest, Sha1};
 use tortie_api::v1::AllocateReply;
 
@@ -108,7 +108,8 @@ pub fn plan_add(
             IpAddr::V4(_) if !have_v4 => {
                 have_v4 = true;
                 routes.push(PodRoute::Link { dst: gw });
-                routes.push(PodRoute::Via { dst: "0.0.0.0/0".parse().map_err(|_| bad("?"))?, gw });
+                // Ipv4Net's default is 0.0.0.0/0.
+                routes.push(PodRoute::Via { dst: IpNet::V4(Ipv4Net::default()), gw });
             }
             IpAddr::V6(_) if !have_v6 => {
                 have_v6 = true;
@@ -117,7 +118,7 @@ pub fn plan_add(
                 if !matches!(gw, IpAddr::V6(g) if g.is_unicast_link_local()) {
                     routes.push(PodRoute::Link { dst: gw });
                 }
-                routes.push(PodRoute::Via { dst: "::/0".parse().map_err(|_| bad("?"))?, gw });
+                routes.push(PodRoute::Via { dst: IpNet::V6(Ipv6Net::default()), gw });
             }
             _ => {}
         }

@@ -380,3 +380,21 @@ fn dual_stack_pods_reach_the_node_and_each_other_over_ipv6() {
     assert!(!node.has_link(&host_if));
     assert!(!node.ip(&["-6", "route", "show", "proto", "116"]).contains(&a6));
 }
+
+/// A kernel refusal after the veth exists (IPv6 on a link whose MTU is below IPv6's 1280)
+/// must undo the veth and the allocation, like any other failed ADD.
+#[test]
+fn kernel_refusal_mid_add_leaves_nothing() {
+    let node = node_ns();
+    let agent = TestAgent::start(&node);
+    agent.state.lock().unwrap().dual_stack = true;
+    let pod = NetNs::new("cni-pod");
+    let inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
+    let c = with(conf("1.0.0", &agent.socket), json!({"mtu": 1000}));
+    let err = exec(&node, &tortie(), "ADD", &inv, &c).error(101);
+    let calls = agent.state.lock().unwrap().calls.clone();
+    assert!(calls.iter().any(|c| c.starts_with("Allocate")), "the failure came after the allocation: {err} {calls:?}");
+    assert!(tort_links(&node).is_empty(), "{:?}", tort_links(&node));
+    assert!(!pod.has_link("eth0"));
+    assert!(agent.held().is_empty(), "{:?}", agent.held());
+}

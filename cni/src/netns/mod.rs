@@ -305,22 +305,29 @@ impl Dataplane for KernelDataplane {
             let link = get_link(nl, &ifname)
                 .map_err(|e| DataplaneError::failed(format!("read {ifname}"), e))?
                 .ok_or_else(|| DataplaneError::failed(format!("find {ifname} in {netns}"), "the new veth end is missing"))?;
-            let mut batch = Vec::new();
+            // Each request with what it is, for the error message.
+            let mut batch: Vec<(RouteNetlinkMessage, u16, String)> = Vec::new();
             if !link.up {
                 let mut up = LinkMessage::default();
                 up.header.index = link.index;
                 up_flags(&mut up, true);
-                batch.push((RouteNetlinkMessage::SetLink(up), 0));
+                batch.push((RouteNetlinkMessage::SetLink(up), 0, format!("set {ifname} up")));
             }
             for a in &addresses {
-                batch.push((new_address(link.index, *a), NLM_F_CREATE | NLM_F_REPLACE));
-            }
-            for r in &routes {
-                batch.push((new_route(link.index, *r), NLM_F_CREATE | NLM_F_REPLACE));
+                batch.push((new_address(link.index, *a), NLM_F_CREATE | NLM_F_REPLACE, format!("add address {a}")));
             }
             // In order: the link route to the gateway precedes the default route via it.
-            nl.batch(batch.iter().map(|(m, f)| (m.clone(), *f)).collect()).map_err(|(i, e)| {
-                DataplaneError::failed(format!("configure {ifname} in {netns} ({:?})", batch.get(i).map(|b| &b.0)), e)
+            for r in &routes {
+                let what = match r {
+                    PodRoute::Link { dst } => format!("add route {dst} scope link"),
+                    PodRoute::Via { dst, gw } => format!("add route {dst} via {gw}"),
+                };
+                batch.push((new_route(link.index, *r), NLM_F_CREATE | NLM_F_REPLACE, what));
+            }
+            let what: Vec<String> = batch.iter().map(|b| b.2.clone()).collect();
+            nl.batch(batch.into_iter().map(|(m, f, _)| (m, f)).collect()).map_err(|(i, e)| {
+                let step = what.get(i).map_or("configure", String::as_str);
+                DataplaneError::failed(format!("{step} on {ifname} in {netns}"), e)
             })?;
             link.mac.ok_or_else(|| DataplaneError::failed(format!("read {ifname}"), "no MAC address"))
         })
