@@ -5,8 +5,8 @@
 //! - [`decode_frame`] takes a streaming receive buffer and returns the first whole message
 //!   and how many bytes it used, or `None` when more bytes are needed.
 //! - [`encode`] / [`encode_into`] turn a [`Message`] into bytes.
-//! - [`pack_announce`] / [`pack_withdraw`] pack many prefixes that share one set of attributes into as few
-//!   UPDATEs as fit in 4096 bytes each.
+//! - [`pack_announce`] / [`pack_withdraw`] pack many prefixes that share one set of
+//!   attributes into as few UPDATEs as fit in 4096 bytes each.
 //!
 //! Error handling follows RFC 7606. A decode error ([`DecodeError`]) always carries the
 //! NOTIFICATION to send before closing the session. An UPDATE whose damage RFC 7606 lets us
@@ -17,6 +17,17 @@
 //! AS numbers are 4 octets everywhere in these types. The [`Codec`] holds what was
 //! negotiated for one session: when the peer is 2-octet only (RFC 6793), AS_PATH is written
 //! with AS_TRANS and an AS4_PATH, and read back by merging AS4_PATH into AS_PATH.
+//!
+//! Choices the RFCs leave open:
+//! - A malformed MP_REACH_NLRI/MP_UNREACH_NLRI resets the session; we do not implement
+//!   RFC 7606's "AFI/SAFI disable".
+//! - MP attributes of families other than IPv4/IPv6 unicast are ignored (and reported as
+//!   discarded); ADD-PATH, extended messages (RFC 8654) and extended next hop (RFC 8950)
+//!   are neither advertised nor understood.
+//! - The encoder writes MP_UNREACH_NLRI and MP_REACH_NLRI first (RFC 7606 §5.1), then the
+//!   other attributes in ascending type order; it never sends RFC 9072 extended OPEN
+//!   parameters, but reads them.
+//! - Prefix host bits are cleared on decode, so one prefix has one spelling.
 
 mod attributes;
 mod error;
