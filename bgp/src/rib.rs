@@ -261,6 +261,9 @@ pub struct SessionInfo {
     /// The peer's graceful restart capability: for each family, whether it kept its
     /// forwarding state. `None` when graceful restart was not negotiated.
     pub graceful_restart: Option<Vec<(Family, bool)>>,
+    /// The peer set the R bit: it restarted too, and RFC 4724 §4.2 forbids waiting for
+    /// its End-of-RIB before we advertise (two restarting speakers would wait forever).
+    pub peer_restarting: bool,
 }
 
 #[derive(Debug)]
@@ -272,6 +275,8 @@ struct PeerSlot {
     accepted: usize,
     rejected: HashSet<IpNet>,
     out: AdjRibOut,
+    /// The peer has been given its table and now hears every change.
+    advertising: bool,
 }
 
 /// Speaker-wide RIB settings.
@@ -345,6 +350,7 @@ impl Rib {
             accepted: 0,
             rejected: HashSet::new(),
             out: AdjRibOut::default(),
+            advertising: false,
         };
         if let Some(free) = self.peers.iter().skip(1).position(Option::is_none) {
             let id = free + 1;
@@ -408,6 +414,8 @@ impl Rib {
         };
         slot.router_id = Some(info.router_id);
         slot.out = AdjRibOut::default();
+        slot.advertising = false;
+        let early = info.peer_restarting;
         slot.session = Some(info);
         let mut changes = Vec::new();
         if !kept.contains(&Family::IPV4_UNICAST) {
@@ -416,7 +424,7 @@ impl Rib {
         if !kept.contains(&Family::IPV6_UNICAST) {
             changes.extend(self.sweep_family::<Ipv6Net>(id));
         }
-        if self.sync_done {
+        if self.sync_done || early {
             self.fill_out(id);
         }
         changes
@@ -428,6 +436,7 @@ impl Rib {
         if let Some(slot) = self.slot_mut(id) {
             slot.session = None;
             slot.out = AdjRibOut::default();
+            slot.advertising = false;
             slot.rejected.clear();
         }
         if graceful {
@@ -751,16 +760,13 @@ impl Rib {
 
     /// Queues the consequence of a best-path change for every established peer.
     fn export(&mut self, prefix: IpNet, old: Option<&Path>, new: Option<&Path>) {
-        if !self.sync_done {
-            // Restarting: peers get the full table once, after initial sync.
-            return;
-        }
         for to in 1..self.peers.len() {
             let Ok(to) = PeerId::try_from(to) else { break };
             let announce = new.and_then(|p| self.export_attrs(to, prefix, p));
             let was = old.is_some_and(|p| self.exportable(to, prefix, p));
             let Some(slot) = self.slot_mut(to) else { continue };
-            if slot.session.is_none() {
+            // Restarting: a peer gets the full table once, after initial sync.
+            if slot.session.is_none() || !slot.advertising {
                 continue;
             }
             match announce {
@@ -868,11 +874,12 @@ impl Rib {
             slot.out.push(prefix, Some(attrs));
         }
         slot.out.eor = families;
+        slot.advertising = true;
     }
 
     /// The peer asked for a ROUTE-REFRESH (RFC 2918): queue the table again.
     pub fn route_refresh(&mut self, id: PeerId, family: Family) {
-        if !self.sync_done {
+        if !self.slot(id).is_some_and(|s| s.advertising) {
             return;
         }
         let prefixes: Vec<(IpNet, Path)> = if family == Family::IPV4_UNICAST {
@@ -906,7 +913,7 @@ impl Rib {
         self.sync_done = true;
         for to in 1..self.peers.len() {
             let Ok(to) = PeerId::try_from(to) else { break };
-            if self.slot(to).is_some_and(|s| s.session.is_some()) {
+            if self.slot(to).is_some_and(|s| s.session.is_some() && !s.advertising) {
                 self.fill_out(to);
             }
         }
@@ -1152,6 +1159,7 @@ mod tests {
             local_ipv4: None,
             graceful_restart: gr
                 .then(|| vec![(Family::IPV4_UNICAST, true), (Family::IPV6_UNICAST, true)]),
+            peer_restarting: false,
         })
     }
 
@@ -1452,6 +1460,32 @@ mod tests {
         let out = rib.take_out(b, 100);
         assert_eq!(out.len(), 2);
         assert_eq!(out.end_of_rib.len(), 2);
+        // Changes after the sync reach the peers.
+        rib.originate(net("192.168.9.0/26"));
+        assert_eq!(rib.take_out(b, 100).len(), 1);
+    }
+
+    #[test]
+    fn restarting_speaker_does_not_wait_for_a_peer_that_restarted_too() {
+        let mut rib = rib(None, true);
+        rib.originate(net("192.168.1.0/26"));
+        let a = peer(&mut rib, "10.0.0.2", false);
+        rib.peer_up(a, SessionInfo {
+            router_id: Ipv4Addr::new(10, 0, 0, 2),
+            families: vec![Family::IPV4_UNICAST],
+            local_address: ip("10.0.0.1"),
+            local_ipv6: None,
+            local_ipv4: None,
+            graceful_restart: Some(vec![(Family::IPV4_UNICAST, true)]),
+            peer_restarting: true,
+        });
+        let out = rib.take_out(a, 100);
+        assert_eq!((out.len(), out.end_of_rib.clone()), (1, vec![Family::IPV4_UNICAST]));
+        rib.originate(net("192.168.2.0/26"));
+        assert_eq!(rib.take_out(a, 100).len(), 1);
+        // Initial sync does not send it the table a second time.
+        rib.initial_sync_done();
+        assert!(!rib.has_output(a));
     }
 
     #[test]

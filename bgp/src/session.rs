@@ -261,6 +261,10 @@ impl Session {
                     local_ipv6: self.settings.local_ipv6,
                     local_ipv4: self.settings.local_ipv4,
                     graceful_restart,
+                    peer_restarting: negotiated
+                        .peer_graceful_restart
+                        .as_ref()
+                        .is_some_and(|gr| gr.restart_state),
                 };
                 let _ = self.owner.send(ToOwner::Up { key: self.key, info, negotiated }).await;
             }

@@ -693,3 +693,28 @@ fn a_silent_peer_times_out_and_its_routes_go_after_its_restart_time() {
         let _ = a.shutdown().await;
     });
 }
+
+#[test]
+fn two_restarting_speakers_do_not_wait_for_each_other() {
+    init_tracing();
+    let ns = Netns::new("bothrestart");
+    ns.run(|| async {
+        // Both come back from a restart at once (a whole-cluster reboot). Each sees the
+        // other's R bit and advertises without waiting (RFC 4724 §4.2); otherwise both
+        // would sit out the 60-second deferral timer.
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", true).await;
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", true).await;
+        let mut wa = Watch::new(&a).await;
+        let mut wb = Watch::new(&b).await;
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        a.originate(net("192.168.1.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        b.originate(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        let started = tokio::time::Instant::now();
+        wa.until("sync on A", |w| w.sync_done && w.has("192.168.2.0/26", "127.0.0.2")).await;
+        wb.until("sync on B", |w| w.sync_done && w.has("192.168.1.0/26", "127.0.0.1")).await;
+        assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
+    });
+}
