@@ -124,7 +124,9 @@ async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
         attachment: Some(att.clone()),
         pod: pod(env),
         host_ifname: host_if.clone(),
-        addresses: plan.addresses.iter().map(|a| a.to_string()).collect(),
+        // Verbatim as Allocate returned them (the API's contract): the agent matches them
+        // against what it holds, whatever prefix length it chose to send.
+        addresses: reply.ips.iter().map(|ip| ip.address.clone()).collect(),
     };
     if let Err(e) = agent.endpoint_ready(ready).await {
         return Err(undo(agent, dp, agent_error("EndpointReady", e)).await);

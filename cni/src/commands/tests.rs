@@ -168,6 +168,20 @@ fn add_wires_the_pod_and_reports_in_each_versions_shape() {
 }
 
 #[test]
+fn endpoint_ready_echoes_the_allocation_verbatim() {
+    // The pod gets a /32 whatever prefix the agent sends; the agent gets its own text back.
+    let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
+    agent.held.insert(("k8s-pod-network".into(), "c1".into(), "eth0".into()), "10.244.0.9/26".into());
+    exec("ADD", "c1", &conf(Version::V1_0_0, json!({})), &mut agent, &mut dp).unwrap();
+    assert_eq!(dp.pair(&host_if()).unwrap().addresses, vec!["10.244.0.9/32".parse().unwrap()]);
+    let sent = agent.calls.iter().find_map(|c| match c {
+        AgentCall::EndpointReady(r) => Some(r.addresses.clone()),
+        _ => None,
+    });
+    assert_eq!(sent, Some(vec!["10.244.0.9/26".to_string()]));
+}
+
+#[test]
 fn config_mtu_overrides_the_agent() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     exec("ADD", "c1", &conf(Version::V1_0_0, json!({"mtu": 1380})), &mut agent, &mut dp).unwrap();
