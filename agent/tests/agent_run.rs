@@ -178,6 +178,11 @@ impl ControlPlane {
         cp
     }
 
+    fn kill_apiserver(&mut self) {
+        let _ = self._apiserver.0.kill();
+        let _ = self._apiserver.0.wait();
+    }
+
     fn kubectl_raw(&self, ns: &Ns, args: &[&str]) -> Output {
         ns.command("kubectl")
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
@@ -487,10 +492,10 @@ fn held(rt: &tokio::runtime::Runtime, sock: &Path, cid: &str) -> Vec<String> {
 }
 
 #[test]
-fn leaked_allocations_are_released_after_the_grace_period_and_live_ones_never() {
+fn leaks_go_after_the_grace_period_live_ones_never_and_a_lost_apiserver_means_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let ns = Ns::new();
-    let cp = ControlPlane::start(&ns, dir.path());
+    let mut cp = ControlPlane::start(&ns, dir.path());
     cp.apply(&ns, &crds_yaml());
     cp.apply(&ns, NODE_YAML);
     cp.apply(
@@ -523,4 +528,32 @@ fn leaked_allocations_are_released_after_the_grace_period_and_live_ones_never() 
     // And it stays.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(held(&rt, &sock, "c-alive"), alive);
+
+    // Without the apiserver the agent says it is not ready, and ADDs are "try again later".
+    cp.kill_apiserver();
+    let start = Instant::now();
+    let status = loop {
+        let s = rt.block_on(async {
+            let ch = tortie_api::connect_unix(&sock).await.unwrap();
+            StatusClient::new(ch).get_status(api::StatusRequest {}).await.unwrap().into_inner()
+        });
+        if !s.ready {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "still ready without an apiserver:\n{}", tree.log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(status.reason.starts_with("the apiserver is unreachable"), "{}", status.reason);
+    let err = rt
+        .block_on(async {
+            let mut c = CniClient::new(tortie_api::connect_unix(&sock).await.unwrap());
+            c.allocate(api::AllocateRequest {
+                attachment: Some(api::Attachment { network: "k8s-pod-network".into(), container_id: "c-late".into(), ifname: "eth0".into() }),
+                pod: None,
+            })
+            .await
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    drop(agent);
 }

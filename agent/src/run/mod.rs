@@ -9,6 +9,7 @@
 //! rather than an agent that might hand out addresses before it knows its blocks.
 
 pub mod cni_install;
+pub mod health;
 pub mod leak_gc;
 pub mod node;
 pub mod pool;
@@ -120,10 +121,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let status = StatusService::new(NodeInfo { node_name: name.clone(), mtu }, health_rx);
     let _ = health_tx.send(Health::Ready);
     tracing::info!(socket = %config.agent_socket.display(), "tortie-node ready");
+    let probe = tokio::spawn(health::run(client.clone(), health_tx));
 
     let shutdown = shutdown_signal().map_err(RunError::Signals)?;
     server::serve(listener, cni, status, shutdown).await?;
     leak_gc.abort();
+    probe.abort();
     // A stale socket would make the plugin wait on a dead agent instead of failing fast.
     let _ = std::fs::remove_file(&config.agent_socket);
     tracing::info!("tortie-node stopped");
