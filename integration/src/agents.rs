@@ -17,9 +17,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::Error;
 use crate::lab::{Lab, LabConfig, NodeConfig};
 use crate::process::{self, Spec};
-use crate::Error;
 
 /// A binary built next to `tortie-lab` (`target/debug/NAME`), or from `env` when set. Test
 /// binaries live one folder deeper (`target/debug/deps`), so that parent is tried too.
@@ -29,7 +29,9 @@ pub fn sibling_binary(name: &str, env: &str) -> Option<PathBuf> {
     }
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.join(name), dir.parent()?.join(name)].into_iter().find(|p| p.is_file())
+    [dir.join(name), dir.parent()?.join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 /// The agent binary (`TORTIE_NODE_BIN` or next to `tortie-lab`).
@@ -45,17 +47,24 @@ const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 /// /opt/cni/bin; the agent itself installs the `tortie` plugin and the conflist there.
 pub fn prepare_tree(lab: &Lab, node: &str) -> Result<(), Error> {
     for dir in [
-        lab.agent_socket(node).parent().map(Path::to_path_buf).unwrap_or_else(|| lab.node_dir(node)),
+        lab.agent_socket(node)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| lab.node_dir(node)),
         lab.cni_conf_dir(node),
         lab.cni_bin_dir(node),
     ] {
         crate::mkdir(&dir)?;
     }
-    let plugins = std::fs::read_dir(REFERENCE_PLUGINS).into_iter().flatten().filter_map(|e| e.ok());
+    let plugins = std::fs::read_dir(REFERENCE_PLUGINS)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok());
     for plugin in plugins {
         let link = lab.cni_bin_dir(node).join(plugin.file_name());
         if link.symlink_metadata().is_err() {
-            std::os::unix::fs::symlink(plugin.path(), &link).map_err(Error::io(format!("linking {}", link.display())))?;
+            std::os::unix::fs::symlink(plugin.path(), &link)
+                .map_err(Error::io(format!("linking {}", link.display())))?;
         }
     }
     Ok(())
@@ -68,11 +77,23 @@ pub fn spec(lab: &Lab, config: &LabConfig, node: &NodeConfig, binary: &Path) -> 
         program: binary.to_path_buf(),
         args: vec!["run".into()],
         env: vec![
-            env("KUBECONFIG", lab.node_kubeconfig(&node.name).into_os_string()),
+            env(
+                "KUBECONFIG",
+                lab.node_kubeconfig(&node.name).into_os_string(),
+            ),
             env("NODENAME", node.name.clone().into()),
-            env("TORTIE_AGENT_SOCKET", lab.agent_socket(&node.name).into_os_string()),
-            env("TORTIE_CNI_CONF_DIR", lab.cni_conf_dir(&node.name).into_os_string()),
-            env("TORTIE_CNI_BIN_DIR", lab.cni_bin_dir(&node.name).into_os_string()),
+            env(
+                "TORTIE_AGENT_SOCKET",
+                lab.agent_socket(&node.name).into_os_string(),
+            ),
+            env(
+                "TORTIE_CNI_CONF_DIR",
+                lab.cni_conf_dir(&node.name).into_os_string(),
+            ),
+            env(
+                "TORTIE_CNI_BIN_DIR",
+                lab.cni_bin_dir(&node.name).into_os_string(),
+            ),
             env("CALICO_IPV4POOL_CIDR", config.pool.to_string().into()),
             env("IP_AUTODETECTION_METHOD", "interface=eth0".into()),
         ],
@@ -124,7 +145,9 @@ impl Health {
 /// any network namespace.
 pub async fn health(socket: &Path) -> Health {
     let ask = async {
-        let channel = tortie_api::connect_unix(socket).await.map_err(|e| format!("connect: {e}"))?;
+        let channel = tortie_api::connect_unix(socket)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let mut client = tortie_api::v1::status_client::StatusClient::new(channel);
         client
             .get_status(tortie_api::v1::StatusRequest {})
@@ -142,7 +165,10 @@ pub async fn health(socket: &Path) -> Health {
 
 /// Blocking [`health`], on a small runtime of its own.
 pub fn health_blocking(socket: &Path) -> Health {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(health(socket)),
         Err(e) => Health::Unreachable(format!("tokio runtime: {e}")),
     }
@@ -154,10 +180,16 @@ pub fn ensure_all(lab: &Lab, config: &LabConfig) -> Result<Vec<(String, Option<S
     let binary = agent_binary().filter(|p| p.is_file());
     let mut out = Vec::new();
     for node in &config.nodes {
-        let started = match (&binary, process::running(lab, &lab.agent_pid_file(&node.name))) {
+        let started = match (
+            &binary,
+            process::running(lab, &lab.agent_pid_file(&node.name)),
+        ) {
             (_, Some(pid)) => Some(Started::Running(pid)),
             (None, None) => None,
-            (Some(bin), None) => Some(Started::Spawned(process::spawn(lab, &spec(lab, config, node, bin))?)),
+            (Some(bin), None) => Some(Started::Spawned(process::spawn(
+                lab,
+                &spec(lab, config, node, bin),
+            )?)),
         };
         out.push((node.name.clone(), started));
     }
@@ -167,7 +199,11 @@ pub fn ensure_all(lab: &Lab, config: &LabConfig) -> Result<Vec<(String, Option<S
 pub use crate::control::Started;
 
 /// Waits up to `timeout` for each agent to be ready or to exit, and says which it was.
-pub fn settle(lab: &Lab, started: Vec<(String, Option<Started>)>, timeout: Duration) -> Vec<(String, Outcome)> {
+pub fn settle(
+    lab: &Lab,
+    started: Vec<(String, Option<Started>)>,
+    timeout: Duration,
+) -> Vec<(String, Outcome)> {
     let deadline = Instant::now() + timeout;
     let mut pending: Vec<(String, Started)> = Vec::new();
     let mut done: Vec<(String, Outcome)> = Vec::new();
@@ -224,15 +260,33 @@ mod tests {
             pool: "10.9.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
             nodes: vec![],
         };
-        let node = NodeConfig { name: "node-2".into(), netns: "p-node-2".into(), ip: "172.31.0.12".parse().unwrap_or_else(|e| panic!("{e}")) };
+        let node = NodeConfig {
+            name: "node-2".into(),
+            netns: "p-node-2".into(),
+            ip: "172.31.0.12".parse().unwrap_or_else(|e| panic!("{e}")),
+        };
         let s = spec(&lab, &config, &node, Path::new("/bin/tortie-node"));
-        let get = |k: &str| s.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.to_string_lossy().into_owned());
+        let get = |k: &str| {
+            s.env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        };
         assert_eq!(s.netns, "p-node-2");
         assert_eq!(get("NODENAME").as_deref(), Some("node-2"));
-        assert_eq!(get("TORTIE_AGENT_SOCKET").as_deref(), Some("/s/nodes/node-2/run/agent.sock"));
+        assert_eq!(
+            get("TORTIE_AGENT_SOCKET").as_deref(),
+            Some("/s/nodes/node-2/run/agent.sock")
+        );
         assert_eq!(get("CALICO_IPV4POOL_CIDR").as_deref(), Some("10.9.0.0/16"));
-        assert_eq!(get("IP_AUTODETECTION_METHOD").as_deref(), Some("interface=eth0"));
-        assert_eq!(get("KUBECONFIG").as_deref(), Some("/s/nodes/node-2/kubeconfig"));
+        assert_eq!(
+            get("IP_AUTODETECTION_METHOD").as_deref(),
+            Some("interface=eth0")
+        );
+        assert_eq!(
+            get("KUBECONFIG").as_deref(),
+            Some("/s/nodes/node-2/kubeconfig")
+        );
         assert_eq!(s.log, PathBuf::from("/s/nodes/node-2/agent.log"));
     }
 

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use crate::Error;
 use crate::kube_netns::{block_on_in_netns, client, get_raw};
 use crate::lab::{APISERVER_PORT, CONTROL_IP, Lab};
 use crate::pki::Pki;
 use crate::process::{self, Spec};
-use crate::Error;
 
 const ETCD_CLIENT_URL: &str = "http://127.0.0.1:2379";
 const ETCD_PEER_URL: &str = "http://127.0.0.1:2380";
@@ -23,7 +23,9 @@ pub fn apiserver_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TORTIE_APISERVER") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("TORTIE_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/tortie"));
+    let cache = std::env::var_os("TORTIE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/tortie"));
     cache.join("kube-apiserver")
 }
 
@@ -82,14 +84,20 @@ pub fn apiserver_spec(lab: &Lab) -> Spec {
         format!("--token-auth-file={}", lab.token_file().display()),
         "--authorization-mode=RBAC".to_string(),
         format!("--service-account-key-file={}", pki.sa_pub.display()),
-        format!("--service-account-signing-key-file={}", pki.sa_key.display()),
+        format!(
+            "--service-account-signing-key-file={}",
+            pki.sa_key.display()
+        ),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
         "--service-cluster-ip-range=10.96.0.0/12".to_string(),
         "--allow-privileged=true".to_string(),
         // No controller-manager creates the `default` ServiceAccounts that this admission
         // plugin insists on, and the lab creates Pod objects itself.
         "--disable-admission-plugins=ServiceAccount".to_string(),
-        format!("--cert-dir={}", lab.control_dir().join("apiserver-certs").display()),
+        format!(
+            "--cert-dir={}",
+            lab.control_dir().join("apiserver-certs").display()
+        ),
         "--profiling=false".to_string(),
     ];
     Spec {
@@ -154,7 +162,11 @@ pub fn wait_ready(lab: &Lab, timeout: Duration) -> Result<(), Error> {
             };
             for (what, pid_file, log) in [
                 ("etcd", etcd_pid_file(&checks), etcd_log(&checks)),
-                ("kube-apiserver", apiserver_pid_file(&checks), apiserver_log(&checks)),
+                (
+                    "kube-apiserver",
+                    apiserver_pid_file(&checks),
+                    apiserver_log(&checks),
+                ),
             ] {
                 if process::running(&checks, &pid_file).is_none() {
                     return Err(Error::Command(format!(

@@ -19,16 +19,21 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     let path = Path::new("/run/netns").join(netns);
-    let file = std::fs::File::open(&path).map_err(Error::io(format!("opening {}", path.display())))?;
+    let file =
+        std::fs::File::open(&path).map_err(Error::io(format!("opening {}", path.display())))?;
     let thread = std::thread::Builder::new()
         .name(format!("netns-{netns}"))
         .spawn(move || -> Result<T, Error> {
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| Error::Io { what: "setns".into(), source: e.into() })?;
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
+                what: "setns".into(),
+                source: e.into(),
+            })?;
             Ok(f())
         })
         .map_err(Error::io("spawning a thread"))?;
-    thread.join().map_err(|_| Error::Invalid(format!("the thread working in netns {netns} panicked")))?
+    thread
+        .join()
+        .map_err(|_| Error::Invalid(format!("the thread working in netns {netns} panicked")))?
 }
 
 /// Runs the future `f()` makes to completion on a single-threaded runtime inside `netns`.
@@ -52,10 +57,12 @@ where
 pub async fn client(kubeconfig: &Path) -> Result<kube::Client, Error> {
     let raw = kube::config::Kubeconfig::read_from(kubeconfig)
         .map_err(|e| Error::Kube(format!("reading {}: {e}", kubeconfig.display())))?;
-    let config = kube::Config::from_custom_kubeconfig(raw, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| Error::Kube(format!("loading {}: {e}", kubeconfig.display())))?;
-    kube::Client::try_from(config).map_err(|e| Error::Kube(format!("client from {}: {e}", kubeconfig.display())))
+    let config =
+        kube::Config::from_custom_kubeconfig(raw, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Kube(format!("loading {}: {e}", kubeconfig.display())))?;
+    kube::Client::try_from(config)
+        .map_err(|e| Error::Kube(format!("client from {}: {e}", kubeconfig.display())))
 }
 
 /// Runs `f` with an admin kube-rs client of `lab`, inside its control namespace:
@@ -87,7 +94,10 @@ pub async fn get_raw(client: &kube::Client, path: &str) -> Result<String, Error>
     let req = http::Request::get(path)
         .body(Vec::new())
         .map_err(|e| Error::Kube(format!("building GET {path}: {e}")))?;
-    client.request_text(req).await.map_err(|e| Error::Kube(format!("GET {path}: {e}")))
+    client
+        .request_text(req)
+        .await
+        .map_err(|e| Error::Kube(format!("GET {path}: {e}")))
 }
 
 #[cfg(test)]
@@ -99,7 +109,13 @@ mod tests {
     #[test]
     fn closure_runs_inside_the_namespace() {
         let ns = NetNs::create("tlkn").unwrap_or_else(|e| panic!("netns: {e}"));
-        ns.run("ip", &["link", "add", "marker0", "type", "veth", "peer", "name", "marker1"]).unwrap_or_else(|e| panic!("{e}"));
+        ns.run(
+            "ip",
+            &[
+                "link", "add", "marker0", "type", "veth", "peer", "name", "marker1",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         // A child forked by the thread inherits the thread's namespace, so `ip` sees its links.
         let links = in_netns(ns.name(), || {
             std::process::Command::new("ip")
@@ -112,6 +128,9 @@ mod tests {
         assert!(links.contains("marker0"), "{links}");
         let host = crate::run(std::process::Command::new("ip").args(["-o", "link", "show"]))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(!host.contains("marker0"), "the calling thread stayed outside");
+        assert!(
+            !host.contains("marker0"),
+            "the calling thread stayed outside"
+        );
     }
 }

@@ -40,7 +40,10 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(state: impl Into<PathBuf>, prefix: impl Into<String>) -> Lab {
-        Lab { state: state.into(), prefix: prefix.into() }
+        Lab {
+            state: state.into(),
+            prefix: prefix.into(),
+        }
     }
 
     /// The lab `TORTIE_LAB_STATE` and `TORTIE_LAB_PREFIX` name (defaults: `/var/lib/tortie-lab`,
@@ -99,7 +102,9 @@ impl Lab {
         }
         if let Some(pod) = rest.strip_prefix("pod-") {
             // `NetNs::create("pod")` names look like `pod-<pid>-<n>`: no dot, so never ours.
-            return pod.split_once('.').is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty());
+            return pod
+                .split_once('.')
+                .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty());
         }
         false
     }
@@ -187,18 +192,28 @@ impl LabConfig {
     pub fn load(lab: &Lab) -> Result<Option<LabConfig>, crate::Error> {
         let path = lab.config_file();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| crate::Error::Config { path, detail: e.to_string() }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| crate::Error::Config {
+                        path,
+                        detail: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(crate::Error::Io { what: format!("reading {}", path.display()), source }),
+            Err(source) => Err(crate::Error::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            }),
         }
     }
 
     pub fn save(&self, lab: &Lab) -> Result<(), crate::Error> {
         let path = lab.config_file();
-        let text = serde_json::to_vec_pretty(self)
-            .map_err(|e| crate::Error::Config { path: path.clone(), detail: e.to_string() })?;
+        let text = serde_json::to_vec_pretty(self).map_err(|e| crate::Error::Config {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
         crate::write_file(&path, &text)
     }
 }

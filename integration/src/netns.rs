@@ -75,15 +75,32 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         for pid in self.pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 /// Connects two namespaces with a veth pair: `a_if` in `a`, `b_if` in `b`, both up.
 pub fn veth_pair(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> io::Result<()> {
-    a.run("ip", &["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name()])?;
+    a.run(
+        "ip",
+        &[
+            "link",
+            "add",
+            a_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b.name(),
+        ],
+    )?;
     a.run("ip", &["link", "set", a_if, "up"])?;
     b.run("ip", &["link", "set", b_if, "up"])?;
     Ok(())

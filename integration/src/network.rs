@@ -15,7 +15,10 @@ const CONTROL_PORT: &str = "ctl";
 /// The namespaces that exist on this machine (`/run/netns`).
 pub fn existing_netns() -> Vec<String> {
     std::fs::read_dir("/run/netns")
-        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -49,7 +52,20 @@ pub fn ensure_lan(lab: &Lab) -> Result<(), Error> {
     ensure_netns(&lan)?;
     if !link_exists(&lan, BRIDGE) {
         // STP off and no forwarding delay: a new port forwards at once.
-        ip(&lan, &["link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+        ip(
+            &lan,
+            &[
+                "link",
+                "add",
+                BRIDGE,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ],
+        )?;
     }
     ip(&lan, &["link", "set", BRIDGE, "up"])?;
     Ok(())
@@ -83,10 +99,24 @@ fn attach(lab: &Lab, netns: &str, port: &str, addr: Ipv4Addr) -> Result<(), Erro
             ip(&lan, &["link", "del", port])?;
         }
         // One request creates both ends, the peer already inside `netns`.
-        ip(&lan, &["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
+        ip(
+            &lan,
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns,
+            ],
+        )?;
     }
     ip(&lan, &["link", "set", port, "master", BRIDGE, "up"])?;
-    ip(netns, &["addr", "replace", &format!("{addr}/{LAN_PREFIX_LEN}"), "dev", "eth0"])?;
+    ip(
+        netns,
+        &[
+            "addr",
+            "replace",
+            &format!("{addr}/{LAN_PREFIX_LEN}"),
+            "dev",
+            "eth0",
+        ],
+    )?;
     ip(netns, &["link", "set", "eth0", "up"])?;
     Ok(())
 }

@@ -33,7 +33,10 @@ pub struct TokenEntry {
 
 impl TokenEntry {
     fn line(&self) -> String {
-        format!("{},{},{},\"{}\"\n", self.token, self.user, self.uid, self.groups)
+        format!(
+            "{},{},{},\"{}\"\n",
+            self.token, self.user, self.uid, self.groups
+        )
     }
 
     /// Parses a line we wrote; anything else yields `None` (and gets replaced).
@@ -43,7 +46,12 @@ impl TokenEntry {
         let user = parts.next()?.to_string();
         let uid = parts.next()?.to_string();
         let groups = parts.next()?.trim().trim_matches('"').to_string();
-        (!token.is_empty()).then_some(TokenEntry { token, user, uid, groups })
+        (!token.is_empty()).then_some(TokenEntry {
+            token,
+            user,
+            uid,
+            groups,
+        })
     }
 }
 
@@ -56,17 +64,33 @@ fn agent_uid(node: &str) -> String {
 pub fn ensure_tokens(lab: &Lab, config: &LabConfig) -> Result<(Vec<TokenEntry>, bool), Error> {
     let path = lab.token_file();
     let old_text = std::fs::read_to_string(&path).unwrap_or_default();
-    let old: BTreeMap<String, TokenEntry> =
-        old_text.lines().filter_map(TokenEntry::parse).map(|e| (e.uid.clone(), e)).collect();
-    let mut wanted = vec![(ADMIN_UID.to_string(), "admin".to_string(), "system:masters".to_string())];
+    let old: BTreeMap<String, TokenEntry> = old_text
+        .lines()
+        .filter_map(TokenEntry::parse)
+        .map(|e| (e.uid.clone(), e))
+        .collect();
+    let mut wanted = vec![(
+        ADMIN_UID.to_string(),
+        "admin".to_string(),
+        "system:masters".to_string(),
+    )];
     for node in &config.nodes {
-        wanted.push((agent_uid(&node.name), AGENT_USER.to_string(), AGENT_GROUPS.to_string()));
+        wanted.push((
+            agent_uid(&node.name),
+            AGENT_USER.to_string(),
+            AGENT_GROUPS.to_string(),
+        ));
     }
     let mut entries = Vec::new();
     for (uid, user, groups) in wanted {
         let entry = match old.get(&uid) {
             Some(e) if e.user == user && e.groups == groups => e.clone(),
-            _ => TokenEntry { token: new_token()?, user, uid, groups },
+            _ => TokenEntry {
+                token: new_token()?,
+                user,
+                uid,
+                groups,
+            },
         };
         entries.push(entry);
     }
@@ -92,7 +116,11 @@ pub fn kubeconfig(server: &str, ca: &Path, user: &str, token: &str) -> Result<St
 }
 
 /// Writes the admin kubeconfig and one per node.
-pub fn write_kubeconfigs(lab: &Lab, config: &LabConfig, tokens: &[TokenEntry]) -> Result<(), Error> {
+pub fn write_kubeconfigs(
+    lab: &Lab,
+    config: &LabConfig,
+    tokens: &[TokenEntry],
+) -> Result<(), Error> {
     let ca = Pki::of(lab).ca_cert;
     let server = lab.apiserver_url();
     let token_of = |uid: &str| {
@@ -102,7 +130,10 @@ pub fn write_kubeconfigs(lab: &Lab, config: &LabConfig, tokens: &[TokenEntry]) -
             .map(|e| e.token.clone())
             .ok_or_else(|| Error::Invalid(format!("no token issued for {uid}")))
     };
-    write_file(&lab.admin_kubeconfig(), kubeconfig(&server, &ca, "admin", &token_of(ADMIN_UID)?)?.as_bytes())?;
+    write_file(
+        &lab.admin_kubeconfig(),
+        kubeconfig(&server, &ca, "admin", &token_of(ADMIN_UID)?)?.as_bytes(),
+    )?;
     for node in &config.nodes {
         let text = kubeconfig(&server, &ca, AGENT_USER, &token_of(&agent_uid(&node.name))?)?;
         write_file(&lab.node_kubeconfig(&node.name), text.as_bytes())?;
@@ -113,14 +144,21 @@ pub fn write_kubeconfigs(lab: &Lab, config: &LabConfig, tokens: &[TokenEntry]) -
 /// The admin's token, for callers that talk HTTP themselves.
 pub fn admin_token(lab: &Lab) -> Option<String> {
     let text = std::fs::read_to_string(lab.token_file()).ok()?;
-    text.lines().filter_map(TokenEntry::parse).find(|e| e.uid == ADMIN_UID).map(|e| e.token)
+    text.lines()
+        .filter_map(TokenEntry::parse)
+        .find(|e| e.uid == ADMIN_UID)
+        .map(|e| e.token)
 }
 
 /// The repository's `manifests/` folder: `TORTIE_MANIFESTS`, else the one next to this crate.
 pub fn manifests_dir() -> PathBuf {
     std::env::var_os("TORTIE_MANIFESTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("manifests"))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("manifests")
+        })
 }
 
 /// Node objects as a kubelet would register them: the LAN address as InternalIP, and a Ready
@@ -154,14 +192,18 @@ pub fn nodes_yaml(config: &LabConfig) -> Result<String, Error> {
             },
         });
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&doc).map_err(|e| Error::Invalid(format!("rendering a Node: {e}")))?);
+        out.push_str(
+            &serde_yaml::to_string(&doc)
+                .map_err(|e| Error::Invalid(format!("rendering a Node: {e}")))?,
+        );
     }
     Ok(out)
 }
 
 /// `kube-system` may not exist yet when the apiserver first reports ready (its bootstrap
 /// controller creates it a moment later); applying it first makes the order irrelevant.
-pub const KUBE_SYSTEM_YAML: &str = "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: kube-system\n";
+pub const KUBE_SYSTEM_YAML: &str =
+    "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: kube-system\n";
 
 #[cfg(test)]
 mod tests {
@@ -220,9 +262,15 @@ mod tests {
 
     #[test]
     fn kubeconfig_parses_as_one() {
-        let text = kubeconfig("https://172.31.0.2:6443", Path::new("/x/ca.crt"), AGENT_USER, "abc")
-            .unwrap_or_else(|e| panic!("{e}"));
-        let parsed: kube::config::Kubeconfig = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let text = kubeconfig(
+            "https://172.31.0.2:6443",
+            Path::new("/x/ca.crt"),
+            AGENT_USER,
+            "abc",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let parsed: kube::config::Kubeconfig =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(parsed.current_context.as_deref(), Some("tortie-lab"));
         assert_eq!(parsed.auth_infos[0].name, AGENT_USER);
     }

@@ -37,7 +37,14 @@ impl Pki {
     }
 
     fn all(&self) -> [&Path; 6] {
-        [&self.ca_cert, &self.ca_key, &self.apiserver_cert, &self.apiserver_key, &self.sa_key, &self.sa_pub]
+        [
+            &self.ca_cert,
+            &self.ca_key,
+            &self.apiserver_cert,
+            &self.apiserver_key,
+            &self.sa_key,
+            &self.sa_pub,
+        ]
     }
 }
 
@@ -65,7 +72,16 @@ pub fn ensure(lab: &Lab) -> Result<bool, Error> {
     crate::mkdir(&dir)?;
     ec_key(&pki.ca_key)?;
     run(Command::new("openssl")
-        .args(["req", "-x509", "-new", "-sha256", "-days", "3650", "-subj", "/CN=tortie-lab-ca"])
+        .args([
+            "req",
+            "-x509",
+            "-new",
+            "-sha256",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=tortie-lab-ca",
+        ])
         .args(["-addext", "basicConstraints=critical,CA:TRUE"])
         .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
         .arg("-key")
@@ -76,7 +92,14 @@ pub fn ensure(lab: &Lab) -> Result<bool, Error> {
     ec_key(&pki.apiserver_key)?;
     let csr = dir.join("apiserver.csr");
     run(Command::new("openssl")
-        .args(["req", "-new", "-sha256", "-subj", "/CN=kube-apiserver", "-key"])
+        .args([
+            "req",
+            "-new",
+            "-sha256",
+            "-subj",
+            "/CN=kube-apiserver",
+            "-key",
+        ])
         .arg(&pki.apiserver_key)
         .arg("-out")
         .arg(&csr))?;
@@ -93,7 +116,16 @@ pub fn ensure(lab: &Lab) -> Result<bool, Error> {
         .as_bytes(),
     )?;
     run(Command::new("openssl")
-        .args(["x509", "-req", "-sha256", "-days", "3650", "-set_serial", "2", "-in"])
+        .args([
+            "x509",
+            "-req",
+            "-sha256",
+            "-days",
+            "3650",
+            "-set_serial",
+            "2",
+            "-in",
+        ])
         .arg(&csr)
         .arg("-CA")
         .arg(&pki.ca_cert)
@@ -105,13 +137,24 @@ pub fn ensure(lab: &Lab) -> Result<bool, Error> {
         .arg(&pki.apiserver_cert))?;
 
     ec_key(&pki.sa_key)?;
-    run(Command::new("openssl").args(["ec", "-pubout", "-in"]).arg(&pki.sa_key).arg("-out").arg(&pki.sa_pub))?;
+    run(Command::new("openssl")
+        .args(["ec", "-pubout", "-in"])
+        .arg(&pki.sa_key)
+        .arg("-out")
+        .arg(&pki.sa_pub))?;
     Ok(true)
 }
 
 fn ec_key(path: &Path) -> Result<(), Error> {
     run(Command::new("openssl")
-        .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
         .arg(path))?;
     Ok(())
 }
@@ -143,7 +186,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let lab = Lab::new(dir.path(), "");
         assert!(ensure(&lab).unwrap_or_else(|e| panic!("{e}")));
-        assert!(!ensure(&lab).unwrap_or_else(|e| panic!("{e}")), "second run reuses the files");
+        assert!(
+            !ensure(&lab).unwrap_or_else(|e| panic!("{e}")),
+            "second run reuses the files"
+        );
         let pki = Pki::of(&lab);
         let verify = Command::new("openssl")
             .arg("verify")
@@ -152,9 +198,15 @@ mod tests {
             .arg(&pki.apiserver_cert)
             .output()
             .unwrap_or_else(|e| panic!("openssl: {e}"));
-        assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
-        let text = run(Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&pki.apiserver_cert))
-            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        let text = run(Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&pki.apiserver_cert))
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(text.contains(&format!("IP Address:{CONTROL_IP}")), "{text}");
     }
 }

@@ -43,9 +43,16 @@ pub fn spawn(lab: &Lab, spec: &Spec) -> Result<Child, Error> {
         use std::io::Write;
         let mut header = &log;
         // Several runs append to one log; a header tells them apart.
-        let _ = writeln!(header, "==> tortie-lab: starting {} in netns {}", spec.program.display(), spec.netns);
+        let _ = writeln!(
+            header,
+            "==> tortie-lab: starting {} in netns {}",
+            spec.program.display(),
+            spec.netns
+        );
     }
-    let err = log.try_clone().map_err(Error::io("duplicating the log file handle"))?;
+    let err = log
+        .try_clone()
+        .map_err(Error::io("duplicating the log file handle"))?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &spec.netns])
         .arg(&spec.program)
@@ -57,16 +64,22 @@ pub fn spawn(lab: &Lab, spec: &Spec) -> Result<Child, Error> {
         .stderr(err)
         // Its own process group: a Ctrl-C meant for `tortie-lab up` must not reach etcd.
         .process_group(0);
-    let child = cmd
-        .spawn()
-        .map_err(Error::io(format!("starting {} in netns {}", spec.program.display(), spec.netns)))?;
+    let child = cmd.spawn().map_err(Error::io(format!(
+        "starting {} in netns {}",
+        spec.program.display(),
+        spec.netns
+    )))?;
     write_file(&spec.pid_file, format!("{}\n", child.id()).as_bytes())?;
     Ok(child)
 }
 
 /// The pid recorded in `pid_file`, if that process is still alive and belongs to `lab`.
 pub fn running(lab: &Lab, pid_file: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     (is_alive(pid) && is_member(lab, pid)).then_some(pid)
 }
 
@@ -117,7 +130,10 @@ pub fn kill_all(pids: &[i32], timeout: Duration) -> Result<(), Error> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(Error::Timeout { what: format!("processes {left:?} to die"), secs: timeout.as_secs_f64() });
+            return Err(Error::Timeout {
+                what: format!("processes {left:?} to die"),
+                secs: timeout.as_secs_f64(),
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }

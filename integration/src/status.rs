@@ -8,12 +8,12 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::agents::{self, Health};
 use crate::control;
 use crate::kube_netns::with_admin_client;
 use crate::lab::{Lab, LabConfig};
 use crate::process;
-use crate::Error;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -60,7 +60,11 @@ pub struct PodStatus {
 pub fn node_order(a: &str, b: &str) -> Ordering {
     let key = |s: &str| {
         let digits = s.trim_start_matches(|c: char| !c.is_ascii_digit());
-        (s.len() - digits.len(), s[..s.len() - digits.len()].to_string(), digits.parse::<u64>().unwrap_or(0))
+        (
+            s.len() - digits.len(),
+            s[..s.len() - digits.len()].to_string(),
+            digits.parse::<u64>().unwrap_or(0),
+        )
     };
     key(a).cmp(&key(b)).then_with(|| a.cmp(b))
 }
@@ -97,8 +101,14 @@ pub fn gather(lab: &Lab) -> Result<Report, Error> {
         state_dir: lab.state_dir().display().to_string(),
         prefix: lab.prefix().to_string(),
         pool: config.as_ref().map(|c| c.pool.to_string()),
-        apiserver: Component { pid: apiserver_pid, url: apiserver_pid.map(|_| lab.apiserver_url()) },
-        etcd: Component { pid: etcd_pid, url: None },
+        apiserver: Component {
+            pid: apiserver_pid,
+            url: apiserver_pid.map(|_| lab.apiserver_url()),
+        },
+        etcd: Component {
+            pid: etcd_pid,
+            url: None,
+        },
         nodes,
         pods,
         pods_error,
@@ -146,13 +156,25 @@ pub fn render_text(r: &Report) -> String {
         dash(r.apiserver.pid.map(|p| p.to_string())),
         dash(r.etcd.pid.map(|p| p.to_string())),
     );
-    let mut rows = vec![vec!["NODE".to_string(), "NETNS".into(), "IP".into(), "AGENT PID".into(), "HEALTH".into()]];
+    let mut rows = vec![vec![
+        "NODE".to_string(),
+        "NETNS".into(),
+        "IP".into(),
+        "AGENT PID".into(),
+        "HEALTH".into(),
+    ]];
     for n in &r.nodes {
         let health = match &n.reason {
             Some(reason) if !reason.is_empty() => format!("{} ({reason})", n.health),
             _ => n.health.clone(),
         };
-        rows.push(vec![n.name.clone(), n.netns.clone(), n.ip.to_string(), dash(n.agent_pid.map(|p| p.to_string())), health]);
+        rows.push(vec![
+            n.name.clone(),
+            n.netns.clone(),
+            n.ip.to_string(),
+            dash(n.agent_pid.map(|p| p.to_string())),
+            health,
+        ]);
     }
     out.push_str(&table(&rows));
     out.push('\n');
@@ -161,9 +183,21 @@ pub fn render_text(r: &Report) -> String {
     } else if r.pods.is_empty() {
         out.push_str("no pods\n");
     } else {
-        let mut rows = vec![vec!["NAMESPACE".to_string(), "NAME".into(), "NODE".into(), "NETNS".into(), "IP".into()]];
+        let mut rows = vec![vec![
+            "NAMESPACE".to_string(),
+            "NAME".into(),
+            "NODE".into(),
+            "NETNS".into(),
+            "IP".into(),
+        ]];
         for p in &r.pods {
-            rows.push(vec![p.namespace.clone(), p.name.clone(), dash(p.node.clone()), dash(p.netns.clone()), dash(p.ip.clone())]);
+            rows.push(vec![
+                p.namespace.clone(),
+                p.name.clone(),
+                dash(p.node.clone()),
+                dash(p.netns.clone()),
+                dash(p.ip.clone()),
+            ]);
         }
         out.push_str(&table(&rows));
     }
@@ -172,11 +206,22 @@ pub fn render_text(r: &Report) -> String {
 
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for row in rows {
-        let cells: Vec<String> = row.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -200,8 +245,14 @@ mod tests {
             state_dir: "/var/lib/tortie-lab".into(),
             prefix: String::new(),
             pool: Some("10.244.0.0/16".into()),
-            apiserver: Component { pid: Some(10), url: Some("https://172.31.0.2:6443".into()) },
-            etcd: Component { pid: Some(9), url: None },
+            apiserver: Component {
+                pid: Some(10),
+                url: Some("https://172.31.0.2:6443".into()),
+            },
+            etcd: Component {
+                pid: Some(9),
+                url: None,
+            },
             nodes: vec![NodeStatus {
                 name: "node-1".into(),
                 netns: "node-1".into(),
@@ -226,6 +277,11 @@ mod tests {
         assert_eq!(v["pods"][0]["netns"], "pod-default.a");
         assert_eq!(v["apiserver"]["url"], "https://172.31.0.2:6443");
         let text = render_text(&r);
-        assert!(text.contains("node-1  node-1  172.31.0.11  -          unreachable (agent not running)"), "{text}");
+        assert!(
+            text.contains(
+                "node-1  node-1  172.31.0.11  -          unreachable (agent not running)"
+            ),
+            "{text}"
+        );
     }
 }

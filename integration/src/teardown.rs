@@ -34,8 +34,10 @@ pub fn lab_netns(lab: &Lab) -> Vec<String> {
         .flatten()
         .map(|c| c.nodes.into_iter().map(|n| n.netns).collect())
         .unwrap_or_default();
-    let mut names: Vec<String> =
-        existing_netns().into_iter().filter(|n| lab.owns_netns(n) || recorded.contains(n)).collect();
+    let mut names: Vec<String> = existing_netns()
+        .into_iter()
+        .filter(|n| lab.owns_netns(n) || recorded.contains(n))
+        .collect();
     names.sort();
     names
 }
@@ -44,13 +46,20 @@ pub fn lab_netns(lab: &Lab) -> Vec<String> {
 /// inside its namespaces.
 pub fn lab_processes(lab: &Lab) -> Vec<i32> {
     let mut pids = process::members(lab);
-    let mut pid_files = vec![control::etcd_pid_file(lab), control::apiserver_pid_file(lab)];
+    let mut pid_files = vec![
+        control::etcd_pid_file(lab),
+        control::apiserver_pid_file(lab),
+    ];
     if let Ok(dir) = std::fs::read_dir(lab.state_dir().join("nodes")) {
         pid_files.extend(dir.filter_map(|e| Some(e.ok()?.path().join("agent.pid"))));
     }
     pids.extend(pid_files.iter().filter_map(|f| process::running(lab, f)));
     for ns in lab_netns(lab) {
-        pids.extend(crate::netns::NetNs::pids_of(&ns).into_iter().filter(|p| process::is_alive(*p)));
+        pids.extend(
+            crate::netns::NetNs::pids_of(&ns)
+                .into_iter()
+                .filter(|p| process::is_alive(*p)),
+        );
     }
     let me = i32::try_from(std::process::id()).unwrap_or(-1);
     pids.retain(|p| *p != me);
@@ -79,7 +88,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -94,7 +106,10 @@ fn unescape_mountinfo(s: &str) -> String {
 /// then mounts, then the state folder.
 pub fn down(lab: &Lab) -> Result<Removed, Error> {
     let state = lab.state_dir();
-    if state.exists() && !state.join(MARKER_FILE).exists() && std::fs::read_dir(state).is_ok_and(|mut d| d.next().is_some()) {
+    if state.exists()
+        && !state.join(MARKER_FILE).exists()
+        && std::fs::read_dir(state).is_ok_and(|mut d| d.next().is_some())
+    {
         return Err(Error::Invalid(format!(
             "{} has no {MARKER_FILE} marker: not a lab state folder, refusing to delete it",
             state.display()
@@ -110,7 +125,10 @@ pub fn down(lab: &Lab) -> Result<Removed, Error> {
             break;
         }
         if Instant::now() > deadline {
-            return Err(Error::Timeout { what: format!("lab processes {pids:?} to go away"), secs: 4.0 });
+            return Err(Error::Timeout {
+                what: format!("lab processes {pids:?} to go away"),
+                secs: 4.0,
+            });
         }
         removed.processes += pids.len();
         process::kill_all(&pids, Duration::from_secs(3))?;
@@ -120,14 +138,21 @@ pub fn down(lab: &Lab) -> Result<Removed, Error> {
         removed.netns.push(ns);
     }
     for m in mounts_under(state) {
-        nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH)
-            .map_err(|e| Error::Io { what: format!("unmounting {}", m.display()), source: e.into() })?;
+        nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).map_err(|e| Error::Io {
+            what: format!("unmounting {}", m.display()),
+            source: e.into(),
+        })?;
         removed.mounts.push(m);
     }
     match std::fs::remove_dir_all(state) {
         Ok(()) => removed.state_dir = true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(Error::Io { what: format!("removing {}", state.display()), source }),
+        Err(source) => {
+            return Err(Error::Io {
+                what: format!("removing {}", state.display()),
+                source,
+            });
+        }
     }
     Ok(removed)
 }
@@ -156,7 +181,13 @@ mod tests {
     fn down_on_nothing_succeeds_twice() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let lab = Lab::new(dir.path().join("never-made"), "tl-nothing-");
-        assert_eq!(down(&lab).unwrap_or_else(|e| panic!("{e}")), Removed::default());
-        assert_eq!(down(&lab).unwrap_or_else(|e| panic!("{e}")), Removed::default());
+        assert_eq!(
+            down(&lab).unwrap_or_else(|e| panic!("{e}")),
+            Removed::default()
+        );
+        assert_eq!(
+            down(&lab).unwrap_or_else(|e| panic!("{e}")),
+            Removed::default()
+        );
     }
 }

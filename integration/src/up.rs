@@ -47,7 +47,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(quiet: bool) -> Progress {
-        Progress { start: Instant::now(), quiet }
+        Progress {
+            start: Instant::now(),
+            quiet,
+        }
     }
     pub fn say(&self, msg: &str) {
         if !self.quiet {
@@ -67,31 +70,54 @@ fn describe(what: &str, s: &Started) -> String {
 pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, Error> {
     let start = Instant::now();
     if opts.nodes == 0 || opts.nodes > MAX_NODES {
-        return Err(Error::Invalid(format!("--nodes {}: must be between 1 and {MAX_NODES}", opts.nodes)));
+        return Err(Error::Invalid(format!(
+            "--nodes {}: must be between 1 and {MAX_NODES}",
+            opts.nodes
+        )));
     }
     for tool in ["ip", "etcd", "kubectl", "openssl"] {
         if which(tool).is_none() {
-            return Err(Error::Invalid(format!("{tool} not found in PATH: run scripts/deps")));
+            return Err(Error::Invalid(format!(
+                "{tool} not found in PATH: run scripts/deps"
+            )));
         }
     }
     let state = lab.state_dir();
     crate::mkdir(state)?;
-    write_file(&state.join(MARKER_FILE), b"state folder of a tortie lab; `tortie-lab down` deletes it\n")?;
+    // Tokens, keys and kubeconfigs live here: root only.
+    std::fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(Error::io(format!("chmod 700 {}", state.display())))?;
+    write_file(
+        &state.join(MARKER_FILE),
+        b"state folder of a tortie lab; `tortie-lab down` deletes it\n",
+    )?;
 
     let nodes: Vec<NodeConfig> = (1..=opts.nodes)
         .map(|i| {
             let name = node_name(i);
-            let ip = node_ip(i).ok_or_else(|| Error::Invalid(format!("no LAN address for node {i}")))?;
-            Ok(NodeConfig { netns: lab.node_netns(&name), name, ip })
+            let ip =
+                node_ip(i).ok_or_else(|| Error::Invalid(format!("no LAN address for node {i}")))?;
+            Ok(NodeConfig {
+                netns: lab.node_netns(&name),
+                name,
+                ip,
+            })
         })
         .collect::<Result<_, Error>>()?;
     let old = LabConfig::load(lab)?;
     check_no_foreign_netns(lab, old.as_ref())?;
     if let Some(old) = &old {
-        let extra: Vec<&str> =
-            old.nodes.iter().filter(|n| !nodes.iter().any(|m| m.name == n.name)).map(|n| n.name.as_str()).collect();
+        let extra: Vec<&str> = old
+            .nodes
+            .iter()
+            .filter(|n| !nodes.iter().any(|m| m.name == n.name))
+            .map(|n| n.name.as_str())
+            .collect();
         if !extra.is_empty() {
-            progress.say(&format!("note: {} from an earlier up stay until `down`", extra.join(", ")));
+            progress.say(&format!(
+                "note: {} from an earlier up stay until `down`",
+                extra.join(", ")
+            ));
         }
         if old.pool != opts.pool {
             progress.say(&format!(
@@ -100,13 +126,21 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
             ));
         }
     }
-    let config = LabConfig { prefix: lab.prefix().to_string(), pool: opts.pool, nodes };
+    let config = LabConfig {
+        prefix: lab.prefix().to_string(),
+        pool: opts.pool,
+        nodes,
+    };
     // Recorded before any namespace exists, so that `down` after a crash knows them.
     config.save(lab)?;
 
     network::ensure_lan(lab)?;
     network::ensure_control(lab)?;
-    progress.say(&format!("network: LAN bridge in {}, control plane in {}", lab.lan_netns(), lab.control_netns()));
+    progress.say(&format!(
+        "network: LAN bridge in {}, control plane in {}",
+        lab.lan_netns(),
+        lab.control_netns()
+    ));
 
     let etcd = control::ensure_etcd(lab)?;
     progress.say(&describe("etcd", &etcd));
@@ -124,7 +158,12 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
     }
     progress.say(&format!(
         "nodes: {} on the LAN",
-        config.nodes.iter().map(|n| format!("{} {}", n.name, n.ip)).collect::<Vec<_>>().join(", ")
+        config
+            .nodes
+            .iter()
+            .map(|n| format!("{} {}", n.name, n.ip))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
 
     control::wait_ready(lab, Duration::from_secs(90))?;
@@ -136,12 +175,17 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
     let outcomes = agents::settle(lab, started, opts.agent_timeout);
     for (node, outcome) in &outcomes {
         progress.say(&match outcome {
-            Outcome::NotBuilt => format!("agent {node}: tortie-node is not built (cargo build -p tortie-node); not started"),
+            Outcome::NotBuilt => format!(
+                "agent {node}: tortie-node is not built (cargo build -p tortie-node); not started"
+            ),
             Outcome::Ready { pid } => format!("agent {node}: ready (pid {pid})"),
             Outcome::Running { pid, health } => format!(
                 "agent {node}: running (pid {pid}) but {}{}",
                 health.word(),
-                health.reason().map(|r| format!(": {r}")).unwrap_or_default()
+                health
+                    .reason()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
             ),
             Outcome::Exited { status, tail } => format!(
                 "agent {node}: EXITED ({status}); log {}:\n{}",
@@ -150,14 +194,21 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
             ),
         });
     }
-    Ok(UpReport { config, agents: outcomes, elapsed: start.elapsed() })
+    Ok(UpReport {
+        config,
+        agents: outcomes,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Refuses to adopt namespaces another lab made: same prefix, other state folder. Reusing
 /// them would put two etcds on one loopback and agents of one lab in the other's nodes.
 /// Our own are the ones our `lab.json` lists (it is written before any namespace exists).
 fn check_no_foreign_netns(lab: &Lab, old: Option<&LabConfig>) -> Result<(), Error> {
-    let mut known: Vec<String> = old.iter().flat_map(|c| c.nodes.iter().map(|n| n.netns.clone())).collect();
+    let mut known: Vec<String> = old
+        .iter()
+        .flat_map(|c| c.nodes.iter().map(|n| n.netns.clone()))
+        .collect();
     if old.is_some() {
         known.extend([lab.lan_netns(), lab.control_netns()]);
     }
@@ -178,7 +229,10 @@ fn check_no_foreign_netns(lab: &Lab, old: Option<&LabConfig>) -> Result<(), Erro
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("           | {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("           | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A `kubectl` command run inside the control namespace as admin.
@@ -199,7 +253,13 @@ fn apply_objects(lab: &Lab, config: &LabConfig, progress: &Progress) -> Result<(
     let mut parts = vec!["namespace kube-system".to_string()];
     let crds = manifests.join("crds.yaml");
     let have_crds = crds.is_file();
-    for (file, what) in [(crds, "CRDs"), (manifests.join("tortie.yaml"), "tortie.yaml (RBAC, ConfigMap, DaemonSet)")] {
+    for (file, what) in [
+        (crds, "CRDs"),
+        (
+            manifests.join("tortie.yaml"),
+            "tortie.yaml (RBAC, ConfigMap, DaemonSet)",
+        ),
+    ] {
         match std::fs::read_to_string(&file) {
             Ok(text) => {
                 docs.push_str("\n---\n");
@@ -207,7 +267,10 @@ fn apply_objects(lab: &Lab, config: &LabConfig, progress: &Progress) -> Result<(
                 docs.push('\n');
                 parts.push(what.to_string());
             }
-            Err(_) => progress.say(&format!("note: {} not found: {what} skipped", file.display())),
+            Err(_) => progress.say(&format!(
+                "note: {} not found: {what} skipped",
+                file.display()
+            )),
         }
     }
     docs.push_str(&objects::nodes_yaml(config)?);
@@ -217,7 +280,13 @@ fn apply_objects(lab: &Lab, config: &LabConfig, progress: &Progress) -> Result<(
     crate::run(kubectl(lab).args(["apply", "-f"]).arg(&file))?;
     if have_crds {
         // Agents watch the CRDs right away; make sure they are served before agents start.
-        crate::run(kubectl(lab).args(["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"]))?;
+        crate::run(kubectl(lab).args([
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=30s",
+        ]))?;
     }
     progress.say(&format!("applied: {}", parts.join(", ")));
     Ok(())
@@ -225,5 +294,7 @@ fn apply_objects(lab: &Lab, config: &LabConfig, progress: &Progress) -> Result<(
 
 fn which(tool: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }

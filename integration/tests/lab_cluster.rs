@@ -24,9 +24,18 @@ fn up_serves_nodes_rbac_and_custom_resources_then_down_leaves_nothing() {
         t.cmd(&["up", "--nodes", &NODES.to_string(), "--agent-timeout", "1"])
             .env("TORTIE_NODE_BIN", &agent),
     );
-    assert!(out.status.success(), "up failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "up failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let up_time = start.elapsed();
-    eprintln!("up --nodes {NODES}: {:.1}s\n{}", up_time.as_secs_f64(), text(&out.stdout));
+    eprintln!(
+        "up --nodes {NODES}: {:.1}s\n{}",
+        up_time.as_secs_f64(),
+        text(&out.stdout)
+    );
 
     nodes_are_registered(&t);
     node_identity_has_exactly_the_manifest_rbac(&t);
@@ -41,7 +50,10 @@ fn up_serves_nodes_rbac_and_custom_resources_then_down_leaves_nothing() {
     let down_time = start.elapsed();
     eprintln!("down: {:.1}s: {out}", down_time.as_secs_f64());
     assert_nothing_left(&t.lab);
-    assert!(down_time < Duration::from_secs(5), "down took {down_time:?}");
+    assert!(
+        down_time < Duration::from_secs(5),
+        "down took {down_time:?}"
+    );
     // Idempotent: a second down finds nothing and succeeds.
     t.ok(&["down"]);
     assert_nothing_left(&t.lab);
@@ -68,24 +80,41 @@ fn nodes_are_registered(t: &TestLab) {
                 .and_then(|a| a["address"].as_str())
                 .unwrap_or_default()
                 .to_string();
-            (n["metadata"]["name"].as_str().unwrap_or_default().to_string(), ip)
+            (
+                n["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                ip,
+            )
         })
         .collect();
     seen.sort();
-    let want: Vec<(String, String)> =
-        (1..=NODES).map(|i| (format!("node-{i}"), format!("172.31.0.{}", 10 + i))).collect();
+    let want: Vec<(String, String)> = (1..=NODES)
+        .map(|i| (format!("node-{i}"), format!("172.31.0.{}", 10 + i)))
+        .collect();
     assert_eq!(seen, want);
 }
 
 fn node_identity_has_exactly_the_manifest_rbac(t: &TestLab) {
     let out = t.kubectl_as_node("node-1", &["get", "nodes", "-o", "name"]);
-    assert!(out.status.success(), "node token cannot list nodes: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "node token cannot list nodes: {}",
+        text(&out.stderr)
+    );
     assert_eq!(text(&out.stdout).lines().count(), NODES as usize);
 
-    let out = t.kubectl_as_node("node-1", &["delete", "namespace", "default", "--wait=false"]);
+    let out = t.kubectl_as_node(
+        "node-1",
+        &["delete", "namespace", "default", "--wait=false"],
+    );
     assert!(!out.status.success(), "the node token deleted a Namespace");
     let err = text(&out.stderr);
-    assert!(err.contains("Forbidden") && err.contains("cannot delete resource \"namespaces\""), "{err}");
+    assert!(
+        err.contains("Forbidden") && err.contains("cannot delete resource \"namespaces\""),
+        "{err}"
+    );
     // The namespace is still there.
     t.ok(&["kubectl", "get", "namespace", "default"]);
 
@@ -109,7 +138,12 @@ fn node_identity_has_exactly_the_manifest_rbac(t: &TestLab) {
         }
         let out = t.kubectl_as_node("node-2", &args);
         let answer = text(&out.stdout).trim().to_string();
-        assert_eq!(answer == "yes", allowed, "node identity: can-i {verb} {resource} said {answer:?} {}", text(&out.stderr));
+        assert_eq!(
+            answer == "yes",
+            allowed,
+            "node identity: can-i {verb} {resource} said {answer:?} {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -155,41 +189,89 @@ fn custom_resources_round_trip(t: &TestLab) {
     std::fs::write(dir.join("cr.yaml"), TEST_CR).unwrap_or_else(|e| panic!("{e}"));
     let path = |f: &str| dir.join(f).display().to_string();
     t.ok(&["kubectl", "apply", "-f", &path("crd.yaml")]);
-    t.ok(&["kubectl", "wait", "--for=condition=Established", "crd/labchecks.lab.tortie.dev", "--timeout=30s"]);
+    t.ok(&[
+        "kubectl",
+        "wait",
+        "--for=condition=Established",
+        "crd/labchecks.lab.tortie.dev",
+        "--timeout=30s",
+    ]);
     t.ok(&["kubectl", "apply", "-f", &path("cr.yaml")]);
     // Keep the object as created, to write it back once it has changed.
-    std::fs::write(dir.join("stale.json"), t.ok(&["kubectl", "get", "labcheck", "first", "-o", "json"]))
-        .unwrap_or_else(|e| panic!("{e}"));
-    t.ok(&["kubectl", "patch", "labcheck", "first", "--type=merge", "-p", r#"{"spec":{"blocks":{"10.244.0.64-26":"node-2"}}}"#]);
-    t.ok(&["kubectl", "label", "labcheck", "first", "tortie.dev/checked=yes"]);
+    std::fs::write(
+        dir.join("stale.json"),
+        t.ok(&["kubectl", "get", "labcheck", "first", "-o", "json"]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    t.ok(&[
+        "kubectl",
+        "patch",
+        "labcheck",
+        "first",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"blocks":{"10.244.0.64-26":"node-2"}}}"#,
+    ]);
+    t.ok(&[
+        "kubectl",
+        "label",
+        "labcheck",
+        "first",
+        "tortie.dev/checked=yes",
+    ]);
     let cr = kubectl_json(t, &["get", "labcheck", "first"]);
     assert_eq!(cr["spec"]["blocks"]["10.244.0.64-26"], "node-2", "{cr}");
     assert_eq!(cr["spec"]["blocks"]["10.244.0.0-26"], "node-1", "{cr}");
-    assert_eq!(cr["metadata"]["labels"]["tortie.dev/checked"], "yes", "{cr}");
+    assert_eq!(
+        cr["metadata"]["labels"]["tortie.dev/checked"], "yes",
+        "{cr}"
+    );
     // Compare-and-swap: a write carrying an old resourceVersion is refused with 409.
     let out = t.output(&mut t.cmd(&["kubectl", "replace", "-f", &path("stale.json")]));
     assert!(!out.status.success(), "a stale write was accepted");
-    assert!(text(&out.stderr).contains("Conflict"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Conflict"),
+        "{}",
+        text(&out.stderr)
+    );
     t.ok(&["kubectl", "delete", "labcheck", "first"]);
     let out = t.output(&mut t.cmd(&["kubectl", "get", "labcheck", "first"]));
-    assert!(!out.status.success() && text(&out.stderr).contains("NotFound"), "{}", text(&out.stderr));
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("NotFound"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // The apiserver survived all of it.
-    let status: Value = serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
-    assert!(status["apiserver"]["pid"].is_i64(), "apiserver died: {status}");
+    let status: Value =
+        serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        status["apiserver"]["pid"].is_i64(),
+        "apiserver died: {status}"
+    );
 
     // tortie's own CRDs, when the generated file exists, are served.
-    if tortie_lab::objects::manifests_dir().join("crds.yaml").is_file() {
+    if tortie_lab::objects::manifests_dir()
+        .join("crds.yaml")
+        .is_file()
+    {
         let crds = kubectl_json(t, &["get", "crd"]);
-        let names: Vec<&str> =
-            crds["items"].as_array().into_iter().flatten().filter_map(|c| c["metadata"]["name"].as_str()).collect();
+        let names: Vec<&str> = crds["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["metadata"]["name"].as_str())
+            .collect();
         assert!(names.contains(&"ippools.crd.tortie.dev"), "{names:?}");
     }
 }
 
 fn agents_run_in_their_node_with_the_env_contract(t: &TestLab) {
-    let status: Value = serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
-    let nodes = status["nodes"].as_array().unwrap_or_else(|| panic!("{status}"));
+    let status: Value =
+        serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
+    let nodes = status["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"));
     assert_eq!(nodes.len(), NODES as usize);
     for (i, node) in (1..).zip(nodes) {
         let name = format!("node-{i}");
@@ -207,17 +289,30 @@ fn agents_run_in_their_node_with_the_env_contract(t: &TestLab) {
             format!("NODENAME={name}"),
             format!("KUBECONFIG={}", t.lab.node_kubeconfig(&name).display()),
             format!("TORTIE_AGENT_SOCKET={}", socket.display()),
-            format!("TORTIE_CNI_CONF_DIR={}", t.lab.cni_conf_dir(&name).display()),
+            format!(
+                "TORTIE_CNI_CONF_DIR={}",
+                t.lab.cni_conf_dir(&name).display()
+            ),
             format!("TORTIE_CNI_BIN_DIR={}", t.lab.cni_bin_dir(&name).display()),
             "CALICO_IPV4POOL_CIDR=10.244.0.0/16".to_string(),
             "IP_AUTODETECTION_METHOD=interface=eth0".to_string(),
         ] {
-            assert!(env.lines().any(|l| l == want), "{name}: {want} missing from\n{env}");
+            assert!(
+                env.lines().any(|l| l == want),
+                "{name}: {want} missing from\n{env}"
+            );
         }
-        let addr = std::fs::read_to_string(format!("{}.addr", socket.display())).unwrap_or_default();
-        assert!(addr.contains(&format!("172.31.0.{}/24", 10 + i)), "{name} did not run in its namespace: {addr}");
+        let addr =
+            std::fs::read_to_string(format!("{}.addr", socket.display())).unwrap_or_default();
+        assert!(
+            addr.contains(&format!("172.31.0.{}/24", 10 + i)),
+            "{name} did not run in its namespace: {addr}"
+        );
     }
-    assert!(status["pods"].as_array().is_some_and(|p| p.is_empty()), "{status}");
+    assert!(
+        status["pods"].as_array().is_some_and(|p| p.is_empty()),
+        "{status}"
+    );
     assert!(status["pods_error"].is_null(), "{status}");
 }
 
@@ -235,7 +330,12 @@ spec:
 /// remove that namespace too).
 fn pods_are_reported_from_the_apiserver(t: &TestLab) {
     std::fs::write(t.scratch().join("pod.yaml"), POD).unwrap_or_else(|e| panic!("{e}"));
-    t.ok(&["kubectl", "apply", "-f", &t.scratch().join("pod.yaml").display().to_string()]);
+    t.ok(&[
+        "kubectl",
+        "apply",
+        "-f",
+        &t.scratch().join("pod.yaml").display().to_string(),
+    ]);
     // Through kube-rs: Debian's kubectl (1.20) cannot patch a status subresource.
     tortie_lab::kube_netns::with_admin_client(&t.lab, |client| async move {
         let status = serde_json::json!({"status": {"podIP": "10.244.0.5", "podIPs": [{"ip": "10.244.0.5"}]}});
@@ -251,8 +351,11 @@ fn pods_are_reported_from_the_apiserver(t: &TestLab) {
     assert!(out.status.success(), "{}", text(&out.stderr));
     t.ok(&["exec", "default/web-0", "--", "ip", "link", "show", "lo"]);
 
-    let status: Value = serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
-    let pods = status["pods"].as_array().unwrap_or_else(|| panic!("{status}"));
+    let status: Value =
+        serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
+    let pods = status["pods"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"));
     assert_eq!(pods.len(), 1, "{status}");
     assert_eq!(pods[0]["namespace"], "default");
     assert_eq!(pods[0]["name"], "web-0");
@@ -267,12 +370,17 @@ fn lan_connects_the_nodes(t: &TestLab) {
 }
 
 fn second_up_changes_nothing(t: &TestLab) {
-    let before: Value = serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
+    let before: Value =
+        serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
     let start = Instant::now();
     t.ok(&["up", "--nodes", &NODES.to_string(), "--agent-timeout", "1"]);
     let again = start.elapsed();
-    let after: Value = serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(before["apiserver"]["pid"], after["apiserver"]["pid"], "the apiserver was restarted");
+    let after: Value =
+        serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        before["apiserver"]["pid"], after["apiserver"]["pid"],
+        "the apiserver was restarted"
+    );
     assert_eq!(before["etcd"]["pid"], after["etcd"]["pid"]);
     assert_eq!(before["nodes"], after["nodes"], "agents were restarted");
     assert!(again < Duration::from_secs(10), "second up took {again:?}");

@@ -1,5 +1,6 @@
-//! Root, real parts: `down` cleans up after an `up` that died half way (SIGKILL), and the
-//! reserved subcommands answer "not yet" with exit status 2.
+//! Root, real parts: `down` cleans up after an `up` that died half way (SIGKILL) or lost its
+//! records, a second lab cannot adopt the first one's namespaces, and bad input is refused
+//! before anything is made.
 
 mod lab_support;
 
@@ -26,8 +27,14 @@ fn down_cleans_up_after_an_up_killed_half_way() {
     }
     up.kill().unwrap_or_else(|e| panic!("killing up: {e}"));
     let _ = up.wait();
-    assert!(!tortie_lab::teardown::lab_netns(&t.lab).is_empty(), "nothing was made before the kill");
-    assert!(!tortie_lab::teardown::lab_processes(&t.lab).is_empty(), "no process was started before the kill");
+    assert!(
+        !tortie_lab::teardown::lab_netns(&t.lab).is_empty(),
+        "nothing was made before the kill"
+    );
+    assert!(
+        !tortie_lab::teardown::lab_processes(&t.lab).is_empty(),
+        "no process was started before the kill"
+    );
 
     let out = t.ok(&["down"]);
     assert_nothing_left(&t.lab);
@@ -40,44 +47,96 @@ fn down_cleans_up_after_an_up_killed_half_way() {
 fn down_kills_processes_even_without_pid_files_or_namespaces() {
     let t = TestLab::new("m");
     let agent = recording_agent(t.scratch());
-    let out = t.output(t.cmd(&["up", "--nodes", "1", "--agent-timeout", "1"]).env("TORTIE_NODE_BIN", &agent));
-    assert!(out.status.success(), "up failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+    let out = t.output(
+        t.cmd(&["up", "--nodes", "1", "--agent-timeout", "1"])
+            .env("TORTIE_NODE_BIN", &agent),
+    );
+    assert!(
+        out.status.success(),
+        "up failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 
     // A second lab with the same prefix must not adopt this one's namespaces.
     let other_state = t.scratch().join("other-state");
-    let out = t.output(t.cmd(&["up", "--nodes", "1"]).env(tortie_lab::lab::STATE_ENV, &other_state));
-    assert!(!out.status.success(), "a second lab adopted the first one's namespaces");
-    assert!(text(&out.stderr).contains("another lab uses the same names"), "{}", text(&out.stderr));
+    let out = t.output(
+        t.cmd(&["up", "--nodes", "1"])
+            .env(tortie_lab::lab::STATE_ENV, &other_state),
+    );
+    assert!(
+        !out.status.success(),
+        "a second lab adopted the first one's namespaces"
+    );
+    assert!(
+        text(&out.stderr).contains("another lab uses the same names"),
+        "{}",
+        text(&out.stderr)
+    );
     let other = tortie_lab::Lab::new(&other_state, t.lab.prefix());
-    assert!(tortie_lab::process::members(&other).is_empty(), "the refused up started processes");
+    assert!(
+        tortie_lab::process::members(&other).is_empty(),
+        "the refused up started processes"
+    );
     t.ok(&["kubectl", "get", "nodes"]);
 
     // Lose every record: pid files gone, namespaces deleted behind the lab's back.
     for ns in tortie_lab::teardown::lab_netns(&t.lab) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .output();
     }
-    for f in [tortie_lab::control::etcd_pid_file(&t.lab), tortie_lab::control::apiserver_pid_file(&t.lab)] {
+    for f in [
+        tortie_lab::control::etcd_pid_file(&t.lab),
+        tortie_lab::control::apiserver_pid_file(&t.lab),
+    ] {
         let _ = std::fs::remove_file(f);
     }
-    assert!(!tortie_lab::process::members(&t.lab).is_empty(), "etcd and the apiserver should still run");
+    assert!(
+        !tortie_lab::process::members(&t.lab).is_empty(),
+        "etcd and the apiserver should still run"
+    );
     t.ok(&["down"]);
     assert_nothing_left(&t.lab);
 }
 
 #[test]
-fn reserved_subcommands_say_not_yet_with_status_2() {
+fn bad_input_is_refused_before_anything_is_made() {
     let t = TestLab::new("r");
-    for args in [
-        vec!["pod", "add", "default/a", "--node", "node-1"],
-        vec!["pod", "del", "default/a"],
-        vec!["ping", "default/a", "default/b"],
-        vec!["bench", "pod-startup"],
-        vec!["up", "--pods-per-node", "2"],
+    for (args, why) in [
+        (
+            vec!["up", "--nodes", "0"],
+            "--nodes 0: must be between 1 and 200",
+        ),
+        (
+            vec!["up", "--nodes", "201"],
+            "--nodes 201: must be between 1 and 200",
+        ),
+        (
+            vec!["up", "--pool", "10.244.0.0/33"],
+            "invalid value '10.244.0.0/33'",
+        ),
+        (
+            vec!["exec", "node-1", "--", "true"],
+            "does not exist (is the lab up?",
+        ),
+        (vec!["exec", "eth0", "--", "true"], "is not a lab node"),
+        (
+            vec!["kubectl", "get", "nodes"],
+            "run `scripts/lab up` first",
+        ),
     ] {
         let out = t.output(&mut t.cmd(&args));
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(text(&out.stderr).contains("not yet implemented (issue"), "{args:?}: {}", text(&out.stderr));
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            text(&out.stderr).contains(why),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            tortie_lab::teardown::lab_netns(&t.lab).is_empty(),
+            "{args:?} made namespaces"
+        );
     }
-    // Refused before anything was made.
-    assert!(!t.state().exists());
+    assert!(tortie_lab::process::members(&t.lab).is_empty());
 }

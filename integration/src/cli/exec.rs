@@ -21,7 +21,9 @@ pub fn target_netns(lab: &Lab, target: &str) -> anyhow::Result<String> {
         "control" => lab.control_netns(),
         "lan" => lab.lan_netns(),
         t => match t.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => lab.pod_netns(ns, name),
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                lab.pod_netns(ns, name)
+            }
             Some(_) => bail!("{t:?}: a pod is `namespace/name`"),
             None => lab.node_netns(t),
         },
@@ -37,7 +39,10 @@ pub fn target_netns(lab: &Lab, target: &str) -> anyhow::Result<String> {
 
 pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
     let netns = target_netns(lab, &args.target)?;
-    let err = Command::new("ip").args(["netns", "exec", &netns]).args(&args.command).exec();
+    let err = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .args(&args.command)
+        .exec();
     bail!("running {:?} in {netns}: {err}", args.command)
 }
 
@@ -49,8 +54,17 @@ mod tests {
     fn targets_map_to_namespaces_or_errors() {
         let lab = Lab::new("/tmp/none", "tl-exec-test-");
         // None of these exist, so all fail, but each for its own reason.
-        let e = |t: &str| target_netns(&lab, t).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e("node-2").contains("tl-exec-test-node-2 does not exist"), "{}", e("node-2"));
+        let e = |t: &str| {
+            target_netns(&lab, t)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            e("node-2").contains("tl-exec-test-node-2 does not exist"),
+            "{}",
+            e("node-2")
+        );
         assert!(e("default/web").contains("tl-exec-test-pod-default.web does not exist"));
         assert!(e("control").contains("tl-exec-test-tortie-ctl"));
         assert!(e("a/b/c").contains("namespace/name"));

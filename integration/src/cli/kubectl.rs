@@ -17,7 +17,10 @@ pub struct Args {
 /// apiserver can be reached) with the admin kubeconfig.
 pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
     if !lab.admin_kubeconfig().exists() {
-        bail!("no lab at {} (run `scripts/lab up` first)", lab.state_dir().display());
+        bail!(
+            "no lab at {} (run `scripts/lab up` first)",
+            lab.state_dir().display()
+        );
     }
     let err = crate::up::kubectl(lab).args(&args.args).exec();
     bail!("running kubectl: {err}")

@@ -30,10 +30,23 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
         pool: args.pool,
         agent_timeout: std::time::Duration::from_secs(args.agent_timeout),
     };
-    let report = up(lab, &opts, &progress).with_context(|| format!("up (state {})", lab.state_dir().display()))?;
-    let failed = report.agents.iter().filter(|(_, o)| matches!(o, Outcome::Exited { .. })).count();
-    let missing = report.agents.iter().filter(|(_, o)| matches!(o, Outcome::NotBuilt)).count();
-    let mut summary = format!("lab up: {} nodes in {:.1}s", report.config.nodes.len(), report.elapsed.as_secs_f64());
+    let report = up(lab, &opts, &progress)
+        .with_context(|| format!("up (state {})", lab.state_dir().display()))?;
+    let failed = report
+        .agents
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Exited { .. }))
+        .count();
+    let missing = report
+        .agents
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::NotBuilt))
+        .count();
+    let mut summary = format!(
+        "lab up: {} nodes in {:.1}s",
+        report.config.nodes.len(),
+        report.elapsed.as_secs_f64()
+    );
     if failed > 0 {
         summary.push_str(&format!("; WARNING: {failed} agent(s) exited, see above"));
     }
@@ -41,10 +54,16 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
         summary.push_str("; agents not started (tortie-node not built)");
     }
     if args.pods_per_node > 0 {
-        let added = crate::pod::ensure_per_node(lab, &report.config, args.pods_per_node).context("up --pods-per-node")?;
+        let added = crate::pod::ensure_per_node(lab, &report.config, args.pods_per_node)
+            .context("up --pods-per-node")?;
         for record in &added {
             let ips: Vec<String> = record.ips.iter().map(ToString::to_string).collect();
-            progress.say(&format!("pod {} on {}: {}", record.pod, record.node, ips.join(", ")));
+            progress.say(&format!(
+                "pod {} on {}: {}",
+                record.pod,
+                record.node,
+                ips.join(", ")
+            ));
         }
         summary.push_str(&format!(", {} pods added", added.len()));
     }

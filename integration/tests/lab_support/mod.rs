@@ -33,19 +33,28 @@ impl TestLab {
     /// `tortie-lab ARGS` for this lab.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tortie-lab"));
-        cmd.env(STATE_ENV, self.state()).env(PREFIX_ENV, self.lab.prefix()).args(args);
+        cmd.env(STATE_ENV, self.state())
+            .env(PREFIX_ENV, self.lab.prefix())
+            .args(args);
         cmd
     }
 
     /// Runs `tortie-lab ARGS`, failing the test with its output unless it succeeds.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.output(&mut self.cmd(args));
-        assert!(out.status.success(), "tortie-lab {args:?} failed ({}):\n{}\n{}", out.status, text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tortie-lab {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         text(&out.stdout)
     }
 
     pub fn output(&self, cmd: &mut Command) -> Output {
-        cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+        cmd.output()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
     }
 
     /// kubectl as node `node`'s agent would be: from inside its namespace, with its kubeconfig.
@@ -86,15 +95,30 @@ pub fn text(b: &[u8]) -> String {
 /// Fails unless no trace of `lab` remains: namespaces, processes, mounts, files.
 pub fn assert_nothing_left(lab: &Lab) {
     let netns: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default();
-    let ours: Vec<&String> = netns.iter().filter(|n| n.starts_with(lab.prefix())).collect();
+    let ours: Vec<&String> = netns
+        .iter()
+        .filter(|n| n.starts_with(lab.prefix()))
+        .collect();
     assert!(ours.is_empty(), "namespaces left: {ours:?}");
 
     let state = lab.state_dir().as_os_str().as_encoded_bytes().to_vec();
     let mut procs = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap_or_else(|e| panic!("/proc: {e}")).flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+    for entry in std::fs::read_dir("/proc")
+        .unwrap_or_else(|e| panic!("/proc: {e}"))
+        .flatten()
+    {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         let mentions = |hay: &[u8]| hay.windows(state.len()).any(|w| w == state.as_slice());
@@ -106,7 +130,11 @@ pub fn assert_nothing_left(lab: &Lab) {
 
     let mounts = tortie_lab::teardown::mounts_under(lab.state_dir());
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    assert!(!lab.state_dir().exists(), "state folder {} left", lab.state_dir().display());
+    assert!(
+        !lab.state_dir().exists(),
+        "state folder {} left",
+        lab.state_dir().display()
+    );
 }
 
 /// A stand-in agent for tests that check the lab's process handling, not the agent: it
@@ -119,6 +147,7 @@ pub fn recording_agent(dir: &Path) -> PathBuf {
     )
     .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("chmod: {e}"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod: {e}"));
     path
 }
