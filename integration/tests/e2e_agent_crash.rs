@@ -1,0 +1,185 @@
+//! Root, real parts: the node's agent is SIGKILLed in the middle of a burst of concurrent
+//! pod ADDs, then restarted; the ADDs that failed are retried, as a kubelet would. Then no
+//! address is held twice, and every ADD that returned success still holds its address in
+//! the apiserver's IPAMBlocks (an allocation is durable before ADD returns).
+//!
+//! Needs `cargo build -p tortie-node -p tortie-cni` first: the lab runs those binaries.
+
+mod lab_support;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lab_support::{TestLab, text};
+use serde_json::Value;
+use tortie_lab::pod::{self, AddOptions, PodRecord, PodRef};
+
+const NODE: &str = "node-1";
+const NETWORK: &str = "k8s-pod-network";
+const PODS: usize = 40;
+/// Kill once this many ADDs have succeeded: well inside the burst.
+const KILL_AFTER: usize = 4;
+
+#[test]
+fn sigkill_during_a_burst_of_adds_loses_no_allocation_and_duplicates_none() {
+    let agent = tortie_lab::agents::agent_binary().filter(|p| p.is_file());
+    assert!(
+        agent.is_some(),
+        "tortie-node is not built: cargo build -p tortie-node -p tortie-cni"
+    );
+    let t = TestLab::new("k");
+    t.ok(&["up", "--nodes", "1", "--agent-timeout", "30"]);
+    let status: Value =
+        serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status["nodes"][0]["health"], "ready", "{status}");
+    let pid = tortie_lab::process::running(&t.lab, &t.lab.agent_pid_file(NODE))
+        .unwrap_or_else(|| panic!("no agent"));
+
+    let pods: Vec<PodRef> = (0..PODS)
+        .map(|i| PodRef::new("default", &format!("burst-{i}")).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let (tx, rx) = mpsc::channel::<(PodRef, Result<PodRecord, String>)>();
+    let threads: Vec<_> = pods
+        .iter()
+        .cloned()
+        .map(|p| {
+            let (lab, tx) = (t.lab.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let r = pod::add(
+                    &lab,
+                    &p,
+                    &AddOptions {
+                        node: NODE.into(),
+                        ..Default::default()
+                    },
+                );
+                let _ = tx.send((p, r.map_err(|e| e.to_string())));
+            })
+        })
+        .collect();
+    drop(tx);
+
+    let mut done: BTreeMap<PodRef, Result<PodRecord, String>> = BTreeMap::new();
+    let mut killed_at = None;
+    for (p, r) in rx.iter() {
+        done.insert(p, r);
+        let ok = done.values().filter(|r| r.is_ok()).count();
+        if killed_at.is_none() && ok >= KILL_AFTER {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)
+                .unwrap_or_else(|e| panic!("SIGKILL: {e}"));
+            killed_at = Some(done.len());
+        }
+    }
+    for th in threads {
+        th.join()
+            .unwrap_or_else(|_| panic!("an ADD thread panicked"));
+    }
+    let killed_at = killed_at.unwrap_or_else(|| {
+        panic!("fewer than {KILL_AFTER} ADDs succeeded before any kill: {done:#?}")
+    });
+    assert!(
+        killed_at < PODS,
+        "the burst was over before the kill; nothing was tested"
+    );
+    let failed: Vec<PodRef> = done
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(p, _)| p.clone())
+        .collect();
+    eprintln!(
+        "killed after {killed_at} of {PODS} ADDs returned; {} failed",
+        failed.len()
+    );
+    assert!(!failed.is_empty(), "no ADD saw the agent die");
+    while tortie_lab::process::is_alive(pid) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The restart, as `up` does it.
+    let config = tortie_lab::LabConfig::load(&t.lab)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no lab.json"));
+    let started = tortie_lab::agents::ensure_all(&t.lab, &config).unwrap_or_else(|e| panic!("{e}"));
+    let outcomes = tortie_lab::agents::settle(&t.lab, started, Duration::from_secs(30));
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, tortie_lab::agents::Outcome::Ready { .. })),
+        "restart: {outcomes:?}"
+    );
+
+    // Finish: the kubelet retries each failed sandbox until it is up.
+    for p in &failed {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let record = loop {
+            match pod::add(
+                &t.lab,
+                p,
+                &AddOptions {
+                    node: NODE.into(),
+                    ..Default::default()
+                },
+            ) {
+                Ok(r) => break r,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{p}: ADD still failing after the restart: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        };
+        done.insert(p.clone(), Ok(record));
+    }
+
+    let records: Vec<PodRecord> = done
+        .into_values()
+        .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert_eq!(records.len(), PODS);
+    let held = pod::kube::allocations(&t.lab).unwrap_or_else(|e| panic!("{e}"));
+
+    // No address twice: not among the pods, not among the stored allocations.
+    let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for r in &records {
+        for ip in &r.ips {
+            if let Some(other) = owner.insert(*ip, r.pod.to_string()) {
+                panic!("{ip} was given to {other} and to {}", r.pod);
+            }
+        }
+    }
+    let mut by_ip: BTreeMap<IpAddr, Vec<&str>> = BTreeMap::new();
+    for (handle, ips) in &held {
+        for ip in ips {
+            by_ip.entry(*ip).or_default().push(handle);
+        }
+    }
+    let dups: Vec<_> = by_ip.iter().filter(|(_, h)| h.len() > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "addresses stored under several handles: {dups:?}"
+    );
+
+    // Every successful ADD still holds its address, and the pod reaches its node.
+    for r in &records {
+        let handle = r.handle(NETWORK);
+        assert!(
+            held.get(&handle)
+                .is_some_and(|ips| r.ips.iter().all(|ip| ips.contains(ip))),
+            "{}: {handle} does not hold {:?} in the apiserver (holds {:?})",
+            r.pod,
+            r.ips,
+            held.get(&handle)
+        );
+        let out = t.output(&mut t.cmd(&["ping", "-c", "1", &r.pod.to_string(), NODE]));
+        assert!(
+            out.status.success(),
+            "{} cannot reach its node after the restart: {}",
+            r.pod,
+            text(&out.stdout)
+        );
+    }
+}
