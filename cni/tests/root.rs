@@ -398,3 +398,39 @@ fn kernel_refusal_mid_add_leaves_nothing() {
     assert!(!pod.has_link("eth0"));
     assert!(agent.held().is_empty(), "{:?}", agent.held());
 }
+
+/// Thirty pods on one node at once, as a kubelet starting a deployment would: every ADD
+/// succeeds with its own address and veth, every pod answers, and thirty DELs clean up.
+#[test]
+fn thirty_concurrent_adds_and_dels() {
+    let node = node_ns();
+    let agent = TestAgent::start(&node);
+    let c = conf("1.0.0", &agent.socket).to_string();
+    let pods: Vec<(NetNs, Invocation)> = (0..30)
+        .map(|_| {
+            let ns = NetNs::new("cni-pod");
+            let inv = Invocation::kubelet(&unique("burst"), &unique("cid"), &ns.path());
+            (ns, inv)
+        })
+        .collect();
+    let results: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods.iter().map(|(_, inv)| s.spawn(|| exec(&node, &tortie(), "ADD", inv, &c))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addresses: Vec<String> = results.iter().map(|r| address_of(&r.ok().json())).collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 30, "{addresses:?}");
+    assert_eq!(tort_links(&node).len(), 30);
+    for a in &addresses {
+        assert!(node.ping(a), "node → {a}");
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pods.iter().map(|(_, inv)| s.spawn(|| exec(&node, &tortie(), "DEL", inv, &c))).collect();
+        for h in handles {
+            h.join().unwrap().ok();
+        }
+    });
+    assert!(tort_links(&node).is_empty(), "{:?}", tort_links(&node));
+    assert!(agent.held().is_empty());
+}

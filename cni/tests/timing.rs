@@ -80,7 +80,7 @@ fn sequential_add_latency_against_ptp_host_local() {
     let agent = TestAgent::start(&node);
     agent.state.lock().unwrap().skip_routes = true;
     let ipam_dir = tempfile::tempdir().unwrap();
-    // TORTIE_TIMING_LOG=debug prints the plugin's own timestamped steps for the last ADD.
+    // TORTIE_TIMING_LOG=debug prints the plugin's own timestamped steps for the last DEL.
     let log_level = std::env::var("TORTIE_TIMING_LOG").unwrap_or_else(|_| "warn".into());
     let tortie_conf =
         json!({"cniVersion": "1.0.0", "name": "bench", "type": "tortie", "agent_socket": agent.socket, "log_level": log_level})
@@ -100,7 +100,6 @@ fn sequential_add_latency_against_ptp_host_local() {
         let (d, code, out) = timed(&node_fd, &tortie(), &tenv, &tortie_conf);
         assert_eq!(code, 0, "tortie ADD {i}: {out}");
         t_add.push(d);
-        last_log = out;
         let (d, code, out) = timed(&node_fd, Path::new("/usr/lib/cni/ptp"), &penv, &ptp_conf);
         assert_eq!(code, 0, "ptp ADD {i}: {out}");
         p_add.push(d);
@@ -111,6 +110,7 @@ fn sequential_add_latency_against_ptp_host_local() {
         let (d, code, out) = timed(&node_fd, &tortie(), &env, &tortie_conf);
         assert_eq!(code, 0, "tortie DEL {i}: {out}");
         t_del.push(d);
+        last_log = out;
         let (d, code, out) = timed(&node_fd, &tortie(), &env, &tortie_conf);
         assert_eq!(code, 0, "tortie DEL again {i}: {out}");
         t_del2.push(d);
@@ -118,7 +118,7 @@ fn sequential_add_latency_against_ptp_host_local() {
         let (_, code, out) = timed(&node_fd, Path::new("/usr/lib/cni/ptp"), &penv, &ptp_conf);
         assert_eq!(code, 0, "ptp DEL {i}: {out}");
     }
-    println!("last tortie ADD printed:\n{last_log}");
+    println!("last tortie DEL printed:\n{last_log}");
     let (tp50, tp99) = report("tortie ADD", t_add);
     let (pp50, _) = report("ptp+host-local ADD", p_add);
     report("tortie DEL", t_del);

@@ -152,6 +152,7 @@ async fn del<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
     // since a newer sandbox of the same pod may own it by now.
     let delete = async {
         let Some(netns) = &env.netns else { return Ok(()) };
+        debug!("deleting the pod link");
         match dp.delete_pod_link(netns, &env.ifname).await {
             Ok(found) => {
                 debug!(found, "pod link deleted");
@@ -167,7 +168,12 @@ async fn del<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
     // Both at once: unregistering a veth waits for the kernel's RCU grace periods, the
     // release for the datastore. Releasing a moment before the pod's eth0 is gone is
     // harmless: the dying namespace has no host route pointing into it any more.
-    let (deleted, released) = tokio::join!(delete, agent.release(attachment(env, conf)));
+    let release = async {
+        let r = agent.release(attachment(env, conf)).await;
+        debug!("release answered");
+        r
+    };
+    let (deleted, released) = tokio::join!(delete, release);
     deleted?;
     let released = released.map_err(|e| agent_error("Release", e))?;
     info!(released, "endpoint released");
