@@ -347,3 +347,71 @@ impl Dataplane for KernelDataplane {
             .map_err(|e| DataplaneError::failed(format!("delete {ifname} in {}", netns.display()), e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{GATEWAY_V4, GATEWAY_V6};
+
+    fn route(msg: RouteNetlinkMessage) -> RouteMessage {
+        match msg {
+            RouteNetlinkMessage::NewRoute(r) => r,
+            other => panic!("not a route: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gateway_link_route_is_a_host_route_of_link_scope() {
+        let r = route(new_route(7, PodRoute::Link { dst: GATEWAY_V4.into() }));
+        assert_eq!(r.header.scope, RouteScope::Link);
+        assert_eq!(r.header.destination_prefix_length, 32);
+        assert_eq!(r.header.table, RouteHeader::RT_TABLE_MAIN);
+        assert!(r.attributes.contains(&RouteAttribute::Destination(RouteAddress::Inet(GATEWAY_V4))));
+        assert!(r.attributes.contains(&RouteAttribute::Oif(7)));
+        assert!(!r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_))));
+    }
+
+    #[test]
+    fn default_route_has_no_destination_and_a_gateway() {
+        let r = route(new_route(7, PodRoute::Via { dst: "::/0".parse().unwrap(), gw: GATEWAY_V6.into() }));
+        assert_eq!(r.header.address_family, AddressFamily::Inet6);
+        assert_eq!(r.header.scope, RouteScope::Universe);
+        assert_eq!(r.header.destination_prefix_length, 0);
+        assert!(!r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(_))));
+        assert!(r.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet6(GATEWAY_V6))));
+    }
+
+    #[test]
+    fn ipv4_addresses_carry_local_and_ipv6_skip_dad() {
+        let RouteNetlinkMessage::NewAddress(v4) = new_address(3, "10.0.0.5/32".parse().unwrap()) else { panic!() };
+        assert_eq!((v4.header.prefix_len, v4.header.index), (32, 3));
+        assert!(v4.attributes.contains(&AddressAttribute::Local("10.0.0.5".parse().unwrap())));
+        let RouteNetlinkMessage::NewAddress(v6) = new_address(3, "fd00::5/128".parse().unwrap()) else { panic!() };
+        assert!(v6.attributes.contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
+    }
+
+    #[test]
+    fn link_state_reads_kind_mac_mtu_peer_and_up() {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 12;
+        msg.header.flags = LinkFlags::Up | LinkFlags::Broadcast;
+        msg.attributes = vec![
+            LinkAttribute::Address(HOST_MAC.to_vec()),
+            LinkAttribute::Mtu(1450),
+            LinkAttribute::Link(4),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        let s = link_state(&msg);
+        assert_eq!(
+            s,
+            LinkState {
+                index: 12,
+                kind: Some("veth".into()),
+                mac: Some("ee:ee:ee:ee:ee:ee".into()),
+                mtu: 1450,
+                up: true,
+                peer_index: Some(4)
+            }
+        );
+    }
+}
