@@ -609,6 +609,39 @@ impl Rib {
                 .is_some_and(|s| s.policy.import_allow.iter().any(|net| net.contains(prefix)))
     }
 
+    /// Replaces the speaker-wide import pools. Paths that fall outside are removed (and
+    /// counted as refused). Prefixes refused before are not kept, so the caller asks the
+    /// peers for their tables again (ROUTE-REFRESH) to pick up what is now allowed.
+    pub fn set_import_allow(&mut self, allow: Option<Vec<IpNet>>) -> Changes {
+        self.cfg.import_allow = allow;
+        let mut refused: Vec<(PeerId, IpNet)> = Vec::new();
+        let learned = |p: &Paths| p.as_slice().iter().filter(|x| x.peer != LOCAL).map(|x| x.peer).collect::<Vec<_>>();
+        for (k, paths) in &self.v4 {
+            let prefix = IpNet::V4(*k);
+            for peer in learned(paths) {
+                if !self.import_allowed(peer, &prefix) {
+                    refused.push((peer, prefix));
+                }
+            }
+        }
+        for (k, paths) in &self.v6 {
+            let prefix = IpNet::V6(*k);
+            for peer in learned(paths) {
+                if !self.import_allowed(peer, &prefix) {
+                    refused.push((peer, prefix));
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for (peer, prefix) in refused {
+            if let Some(slot) = self.slot_mut(peer) {
+                slot.rejected.insert(prefix);
+            }
+            self.withdraw_path(peer, prefix, &mut changes);
+        }
+        changes
+    }
+
     /// Originates a prefix from this speaker.
     pub fn originate(&mut self, prefix: IpNet) -> Changes {
         let attrs = self.interner.intern(Attrs::local());
@@ -1510,6 +1543,25 @@ mod tests {
         // Withdrawing a refused prefix forgets it.
         withdraw(&mut rib, b, &["172.16.2.0/24"]);
         assert_eq!(rib.counts(b).received, 1);
+    }
+
+    #[test]
+    fn narrowing_the_pools_removes_routes_outside_them() {
+        let mut rib = rib(Some(vec![net("192.168.0.0/16"), net("10.0.0.0/8")]), false);
+        let a = peer(&mut rib, "10.0.0.2", false);
+        up(&mut rib, a, "10.0.0.2", false);
+        announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26", "10.9.0.0/24"]);
+        rib.originate(net("10.8.0.0/24"));
+        let ch = rib.set_import_allow(Some(vec![net("192.168.0.0/16")]));
+        assert_eq!(ch, vec![remove("10.9.0.0/24")]);
+        assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 1 });
+        // What we originate is not subject to import policy.
+        assert!(rib.originated().contains(&net("10.8.0.0/24")));
+        // Widening changes nothing by itself: the peer has to send the route again.
+        assert!(rib.set_import_allow(None).is_empty());
+        let ch = announce(&mut rib, a, attrs("10.0.0.2"), &["10.9.0.0/24"]);
+        assert_eq!(ch.len(), 1);
+        assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 2 });
     }
 
     #[test]

@@ -31,7 +31,8 @@ use crate::fsm::{Action, ConnId, Direction, Event, Fsm, Negotiated, State, Timer
 use crate::md5;
 use crate::rib::{Attrs, OutBatch, PeerId, Routes, SessionInfo};
 use crate::wire::{
-    Codec, Family, HEADER_LEN, MAX_MESSAGE_LEN, Message, MpReach, NextHop, Update, UpdateStatus,
+    Codec, Family, HEADER_LEN, MAX_MESSAGE_LEN, Message, MpReach, NextHop, RouteRefresh, Update,
+    UpdateStatus,
     decode_frame, encode_into, pack_announce, pack_withdraw,
 };
 
@@ -63,6 +64,8 @@ pub(crate) enum ToSession {
     Inbound(TcpStream),
     /// UPDATEs to send. At most one is outstanding until `Drained` comes back.
     Out(OutBatch),
+    /// Ask the peer to send its table again (RFC 2918), for every negotiated family.
+    Refresh,
     /// Close with Cease and end the task.
     Stop,
 }
@@ -187,6 +190,7 @@ impl Session {
                         }
                     }
                     Some(ToSession::Out(batch)) => self.send_batch(batch).await,
+                    Some(ToSession::Refresh) => self.request_refresh(),
                 },
                 Some(ev) = io_rx.recv() => self.io(ev).await,
                 () = sleep_until(deadline) => self.fire_timers().await,
@@ -499,6 +503,24 @@ impl Session {
             }
         }
         self.write(id, WriteMsg::Data(out.freeze()));
+    }
+
+    fn request_refresh(&mut self) {
+        let Some(id) = self.fsm.conn().filter(|_| self.fsm.state() == State::Established) else {
+            return;
+        };
+        if !self.fsm.negotiated().is_some_and(|n| n.route_refresh) {
+            warn!("peer does not support route refresh; routes it sent before a policy change stay refused until the session restarts");
+            return;
+        }
+        for family in self.families.clone() {
+            let msg = Message::RouteRefresh(RouteRefresh { family });
+            let mut buf = BytesMut::new();
+            match encode_into(&msg, &self.codec, &mut buf) {
+                Ok(()) => self.write(id, WriteMsg::Control(buf.freeze())),
+                Err(e) => warn!(error = %e, %family, "cannot encode ROUTE-REFRESH"),
+            }
+        }
     }
 
     async fn fire_timers(&mut self) {

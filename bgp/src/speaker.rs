@@ -69,6 +69,7 @@ enum Command {
     RemovePeer(IpAddr, oneshot::Sender<Result<(), Error>>),
     Originate(IpNet, oneshot::Sender<()>),
     Withdraw(IpNet, oneshot::Sender<()>),
+    SetImportAllow(Option<Vec<IpNet>>, oneshot::Sender<()>),
     Subscribe(oneshot::Sender<mpsc::Receiver<RibEvent>>),
     Status(oneshot::Sender<Vec<PeerStatus>>),
     Shutdown { graceful: bool, reply: oneshot::Sender<()> },
@@ -145,6 +146,14 @@ impl Speaker {
     /// Stops advertising a prefix.
     pub async fn withdraw(&self, prefix: IpNet) -> Result<(), Error> {
         self.ask(|r| Command::Withdraw(prefix, r)).await
+    }
+
+    /// Replaces the speaker-wide import pools (`SpeakerConfig::import_allow`; `None`
+    /// accepts everything). Routes now outside are removed at once; every peer that
+    /// supports route refresh (RFC 2918) is asked for its table again, so routes it sent
+    /// while they were refused come back.
+    pub async fn set_import_allow(&self, allow: Option<Vec<IpNet>>) -> Result<(), Error> {
+        self.ask(|r| Command::SetImportAllow(allow, r)).await
     }
 
     /// A stream of Loc-RIB changes, starting with the current table. Read it from its own
@@ -288,6 +297,16 @@ impl Owner {
             Command::Withdraw(prefix, reply) => {
                 let changes = self.rib.withdraw_local(prefix);
                 self.publish(changes).await;
+                let _ = reply.send(());
+            }
+            Command::SetImportAllow(allow, reply) => {
+                let changes = self.rib.set_import_allow(allow);
+                self.publish(changes).await;
+                for entry in self.peers.values() {
+                    if entry.negotiated.is_some() && entry.session.tx.try_send(ToSession::Refresh).is_err() {
+                        warn!(peer = %entry.cfg.address, "session busy; no ROUTE-REFRESH sent");
+                    }
+                }
                 let _ = reply.send(());
             }
             Command::Subscribe(reply) => {

@@ -718,3 +718,38 @@ fn two_restarting_speakers_do_not_wait_for_each_other() {
         let _ = b.shutdown().await;
     });
 }
+
+#[test]
+fn changing_the_import_pools_refreshes_routes_from_peers() {
+    init_tracing();
+    let ns = Netns::new("pools");
+    ns.run(|| async {
+        let mut cfg = SpeakerConfig::new(Ipv4Addr::new(10, 0, 0, 1), ASN);
+        cfg.listen = Some(SocketAddr::new(addr("127.0.0.1"), PORT));
+        cfg.import_allow = Some(vec![net("192.168.0.0/16")]);
+        let a = Speaker::start(cfg).await.unwrap_or_else(|e| panic!("{e}"));
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
+        let mut wa = Watch::new(&a).await;
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        for p in ["192.168.2.0/26", "10.244.2.0/26"] {
+            b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        wa.until("B's pool route", |w| w.has("192.168.2.0/26", "127.0.0.2")).await;
+        wa.until("sync", |w| w.sync_done).await;
+        assert!(!wa.routes.contains_key(&net("10.244.2.0/26")));
+
+        // A pool is added: the refused route comes back through ROUTE-REFRESH.
+        a.set_import_allow(Some(vec![net("192.168.0.0/16"), net("10.244.0.0/16")]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wa.until("the new pool's route", |w| w.has("10.244.2.0/26", "127.0.0.2")).await;
+        // A pool is removed: its routes go at once.
+        a.set_import_allow(Some(vec![net("10.244.0.0/16")])).await.unwrap_or_else(|e| panic!("{e}"));
+        wa.until("the old pool's route gone", |w| !w.routes.contains_key(&net("192.168.2.0/26"))).await;
+        let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((status[0].prefixes_received, status[0].prefixes_accepted), (2, 1));
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
+    });
+}
