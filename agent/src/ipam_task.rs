@@ -23,8 +23,10 @@ const MAX_BATCH: usize = 64;
 /// How often empty blocks are checked for release.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
+type AllocReply = oneshot::Sender<Result<Vec<IpNet>, Failure>>;
+
 enum Command {
-    Allocate(AllocateParams, oneshot::Sender<Result<Vec<IpNet>, Failure>>),
+    Allocate(AllocateParams, AllocReply),
     Release(Handle, oneshot::Sender<Result<u32, Failure>>),
     Lookup(Handle, oneshot::Sender<Result<Vec<IpNet>, Failure>>),
     Gc(String, Vec<Handle>, oneshot::Sender<Result<GcOutcome, Failure>>),
@@ -247,7 +249,7 @@ impl<S: Store> IpamTask<S> {
     }
 
     /// Serves queued Allocates with the allocator's batch path and answers each.
-    async fn allocate_batch(&mut self, batch: Vec<(AllocateParams, oneshot::Sender<Result<Vec<IpNet>, Failure>>)>) {
+    async fn allocate_batch(&mut self, batch: Vec<(AllocateParams, AllocReply)>) {
         if batch.len() == 1 {
             for (p, reply) in batch {
                 let r = self.allocate(p).await;
