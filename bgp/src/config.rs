@@ -129,22 +129,38 @@ impl PeerConfig {
 
     /// Checks what the FSM and the kernel would otherwise reject later.
     pub fn validate(&self) -> Result<(), crate::Error> {
-        let bad = |reason: String| Err(crate::Error::Config { peer: self.address, reason });
+        let bad = |reason: String| {
+            Err(crate::Error::Config {
+                peer: self.address,
+                reason,
+            })
+        };
         if self.hold_time == 1 || self.hold_time == 2 {
-            return bad(format!("hold_time {} must be 0 or at least 3 seconds", self.hold_time));
+            return bad(format!(
+                "hold_time {} must be 0 or at least 3 seconds",
+                self.hold_time
+            ));
         }
         if self.restart_time > 4095 {
-            return bad(format!("restart_time {} is more than the 4095 s RFC 4724 allows", self.restart_time));
+            return bad(format!(
+                "restart_time {} is more than the 4095 s RFC 4724 allows",
+                self.restart_time
+            ));
         }
         if let Some(p) = &self.password
             && p.as_bytes().len() > crate::md5::MAX_KEY_LEN
         {
-            return bad(format!("password is longer than {} bytes", crate::md5::MAX_KEY_LEN));
+            return bad(format!(
+                "password is longer than {} bytes",
+                crate::md5::MAX_KEY_LEN
+            ));
         }
         if let Some(local) = self.local_address
             && local.is_ipv4() != self.address.is_ipv4()
         {
-            return bad(format!("local_address {local} is not of the peer's address family"));
+            return bad(format!(
+                "local_address {local} is not of the peer's address family"
+            ));
         }
         Ok(())
     }
@@ -168,7 +184,10 @@ mod tests {
         let mut cfg = PeerConfig::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 64512);
         cfg.hold_time = 2;
         let err = cfg.validate().map_err(|e| e.to_string());
-        assert_eq!(err, Err("peer 10.0.0.2: hold_time 2 must be 0 or at least 3 seconds".into()));
+        assert_eq!(
+            err,
+            Err("peer 10.0.0.2: hold_time 2 must be 0 or at least 3 seconds".into())
+        );
         cfg.hold_time = 3;
         cfg.password = Some(Password::new("x".repeat(81)));
         assert!(cfg.validate().is_err());

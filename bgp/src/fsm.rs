@@ -110,7 +110,10 @@ pub enum Action {
     /// The session left Established. `graceful` says whether RFC 4724 lets us keep the
     /// peer's routes as stale (the peer negotiated graceful restart and the session ended
     /// without a NOTIFICATION).
-    Down { graceful: bool, reason: String },
+    Down {
+        graceful: bool,
+        reason: String,
+    },
 }
 
 /// What both OPENs agreed on.
@@ -264,8 +267,12 @@ impl Fsm {
 
     /// The OPEN we send.
     pub fn local_open(&self) -> Open {
-        let mut capabilities: Vec<Capability> =
-            self.cfg.families.iter().map(|f| Capability::Multiprotocol(*f)).collect();
+        let mut capabilities: Vec<Capability> = self
+            .cfg
+            .families
+            .iter()
+            .map(|f| Capability::Multiprotocol(*f))
+            .collect();
         capabilities.push(Capability::RouteRefresh);
         capabilities.push(Capability::FourOctetAs(self.cfg.local_asn));
         if let Some(gr) = &self.cfg.graceful_restart {
@@ -431,7 +438,11 @@ impl Fsm {
                     out.push(Action::CancelConnect);
                 }
                 out.push(Action::StopTimer(Timer::ConnectRetry));
-                self.conn = Some(Conn { id, dir, open: None });
+                self.conn = Some(Conn {
+                    id,
+                    dir,
+                    open: None,
+                });
                 self.state = State::OpenSent;
                 out.push(Action::Send(id, Message::Open(self.local_open())));
                 out.push(Action::StartTimer(Timer::Hold, OPEN_HOLD));
@@ -444,7 +455,11 @@ impl Fsm {
                 } else {
                     // Collision; the peer's identifier is not known yet. Keep both until
                     // an OPEN tells us which to close (RFC 4271 §6.8).
-                    self.other = Some(Conn { id, dir, open: None });
+                    self.other = Some(Conn {
+                        id,
+                        dir,
+                        open: None,
+                    });
                     out.push(Action::Send(id, Message::Open(self.local_open())));
                 }
             }
@@ -477,8 +492,10 @@ impl Fsm {
                 }
             }
             State::Established => {
-                let graceful =
-                    self.negotiated.as_ref().is_some_and(|n| n.peer_graceful_restart.is_some());
+                let graceful = self
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.peer_graceful_restart.is_some());
                 if dir == Direction::Inbound && graceful {
                     // RFC 4724 §4.2: a new connection from a peer we believe Established
                     // means it restarted. Drop the old session, keeping its routes.
@@ -503,7 +520,11 @@ impl Fsm {
             out.push(Action::Close(other.id));
         }
         self.negotiated = None;
-        self.conn = Some(Conn { id, dir, open: None });
+        self.conn = Some(Conn {
+            id,
+            dir,
+            open: None,
+        });
         self.state = State::OpenSent;
         out.push(Action::StopTimer(Timer::Keepalive));
         out.push(Action::Send(id, Message::Open(self.local_open())));
@@ -516,7 +537,11 @@ impl Fsm {
             reject_collision(old.id, out);
         }
         self.negotiated = None;
-        self.conn = Some(Conn { id, dir, open: None });
+        self.conn = Some(Conn {
+            id,
+            dir,
+            open: None,
+        });
         self.state = State::OpenSent;
         out.push(Action::StopTimer(Timer::Keepalive));
         out.push(Action::Send(id, Message::Open(self.local_open())));
@@ -668,7 +693,10 @@ impl Fsm {
         if let Some(neg) = &self.negotiated
             && neg.hold_time > 0
         {
-            out.push(Action::StartTimer(Timer::Hold, Duration::from_secs(neg.hold_time.into())));
+            out.push(Action::StartTimer(
+                Timer::Hold,
+                Duration::from_secs(neg.hold_time.into()),
+            ));
         }
     }
 
@@ -730,11 +758,24 @@ impl Fsm {
             .collect();
         let families = if peer_families.is_empty() {
             // RFC 4760 §8: no Multiprotocol capability means IPv4 unicast only.
-            self.cfg.families.iter().copied().filter(|f| *f == Family::IPV4_UNICAST).collect()
+            self.cfg
+                .families
+                .iter()
+                .copied()
+                .filter(|f| *f == Family::IPV4_UNICAST)
+                .collect()
         } else {
-            self.cfg.families.iter().copied().filter(|f| peer_families.contains(f)).collect()
+            self.cfg
+                .families
+                .iter()
+                .copied()
+                .filter(|f| peer_families.contains(f))
+                .collect()
         };
-        let route_refresh = open.capabilities.iter().any(|c| matches!(c, Capability::RouteRefresh));
+        let route_refresh = open
+            .capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::RouteRefresh));
         let peer_gr = open.capabilities.iter().find_map(|c| match c {
             Capability::GracefulRestart(gr) => Some(gr.clone()),
             _ => None,
@@ -748,7 +789,11 @@ impl Fsm {
             codec: Codec::negotiated(&local, open),
             families,
             route_refresh,
-            peer_graceful_restart: if self.cfg.graceful_restart.is_some() { peer_gr } else { None },
+            peer_graceful_restart: if self.cfg.graceful_restart.is_some() {
+                peer_gr
+            } else {
+                None
+            },
         })
     }
 
@@ -779,8 +824,14 @@ impl Fsm {
             // RFC 4724 §4.2: routes are retained when the session ends without a
             // NOTIFICATION and the peer negotiated graceful restart.
             let graceful = transport_failure
-                && self.negotiated.as_ref().is_some_and(|n| n.peer_graceful_restart.is_some());
-            out.push(Action::Down { graceful, reason: reason.to_owned() });
+                && self
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.peer_graceful_restart.is_some());
+            out.push(Action::Down {
+                graceful,
+                reason: reason.to_owned(),
+            });
         }
         if self.state != State::Idle {
             self.last_error = Some(reason.to_owned());
@@ -881,16 +932,32 @@ mod tests {
                 families: Vec::new(),
             }));
         }
-        Open { version: 4, my_as: 64512, hold_time: hold, bgp_id: id, capabilities }
+        Open {
+            version: 4,
+            my_as: 64512,
+            hold_time: hold,
+            bgp_id: id,
+            capabilities,
+        }
     }
 
     fn established(passive: bool, gr: bool) -> Fsm {
         let mut fsm = Fsm::new(config(passive), Jitter::new(7));
         fsm.handle(Event::Start);
-        fsm.handle(Event::TcpUp(1, if passive { Direction::Inbound } else { Direction::Outbound }));
+        fsm.handle(Event::TcpUp(
+            1,
+            if passive {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            },
+        ));
         fsm.handle(Event::Open(1, peer_open(HIGHER, 30, gr)));
         let acts = fsm.handle(Event::Keepalive(1));
-        assert!(matches!(acts.last(), Some(Action::Established(1, _))), "{acts:?}");
+        assert!(
+            matches!(acts.last(), Some(Action::Established(1, _))),
+            "{acts:?}"
+        );
         fsm
     }
 
@@ -909,20 +976,31 @@ mod tests {
         assert_eq!(acts[0], Action::Connect);
         let acts = fsm.handle(Event::TcpUp(1, Direction::Outbound));
         assert_eq!(fsm.state(), State::OpenSent);
-        assert!(acts.iter().any(|a| matches!(a, Action::Send(1, Message::Open(o)) if o.hold_time == 90)));
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Send(1, Message::Open(o)) if o.hold_time == 90))
+        );
         let acts = fsm.handle(Event::Open(1, peer_open(HIGHER, 30, true)));
         assert_eq!(fsm.state(), State::OpenConfirm);
         assert!(acts.contains(&Action::Send(1, Message::Keepalive)));
         // Hold time is the smaller of the two; keepalive a third of it.
         assert!(acts.contains(&Action::StartTimer(Timer::Hold, Duration::from_secs(30))));
-        assert!(acts.contains(&Action::StartTimer(Timer::Keepalive, Duration::from_secs(10))));
+        assert!(acts.contains(&Action::StartTimer(
+            Timer::Keepalive,
+            Duration::from_secs(10)
+        )));
         let acts = fsm.handle(Event::Keepalive(1));
         assert_eq!(fsm.state(), State::Established);
-        let Some(Action::Established(1, neg)) = acts.last() else { panic!("{acts:?}") };
+        let Some(Action::Established(1, neg)) = acts.last() else {
+            panic!("{acts:?}")
+        };
         // The peer offered only IPv4 unicast.
         assert_eq!(neg.families, vec![Family::IPV4_UNICAST]);
         assert!(neg.codec.four_octet_as && neg.route_refresh);
-        assert_eq!(neg.peer_graceful_restart.as_ref().map(|g| g.restart_time), Some(90));
+        assert_eq!(
+            neg.peer_graceful_restart.as_ref().map(|g| g.restart_time),
+            Some(90)
+        );
     }
 
     #[test]
@@ -944,7 +1022,10 @@ mod tests {
             fsm.handle(Event::Start);
             fsm.handle(Event::TcpUp(1, Direction::Outbound));
             let acts = fsm.handle(Event::Open(1, peer_open(HIGHER, hold, false)));
-            assert_eq!(sent_notification(&acts, 1), Some((2, open_error::UNACCEPTABLE_HOLD_TIME)));
+            assert_eq!(
+                sent_notification(&acts, 1),
+                Some((2, open_error::UNACCEPTABLE_HOLD_TIME))
+            );
             assert!(acts.contains(&Action::Close(1)));
             assert_eq!(fsm.state(), State::Idle);
         }
@@ -954,7 +1035,11 @@ mod tests {
         fsm.handle(Event::TcpUp(1, Direction::Outbound));
         let acts = fsm.handle(Event::Open(1, peer_open(HIGHER, 0, false)));
         assert_eq!(fsm.state(), State::OpenConfirm);
-        assert!(!acts.iter().any(|a| matches!(a, Action::StartTimer(Timer::Keepalive, _))));
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, Action::StartTimer(Timer::Keepalive, _)))
+        );
     }
 
     #[test]
@@ -965,14 +1050,23 @@ mod tests {
         let mut open = peer_open(HIGHER, 90, false);
         open.my_as = 65000;
         let acts = fsm.handle(Event::Open(1, open));
-        assert_eq!(sent_notification(&acts, 1), Some((2, open_error::BAD_PEER_AS)));
+        assert_eq!(
+            sent_notification(&acts, 1),
+            Some((2, open_error::BAD_PEER_AS))
+        );
 
         let mut fsm = Fsm::new(config(false), Jitter::new(1));
         fsm.handle(Event::Start);
         fsm.handle(Event::TcpUp(1, Direction::Outbound));
         let acts = fsm.handle(Event::Open(1, peer_open(LOCAL, 90, false)));
-        assert_eq!(sent_notification(&acts, 1), Some((2, open_error::BAD_BGP_IDENTIFIER)));
-        assert!(fsm.last_error().is_some_and(|e| e.contains("Bad BGP Identifier")));
+        assert_eq!(
+            sent_notification(&acts, 1),
+            Some((2, open_error::BAD_BGP_IDENTIFIER))
+        );
+        assert!(
+            fsm.last_error()
+                .is_some_and(|e| e.contains("Bad BGP Identifier"))
+        );
     }
 
     #[test]
@@ -1001,12 +1095,18 @@ mod tests {
         let mut again = Fsm::new(config(false), Jitter::new(42));
         again.handle(Event::Start);
         let acts = again.handle(Event::ConnectFailed);
-        assert_eq!(acts.last(), Some(&Action::StartTimer(Timer::ConnectRetry, delays[0])));
+        assert_eq!(
+            acts.last(),
+            Some(&Action::StartTimer(Timer::ConnectRetry, delays[0]))
+        );
         // Two different seeds disagree.
         let mut other = Fsm::new(config(false), Jitter::new(43));
         other.handle(Event::Start);
         let acts = other.handle(Event::ConnectFailed);
-        assert_ne!(acts.last(), Some(&Action::StartTimer(Timer::ConnectRetry, delays[0])));
+        assert_ne!(
+            acts.last(),
+            Some(&Action::StartTimer(Timer::ConnectRetry, delays[0]))
+        );
     }
 
     #[test]
@@ -1014,10 +1114,16 @@ mod tests {
         let mut fsm = established(false, true);
         let acts = fsm.handle(Event::TimerExpired(Timer::Hold));
         assert_eq!(sent_notification(&acts, 1), Some((4, 0)));
-        assert!(acts.contains(&Action::Down { graceful: true, reason: "hold timer expired".into() }));
+        assert!(acts.contains(&Action::Down {
+            graceful: true,
+            reason: "hold timer expired".into()
+        }));
         assert_eq!(fsm.state(), State::Idle);
         // It restarts by itself after a backoff.
-        assert!(acts.iter().any(|a| matches!(a, Action::StartTimer(Timer::IdleHold, _))));
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::StartTimer(Timer::IdleHold, _)))
+        );
         let acts = fsm.handle(Event::TimerExpired(Timer::IdleHold));
         assert!(acts.contains(&Action::Connect));
     }
@@ -1028,7 +1134,10 @@ mod tests {
         let acts = fsm.handle(Event::TimerExpired(Timer::Keepalive));
         assert_eq!(acts[0], Action::Send(1, Message::Keepalive));
         let acts = fsm.handle(Event::Update(1));
-        assert_eq!(acts, vec![Action::StartTimer(Timer::Hold, Duration::from_secs(30))]);
+        assert_eq!(
+            acts,
+            vec![Action::StartTimer(Timer::Hold, Duration::from_secs(30))]
+        );
     }
 
     #[test]
@@ -1036,8 +1145,17 @@ mod tests {
         let mut fsm = established(false, true);
         let note = Notification::cease(cease::ADMINISTRATIVE_RESET);
         let acts = fsm.handle(Event::Notification(1, note));
-        assert!(acts.iter().any(|a| matches!(a, Action::Down { graceful: false, .. })));
-        assert!(fsm.last_error().is_some_and(|e| e.contains("Administrative Reset")));
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Down {
+                graceful: false,
+                ..
+            }
+        )));
+        assert!(
+            fsm.last_error()
+                .is_some_and(|e| e.contains("Administrative Reset"))
+        );
     }
 
     #[test]
@@ -1050,7 +1168,13 @@ mod tests {
         );
         let acts = fsm.handle(Event::MessageError(1, note));
         assert_eq!(sent_notification(&acts, 1), Some((3, 1)));
-        assert!(acts.iter().any(|a| matches!(a, Action::Down { graceful: false, .. })));
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Down {
+                graceful: false,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -1070,7 +1194,10 @@ mod tests {
         fsm.handle(Event::TcpUp(1, Direction::Outbound));
         fsm.handle(Event::Open(1, peer_open(HIGHER, 90, false)));
         let acts = fsm.handle(Event::TcpUp(2, Direction::Inbound));
-        assert_eq!(sent_notification(&acts, 1), Some((6, cease::CONNECTION_COLLISION_RESOLUTION)));
+        assert_eq!(
+            sent_notification(&acts, 1),
+            Some((6, cease::CONNECTION_COLLISION_RESOLUTION))
+        );
         assert_eq!(fsm.conn(), Some(2));
         assert_eq!(fsm.state(), State::OpenSent);
 
@@ -1080,7 +1207,10 @@ mod tests {
         fsm.handle(Event::TcpUp(1, Direction::Outbound));
         fsm.handle(Event::Open(1, peer_open(LOWER, 90, false)));
         let acts = fsm.handle(Event::TcpUp(2, Direction::Inbound));
-        assert_eq!(sent_notification(&acts, 2), Some((6, cease::CONNECTION_COLLISION_RESOLUTION)));
+        assert_eq!(
+            sent_notification(&acts, 2),
+            Some((6, cease::CONNECTION_COLLISION_RESOLUTION))
+        );
         assert_eq!(fsm.conn(), Some(1));
         assert_eq!(fsm.state(), State::OpenConfirm);
     }
@@ -1092,11 +1222,17 @@ mod tests {
         fsm.handle(Event::TcpUp(1, Direction::Outbound));
         let acts = fsm.handle(Event::TcpUp(2, Direction::Inbound));
         // Both connections get our OPEN.
-        assert!(acts.iter().any(|a| matches!(a, Action::Send(2, Message::Open(_)))));
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Send(2, Message::Open(_))))
+        );
         // The OPEN arrives on our outbound connection, from a higher identifier: the
         // inbound connection wins, and it has no OPEN yet, so we stay in OpenSent on it.
         let acts = fsm.handle(Event::Open(1, peer_open(HIGHER, 90, false)));
-        assert_eq!(sent_notification(&acts, 1), Some((6, cease::CONNECTION_COLLISION_RESOLUTION)));
+        assert_eq!(
+            sent_notification(&acts, 1),
+            Some((6, cease::CONNECTION_COLLISION_RESOLUTION))
+        );
         assert_eq!(fsm.conn(), Some(2));
         assert_eq!(fsm.state(), State::OpenSent);
         fsm.handle(Event::Open(2, peer_open(HIGHER, 90, false)));
@@ -1109,7 +1245,10 @@ mod tests {
         fsm.handle(Event::TcpUp(1, Direction::Outbound));
         fsm.handle(Event::TcpUp(2, Direction::Inbound));
         let acts = fsm.handle(Event::Open(2, peer_open(LOWER, 90, false)));
-        assert_eq!(sent_notification(&acts, 2), Some((6, cease::CONNECTION_COLLISION_RESOLUTION)));
+        assert_eq!(
+            sent_notification(&acts, 2),
+            Some((6, cease::CONNECTION_COLLISION_RESOLUTION))
+        );
         assert_eq!(fsm.conn(), Some(1));
         assert_eq!(fsm.state(), State::OpenSent);
         fsm.handle(Event::Open(1, peer_open(LOWER, 90, false)));
@@ -1120,13 +1259,19 @@ mod tests {
     fn collision_with_established_closes_the_new_connection_unless_peer_restarted() {
         let mut fsm = established(false, false);
         let acts = fsm.handle(Event::TcpUp(2, Direction::Inbound));
-        assert_eq!(sent_notification(&acts, 2), Some((6, cease::CONNECTION_COLLISION_RESOLUTION)));
+        assert_eq!(
+            sent_notification(&acts, 2),
+            Some((6, cease::CONNECTION_COLLISION_RESOLUTION))
+        );
         assert_eq!(fsm.state(), State::Established);
 
         // With graceful restart negotiated, the new connection means the peer restarted.
         let mut fsm = established(false, true);
         let acts = fsm.handle(Event::TcpUp(2, Direction::Inbound));
-        assert!(acts.iter().any(|a| matches!(a, Action::Down { graceful: true, .. })));
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Down { graceful: true, .. }))
+        );
         assert!(acts.contains(&Action::Close(1)));
         assert_eq!(sent_notification(&acts, 1), None);
         assert_eq!(fsm.conn(), Some(2));
@@ -1137,9 +1282,22 @@ mod tests {
     fn stop_sends_cease_and_stays_idle() {
         let mut fsm = established(false, true);
         let acts = fsm.handle(Event::Stop);
-        assert_eq!(sent_notification(&acts, 1), Some((6, cease::ADMINISTRATIVE_SHUTDOWN)));
-        assert!(acts.iter().any(|a| matches!(a, Action::Down { graceful: false, .. })));
-        assert!(!acts.iter().any(|a| matches!(a, Action::StartTimer(Timer::IdleHold, _))));
+        assert_eq!(
+            sent_notification(&acts, 1),
+            Some((6, cease::ADMINISTRATIVE_SHUTDOWN))
+        );
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Down {
+                graceful: false,
+                ..
+            }
+        )));
+        assert!(
+            !acts
+                .iter()
+                .any(|a| matches!(a, Action::StartTimer(Timer::IdleHold, _)))
+        );
         assert!(fsm.handle(Event::TimerExpired(Timer::IdleHold)).is_empty());
         assert_eq!(fsm.state(), State::Idle);
     }
@@ -1167,15 +1325,21 @@ mod tests {
         }
         let mut fsm = Fsm::new(cfg, Jitter::new(1));
         let open = fsm.local_open();
-        assert!(open.capabilities.contains(&Capability::Multiprotocol(Family::IPV6_UNICAST)));
+        assert!(
+            open.capabilities
+                .contains(&Capability::Multiprotocol(Family::IPV6_UNICAST))
+        );
         assert!(open.capabilities.contains(&Capability::FourOctetAs(64512)));
         assert!(open.capabilities.iter().any(
             |c| matches!(c, Capability::GracefulRestart(g) if g.restart_state && g.restart_time == 120)
         ));
         fsm.clear_restart_state();
-        assert!(fsm.local_open().capabilities.iter().any(
-            |c| matches!(c, Capability::GracefulRestart(g) if !g.restart_state)
-        ));
+        assert!(
+            fsm.local_open()
+                .capabilities
+                .iter()
+                .any(|c| matches!(c, Capability::GracefulRestart(g) if !g.restart_state))
+        );
     }
 
     /// Golden transcripts (holo style): each scenario's events and the actions they
@@ -1184,36 +1348,48 @@ mod tests {
     #[test]
     fn golden_transcripts() {
         let scenarios: Vec<(&str, bool, Vec<Event>)> = vec![
-            ("active-session", false, vec![
-                Event::Start,
-                Event::ConnectFailed,
-                Event::TimerExpired(Timer::ConnectRetry),
-                Event::TcpUp(1, Direction::Outbound),
-                Event::Open(1, peer_open(HIGHER, 30, true)),
-                Event::Keepalive(1),
-                Event::Update(1),
-                Event::TimerExpired(Timer::Keepalive),
-                Event::TimerExpired(Timer::Hold),
-                Event::TimerExpired(Timer::IdleHold),
-            ]),
-            ("collision-in-opensent", false, vec![
-                Event::Start,
-                Event::TcpUp(1, Direction::Outbound),
-                Event::TcpUp(2, Direction::Inbound),
-                Event::Open(1, peer_open(HIGHER, 90, false)),
-                Event::Open(2, peer_open(HIGHER, 90, false)),
-                Event::Keepalive(2),
-            ]),
-            ("passive-peer-restarts", true, vec![
-                Event::Start,
-                Event::TcpUp(1, Direction::Inbound),
-                Event::Open(1, peer_open(HIGHER, 90, true)),
-                Event::Keepalive(1),
-                Event::TcpUp(2, Direction::Inbound),
-                Event::Open(2, peer_open(HIGHER, 90, true)),
-                Event::Keepalive(2),
-                Event::Stop,
-            ]),
+            (
+                "active-session",
+                false,
+                vec![
+                    Event::Start,
+                    Event::ConnectFailed,
+                    Event::TimerExpired(Timer::ConnectRetry),
+                    Event::TcpUp(1, Direction::Outbound),
+                    Event::Open(1, peer_open(HIGHER, 30, true)),
+                    Event::Keepalive(1),
+                    Event::Update(1),
+                    Event::TimerExpired(Timer::Keepalive),
+                    Event::TimerExpired(Timer::Hold),
+                    Event::TimerExpired(Timer::IdleHold),
+                ],
+            ),
+            (
+                "collision-in-opensent",
+                false,
+                vec![
+                    Event::Start,
+                    Event::TcpUp(1, Direction::Outbound),
+                    Event::TcpUp(2, Direction::Inbound),
+                    Event::Open(1, peer_open(HIGHER, 90, false)),
+                    Event::Open(2, peer_open(HIGHER, 90, false)),
+                    Event::Keepalive(2),
+                ],
+            ),
+            (
+                "passive-peer-restarts",
+                true,
+                vec![
+                    Event::Start,
+                    Event::TcpUp(1, Direction::Inbound),
+                    Event::Open(1, peer_open(HIGHER, 90, true)),
+                    Event::Keepalive(1),
+                    Event::TcpUp(2, Direction::Inbound),
+                    Event::Open(2, peer_open(HIGHER, 90, true)),
+                    Event::Keepalive(2),
+                    Event::Stop,
+                ],
+            ),
         ];
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fsm");
         let bless = std::env::var_os("TORTIE_BLESS").is_some();
@@ -1230,7 +1406,8 @@ mod tests {
             let path = dir.join(format!("{name}.txt"));
             if bless {
                 std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-                std::fs::write(&path, &transcript).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                std::fs::write(&path, &transcript)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             }
             let golden = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("{}: {e} (bless with TORTIE_BLESS=1)", path.display()));

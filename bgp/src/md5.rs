@@ -25,7 +25,10 @@ fn md5sig(peer: IpAddr, v6_socket: bool, key: &[u8]) -> io::Result<[u8; STRUCT_L
     if key.len() > MAX_KEY_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("TCP MD5 key is {} bytes, the kernel takes at most {MAX_KEY_LEN}", key.len()),
+            format!(
+                "TCP MD5 key is {} bytes, the kernel takes at most {MAX_KEY_LEN}",
+                key.len()
+            ),
         ));
     }
     let mut buf = [0u8; STRUCT_LEN];
@@ -52,7 +55,12 @@ fn md5sig(peer: IpAddr, v6_socket: bool, key: &[u8]) -> io::Result<[u8; STRUCT_L
 }
 
 /// Sets (or, with an empty key, removes) the MD5 key for `peer` on `socket`.
-pub fn set_md5_key(socket: &impl AsRawFd, v6_socket: bool, peer: IpAddr, key: &[u8]) -> io::Result<()> {
+pub fn set_md5_key(
+    socket: &impl AsRawFd,
+    v6_socket: bool,
+    peer: IpAddr,
+    key: &[u8],
+) -> io::Result<()> {
     let sig = md5sig(peer, v6_socket, key)?;
     setsockopt_md5(socket.as_raw_fd(), &sig)
 }
@@ -71,7 +79,11 @@ fn setsockopt_md5(fd: std::os::fd::RawFd, sig: &[u8; STRUCT_LEN]) -> io::Result<
             STRUCT_LEN as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -81,16 +93,21 @@ mod tests {
 
     #[test]
     fn layout_matches_struct_tcp_md5sig() {
-        let sig = md5sig(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), false, b"secret").unwrap_or([0; STRUCT_LEN]);
+        let sig = md5sig(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), false, b"secret")
+            .unwrap_or([0; STRUCT_LEN]);
         assert_eq!(STRUCT_LEN, 216);
         assert_eq!(u16::from_ne_bytes([sig[0], sig[1]]), libc::AF_INET as u16);
         assert_eq!(&sig[4..8], &[10, 0, 0, 2]);
         assert_eq!(u16::from_ne_bytes([sig[130], sig[131]]), 6);
         assert_eq!(&sig[136..142], b"secret");
 
-        let sig = md5sig(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), true, b"k").unwrap_or([0; STRUCT_LEN]);
+        let sig =
+            md5sig(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), true, b"k").unwrap_or([0; STRUCT_LEN]);
         assert_eq!(u16::from_ne_bytes([sig[0], sig[1]]), libc::AF_INET6 as u16);
-        assert_eq!(&sig[8..24], &Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets());
+        assert_eq!(
+            &sig[8..24],
+            &Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets()
+        );
         assert!(md5sig(IpAddr::V6(Ipv6Addr::LOCALHOST), true, &[0; 81]).is_err());
     }
 

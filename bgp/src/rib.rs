@@ -22,9 +22,7 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::wire::{
-    Aggregator, AsPath, Family, NextHop, Origin, PathAttributes, RawAttribute,
-};
+use crate::wire::{Aggregator, AsPath, Family, NextHop, Origin, PathAttributes, RawAttribute};
 
 /// A peer's slot in the RIB. [`LOCAL`] is the speaker itself.
 pub type PeerId = u16;
@@ -136,7 +134,11 @@ pub fn kernel_next_hop(nh: &NextHop) -> IpAddr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteChange {
     /// Install (or replace) the route for `prefix`.
-    Add { prefix: IpNet, next_hop: IpAddr, peer: IpAddr },
+    Add {
+        prefix: IpNet,
+        next_hop: IpAddr,
+        peer: IpAddr,
+    },
     /// No peer offers `prefix` any more.
     Remove { prefix: IpNet },
 }
@@ -365,7 +367,8 @@ impl Rib {
 
     /// Whether another peer can be added (peer ids are 16 bits).
     pub fn has_room(&self) -> bool {
-        self.peers.len() < usize::from(PeerId::MAX) || self.peers.iter().skip(1).any(Option::is_none)
+        self.peers.len() < usize::from(PeerId::MAX)
+            || self.peers.iter().skip(1).any(Option::is_none)
     }
 
     /// Removes a peer and every path it gave us.
@@ -386,10 +389,11 @@ impl Rib {
     }
 
     pub fn counts(&self, id: PeerId) -> PrefixCounts {
-        self.slot(id).map_or_else(PrefixCounts::default, |s| PrefixCounts {
-            received: s.accepted + s.rejected.len(),
-            accepted: s.accepted,
-        })
+        self.slot(id)
+            .map_or_else(PrefixCounts::default, |s| PrefixCounts {
+                received: s.accepted + s.rejected.len(),
+                accepted: s.accepted,
+            })
     }
 
     /// Number of prefixes in the Loc-RIB (IPv4, IPv6).
@@ -406,7 +410,11 @@ impl Rib {
     /// with everything we advertise to it, followed by End-of-RIB.
     pub fn peer_up(&mut self, id: PeerId, info: SessionInfo) -> Changes {
         let kept: Vec<Family> = match &info.graceful_restart {
-            Some(fams) => fams.iter().filter(|(_, f)| *f).map(|(fam, _)| *fam).collect(),
+            Some(fams) => fams
+                .iter()
+                .filter(|(_, f)| *f)
+                .map(|(fam, _)| *fam)
+                .collect(),
             None => Vec::new(),
         };
         let Some(slot) = self.slot_mut(id) else {
@@ -552,7 +560,11 @@ impl Rib {
                 {
                     slot.rejected.remove(&prefix);
                 }
-                let path = Path { attrs: Arc::clone(&attrs), peer: id, stale: false };
+                let path = Path {
+                    attrs: Arc::clone(&attrs),
+                    peer: id,
+                    stale: false,
+                };
                 match prefix {
                     IpNet::V4(p) => self.insert_path(p, path, &mut changes),
                     IpNet::V6(p) => self.insert_path(p, path, &mut changes),
@@ -578,7 +590,10 @@ impl Rib {
         }
         // RFC 4271 §6.3: a NEXT_HOP that is our own address is semantically wrong; a
         // route through ourselves would loop.
-        let ours = self.slot(id).and_then(|s| s.session.as_ref()).map(|s| s.local_address);
+        let ours = self
+            .slot(id)
+            .and_then(|s| s.session.as_ref())
+            .map(|s| s.local_address);
         if let (Some(ours), Some(nh)) = (ours, attrs.next_hop.as_ref())
             && kernel_next_hop(nh) == ours
         {
@@ -615,7 +630,13 @@ impl Rib {
     pub fn set_import_allow(&mut self, allow: Option<Vec<IpNet>>) -> Changes {
         self.cfg.import_allow = allow;
         let mut refused: Vec<(PeerId, IpNet)> = Vec::new();
-        let learned = |p: &Paths| p.as_slice().iter().filter(|x| x.peer != LOCAL).map(|x| x.peer).collect::<Vec<_>>();
+        let learned = |p: &Paths| {
+            p.as_slice()
+                .iter()
+                .filter(|x| x.peer != LOCAL)
+                .map(|x| x.peer)
+                .collect::<Vec<_>>()
+        };
         for (k, paths) in &self.v4 {
             let prefix = IpNet::V4(*k);
             for peer in learned(paths) {
@@ -645,7 +666,11 @@ impl Rib {
     /// Originates a prefix from this speaker.
     pub fn originate(&mut self, prefix: IpNet) -> Changes {
         let attrs = self.interner.intern(Attrs::local());
-        let path = Path { attrs, peer: LOCAL, stale: false };
+        let path = Path {
+            attrs,
+            peer: LOCAL,
+            stale: false,
+        };
         let mut changes = Vec::new();
         match prefix {
             IpNet::V4(p) => self.insert_path(p, path, &mut changes),
@@ -664,20 +689,35 @@ impl Rib {
     /// The prefixes we originate.
     pub fn originated(&self) -> Vec<IpNet> {
         let local = |p: &Paths| p.as_slice().iter().any(|x| x.peer == LOCAL);
-        let mut out: Vec<IpNet> =
-            self.v4.iter().filter(|(_, p)| local(p)).map(|(k, _)| IpNet::V4(*k)).collect();
-        out.extend(self.v6.iter().filter(|(_, p)| local(p)).map(|(k, _)| IpNet::V6(*k)));
+        let mut out: Vec<IpNet> = self
+            .v4
+            .iter()
+            .filter(|(_, p)| local(p))
+            .map(|(k, _)| IpNet::V4(*k))
+            .collect();
+        out.extend(
+            self.v6
+                .iter()
+                .filter(|(_, p)| local(p))
+                .map(|(k, _)| IpNet::V6(*k)),
+        );
         out
     }
 
     fn withdraw_path(&mut self, id: PeerId, prefix: IpNet, changes: &mut Changes) {
         match prefix {
-            IpNet::V4(p) => self.change(p, changes, |paths, accepted| {
-                remove_peer_path(paths, id, accepted)
-            }, id),
-            IpNet::V6(p) => self.change(p, changes, |paths, accepted| {
-                remove_peer_path(paths, id, accepted)
-            }, id),
+            IpNet::V4(p) => self.change(
+                p,
+                changes,
+                |paths, accepted| remove_peer_path(paths, id, accepted),
+                id,
+            ),
+            IpNet::V6(p) => self.change(
+                p,
+                changes,
+                |paths, accepted| remove_peer_path(paths, id, accepted),
+                id,
+            ),
         }
     }
 
@@ -686,17 +726,22 @@ impl Rib {
         Self: TableOf<P>,
     {
         let id = path.peer;
-        self.change(prefix, changes, move |paths, accepted| match paths {
-            Some(existing) => {
-                if !existing.upsert(path) {
+        self.change(
+            prefix,
+            changes,
+            move |paths, accepted| match paths {
+                Some(existing) => {
+                    if !existing.upsert(path) {
+                        *accepted += 1;
+                    }
+                }
+                None => {
+                    *paths = Some(Paths::One(path));
                     *accepted += 1;
                 }
-            }
-            None => {
-                *paths = Some(Paths::One(path));
-                *accepted += 1;
-            }
-        }, id);
+            },
+            id,
+        );
     }
 
     /// Runs `edit` on the paths of `prefix`, then reports the Loc-RIB change and queues
@@ -711,13 +756,19 @@ impl Rib {
         Self: TableOf<P>,
     {
         let mut entry = self.table_mut().remove(&prefix);
-        let old_best = entry.as_ref().and_then(|p| self.best(p.as_slice())).cloned();
+        let old_best = entry
+            .as_ref()
+            .and_then(|p| self.best(p.as_slice()))
+            .cloned();
         let mut accepted = self.slot(id).map_or(0, |s| s.accepted);
         edit(&mut entry, &mut accepted);
         if let Some(slot) = self.slot_mut(id) {
             slot.accepted = accepted;
         }
-        let new_best = entry.as_ref().and_then(|p| self.best(p.as_slice())).cloned();
+        let new_best = entry
+            .as_ref()
+            .and_then(|p| self.best(p.as_slice()))
+            .cloned();
         if let Some(paths) = entry {
             self.table_mut().insert(prefix, paths);
         }
@@ -736,7 +787,8 @@ impl Rib {
     /// The Loc-RIB change the agent sees: only next-hop changes of learned routes matter.
     fn report(&self, prefix: IpNet, old: Option<&Path>, new: Option<&Path>, changes: &mut Changes) {
         let learned_nh = |p: Option<&Path>| {
-            p.filter(|p| p.peer != LOCAL).and_then(|p| p.attrs.next_hop.as_ref().map(kernel_next_hop))
+            p.filter(|p| p.peer != LOCAL)
+                .and_then(|p| p.attrs.next_hop.as_ref().map(kernel_next_hop))
         };
         let (old_nh, new_nh) = (learned_nh(old), learned_nh(new));
         match (old_nh, new_nh, new) {
@@ -745,7 +797,11 @@ impl Rib {
                 if old_nh != Some(nh) || peer_moved {
                     let peer = self.slot(path.peer).map(|s| s.policy.address);
                     let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                    changes.push(RouteChange::Add { prefix, next_hop: nh, peer });
+                    changes.push(RouteChange::Add {
+                        prefix,
+                        next_hop: nh,
+                        peer,
+                    });
                 }
             }
             (Some(_), None, _) => changes.push(RouteChange::Remove { prefix }),
@@ -756,14 +812,19 @@ impl Rib {
     /// The best path (RFC 4271 §9.1.2.2, RFC 4456 §9). A locally originated path wins:
     /// a node is the authority for the blocks it owns.
     fn best<'a>(&self, paths: &'a [Path]) -> Option<&'a Path> {
-        paths.iter().reduce(|a, b| if self.prefer(b, a) { b } else { a })
+        paths
+            .iter()
+            .reduce(|a, b| if self.prefer(b, a) { b } else { a })
     }
 
     /// Whether `a` is better than `b`.
     fn prefer(&self, a: &Path, b: &Path) -> bool {
         use std::cmp::Ordering::{Equal, Less};
         let local = |p: &Path| p.peer == LOCAL;
-        let external = |p: &Path| self.slot(p.peer).is_some_and(|s| s.policy.asn != self.cfg.asn);
+        let external = |p: &Path| {
+            self.slot(p.peer)
+                .is_some_and(|s| s.policy.asn != self.cfg.asn)
+        };
         let router_id = |p: &Path| {
             p.attrs
                 .originator_id
@@ -773,8 +834,13 @@ impl Rib {
         let address = |p: &Path| self.slot(p.peer).map(|s| s.policy.address);
         let steps = [
             local(b).cmp(&local(a)),
-            b.attrs.local_pref_or_default().cmp(&a.attrs.local_pref_or_default()),
-            a.attrs.as_path.route_selection_len().cmp(&b.attrs.as_path.route_selection_len()),
+            b.attrs
+                .local_pref_or_default()
+                .cmp(&a.attrs.local_pref_or_default()),
+            a.attrs
+                .as_path
+                .route_selection_len()
+                .cmp(&b.attrs.as_path.route_selection_len()),
             a.attrs.origin.cmp(&b.attrs.origin),
             // §9.1.2.2 c: MED only compares paths from the same neighbouring AS.
             if a.attrs.as_path.first_as() == b.attrs.as_path.first_as() {
@@ -797,7 +863,9 @@ impl Rib {
             let Ok(to) = PeerId::try_from(to) else { break };
             let announce = new.and_then(|p| self.export_attrs(to, prefix, p));
             let was = old.is_some_and(|p| self.exportable(to, prefix, p));
-            let Some(slot) = self.slot_mut(to) else { continue };
+            let Some(slot) = self.slot_mut(to) else {
+                continue;
+            };
             // Restarting: a peer gets the full table once, after initial sync.
             if slot.session.is_none() || !slot.advertising {
                 continue;
@@ -812,8 +880,12 @@ impl Rib {
 
     /// Whether `path` may be advertised to peer `to` (RFC 4456 §6 for iBGP).
     fn exportable(&self, to: PeerId, prefix: IpNet, path: &Path) -> bool {
-        let Some(dest) = self.slot(to) else { return false };
-        let Some(session) = &dest.session else { return false };
+        let Some(dest) = self.slot(to) else {
+            return false;
+        };
+        let Some(session) = &dest.session else {
+            return false;
+        };
         if path.peer == to || !session.families.contains(&Family::of(&prefix)) {
             return false;
         }
@@ -825,7 +897,9 @@ impl Rib {
         if path.peer == LOCAL {
             return true;
         }
-        let Some(src) = self.slot(path.peer) else { return false };
+        let Some(src) = self.slot(path.peer) else {
+            return false;
+        };
         let ibgp = |s: &PeerSlot| s.policy.asn == self.cfg.asn;
         if ibgp(src) && ibgp(dest) {
             // iBGP split horizon, relaxed by route reflection: a client's routes go to
@@ -875,7 +949,10 @@ impl Rib {
         match (prefix, session.local_address) {
             (IpNet::V4(_), IpAddr::V4(a)) => Some(NextHop::V4(a)),
             (IpNet::V4(_), IpAddr::V6(_)) => session.local_ipv4.map(NextHop::V4),
-            (IpNet::V6(_), IpAddr::V6(a)) => Some(NextHop::V6 { global: a, link_local: None }),
+            (IpNet::V6(_), IpAddr::V6(a)) => Some(NextHop::V6 {
+                global: a,
+                link_local: None,
+            }),
             (IpNet::V6(_), IpAddr::V4(a)) => Some(NextHop::V6 {
                 global: session.local_ipv6.unwrap_or_else(|| a.to_ipv6_mapped()),
                 link_local: None,
@@ -901,8 +978,14 @@ impl Rib {
                 queued.push((prefix, attrs));
             }
         }
-        let Some(slot) = self.slot_mut(to) else { return };
-        let families = slot.session.as_ref().map(|s| s.families.clone()).unwrap_or_default();
+        let Some(slot) = self.slot_mut(to) else {
+            return;
+        };
+        let families = slot
+            .session
+            .as_ref()
+            .map(|s| s.families.clone())
+            .unwrap_or_default();
         for (prefix, attrs) in queued {
             slot.out.push(prefix, Some(attrs));
         }
@@ -946,7 +1029,10 @@ impl Rib {
         self.sync_done = true;
         for to in 1..self.peers.len() {
             let Ok(to) = PeerId::try_from(to) else { break };
-            if self.slot(to).is_some_and(|s| s.session.is_some() && !s.advertising) {
+            if self
+                .slot(to)
+                .is_some_and(|s| s.session.is_some() && !s.advertising)
+            {
                 self.fill_out(to);
             }
         }
@@ -971,7 +1057,8 @@ impl Rib {
 
     /// Takes up to `max` queued prefixes for the peer, grouped by attributes.
     pub fn take_out(&mut self, id: PeerId, max: usize) -> OutBatch {
-        self.slot_mut(id).map_or_else(OutBatch::default, |s| s.out.take(max))
+        self.slot_mut(id)
+            .map_or_else(OutBatch::default, |s| s.out.take(max))
     }
 
     /// The current Loc-RIB as additions, for a new subscriber.
@@ -984,7 +1071,11 @@ impl Rib {
             {
                 let peer = self.slot(best.peer).map(|s| s.policy.address);
                 let peer = peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                out.push(RouteChange::Add { prefix, next_hop: kernel_next_hop(nh), peer });
+                out.push(RouteChange::Add {
+                    prefix,
+                    next_hop: kernel_next_hop(nh),
+                    peer,
+                });
             }
         };
         for (k, p) in &self.v4 {
@@ -1002,7 +1093,8 @@ impl Rib {
             IpNet::V4(p) => self.v4.get(&p),
             IpNet::V6(p) => self.v6.get(&p),
         }?;
-        self.best(paths.as_slice()).map(|b| (b.peer, Arc::clone(&b.attrs)))
+        self.best(paths.as_slice())
+            .map(|b| (b.peer, Arc::clone(&b.attrs)))
     }
 
     /// How many distinct attribute sets are stored.
@@ -1027,7 +1119,10 @@ fn mark_stale(paths: &mut Paths, id: PeerId) {
     match paths {
         Paths::One(p) if p.peer == id => p.stale = true,
         Paths::One(_) => {}
-        Paths::Many(v) => v.iter_mut().filter(|p| p.peer == id).for_each(|p| p.stale = true),
+        Paths::Many(v) => v
+            .iter_mut()
+            .filter(|p| p.peer == id)
+            .for_each(|p| p.stale = true),
     }
 }
 
@@ -1079,7 +1174,9 @@ impl AdjRibOut {
             self.pending.drain().collect()
         } else {
             let keys: Vec<IpNet> = self.pending.keys().take(max).copied().collect();
-            keys.into_iter().filter_map(|k| self.pending.remove_entry(&k)).collect()
+            keys.into_iter()
+                .filter_map(|k| self.pending.remove_entry(&k))
+                .collect()
         };
         let mut batch = OutBatch::default();
         let mut groups: HashMap<*const Attrs, usize> = HashMap::new();
@@ -1169,7 +1266,13 @@ mod tests {
     }
 
     fn rib(import_allow: Option<Vec<IpNet>>, restarting: bool) -> Rib {
-        Rib::new(RibConfig { router_id: ME, asn: ASN, cluster_id: ME, import_allow, restarting })
+        Rib::new(RibConfig {
+            router_id: ME,
+            asn: ASN,
+            cluster_id: ME,
+            import_allow,
+            restarting,
+        })
     }
 
     fn peer(rib: &mut Rib, addr: &str, client: bool) -> PeerId {
@@ -1184,48 +1287,79 @@ mod tests {
 
     fn up(rib: &mut Rib, id: PeerId, router_id: &str, gr: bool) -> Changes {
         let local_address = ip("10.0.0.1");
-        rib.peer_up(id, SessionInfo {
-            router_id: router_id.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
-            families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
-            local_address,
-            local_ipv6: None,
-            local_ipv4: None,
-            graceful_restart: gr
-                .then(|| vec![(Family::IPV4_UNICAST, true), (Family::IPV6_UNICAST, true)]),
-            peer_restarting: false,
-        })
+        rib.peer_up(
+            id,
+            SessionInfo {
+                router_id: router_id.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+                local_address,
+                local_ipv6: None,
+                local_ipv4: None,
+                graceful_restart: gr
+                    .then(|| vec![(Family::IPV4_UNICAST, true), (Family::IPV6_UNICAST, true)]),
+                peer_restarting: false,
+            },
+        )
     }
 
     fn attrs(next_hop: &str) -> Attrs {
         let nh = match ip(next_hop) {
             IpAddr::V4(a) => NextHop::V4(a),
-            IpAddr::V6(a) => NextHop::V6 { global: a, link_local: None },
+            IpAddr::V6(a) => NextHop::V6 {
+                global: a,
+                link_local: None,
+            },
         };
-        Attrs { next_hop: Some(nh), ..Attrs::local() }
+        Attrs {
+            next_hop: Some(nh),
+            ..Attrs::local()
+        }
     }
 
     fn announce(rib: &mut Rib, id: PeerId, a: Attrs, prefixes: &[&str]) -> Changes {
         let prefixes = prefixes.iter().map(|p| net(p)).collect();
-        rib.update(id, Routes { withdrawn: Vec::new(), announced: vec![(a, prefixes)] })
+        rib.update(
+            id,
+            Routes {
+                withdrawn: Vec::new(),
+                announced: vec![(a, prefixes)],
+            },
+        )
     }
 
     fn withdraw(rib: &mut Rib, id: PeerId, prefixes: &[&str]) -> Changes {
         let withdrawn = prefixes.iter().map(|p| net(p)).collect();
-        rib.update(id, Routes { withdrawn, announced: Vec::new() })
+        rib.update(
+            id,
+            Routes {
+                withdrawn,
+                announced: Vec::new(),
+            },
+        )
     }
 
     fn add(prefix: &str, nh: &str, peer: &str) -> RouteChange {
-        RouteChange::Add { prefix: net(prefix), next_hop: ip(nh), peer: ip(peer) }
+        RouteChange::Add {
+            prefix: net(prefix),
+            next_hop: ip(nh),
+            peer: ip(peer),
+        }
     }
 
     fn remove(prefix: &str) -> RouteChange {
-        RouteChange::Remove { prefix: net(prefix) }
+        RouteChange::Remove {
+            prefix: net(prefix),
+        }
     }
 
     #[test]
     fn a_path_with_one_entry_stays_small() {
         // The per-route budget: one table entry holds an inline path.
-        assert!(std::mem::size_of::<Paths>() <= 16, "{}", std::mem::size_of::<Paths>());
+        assert!(
+            std::mem::size_of::<Paths>() <= 16,
+            "{}",
+            std::mem::size_of::<Paths>()
+        );
     }
 
     #[test]
@@ -1233,16 +1367,39 @@ mod tests {
         let mut rib = rib(None, false);
         let a = peer(&mut rib, "10.0.0.2", false);
         up(&mut rib, a, "10.0.0.2", false);
-        let ch = announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26", "fd00:1::/122"]);
-        assert_eq!(ch, vec![
-            add("192.168.1.0/26", "10.0.0.2", "10.0.0.2"),
-            add("fd00:1::/122", "10.0.0.2", "10.0.0.2"),
-        ]);
-        assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 2 });
+        let ch = announce(
+            &mut rib,
+            a,
+            attrs("10.0.0.2"),
+            &["192.168.1.0/26", "fd00:1::/122"],
+        );
+        assert_eq!(
+            ch,
+            vec![
+                add("192.168.1.0/26", "10.0.0.2", "10.0.0.2"),
+                add("fd00:1::/122", "10.0.0.2", "10.0.0.2"),
+            ]
+        );
+        assert_eq!(
+            rib.counts(a),
+            PrefixCounts {
+                received: 2,
+                accepted: 2
+            }
+        );
         // The same announcement again changes nothing.
         assert!(announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26"]).is_empty());
-        assert_eq!(withdraw(&mut rib, a, &["192.168.1.0/26"]), vec![remove("192.168.1.0/26")]);
-        assert_eq!(rib.counts(a), PrefixCounts { received: 1, accepted: 1 });
+        assert_eq!(
+            withdraw(&mut rib, a, &["192.168.1.0/26"]),
+            vec![remove("192.168.1.0/26")]
+        );
+        assert_eq!(
+            rib.counts(a),
+            PrefixCounts {
+                received: 1,
+                accepted: 1
+            }
+        );
         // Withdrawing what was never announced is harmless.
         assert!(withdraw(&mut rib, a, &["192.168.9.0/26"]).is_empty());
         assert_eq!(rib.counts(a).accepted, 1);
@@ -1271,29 +1428,70 @@ mod tests {
         assert!(announce(&mut rib, b, attrs("10.0.0.3"), &[p]).is_empty());
 
         // Higher local-pref beats everything after it.
-        let ch = announce(&mut rib, b, Attrs { local_pref: Some(200), ..attrs("10.0.0.3") }, &[p]);
+        let ch = announce(
+            &mut rib,
+            b,
+            Attrs {
+                local_pref: Some(200),
+                ..attrs("10.0.0.3")
+            },
+            &[p],
+        );
         assert_eq!(ch, vec![add(p, "10.0.0.3", "10.0.0.3")]);
 
         // Shorter AS path.
-        let long = Attrs { as_path: AsPath::sequence([65001, 65002]), ..attrs("10.0.0.3") };
-        let short = Attrs { as_path: AsPath::sequence([65001]), ..attrs("10.0.0.2") };
+        let long = Attrs {
+            as_path: AsPath::sequence([65001, 65002]),
+            ..attrs("10.0.0.3")
+        };
+        let short = Attrs {
+            as_path: AsPath::sequence([65001]),
+            ..attrs("10.0.0.2")
+        };
         announce(&mut rib, a, short.clone(), &[p]);
         let ch = announce(&mut rib, b, long, &[p]);
         assert_eq!(ch, vec![add(p, "10.0.0.2", "10.0.0.2")]);
 
         // Lower origin.
-        let egp = Attrs { origin: Origin::Egp, ..attrs("10.0.0.2") };
+        let egp = Attrs {
+            origin: Origin::Egp,
+            ..attrs("10.0.0.2")
+        };
         announce(&mut rib, a, egp, &[p]);
         let ch = announce(&mut rib, b, attrs("10.0.0.3"), &[p]);
         assert_eq!(ch, vec![add(p, "10.0.0.3", "10.0.0.3")]);
 
         // Lower MED (same neighbouring AS: none, both internal).
-        announce(&mut rib, a, Attrs { med: Some(5), ..attrs("10.0.0.2") }, &[p]);
-        announce(&mut rib, b, Attrs { med: Some(10), ..attrs("10.0.0.3") }, &[p]);
+        announce(
+            &mut rib,
+            a,
+            Attrs {
+                med: Some(5),
+                ..attrs("10.0.0.2")
+            },
+            &[p],
+        );
+        announce(
+            &mut rib,
+            b,
+            Attrs {
+                med: Some(10),
+                ..attrs("10.0.0.3")
+            },
+            &[p],
+        );
         assert_eq!(rib.best_attrs(net(p)).map(|(id, _)| id), Some(a));
 
         // ORIGINATOR_ID stands in for the router id of a reflected route (RFC 4456 §9).
-        announce(&mut rib, a, Attrs { originator_id: Some(Ipv4Addr::new(10, 9, 9, 9)), ..attrs("10.0.0.2") }, &[p]);
+        announce(
+            &mut rib,
+            a,
+            Attrs {
+                originator_id: Some(Ipv4Addr::new(10, 9, 9, 9)),
+                ..attrs("10.0.0.2")
+            },
+            &[p],
+        );
         let ch = announce(&mut rib, b, attrs("10.0.0.3"), &[p]);
         assert_eq!(ch, vec![add(p, "10.0.0.3", "10.0.0.3")]);
 
@@ -1313,9 +1511,28 @@ mod tests {
         up(&mut rib, a, "10.0.0.7", false);
         up(&mut rib, b, "10.0.0.8", false);
         let o = Some(Ipv4Addr::new(10, 0, 0, 5));
-        announce(&mut rib, a, Attrs { originator_id: o, ..attrs("10.0.0.5") }, &["192.168.0.0/26"]);
-        announce(&mut rib, b, Attrs { originator_id: o, ..attrs("10.0.0.5") }, &["192.168.0.0/26"]);
-        assert_eq!(rib.best_attrs(net("192.168.0.0/26")).map(|(id, _)| id), Some(b));
+        announce(
+            &mut rib,
+            a,
+            Attrs {
+                originator_id: o,
+                ..attrs("10.0.0.5")
+            },
+            &["192.168.0.0/26"],
+        );
+        announce(
+            &mut rib,
+            b,
+            Attrs {
+                originator_id: o,
+                ..attrs("10.0.0.5")
+            },
+            &["192.168.0.0/26"],
+        );
+        assert_eq!(
+            rib.best_attrs(net("192.168.0.0/26")).map(|(id, _)| id),
+            Some(b)
+        );
     }
 
     #[test]
@@ -1323,15 +1540,33 @@ mod tests {
         let mut rib = rib(None, false);
         let a = peer(&mut rib, "10.0.0.2", true);
         up(&mut rib, a, "10.0.0.2", false);
-        let mine = Attrs { originator_id: Some(ME), ..attrs("10.0.0.2") };
+        let mine = Attrs {
+            originator_id: Some(ME),
+            ..attrs("10.0.0.2")
+        };
         assert!(announce(&mut rib, a, mine, &["192.168.1.0/26"]).is_empty());
-        let looped = Attrs { cluster_list: vec![Ipv4Addr::new(1, 1, 1, 1), ME], ..attrs("10.0.0.2") };
+        let looped = Attrs {
+            cluster_list: vec![Ipv4Addr::new(1, 1, 1, 1), ME],
+            ..attrs("10.0.0.2")
+        };
         assert!(announce(&mut rib, a, looped, &["192.168.2.0/26"]).is_empty());
-        assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 0 });
+        assert_eq!(
+            rib.counts(a),
+            PrefixCounts {
+                received: 2,
+                accepted: 0
+            }
+        );
         // A clean announcement of a refused prefix is accepted.
         let ch = announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26"]);
         assert_eq!(ch.len(), 1);
-        assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 1 });
+        assert_eq!(
+            rib.counts(a),
+            PrefixCounts {
+                received: 2,
+                accepted: 1
+            }
+        );
     }
 
     #[test]
@@ -1342,7 +1577,13 @@ mod tests {
         // `up` puts us at 10.0.0.1 on this session.
         assert!(announce(&mut rib, a, attrs("10.0.0.1"), &["192.168.1.0/26"]).is_empty());
         assert!(announce(&mut rib, a, attrs("::ffff:10.0.0.1"), &["fd00::/122"]).is_empty());
-        assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 0 });
+        assert_eq!(
+            rib.counts(a),
+            PrefixCounts {
+                received: 2,
+                accepted: 0
+            }
+        );
     }
 
     #[test]
@@ -1398,7 +1639,10 @@ mod tests {
         let a = peer(&mut rib, "10.0.0.2", false);
         up(&mut rib, a, "10.0.0.2", false);
         let initial = rib.take_out(a, 100);
-        assert_eq!(initial.end_of_rib, vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST]);
+        assert_eq!(
+            initial.end_of_rib,
+            vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST]
+        );
         let p = net("192.168.7.0/26");
         for _ in 0..100 {
             rib.originate(p);
@@ -1417,26 +1661,39 @@ mod tests {
     fn outbound_batches_group_prefixes_and_end_with_eor() {
         let mut rib = rib(None, false);
         for i in 0..10u8 {
-            rib.originate(IpNet::V4(Ipv4Net::new(Ipv4Addr::new(192, 168, i, 0), 26).unwrap_or_default()));
+            rib.originate(IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::new(192, 168, i, 0), 26).unwrap_or_default(),
+            ));
         }
         rib.originate(net("fd00::/122"));
         let a = peer(&mut rib, "10.0.0.2", false);
         up(&mut rib, a, "10.0.0.2", false);
         let first = rib.take_out(a, 6);
         assert_eq!(first.len(), 6);
-        assert!(first.end_of_rib.is_empty(), "EoR comes after the whole table");
+        assert!(
+            first.end_of_rib.is_empty(),
+            "EoR comes after the whole table"
+        );
         let rest = rib.take_out(a, 100);
         assert_eq!(rest.len(), 5);
         assert_eq!(rest.end_of_rib.len(), 2);
         // All IPv4 prefixes share one attribute set, IPv6 has its own next hop.
         let mut all = first.announced;
         all.extend(rest.announced);
-        let v4: Vec<_> = all.iter().filter(|(a, _)| matches!(a.next_hop, Some(NextHop::V4(_)))).collect();
+        let v4: Vec<_> = all
+            .iter()
+            .filter(|(a, _)| matches!(a.next_hop, Some(NextHop::V4(_))))
+            .collect();
         assert!(v4.iter().all(|(a, _)| Arc::ptr_eq(a, &v4[0].0)));
-        let v6 = all.iter().find(|(a, _)| matches!(a.next_hop, Some(NextHop::V6 { .. })));
+        let v6 = all
+            .iter()
+            .find(|(a, _)| matches!(a.next_hop, Some(NextHop::V6 { .. })));
         assert_eq!(
             v6.and_then(|(a, _)| a.next_hop),
-            Some(NextHop::V6 { global: Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped(), link_local: None })
+            Some(NextHop::V6 {
+                global: Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped(),
+                link_local: None
+            })
         );
     }
 
@@ -1445,7 +1702,12 @@ mod tests {
         let mut rib = rib(None, false);
         let a = peer(&mut rib, "10.0.0.2", false);
         up(&mut rib, a, "10.0.0.2", true);
-        announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26", "192.168.2.0/26", "fd00::/122"]);
+        announce(
+            &mut rib,
+            a,
+            attrs("10.0.0.2"),
+            &["192.168.1.0/26", "192.168.2.0/26", "fd00::/122"],
+        );
         // The session drops: nothing is removed.
         assert!(rib.peer_down(a, true).is_empty());
         assert!(rib.has_stale(a));
@@ -1470,7 +1732,10 @@ mod tests {
         announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26"]);
         rib.peer_down(a, true);
         // Back without graceful restart: its stale routes go at once (RFC 4724 §4.2).
-        assert_eq!(up(&mut rib, a, "10.0.0.2", false), vec![remove("192.168.1.0/26")]);
+        assert_eq!(
+            up(&mut rib, a, "10.0.0.2", false),
+            vec![remove("192.168.1.0/26")]
+        );
         // A non-graceful drop removes everything immediately.
         announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26"]);
         assert_eq!(rib.peer_down(a, false), vec![remove("192.168.1.0/26")]);
@@ -1503,17 +1768,23 @@ mod tests {
         let mut rib = rib(None, true);
         rib.originate(net("192.168.1.0/26"));
         let a = peer(&mut rib, "10.0.0.2", false);
-        rib.peer_up(a, SessionInfo {
-            router_id: Ipv4Addr::new(10, 0, 0, 2),
-            families: vec![Family::IPV4_UNICAST],
-            local_address: ip("10.0.0.1"),
-            local_ipv6: None,
-            local_ipv4: None,
-            graceful_restart: Some(vec![(Family::IPV4_UNICAST, true)]),
-            peer_restarting: true,
-        });
+        rib.peer_up(
+            a,
+            SessionInfo {
+                router_id: Ipv4Addr::new(10, 0, 0, 2),
+                families: vec![Family::IPV4_UNICAST],
+                local_address: ip("10.0.0.1"),
+                local_ipv6: None,
+                local_ipv4: None,
+                graceful_restart: Some(vec![(Family::IPV4_UNICAST, true)]),
+                peer_restarting: true,
+            },
+        );
         let out = rib.take_out(a, 100);
-        assert_eq!((out.len(), out.end_of_rib.clone()), (1, vec![Family::IPV4_UNICAST]));
+        assert_eq!(
+            (out.len(), out.end_of_rib.clone()),
+            (1, vec![Family::IPV4_UNICAST])
+        );
         rib.originate(net("192.168.2.0/26"));
         assert_eq!(rib.take_out(a, 100).len(), 1);
         // Initial sync does not send it the table a second time.
@@ -1534,12 +1805,34 @@ mod tests {
         let b = peer(&mut rib, "10.0.0.3", false);
         up(&mut rib, a, "10.0.0.2", false);
         up(&mut rib, b, "10.0.0.3", false);
-        let ch = announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26", "172.16.1.0/24", "8.8.8.0/24"]);
+        let ch = announce(
+            &mut rib,
+            a,
+            attrs("10.0.0.2"),
+            &["192.168.1.0/26", "172.16.1.0/24", "8.8.8.0/24"],
+        );
         assert_eq!(ch.len(), 2);
-        assert_eq!(rib.counts(a), PrefixCounts { received: 3, accepted: 2 });
-        let ch = announce(&mut rib, b, attrs("10.0.0.3"), &["172.16.2.0/24", "192.168.0.0/15"]);
+        assert_eq!(
+            rib.counts(a),
+            PrefixCounts {
+                received: 3,
+                accepted: 2
+            }
+        );
+        let ch = announce(
+            &mut rib,
+            b,
+            attrs("10.0.0.3"),
+            &["172.16.2.0/24", "192.168.0.0/15"],
+        );
         assert!(ch.is_empty());
-        assert_eq!(rib.counts(b), PrefixCounts { received: 2, accepted: 0 });
+        assert_eq!(
+            rib.counts(b),
+            PrefixCounts {
+                received: 2,
+                accepted: 0
+            }
+        );
         // Withdrawing a refused prefix forgets it.
         withdraw(&mut rib, b, &["172.16.2.0/24"]);
         assert_eq!(rib.counts(b).received, 1);
@@ -1550,18 +1843,35 @@ mod tests {
         let mut rib = rib(Some(vec![net("192.168.0.0/16"), net("10.0.0.0/8")]), false);
         let a = peer(&mut rib, "10.0.0.2", false);
         up(&mut rib, a, "10.0.0.2", false);
-        announce(&mut rib, a, attrs("10.0.0.2"), &["192.168.1.0/26", "10.9.0.0/24"]);
+        announce(
+            &mut rib,
+            a,
+            attrs("10.0.0.2"),
+            &["192.168.1.0/26", "10.9.0.0/24"],
+        );
         rib.originate(net("10.8.0.0/24"));
         let ch = rib.set_import_allow(Some(vec![net("192.168.0.0/16")]));
         assert_eq!(ch, vec![remove("10.9.0.0/24")]);
-        assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 1 });
+        assert_eq!(
+            rib.counts(a),
+            PrefixCounts {
+                received: 2,
+                accepted: 1
+            }
+        );
         // What we originate is not subject to import policy.
         assert!(rib.originated().contains(&net("10.8.0.0/24")));
         // Widening changes nothing by itself: the peer has to send the route again.
         assert!(rib.set_import_allow(None).is_empty());
         let ch = announce(&mut rib, a, attrs("10.0.0.2"), &["10.9.0.0/24"]);
         assert_eq!(ch.len(), 1);
-        assert_eq!(rib.counts(a), PrefixCounts { received: 2, accepted: 2 });
+        assert_eq!(
+            rib.counts(a),
+            PrefixCounts {
+                received: 2,
+                accepted: 2
+            }
+        );
     }
 
     #[test]
@@ -1591,10 +1901,19 @@ mod tests {
             let prefixes: Vec<IpNet> = (0..500u32)
                 .map(|i| {
                     let n = chunk * 500 + i;
-                    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (n << 8)), 24).unwrap_or_default())
+                    IpNet::V4(
+                        Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (n << 8)), 24)
+                            .unwrap_or_default(),
+                    )
                 })
                 .collect();
-            rib.update(a, Routes { withdrawn: Vec::new(), announced: vec![(attrs("10.0.0.2"), prefixes)] });
+            rib.update(
+                a,
+                Routes {
+                    withdrawn: Vec::new(),
+                    announced: vec![(attrs("10.0.0.2"), prefixes)],
+                },
+            );
         }
         assert_eq!(rib.len().0, 10_000);
         // One set for the peer's routes (plus the local template, if any).

@@ -32,8 +32,7 @@ use crate::md5;
 use crate::rib::{Attrs, OutBatch, PeerId, Routes, SessionInfo};
 use crate::wire::{
     Codec, Family, HEADER_LEN, MAX_MESSAGE_LEN, Message, MpReach, NextHop, RouteRefresh, Update,
-    UpdateStatus,
-    decode_frame, encode_into, pack_announce, pack_withdraw,
+    UpdateStatus, decode_frame, encode_into, pack_announce, pack_withdraw,
 };
 
 /// Identifies a session task to the speaker. The generation tells a removed peer's late
@@ -47,14 +46,37 @@ pub(crate) struct PeerKey {
 /// What a session tells the speaker.
 #[derive(Debug)]
 pub(crate) enum ToOwner {
-    State { key: PeerKey, state: State, last_error: Option<String> },
-    Up { key: PeerKey, info: SessionInfo, negotiated: Box<Negotiated> },
-    Down { key: PeerKey, graceful: bool, reason: String },
-    Routes { key: PeerKey, routes: Routes },
-    EndOfRib { key: PeerKey, family: Family },
-    RouteRefresh { key: PeerKey, family: Family },
+    State {
+        key: PeerKey,
+        state: State,
+        last_error: Option<String>,
+    },
+    Up {
+        key: PeerKey,
+        info: SessionInfo,
+        negotiated: Box<Negotiated>,
+    },
+    Down {
+        key: PeerKey,
+        graceful: bool,
+        reason: String,
+    },
+    Routes {
+        key: PeerKey,
+        routes: Routes,
+    },
+    EndOfRib {
+        key: PeerKey,
+        family: Family,
+    },
+    RouteRefresh {
+        key: PeerKey,
+        family: Family,
+    },
     /// The batch of UPDATEs handed to the session has been written: send the next one.
-    Drained { key: PeerKey },
+    Drained {
+        key: PeerKey,
+    },
 }
 
 /// What the speaker tells a session.
@@ -127,7 +149,10 @@ pub(crate) fn spawn(
 /// What reader tasks and connection attempts report.
 #[derive(Debug)]
 enum IoEvent {
-    Connected { attempt: u64, result: io::Result<TcpStream> },
+    Connected {
+        attempt: u64,
+        result: io::Result<TcpStream>,
+    },
     Frames(ConnId, Vec<Bytes>),
     Closed(ConnId, String),
 }
@@ -174,7 +199,11 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut cmds: mpsc::Receiver<ToSession>, mut io_rx: mpsc::Receiver<IoEvent>) {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<ToSession>,
+        mut io_rx: mpsc::Receiver<IoEvent>,
+    ) {
         self.apply(Event::Start).await;
         loop {
             let deadline = self.timers.values().min().copied();
@@ -218,7 +247,11 @@ impl Session {
             self.reported = now.clone();
             let _ = self
                 .owner
-                .send(ToOwner::State { key: self.key, state: now.0, last_error: now.1 })
+                .send(ToOwner::State {
+                    key: self.key,
+                    state: now.0,
+                    last_error: now.1,
+                })
                 .await;
         }
     }
@@ -233,7 +266,11 @@ impl Session {
             }
             Action::Send(id, message) => {
                 if let Message::Notification(note) = &message {
-                    info!(code = note.code, subcode = note.subcode, "sending NOTIFICATION");
+                    info!(
+                        code = note.code,
+                        subcode = note.subcode,
+                        "sending NOTIFICATION"
+                    );
                 }
                 let mut buf = BytesMut::new();
                 match encode_into(&message, &self.codec, &mut buf) {
@@ -249,14 +286,19 @@ impl Session {
                 self.timers.remove(&timer);
             }
             Action::Established(id, negotiated) => {
-                let Some(conn) = self.conns.get(&id) else { return };
+                let Some(conn) = self.conns.get(&id) else {
+                    return;
+                };
                 info!(peer_id = %negotiated.peer_id, hold = negotiated.hold_time, "session established");
                 self.codec = negotiated.codec;
                 self.families = negotiated.families.clone();
                 // RFC 4724 §4.1: the R bit belongs only to the OPENs right after our restart.
                 self.fsm.clear_restart_state();
                 let graceful_restart = negotiated.peer_graceful_restart.as_ref().map(|gr| {
-                    gr.families.iter().map(|f| (f.family, f.forwarding_preserved)).collect()
+                    gr.families
+                        .iter()
+                        .map(|f| (f.family, f.forwarding_preserved))
+                        .collect()
                 });
                 let info = SessionInfo {
                     router_id: negotiated.peer_id,
@@ -270,13 +312,27 @@ impl Session {
                         .as_ref()
                         .is_some_and(|gr| gr.restart_state),
                 };
-                let _ = self.owner.send(ToOwner::Up { key: self.key, info, negotiated }).await;
+                let _ = self
+                    .owner
+                    .send(ToOwner::Up {
+                        key: self.key,
+                        info,
+                        negotiated,
+                    })
+                    .await;
             }
             Action::Down { graceful, reason } => {
                 info!(graceful, %reason, "session down");
                 self.codec = Codec::default();
                 self.families.clear();
-                let _ = self.owner.send(ToOwner::Down { key: self.key, graceful, reason }).await;
+                let _ = self
+                    .owner
+                    .send(ToOwner::Down {
+                        key: self.key,
+                        graceful,
+                        reason,
+                    })
+                    .await;
             }
         }
     }
@@ -317,31 +373,54 @@ impl Session {
         self.next_conn += 1;
         let (rd, wr) = stream.into_split();
         let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
-        let reader_task =
-            AbortOnDrop(tokio::spawn(read_frames(id, rd, self.io_tx.clone()).in_current_span()));
+        let reader_task = AbortOnDrop(tokio::spawn(
+            read_frames(id, rd, self.io_tx.clone()).in_current_span(),
+        ));
         let writer_task = tokio::spawn(
-            write_loop(id, wr, wrx, self.io_tx.clone(), self.owner.clone(), self.key).in_current_span(),
+            write_loop(
+                id,
+                wr,
+                wrx,
+                self.io_tx.clone(),
+                self.owner.clone(),
+                self.key,
+            )
+            .in_current_span(),
         );
-        self.conns.insert(id, Conn { writer: wtx, writer_task, reader_task, local });
+        self.conns.insert(
+            id,
+            Conn {
+                writer: wtx,
+                writer_task,
+                reader_task,
+                local,
+            },
+        );
         Some(id)
     }
 
     fn write(&mut self, id: ConnId, msg: WriteMsg) {
-        let Some(conn) = self.conns.get(&id) else { return };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         if conn.writer.try_send(msg).is_err() {
             // The writer is hundreds of messages behind: the peer is not reading.
             warn!("peer is not reading; closing the connection");
             let io_tx = self.io_tx.clone();
             // Report through the I/O channel so the FSM hears of it in order.
             tokio::spawn(async move {
-                let _ = io_tx.send(IoEvent::Closed(id, "peer is not reading".to_owned())).await;
+                let _ = io_tx
+                    .send(IoEvent::Closed(id, "peer is not reading".to_owned()))
+                    .await;
             });
         }
     }
 
     /// Stops reading and lets the writer flush what it has (a NOTIFICATION, usually).
     fn close(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.remove(&id) else { return };
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
         drop(conn.reader_task);
         drop(conn.writer);
         let writer = conn.writer_task;
@@ -413,7 +492,10 @@ impl Session {
             Message::RouteRefresh(rr) => {
                 self.apply(Event::RouteRefresh(id)).await;
                 if self.established_on(id) && self.families.contains(&rr.family) {
-                    let ev = ToOwner::RouteRefresh { key: self.key, family: rr.family };
+                    let ev = ToOwner::RouteRefresh {
+                        key: self.key,
+                        family: rr.family,
+                    };
                     let _ = self.owner.send(ev).await;
                 }
             }
@@ -444,7 +526,13 @@ impl Session {
         }
         if let Some(family) = update.end_of_rib_family() {
             debug!(%family, "End-of-RIB received");
-            let _ = self.owner.send(ToOwner::EndOfRib { key: self.key, family }).await;
+            let _ = self
+                .owner
+                .send(ToOwner::EndOfRib {
+                    key: self.key,
+                    family,
+                })
+                .await;
             return;
         }
         let negotiated = |p: &IpNet| self.families.contains(&Family::of(p));
@@ -467,13 +555,26 @@ impl Session {
         if withdrawn.is_empty() && announced.is_empty() {
             return;
         }
-        let routes = Routes { withdrawn, announced };
-        let _ = self.owner.send(ToOwner::Routes { key: self.key, routes }).await;
+        let routes = Routes {
+            withdrawn,
+            announced,
+        };
+        let _ = self
+            .owner
+            .send(ToOwner::Routes {
+                key: self.key,
+                routes,
+            })
+            .await;
     }
 
     /// Packs a batch from the Adj-RIB-Out into UPDATEs and hands it to the writer.
     async fn send_batch(&mut self, batch: OutBatch) {
-        let Some(id) = self.fsm.conn().filter(|_| self.fsm.state() == State::Established) else {
+        let Some(id) = self
+            .fsm
+            .conn()
+            .filter(|_| self.fsm.state() == State::Established)
+        else {
             // The session went down meanwhile; the speaker learns that from `Down` and
             // resets its credit then.
             return;
@@ -487,8 +588,11 @@ impl Session {
             match attrs.next_hop {
                 Some(NextHop::V4(a)) => wire.next_hop = Some(a),
                 Some(nh @ NextHop::V6 { .. }) => {
-                    wire.mp_reach =
-                        Some(MpReach { family: Family::IPV6_UNICAST, next_hop: nh, nlri: Vec::new() });
+                    wire.mp_reach = Some(MpReach {
+                        family: Family::IPV6_UNICAST,
+                        next_hop: nh,
+                        nlri: Vec::new(),
+                    });
                 }
                 None => {}
             }
@@ -506,11 +610,17 @@ impl Session {
     }
 
     fn request_refresh(&mut self) {
-        let Some(id) = self.fsm.conn().filter(|_| self.fsm.state() == State::Established) else {
+        let Some(id) = self
+            .fsm
+            .conn()
+            .filter(|_| self.fsm.state() == State::Established)
+        else {
             return;
         };
         if !self.fsm.negotiated().is_some_and(|n| n.route_refresh) {
-            warn!("peer does not support route refresh; routes it sent before a policy change stay refused until the session restarts");
+            warn!(
+                "peer does not support route refresh; routes it sent before a policy change stay refused until the session restarts"
+            );
             return;
         }
         for family in self.families.clone() {
@@ -525,8 +635,12 @@ impl Session {
 
     async fn fire_timers(&mut self) {
         let now = Instant::now();
-        let due: Vec<Timer> =
-            self.timers.iter().filter(|(_, at)| **at <= now).map(|(t, _)| *t).collect();
+        let due: Vec<Timer> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(t, _)| *t)
+            .collect();
         for timer in due {
             self.timers.remove(&timer);
             self.apply(Event::TimerExpired(timer)).await;
@@ -555,7 +669,11 @@ fn message_name(message: &Message) -> &'static str {
 /// the SYN leaves (RFC 2385 signs every segment), connect.
 async fn connect(cfg: &PeerConfig) -> io::Result<TcpStream> {
     let remote = SocketAddr::new(cfg.address, cfg.port);
-    let socket = if remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if remote.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if cfg.local_address.is_some() || cfg.local_port.is_some() {
         socket.set_reuseaddr(true)?;
         let ip = cfg.local_address.unwrap_or(if remote.is_ipv4() {

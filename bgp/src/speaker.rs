@@ -72,7 +72,10 @@ enum Command {
     SetImportAllow(Option<Vec<IpNet>>, oneshot::Sender<()>),
     Subscribe(oneshot::Sender<mpsc::Receiver<RibEvent>>),
     Status(oneshot::Sender<Vec<PeerStatus>>),
-    Shutdown { graceful: bool, reply: oneshot::Sender<()> },
+    Shutdown {
+        graceful: bool,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 const COMMAND_QUEUE: usize = 64;
@@ -124,7 +127,10 @@ impl Speaker {
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| Error::Stopped)?;
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
     }
 
@@ -170,20 +176,32 @@ impl Speaker {
     /// Closes every session with Cease / Administrative Shutdown and stops the speaker.
     /// Peers drop our routes.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        self.ask(|r| Command::Shutdown { graceful: false, reply: r }).await
+        self.ask(|r| Command::Shutdown {
+            graceful: false,
+            reply: r,
+        })
+        .await
     }
 
     /// Stops the speaker for a planned restart: every connection is closed without a
     /// NOTIFICATION, so peers that negotiated graceful restart keep our routes as stale
     /// until we are back (RFC 4724 §4.2). Start the next speaker with `restarting`.
     pub async fn shutdown_for_restart(&self) -> Result<(), Error> {
-        self.ask(|r| Command::Shutdown { graceful: true, reply: r }).await
+        self.ask(|r| Command::Shutdown {
+            graceful: true,
+            reply: r,
+        })
+        .await
     }
 }
 
 /// The listening socket, with SO_REUSEADDR so that a restarted speaker can bind at once.
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(128)
@@ -192,7 +210,11 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.write_u64(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
     h.finish()
 }
 
@@ -268,7 +290,10 @@ impl Owner {
         }
         for s in sessions {
             let abort = s.task.abort_handle();
-            if tokio::time::timeout(std::time::Duration::from_secs(2), s.task).await.is_err() {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), s.task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -303,7 +328,9 @@ impl Owner {
                 let changes = self.rib.set_import_allow(allow);
                 self.publish(changes).await;
                 for entry in self.peers.values() {
-                    if entry.negotiated.is_some() && entry.session.tx.try_send(ToSession::Refresh).is_err() {
+                    if entry.negotiated.is_some()
+                        && entry.session.tx.try_send(ToSession::Refresh).is_err()
+                    {
                         warn!(peer = %entry.cfg.address, "session busy; no ROUTE-REFRESH sent");
                     }
                 }
@@ -350,8 +377,12 @@ impl Owner {
         }
         if let (Some(listener), Some(password)) = (&self.listener, &cfg.password) {
             let v6 = listener.local_addr().is_ok_and(|a| a.is_ipv6());
-            md5::set_md5_key(listener, v6, address, password.as_bytes())
-                .map_err(|source| Error::Md5 { peer: address, source })?;
+            md5::set_md5_key(listener, v6, address, password.as_bytes()).map_err(|source| {
+                Error::Md5 {
+                    peer: address,
+                    source,
+                }
+            })?;
         }
         let id = self.rib.add_peer(PeerPolicy {
             address,
@@ -361,7 +392,10 @@ impl Owner {
             export_allow: cfg.export_allow.clone(),
         });
         self.generation += 1;
-        let key = PeerKey { id, generation: self.generation };
+        let key = PeerKey {
+            id,
+            generation: self.generation,
+        };
         let graceful_restart = cfg.graceful_restart.then(|| GracefulRestart {
             restart_state: self.cfg.restarting,
             notification: false,
@@ -369,7 +403,10 @@ impl Owner {
             // Forwarding survives our restart: the agent keeps the kernel routes.
             families: [Family::IPV4_UNICAST, Family::IPV6_UNICAST]
                 .into_iter()
-                .map(|family| GracefulRestartFamily { family, forwarding_preserved: true })
+                .map(|family| GracefulRestartFamily {
+                    family,
+                    forwarding_preserved: true,
+                })
                 .collect(),
         });
         let fsm = Fsm::new(
@@ -387,29 +424,37 @@ impl Owner {
             Jitter::new(self.seed ^ u64::from(id) ^ self.generation.rotate_left(32)),
         );
         let cfg = Arc::new(PeerConfig { address, ..cfg });
-        let settings =
-            SessionSettings { local_ipv6: self.cfg.local_ipv6, local_ipv4: self.cfg.local_ipv4 };
+        let settings = SessionSettings {
+            local_ipv6: self.cfg.local_ipv6,
+            local_ipv4: self.cfg.local_ipv4,
+        };
         let session = session::spawn(key, Arc::clone(&cfg), fsm, settings, self.events_tx.clone());
         info!(peer = %address, asn = cfg.asn, passive = cfg.passive, "peer added");
         self.by_address.insert(address, id);
-        self.peers.insert(id, PeerEntry {
-            cfg,
-            key,
-            session,
-            state: State::Idle,
-            since: SystemTime::now(),
-            last_error: None,
-            negotiated: None,
-            in_flight: false,
-            eor_received: Vec::new(),
-            stale_deadline: None,
-        });
+        self.peers.insert(
+            id,
+            PeerEntry {
+                cfg,
+                key,
+                session,
+                state: State::Idle,
+                since: SystemTime::now(),
+                last_error: None,
+                negotiated: None,
+                in_flight: false,
+                eor_received: Vec::new(),
+                stale_deadline: None,
+            },
+        );
         Ok(())
     }
 
     async fn remove_peer(&mut self, address: IpAddr) -> Result<(), Error> {
         let address = address.to_canonical();
-        let id = self.by_address.remove(&address).ok_or(Error::UnknownPeer(address))?;
+        let id = self
+            .by_address
+            .remove(&address)
+            .ok_or(Error::UnknownPeer(address))?;
         if let Some(entry) = self.peers.remove(&id) {
             // The session sends its Cease and ends by itself.
             if entry.session.tx.try_send(ToSession::Stop).is_err() {
@@ -437,7 +482,11 @@ impl Owner {
 
     async fn event(&mut self, ev: ToOwner) {
         match ev {
-            ToOwner::State { key, state, last_error } => {
+            ToOwner::State {
+                key,
+                state,
+                last_error,
+            } => {
                 if let Some(entry) = self.current(key) {
                     if entry.state != state {
                         entry.since = SystemTime::now();
@@ -448,9 +497,15 @@ impl Owner {
                     }
                 }
             }
-            ToOwner::Up { key, info, negotiated } => {
+            ToOwner::Up {
+                key,
+                info,
+                negotiated,
+            } => {
                 let stale_time = self.cfg.stale_time;
-                let Some(entry) = self.current(key) else { return };
+                let Some(entry) = self.current(key) else {
+                    return;
+                };
                 entry.negotiated = Some(negotiated);
                 entry.in_flight = false;
                 entry.eor_received.clear();
@@ -463,8 +518,14 @@ impl Owner {
                 }
                 self.publish(changes).await;
             }
-            ToOwner::Down { key, graceful, reason } => {
-                let Some(entry) = self.current(key) else { return };
+            ToOwner::Down {
+                key,
+                graceful,
+                reason,
+            } => {
+                let Some(entry) = self.current(key) else {
+                    return;
+                };
                 let restart_time = entry
                     .negotiated
                     .as_ref()
@@ -474,10 +535,12 @@ impl Owner {
                 entry.in_flight = false;
                 entry.eor_received.clear();
                 entry.last_error = Some(reason);
-                let keep = graceful && entry.cfg.graceful_restart && restart_time.is_some_and(|t| t > 0);
+                let keep =
+                    graceful && entry.cfg.graceful_restart && restart_time.is_some_and(|t| t > 0);
                 if keep {
                     let secs = u64::from(restart_time.unwrap_or(0));
-                    entry.stale_deadline = Some(Instant::now() + std::time::Duration::from_secs(secs));
+                    entry.stale_deadline =
+                        Some(Instant::now() + std::time::Duration::from_secs(secs));
                     info!(peer = %entry.cfg.address, restart_time = secs, "keeping routes as stale");
                 }
                 let changes = self.rib.peer_down(key.id, keep);
@@ -491,7 +554,9 @@ impl Owner {
                 self.publish(changes).await;
             }
             ToOwner::EndOfRib { key, family } => {
-                let Some(entry) = self.current(key) else { return };
+                let Some(entry) = self.current(key) else {
+                    return;
+                };
                 if !entry.eor_received.contains(&family) {
                     entry.eor_received.push(family);
                 }
@@ -527,11 +592,20 @@ impl Owner {
             }
         };
         let address = from.ip().to_canonical();
-        let Some(entry) = self.by_address.get(&address).and_then(|id| self.peers.get(id)) else {
+        let Some(entry) = self
+            .by_address
+            .get(&address)
+            .and_then(|id| self.peers.get(id))
+        else {
             debug!(%from, "connection from an unknown address closed");
             return;
         };
-        if entry.session.tx.try_send(ToSession::Inbound(stream)).is_err() {
+        if entry
+            .session
+            .tx
+            .try_send(ToSession::Inbound(stream))
+            .is_err()
+        {
             debug!(%from, "session busy; connection closed");
         }
     }
@@ -565,7 +639,9 @@ impl Owner {
             return;
         }
         let all = self.peers.values().all(|e| {
-            e.negotiated.as_ref().is_some_and(|n| n.families.iter().all(|f| e.eor_received.contains(f)))
+            e.negotiated
+                .as_ref()
+                .is_some_and(|n| n.families.iter().all(|f| e.eor_received.contains(f)))
         });
         if all {
             self.finish_sync().await;
@@ -605,11 +681,15 @@ impl Owner {
     /// Hands each established peer its next Adj-RIB-Out batch, one at a time.
     fn pump(&mut self) {
         for id in self.rib.peers_with_output() {
-            let Some(entry) = self.peers.get_mut(&id) else { continue };
+            let Some(entry) = self.peers.get_mut(&id) else {
+                continue;
+            };
             if entry.in_flight || entry.state != State::Established || entry.negotiated.is_none() {
                 continue;
             }
-            let Ok(permit) = entry.session.tx.try_reserve() else { continue };
+            let Ok(permit) = entry.session.tx.try_reserve() else {
+                continue;
+            };
             let batch = self.rib.take_out(id, OUT_BATCH);
             if batch.is_empty() {
                 continue;
@@ -635,7 +715,11 @@ impl Owner {
                     router_id: e.negotiated.as_ref().map(|n| n.peer_id),
                     prefixes_received: counts.received,
                     prefixes_accepted: counts.accepted,
-                    capabilities: e.negotiated.as_ref().map(|n| n.capability_names()).unwrap_or_default(),
+                    capabilities: e
+                        .negotiated
+                        .as_ref()
+                        .map(|n| n.capability_names())
+                        .unwrap_or_default(),
                     hold_time: e.negotiated.as_ref().map(|n| n.hold_time),
                 }
             })

@@ -14,7 +14,9 @@ use bytes::BytesMut;
 use ipnet::{IpNet, Ipv4Net};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
-use tortie_bgp::wire::{self, AsPath, Capability, Codec, Family, Message, Open, Origin, PathAttributes};
+use tortie_bgp::wire::{
+    self, AsPath, Capability, Codec, Family, Message, Open, Origin, PathAttributes,
+};
 use tortie_bgp::{PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig, State};
 
 const PORT: u16 = 1790;
@@ -39,7 +41,10 @@ impl Drop for Netns {
 }
 
 fn run_ip(args: &[&str]) {
-    let ok = Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+    let ok = Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
     assert!(ok, "ip {args:?} failed");
 }
 
@@ -84,7 +89,10 @@ async fn feed(count: usize) {
     let speaker = Speaker::start(cfg).await.unwrap_or_else(|e| panic!("{e}"));
     let mut peer = PeerConfig::new(lo(3), ASN);
     peer.passive = true;
-    speaker.add_peer(peer).await.unwrap_or_else(|e| panic!("{e}"));
+    speaker
+        .add_peer(peer)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut rx = speaker.subscribe().await.unwrap_or_else(|e| panic!("{e}"));
 
     // The table, encoded up front so that encoding is not part of the measurement.
@@ -96,24 +104,37 @@ async fn feed(count: usize) {
         ..Default::default()
     };
     let prefixes: Vec<IpNet> = (0..count as u32)
-        .map(|i| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i * 4), 30).unwrap_or_default()))
+        .map(|i| {
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i * 4), 30).unwrap_or_default())
+        })
         .collect();
-    let codec = Codec { four_octet_as: true, external: false };
+    let codec = Codec {
+        four_octet_as: true,
+        external: false,
+    };
     let mut table = BytesMut::new();
     let messages = wire::pack_announce(&attrs, &prefixes, &codec, &mut table)
         .unwrap_or_else(|e| panic!("{e}"));
     drop(prefixes);
 
     let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-    socket.bind(SocketAddr::new(lo(3), 0)).unwrap_or_else(|e| panic!("{e}"));
-    let stream = socket.connect(SocketAddr::new(lo(1), PORT)).await.unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .bind(SocketAddr::new(lo(3), 0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stream = socket
+        .connect(SocketAddr::new(lo(1), PORT))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let (mut rd, mut wr) = stream.into_split();
     let open = Message::Open(Open {
         version: 4,
         my_as: ASN,
         hold_time: 90,
         bgp_id: Ipv4Addr::new(10, 0, 0, 3),
-        capabilities: vec![Capability::Multiprotocol(Family::IPV4_UNICAST), Capability::FourOctetAs(ASN)],
+        capabilities: vec![
+            Capability::Multiprotocol(Family::IPV4_UNICAST),
+            Capability::FourOctetAs(ASN),
+        ],
     });
     let hello = [open, Message::Keepalive]
         .iter()
@@ -128,10 +149,16 @@ async fn feed(count: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = speaker.peer_status().await.unwrap_or_default();
-        if status.first().is_some_and(|p| p.state == State::Established) {
+        if status
+            .first()
+            .is_some_and(|p| p.state == State::Established)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "feeder never established: {status:?}");
+        assert!(
+            Instant::now() < deadline,
+            "feeder never established: {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Settle the baseline: the subscription's empty snapshot.
@@ -149,7 +176,10 @@ async fn feed(count: usize) {
         let ev = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
         match ev {
             Ok(Some(RibEvent::Changes(changes))) => {
-                added += changes.iter().filter(|c| matches!(c, RouteChange::Add { .. })).count();
+                added += changes
+                    .iter()
+                    .filter(|c| matches!(c, RouteChange::Add { .. }))
+                    .count();
             }
             Ok(Some(RibEvent::InitialSyncDone)) => {}
             Ok(None) => panic!("subscription closed after {added} routes"),
@@ -170,6 +200,9 @@ async fn feed(count: usize) {
         count as f64 / elapsed.as_secs_f64(),
         after.saturating_sub(before) / 1024,
     );
-    assert!(per_route <= 100.0, "{per_route:.0} bytes per route is over the 100-byte budget");
+    assert!(
+        per_route <= 100.0,
+        "{per_route:.0} bytes per route is over the 100-byte budget"
+    );
     let _ = speaker.shutdown().await;
 }

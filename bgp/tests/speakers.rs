@@ -63,12 +63,17 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().unwrap_or_else(|e| panic!("ip: {e}"));
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("ip: {e}"));
     assert!(status.success(), "ip {args:?} failed");
 }
 
@@ -95,7 +100,9 @@ async fn speaker(router_id: [u8; 4], listen: &str, restarting: bool) -> Speaker 
     cfg.listen = Some(SocketAddr::new(addr(listen), PORT));
     cfg.restarting = restarting;
     cfg.deferral_time = Duration::from_secs(60);
-    Speaker::start(cfg).await.unwrap_or_else(|e| panic!("start: {e}"))
+    Speaker::start(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"))
 }
 
 fn peer(address: &str, local: &str, passive: bool) -> PeerConfig {
@@ -119,8 +126,16 @@ struct Watch {
 
 impl Watch {
     async fn new(s: &Speaker) -> Watch {
-        let rx = s.subscribe().await.unwrap_or_else(|e| panic!("subscribe: {e}"));
-        Watch { rx, routes: HashMap::new(), removed: Vec::new(), sync_done: false }
+        let rx = s
+            .subscribe()
+            .await
+            .unwrap_or_else(|e| panic!("subscribe: {e}"));
+        Watch {
+            rx,
+            routes: HashMap::new(),
+            removed: Vec::new(),
+            sync_done: false,
+        }
     }
 
     async fn until(&mut self, what: &str, done: impl Fn(&Watch) -> bool) {
@@ -147,7 +162,9 @@ impl Watch {
             RibEvent::Changes(changes) => {
                 for c in changes {
                     match c {
-                        RouteChange::Add { prefix, next_hop, .. } => {
+                        RouteChange::Add {
+                            prefix, next_hop, ..
+                        } => {
                             self.routes.insert(prefix, next_hop);
                         }
                         RouteChange::Remove { prefix } => {
@@ -169,12 +186,18 @@ impl Watch {
 async fn wait_state(s: &Speaker, peer: &str, state: State) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let status = s.peer_status().await.unwrap_or_else(|e| panic!("status: {e}"));
+        let status = s
+            .peer_status()
+            .await
+            .unwrap_or_else(|e| panic!("status: {e}"));
         let p = status.iter().find(|p| p.address == addr(peer));
         if p.is_some_and(|p| p.state == state) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{peer} never reached {state}: {status:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{peer} never reached {state}: {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -189,8 +212,12 @@ fn two_speakers_exchange_ipv4_and_ipv6_routes_and_withdrawals() {
         let mut wa = Watch::new(&a).await;
         let mut wb = Watch::new(&b).await;
         // The mesh rule: the higher address is passive.
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         for p in ["192.168.1.0/26", "fd00:1::/122"] {
             a.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
         }
@@ -221,31 +248,55 @@ fn two_speakers_exchange_ipv4_and_ipv6_routes_and_withdrawals() {
         assert_eq!(s.router_id, Some(Ipv4Addr::new(10, 0, 0, 2)));
         assert_eq!(s.hold_time, Some(9));
         assert_eq!(s.peer_type, "node-to-node mesh");
-        for cap in ["ipv4-unicast", "ipv6-unicast", "4-octet-as", "route-refresh", "graceful-restart"] {
-            assert!(s.capabilities.iter().any(|c| c == cap), "{cap} missing: {:?}", s.capabilities);
+        for cap in [
+            "ipv4-unicast",
+            "ipv6-unicast",
+            "4-octet-as",
+            "route-refresh",
+            "graceful-restart",
+        ] {
+            assert!(
+                s.capabilities.iter().any(|c| c == cap),
+                "{cap} missing: {:?}",
+                s.capabilities
+            );
         }
 
         // Withdrawals propagate, in both families.
-        b.withdraw(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
-        b.withdraw(net("fd00:2::/122")).await.unwrap_or_else(|e| panic!("{e}"));
+        b.withdraw(net("192.168.2.0/26"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.withdraw(net("fd00:2::/122"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         wa.until("withdrawals on A", |w| {
-            !w.routes.contains_key(&net("192.168.2.0/26")) && !w.routes.contains_key(&net("fd00:2::/122"))
+            !w.routes.contains_key(&net("192.168.2.0/26"))
+                && !w.routes.contains_key(&net("fd00:2::/122"))
         })
         .await;
         assert!(wa.has("192.168.3.0/26", "127.0.0.2"));
 
         // A new subscriber starts from the current table.
         let mut late = Watch::new(&a).await;
-        late.until("snapshot", |w| w.has("192.168.3.0/26", "127.0.0.2") && w.sync_done).await;
+        late.until("snapshot", |w| {
+            w.has("192.168.3.0/26", "127.0.0.2") && w.sync_done
+        })
+        .await;
         assert_eq!(late.routes.len(), 1);
 
         // Removing the peer takes its routes away and closes the session.
-        a.remove_peer(addr("127.0.0.2")).await.unwrap_or_else(|e| panic!("{e}"));
-        wa.until("routes gone with the peer", |w| w.routes.is_empty()).await;
+        a.remove_peer(addr("127.0.0.2"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wa.until("routes gone with the peer", |w| w.routes.is_empty())
+            .await;
         wait_state(&b, "127.0.0.1", State::Active).await;
         let status = b.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            status[0].last_error.as_deref().is_some_and(|e| e.contains("Administrative Shutdown")),
+            status[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("Administrative Shutdown")),
             "{status:?}"
         );
         let _ = a.shutdown().await;
@@ -265,7 +316,10 @@ async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Messa
             Err(e) => panic!("speaker sent something undecodable: {e}"),
         }
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.ok()?.ok()?;
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
         if n == 0 {
             return None;
         }
@@ -276,7 +330,9 @@ async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Messa
 /// A hand-driven peer at 127.0.0.3: OPEN, KEEPALIVE, then whatever the test sends.
 async fn raw_peer(router_id: [u8; 4]) -> (TcpStream, Vec<u8>) {
     let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-    socket.bind(SocketAddr::new(addr("127.0.0.3"), 0)).unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .bind(SocketAddr::new(addr("127.0.0.3"), 0))
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut stream = socket
         .connect(SocketAddr::new(addr("127.0.0.1"), PORT))
         .await
@@ -292,12 +348,18 @@ async fn raw_peer(router_id: [u8; 4]) -> (TcpStream, Vec<u8>) {
         ],
     });
     let bytes = wire::encode(&open, &Codec::default()).unwrap_or_else(|e| panic!("{e}"));
-    stream.write_all(&bytes).await.unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(&bytes)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut buf = Vec::new();
     let first = read_message(&mut stream, &mut buf).await;
     assert!(matches!(first, Some(Message::Open(_))), "{first:?}");
     let keepalive = wire::encode(&Message::Keepalive, &Codec::default()).unwrap_or_default();
-    stream.write_all(&keepalive).await.unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(&keepalive)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     (stream, buf)
 }
 
@@ -309,22 +371,36 @@ fn a_peer_sending_garbage_loses_only_its_own_session() {
         let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
         let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
         let mut wa = Watch::new(&a).await;
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
-        a.add_peer(peer("127.0.0.3", "127.0.0.1", true)).await.unwrap_or_else(|e| panic!("{e}"));
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
-        b.originate(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
-        wa.until("B's route", |w| w.has("192.168.2.0/26", "127.0.0.2")).await;
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        a.add_peer(peer("127.0.0.3", "127.0.0.1", true))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.originate(net("192.168.2.0/26"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wa.until("B's route", |w| w.has("192.168.2.0/26", "127.0.0.2"))
+            .await;
 
         // A connection from an address that is no peer is closed at once.
         let stranger = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-        stranger.bind(SocketAddr::new(addr("127.0.0.9"), 0)).unwrap_or_else(|e| panic!("{e}"));
+        stranger
+            .bind(SocketAddr::new(addr("127.0.0.9"), 0))
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut stranger = stranger
             .connect(SocketAddr::new(addr("127.0.0.1"), PORT))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let mut byte = [0u8; 1];
         let n = tokio::time::timeout(WAIT, stranger.read(&mut byte)).await;
-        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "stranger was not closed: {n:?}");
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "stranger was not closed: {n:?}"
+        );
 
         // The hand-driven peer establishes, announces a route, then sends garbage.
         let (mut c, mut buf) = raw_peer([10, 0, 0, 3]).await;
@@ -340,11 +416,15 @@ fn a_peer_sending_garbage_loses_only_its_own_session() {
             nlri: vec!["192.168.3.0/26".parse().unwrap_or_default()],
             ..Default::default()
         });
-        let codec = Codec { four_octet_as: true, external: false };
+        let codec = Codec {
+            four_octet_as: true,
+            external: false,
+        };
         c.write_all(&wire::encode(&update, &codec).unwrap_or_else(|e| panic!("{e}")))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        wa.until("C's route", |w| w.has("192.168.3.0/26", "127.0.0.3")).await;
+        wa.until("C's route", |w| w.has("192.168.3.0/26", "127.0.0.3"))
+            .await;
 
         // An UPDATE for the same prefix with an invalid ORIGIN (5): RFC 7606 §7.1 makes
         // it a withdrawal, and the session stays up.
@@ -363,19 +443,24 @@ fn a_peer_sending_garbage_loses_only_its_own_session() {
         msg.push(2);
         msg.extend_from_slice(&body);
         c.write_all(&msg).await.unwrap_or_else(|e| panic!("{e}"));
-        wa.until("C's route treated as withdrawn", |w| !w.routes.contains_key(&net("192.168.3.0/26")))
-            .await;
+        wa.until("C's route treated as withdrawn", |w| {
+            !w.routes.contains_key(&net("192.168.3.0/26"))
+        })
+        .await;
         wait_state(&a, "127.0.0.3", State::Established).await;
         c.write_all(&wire::encode(&update, &codec).unwrap_or_else(|e| panic!("{e}")))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        wa.until("C's route again", |w| w.has("192.168.3.0/26", "127.0.0.3")).await;
+        wa.until("C's route again", |w| w.has("192.168.3.0/26", "127.0.0.3"))
+            .await;
 
         // A header with a broken marker: Connection Not Synchronized (RFC 4271 §6.1).
         let mut garbage = vec![0u8; 19];
         garbage[16..18].copy_from_slice(&19u16.to_be_bytes());
         garbage[18] = 4;
-        c.write_all(&garbage).await.unwrap_or_else(|e| panic!("{e}"));
+        c.write_all(&garbage)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut notification = None;
         while let Some(msg) = read_message(&mut c, &mut buf).await {
             if let Message::Notification(n) = msg {
@@ -387,18 +472,26 @@ fn a_peer_sending_garbage_loses_only_its_own_session() {
 
         // C's route is gone (it did not negotiate graceful restart); B's session and
         // route are untouched, and B's updates still flow.
-        wa.until("C's route removed", |w| !w.routes.contains_key(&net("192.168.3.0/26"))).await;
+        wa.until("C's route removed", |w| {
+            !w.routes.contains_key(&net("192.168.3.0/26"))
+        })
+        .await;
         let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
         let b_status = status.iter().find(|p| p.address == addr("127.0.0.2"));
         assert_eq!(b_status.map(|p| p.state), Some(State::Established));
         let c_status = status.iter().find(|p| p.address == addr("127.0.0.3"));
         assert!(
-            c_status.and_then(|p| p.last_error.as_deref()).is_some_and(|e| e.contains("Connection Not Synchronized")),
+            c_status
+                .and_then(|p| p.last_error.as_deref())
+                .is_some_and(|e| e.contains("Connection Not Synchronized")),
             "{c_status:?}"
         );
         assert!(wa.has("192.168.2.0/26", "127.0.0.2"));
-        b.originate(net("192.168.4.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
-        wa.until("B's later route", |w| w.has("192.168.4.0/26", "127.0.0.2")).await;
+        b.originate(net("192.168.4.0/26"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wa.until("B's later route", |w| w.has("192.168.4.0/26", "127.0.0.2"))
+            .await;
         let _ = a.shutdown().await;
         let _ = b.shutdown().await;
     });
@@ -411,35 +504,55 @@ fn graceful_restart_keeps_routes_through_a_peer_restart() {
     ns.run(|| async {
         let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
         let mut wa = Watch::new(&a).await;
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
-        a.originate(net("192.168.1.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        a.originate(net("192.168.1.0/26"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
 
         let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         for p in ["192.168.2.0/26", "192.168.3.0/26", "fd00:2::/122"] {
             b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
         }
         wa.until("B's routes", |w| w.routes.len() == 3).await;
 
         // B goes down for a planned restart: its sockets close without a NOTIFICATION.
-        b.shutdown_for_restart().await.unwrap_or_else(|e| panic!("{e}"));
+        b.shutdown_for_restart()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         drop(b);
         wait_state(&a, "127.0.0.2", State::Active).await;
         wa.drain_for(Duration::from_millis(500)).await;
-        assert!(wa.removed.is_empty(), "A removed {:?} although B negotiated graceful restart", wa.removed);
+        assert!(
+            wa.removed.is_empty(),
+            "A removed {:?} although B negotiated graceful restart",
+            wa.removed
+        );
         assert_eq!(wa.routes.len(), 3);
 
         // B comes back, knowing it restarted. It no longer has 192.168.3.0/26.
         let b = speaker([10, 0, 0, 2], "127.0.0.2", true).await;
         let mut wb = Watch::new(&b).await;
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         for p in ["192.168.2.0/26", "fd00:2::/122"] {
             b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
         }
         // B waits for A's End-of-RIB before it advertises (RFC 4724 §4.1) ...
-        wb.until("B's initial sync", |w| w.sync_done && w.has("192.168.1.0/26", "127.0.0.1")).await;
+        wb.until("B's initial sync", |w| {
+            w.sync_done && w.has("192.168.1.0/26", "127.0.0.1")
+        })
+        .await;
         // ... and A sweeps only what B did not re-announce, once B's End-of-RIB arrives.
-        wa.until("stale route swept", |w| !w.routes.contains_key(&net("192.168.3.0/26"))).await;
+        wa.until("stale route swept", |w| {
+            !w.routes.contains_key(&net("192.168.3.0/26"))
+        })
+        .await;
         assert_eq!(wa.removed, vec![net("192.168.3.0/26")]);
         assert!(wa.has("192.168.2.0/26", "127.0.0.2") && wa.has("fd00:2::/122", "127.0.0.2"));
         let _ = a.shutdown().await;
@@ -463,13 +576,24 @@ fn route_reflector_passes_routes_between_clients() {
         let mut wb = Watch::new(&b).await;
         let mut wc = Watch::new(&c).await;
         // The clients peer only with the reflector, not with each other.
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", false)).await.unwrap_or_else(|e| panic!("{e}"));
-        c.add_peer(peer("127.0.0.1", "127.0.0.3", false)).await.unwrap_or_else(|e| panic!("{e}"));
-        b.originate(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
-        c.originate(net("192.168.3.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
-        c.originate(net("fd00:3::/122")).await.unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", false))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.add_peer(peer("127.0.0.1", "127.0.0.3", false))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.originate(net("192.168.2.0/26"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.originate(net("192.168.3.0/26"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.originate(net("fd00:3::/122"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         // Reflected routes keep the originating client's next hop.
-        wc.until("B's route on C", |w| w.has("192.168.2.0/26", "127.0.0.2")).await;
+        wc.until("B's route on C", |w| w.has("192.168.2.0/26", "127.0.0.2"))
+            .await;
         wb.until("C's routes on B", |w| {
             w.has("192.168.3.0/26", "127.0.0.3") && w.has("fd00:3::/122", "127.0.0.3")
         })
@@ -497,25 +621,39 @@ fn md5_passwords_must_match() {
         };
         // A waits for both; B knows the password, C does not.
         for (p, pw) in [("127.0.0.2", "s3cret"), ("127.0.0.3", "s3cret")] {
-            a.add_peer(with_password(peer(p, "127.0.0.1", true), pw)).await.unwrap_or_else(|e| panic!("{e}"));
+            a.add_peer(with_password(peer(p, "127.0.0.1", true), pw))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
         }
-        b.add_peer(with_password(peer("127.0.0.1", "127.0.0.2", false), "s3cret"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        c.add_peer(with_password(peer("127.0.0.1", "127.0.0.3", false), "wrong"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(with_password(
+            peer("127.0.0.1", "127.0.0.2", false),
+            "s3cret",
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        c.add_peer(with_password(
+            peer("127.0.0.1", "127.0.0.3", false),
+            "wrong",
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         wait_state(&a, "127.0.0.2", State::Established).await;
         // The kernel drops C's unsigned-with-the-wrong-key SYNs: no session, ever.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
-        let c_state = status.iter().find(|p| p.address == addr("127.0.0.3")).map(|p| p.state);
+        let c_state = status
+            .iter()
+            .find(|p| p.address == addr("127.0.0.3"))
+            .map(|p| p.state);
         assert_eq!(c_state, Some(State::Active));
         let c_status = c.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(c_status[0].state, State::Established);
         // The password appears in no status output.
         let shown = format!("{status:?} {c_status:?}");
-        assert!(!shown.contains("s3cret") && !shown.contains("wrong"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("wrong"),
+            "{shown}"
+        );
         let _ = a.shutdown().await;
         let _ = b.shutdown().await;
         let _ = c.shutdown().await;
@@ -538,8 +676,11 @@ fn two_active_speakers_settle_on_one_session() {
         );
         ra.unwrap_or_else(|e| panic!("{e}"));
         rb.unwrap_or_else(|e| panic!("{e}"));
-        b.originate(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
-        wa.until("B's route", |w| w.has("192.168.2.0/26", "127.0.0.2")).await;
+        b.originate(net("192.168.2.0/26"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wa.until("B's route", |w| w.has("192.168.2.0/26", "127.0.0.2"))
+            .await;
         wait_state(&a, "127.0.0.2", State::Established).await;
         wait_state(&b, "127.0.0.1", State::Established).await;
         // It stays up: no flapping between the two connections.
@@ -561,7 +702,10 @@ fn open_message(router_id: [u8; 4]) -> Vec<u8> {
         my_as: ASN,
         hold_time: 30,
         bgp_id: Ipv4Addr::from(router_id),
-        capabilities: vec![Capability::Multiprotocol(Family::IPV4_UNICAST), Capability::FourOctetAs(ASN)],
+        capabilities: vec![
+            Capability::Multiprotocol(Family::IPV4_UNICAST),
+            Capability::FourOctetAs(ASN),
+        ],
     });
     wire::encode(&open, &Codec::default()).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -576,7 +720,9 @@ fn connection_collision_keeps_the_connection_of_the_higher_identifier() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
-        a.add_peer(peer("127.0.0.3", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
+        a.add_peer(peer("127.0.0.3", "127.0.0.1", false))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let (mut from_a, _) = tokio::time::timeout(WAIT, c_listener.accept())
             .await
             .unwrap_or_else(|e| panic!("{e}"))
@@ -587,18 +733,26 @@ fn connection_collision_keeps_the_connection_of_the_higher_identifier() {
 
         // While A is in OpenSent on its connection, C opens its own.
         let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-        socket.bind(SocketAddr::new(addr("127.0.0.3"), 0)).unwrap_or_else(|e| panic!("{e}"));
+        socket
+            .bind(SocketAddr::new(addr("127.0.0.3"), 0))
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut to_a = socket
             .connect(SocketAddr::new(addr("127.0.0.1"), PORT))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let mut buf2 = Vec::new();
         let m = read_message(&mut to_a, &mut buf2).await;
-        assert!(matches!(m, Some(Message::Open(_))), "A must send OPEN on the second connection: {m:?}");
+        assert!(
+            matches!(m, Some(Message::Open(_))),
+            "A must send OPEN on the second connection: {m:?}"
+        );
 
         // C's OPEN on A's connection reveals C's higher identifier: A must close the
         // connection it opened with Cease / Connection Collision Resolution.
-        from_a.write_all(&open_message([10, 0, 0, 9])).await.unwrap_or_else(|e| panic!("{e}"));
+        from_a
+            .write_all(&open_message([10, 0, 0, 9]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut cease = None;
         while let Some(m) = read_message(&mut from_a, &mut buf1).await {
             if let Message::Notification(n) = m {
@@ -608,9 +762,13 @@ fn connection_collision_keeps_the_connection_of_the_higher_identifier() {
         assert_eq!(cease, Some((6, 7)));
 
         // The connection C opened carries on to Established.
-        to_a.write_all(&open_message([10, 0, 0, 9])).await.unwrap_or_else(|e| panic!("{e}"));
+        to_a.write_all(&open_message([10, 0, 0, 9]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let keepalive = wire::encode(&Message::Keepalive, &Codec::default()).unwrap_or_default();
-        to_a.write_all(&keepalive).await.unwrap_or_else(|e| panic!("{e}"));
+        to_a.write_all(&keepalive)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let m = read_message(&mut to_a, &mut buf2).await;
         assert_eq!(m, Some(Message::Keepalive));
         wait_state(&a, "127.0.0.3", State::Established).await;
@@ -631,7 +789,9 @@ fn a_silent_peer_times_out_and_its_routes_go_after_its_restart_time() {
 
         // C offers graceful restart with a 2-second restart time.
         let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-        socket.bind(SocketAddr::new(addr("127.0.0.3"), 0)).unwrap_or_else(|e| panic!("{e}"));
+        socket
+            .bind(SocketAddr::new(addr("127.0.0.3"), 0))
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut c = socket
             .connect(SocketAddr::new(addr("127.0.0.1"), PORT))
             .await
@@ -655,7 +815,10 @@ fn a_silent_peer_times_out_and_its_routes_go_after_its_restart_time() {
                 }),
             ],
         });
-        let codec = Codec { four_octet_as: true, external: false };
+        let codec = Codec {
+            four_octet_as: true,
+            external: false,
+        };
         let update = Message::Update(wire::Update {
             attributes: wire::PathAttributes {
                 origin: Some(wire::Origin::Igp),
@@ -671,7 +834,8 @@ fn a_silent_peer_times_out_and_its_routes_go_after_its_restart_time() {
         hello.extend(wire::encode(&Message::Keepalive, &codec).unwrap_or_default());
         hello.extend(wire::encode(&update, &codec).unwrap_or_else(|e| panic!("{e}")));
         c.write_all(&hello).await.unwrap_or_else(|e| panic!("{e}"));
-        wa.until("C's route", |w| w.has("192.168.3.0/26", "127.0.0.3")).await;
+        wa.until("C's route", |w| w.has("192.168.3.0/26", "127.0.0.3"))
+            .await;
 
         // C goes silent. After the 3-second hold time A gives up with Hold Timer Expired
         // but keeps C's route as stale ...
@@ -689,7 +853,10 @@ fn a_silent_peer_times_out_and_its_routes_go_after_its_restart_time() {
         // ... until C's restart time has passed without C coming back.
         wa.until("stale route swept", |w| w.routes.is_empty()).await;
         let waited = down_at.elapsed();
-        assert!(waited >= Duration::from_millis(1500), "swept after only {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(1500),
+            "swept after only {waited:?}"
+        );
         let _ = a.shutdown().await;
     });
 }
@@ -706,14 +873,32 @@ fn two_restarting_speakers_do_not_wait_for_each_other() {
         let b = speaker([10, 0, 0, 2], "127.0.0.2", true).await;
         let mut wa = Watch::new(&a).await;
         let mut wb = Watch::new(&b).await;
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
-        a.originate(net("192.168.1.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
-        b.originate(net("192.168.2.0/26")).await.unwrap_or_else(|e| panic!("{e}"));
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        a.originate(net("192.168.1.0/26"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.originate(net("192.168.2.0/26"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let started = tokio::time::Instant::now();
-        wa.until("sync on A", |w| w.sync_done && w.has("192.168.2.0/26", "127.0.0.2")).await;
-        wb.until("sync on B", |w| w.sync_done && w.has("192.168.1.0/26", "127.0.0.1")).await;
-        assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+        wa.until("sync on A", |w| {
+            w.sync_done && w.has("192.168.2.0/26", "127.0.0.2")
+        })
+        .await;
+        wb.until("sync on B", |w| {
+            w.sync_done && w.has("192.168.1.0/26", "127.0.0.1")
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
         let _ = a.shutdown().await;
         let _ = b.shutdown().await;
     });
@@ -730,12 +915,17 @@ fn changing_the_import_pools_refreshes_routes_from_peers() {
         let a = Speaker::start(cfg).await.unwrap_or_else(|e| panic!("{e}"));
         let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
         let mut wa = Watch::new(&a).await;
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false)).await.unwrap_or_else(|e| panic!("{e}"));
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true)).await.unwrap_or_else(|e| panic!("{e}"));
+        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         for p in ["192.168.2.0/26", "10.244.2.0/26"] {
             b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
         }
-        wa.until("B's pool route", |w| w.has("192.168.2.0/26", "127.0.0.2")).await;
+        wa.until("B's pool route", |w| w.has("192.168.2.0/26", "127.0.0.2"))
+            .await;
         wa.until("sync", |w| w.sync_done).await;
         assert!(!wa.routes.contains_key(&net("10.244.2.0/26")));
 
@@ -743,12 +933,23 @@ fn changing_the_import_pools_refreshes_routes_from_peers() {
         a.set_import_allow(Some(vec![net("192.168.0.0/16"), net("10.244.0.0/16")]))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        wa.until("the new pool's route", |w| w.has("10.244.2.0/26", "127.0.0.2")).await;
+        wa.until("the new pool's route", |w| {
+            w.has("10.244.2.0/26", "127.0.0.2")
+        })
+        .await;
         // A pool is removed: its routes go at once.
-        a.set_import_allow(Some(vec![net("10.244.0.0/16")])).await.unwrap_or_else(|e| panic!("{e}"));
-        wa.until("the old pool's route gone", |w| !w.routes.contains_key(&net("192.168.2.0/26"))).await;
+        a.set_import_allow(Some(vec![net("10.244.0.0/16")]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wa.until("the old pool's route gone", |w| {
+            !w.routes.contains_key(&net("192.168.2.0/26"))
+        })
+        .await;
         let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((status[0].prefixes_received, status[0].prefixes_accepted), (2, 1));
+        assert_eq!(
+            (status[0].prefixes_received, status[0].prefixes_accepted),
+            (2, 1)
+        );
         let _ = a.shutdown().await;
         let _ = b.shutdown().await;
     });
