@@ -434,3 +434,23 @@ fn thirty_concurrent_adds_and_dels() {
     assert!(tort_links(&node).is_empty(), "{:?}", tort_links(&node));
     assert!(agent.held().is_empty());
 }
+
+/// As a second interface (`net1`) in a pod whose default route already goes elsewhere,
+/// tortie does not take that route over: the ADD fails and leaves nothing behind.
+#[test]
+fn an_existing_default_route_is_not_taken_over() {
+    let node = node_ns();
+    let agent = TestAgent::start(&node);
+    let pod = NetNs::new("cni-pod");
+    pod.ip(&["link", "add", "other0", "type", "veth", "peer", "name", "other1"]);
+    pod.ip(&["link", "set", "other0", "up"]);
+    pod.ip(&["link", "set", "other1", "up"]);
+    pod.ip(&["addr", "add", "192.0.2.2/24", "dev", "other0"]);
+    pod.ip(&["route", "add", "default", "via", "192.0.2.1", "dev", "other0"]);
+    let mut inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
+    inv.ifname = "net1".into();
+    let err = exec(&node, &tortie(), "ADD", &inv, &conf("1.0.0", &agent.socket).to_string()).error(101);
+    assert!(err["msg"].as_str().unwrap().contains("0.0.0.0/0"), "{err}");
+    assert!(pod.ip(&["route", "show", "default"]).contains("via 192.0.2.1 dev other0"));
+    assert!(!pod.has_link("net1") && tort_links(&node).is_empty() && agent.held().is_empty());
+}

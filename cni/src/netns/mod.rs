@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
@@ -314,15 +314,18 @@ impl Dataplane for KernelDataplane {
                 batch.push((RouteNetlinkMessage::SetLink(up), 0, format!("set {ifname} up")));
             }
             for a in &addresses {
-                batch.push((new_address(link.index, *a), NLM_F_CREATE | NLM_F_REPLACE, format!("add address {a}")));
+                batch.push((new_address(link.index, *a), NLM_F_CREATE | NLM_F_EXCL, format!("add address {a}")));
             }
             // In order: the link route to the gateway precedes the default route via it.
+            // EXCL, as Calico does: the link is brand new, so an existing route of the same
+            // key belongs to someone else (another interface's default) and must not be
+            // silently taken over.
             for r in &routes {
                 let what = match r {
                     PodRoute::Link { dst } => format!("add route {dst} scope link"),
                     PodRoute::Via { dst, gw } => format!("add route {dst} via {gw}"),
                 };
-                batch.push((new_route(link.index, *r), NLM_F_CREATE | NLM_F_REPLACE, what));
+                batch.push((new_route(link.index, *r), NLM_F_CREATE | NLM_F_EXCL, what));
             }
             let what: Vec<String> = batch.iter().map(|b| b.2.clone()).collect();
             nl.batch(batch.into_iter().map(|(m, f, _)| (m, f)).collect()).map_err(|(i, e)| {
