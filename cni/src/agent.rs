@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 use tortie_api::v1::{
-    AllocateReply, AllocateRequest, Attachment, CheckRequest, EndpointReadyRequest, GcRequest, ReleaseRequest,
-    StatusReply, StatusRequest, cni_client::CniClient, status_client::StatusClient,
+    AllocateReply, AllocateRequest, Attachment, CheckRequest, EndpointReadyRequest, GcRequest,
+    ReleaseRequest, StatusReply, StatusRequest, cni_client::CniClient, status_client::StatusClient,
 };
 
 /// Why an agent call failed, sorted by what the runtime should do about it.
@@ -29,7 +29,9 @@ impl AgentError {
         match status.code() {
             // Transport failures surface as Unknown/Unavailable; Aborted is a lost CAS race
             // inside the agent, worth a retry.
-            Unavailable | DeadlineExceeded | Aborted | Cancelled | Unknown => AgentError::Unavailable(text),
+            Unavailable | DeadlineExceeded | Aborted | Cancelled | Unknown => {
+                AgentError::Unavailable(text)
+            }
             _ => AgentError::Rejected(text),
         }
     }
@@ -59,7 +61,11 @@ pub struct GrpcAgent {
 
 impl GrpcAgent {
     pub fn new(socket: PathBuf, timeout: Duration) -> GrpcAgent {
-        GrpcAgent { socket, timeout, channel: None }
+        GrpcAgent {
+            socket,
+            timeout,
+            channel: None,
+        }
     }
 
     async fn channel(&mut self) -> Result<Channel, AgentError> {
@@ -76,7 +82,12 @@ impl GrpcAgent {
                     source_chain(&e)
                 )));
             }
-            Err(_) => return Err(AgentError::Unavailable(format!("connecting to {} timed out", self.socket.display()))),
+            Err(_) => {
+                return Err(AgentError::Unavailable(format!(
+                    "connecting to {} timed out",
+                    self.socket.display()
+                )));
+            }
         };
         self.channel = Some(channel.clone());
         Ok(channel)
@@ -91,7 +102,10 @@ impl GrpcAgent {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(AgentError::from_status(status)),
-            Err(_) => Err(AgentError::Unavailable(format!("{what} timed out after {:?}", self.timeout))),
+            Err(_) => Err(AgentError::Unavailable(format!(
+                "{what} timed out after {:?}",
+                self.timeout
+            ))),
         }
     }
 }
@@ -120,19 +134,29 @@ impl Agent for GrpcAgent {
 
     async fn endpoint_ready(&mut self, req: EndpointReadyRequest) -> Result<(), AgentError> {
         let mut client = CniClient::new(self.channel().await?);
-        self.call("EndpointReady", client.endpoint_ready(req)).await.map(|_| ())
+        self.call("EndpointReady", client.endpoint_ready(req))
+            .await
+            .map(|_| ())
     }
 
     async fn release(&mut self, attachment: Attachment) -> Result<u32, AgentError> {
         let mut client = CniClient::new(self.channel().await?);
-        let req = ReleaseRequest { attachment: Some(attachment) };
-        self.call("Release", client.release(req)).await.map(|r| r.released)
+        let req = ReleaseRequest {
+            attachment: Some(attachment),
+        };
+        self.call("Release", client.release(req))
+            .await
+            .map(|r| r.released)
     }
 
     async fn check(&mut self, attachment: Attachment) -> Result<Vec<String>, AgentError> {
         let mut client = CniClient::new(self.channel().await?);
-        let req = CheckRequest { attachment: Some(attachment) };
-        self.call("Check", client.check(req)).await.map(|r| r.addresses)
+        let req = CheckRequest {
+            attachment: Some(attachment),
+        };
+        self.call("Check", client.check(req))
+            .await
+            .map(|r| r.addresses)
     }
 
     async fn gc(&mut self, req: GcRequest) -> Result<u32, AgentError> {
@@ -142,6 +166,7 @@ impl Agent for GrpcAgent {
 
     async fn status(&mut self) -> Result<StatusReply, AgentError> {
         let mut client = StatusClient::new(self.channel().await?);
-        self.call("GetStatus", client.get_status(StatusRequest {})).await
+        self.call("GetStatus", client.get_status(StatusRequest {}))
+            .await
     }
 }

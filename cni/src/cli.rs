@@ -19,9 +19,14 @@ pub struct Outcome {
 
 fn failure(err: &CniError, stdin: &[u8]) -> Outcome {
     // Label the error with the runtime's version when it is one we speak, so it parses it.
-    let version = sniff_version(stdin).filter(|v| Version::parse(v).is_ok()).unwrap_or_else(|| Version::LATEST.to_string());
+    let version = sniff_version(stdin)
+        .filter(|v| Version::parse(v).is_ok())
+        .unwrap_or_else(|| Version::LATEST.to_string());
     tracing::error!(code = err.code.number(), msg = %err.msg, details = %err.details, "failed");
-    Outcome { stdout: err.to_json(&version), exit_code: 1 }
+    Outcome {
+        stdout: err.to_json(&version),
+        exit_code: 1,
+    }
 }
 
 fn init_logging(level: LogLevel) {
@@ -47,11 +52,15 @@ fn init_logging(level: LogLevel) {
 }
 
 /// Runs the plugin as the runtime invoked it.
-pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: Result<Vec<u8>, std::io::Error>) -> Outcome {
+pub fn run(
+    get_env: impl Fn(&str) -> Option<String>,
+    stdin: Result<Vec<u8>, std::io::Error>,
+) -> Outcome {
     let stdin = match stdin {
         Ok(s) => s,
         Err(e) => {
-            let err = CniError::new(Code::IoFailure, "cannot read the network config from stdin").with_details(e.to_string());
+            let err = CniError::new(Code::IoFailure, "cannot read the network config from stdin")
+                .with_details(e.to_string());
             return failure(&err, b"");
         }
     };
@@ -60,7 +69,10 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: Result<Vec<u8>, std:
         Err(err) => return failure(&err, &stdin),
     };
     if env.command == Command::Version {
-        return Outcome { stdout: version_json(sniff_version(&stdin).as_deref()), exit_code: 0 };
+        return Outcome {
+            stdout: version_json(sniff_version(&stdin).as_deref()),
+            exit_code: 0,
+        };
     }
     let conf = match NetConf::parse(&stdin) {
         Ok(c) => c,
@@ -70,10 +82,15 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: Result<Vec<u8>, std:
 
     // One thread is enough: the plugin makes a handful of sequential calls, and netns work
     // runs on its own dedicated thread anyway.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
-            let err = CniError::new(Code::IoFailure, "cannot start the async runtime").with_details(e.to_string());
+            let err = CniError::new(Code::IoFailure, "cannot start the async runtime")
+                .with_details(e.to_string());
             return failure(&err, &stdin);
         }
     };
@@ -85,9 +102,13 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: Result<Vec<u8>, std:
     );
     let mut agent = GrpcAgent::new(conf.agent_socket.clone(), conf.timeout);
     let mut dataplane = KernelDataplane::new();
-    let result = runtime.block_on(crate::commands::run(&env, &conf, &mut agent, &mut dataplane).instrument(span));
+    let result = runtime
+        .block_on(crate::commands::run(&env, &conf, &mut agent, &mut dataplane).instrument(span));
     match result {
-        Ok(out) => Outcome { stdout: out.unwrap_or_default(), exit_code: 0 },
+        Ok(out) => Outcome {
+            stdout: out.unwrap_or_default(),
+            exit_code: 0,
+        },
         Err(err) => failure(&err, &stdin),
     }
 }

@@ -80,50 +80,88 @@ impl NetConf {
         // Two steps, so that "not JSON" (6, decoding failure) and "JSON with wrong values"
         // (7, invalid config) get the spec's distinct codes.
         let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(Code::DecodingFailure, "the network config on stdin is not valid JSON").with_details(e.to_string())
+            CniError::new(
+                Code::DecodingFailure,
+                "the network config on stdin is not valid JSON",
+            )
+            .with_details(e.to_string())
         })?;
         if !value.is_object() {
-            return Err(CniError::new(Code::DecodingFailure, "the network config on stdin is not a JSON object"));
+            return Err(CniError::new(
+                Code::DecodingFailure,
+                "the network config on stdin is not a JSON object",
+            ));
         }
         let wire: Wire = serde_json::from_value(value).map_err(|e| {
-            CniError::new(Code::InvalidNetworkConfig, "the network config has a field of the wrong type").with_details(e.to_string())
+            CniError::new(
+                Code::InvalidNetworkConfig,
+                "the network config has a field of the wrong type",
+            )
+            .with_details(e.to_string())
         })?;
 
         // A config without cniVersion is a 0.1.0 one (SPEC.md), which we do not speak.
         let version = Version::parse(wire.cni_version.as_deref().unwrap_or("0.1.0"))?;
         let name = wire.name.unwrap_or_default();
         if !valid_network_name(&name) {
-            return Err(CniError::new(Code::InvalidNetworkConfig, format!("network name \"{name}\" is invalid"))
-                .with_details("a name starts with a letter or digit, then letters, digits, '_', '.' or '-'"));
+            return Err(CniError::new(
+                Code::InvalidNetworkConfig,
+                format!("network name \"{name}\" is invalid"),
+            )
+            .with_details(
+                "a name starts with a letter or digit, then letters, digits, '_', '.' or '-'",
+            ));
         }
         let plugin_type = wire.plugin_type.filter(|t| !t.is_empty()).ok_or_else(|| {
-            CniError::new(Code::InvalidNetworkConfig, "the network config has no \"type\"")
+            CniError::new(
+                Code::InvalidNetworkConfig,
+                "the network config has no \"type\"",
+            )
         })?;
         if let Some(ipam) = wire.ipam {
-            return Err(CniError::new(Code::UnsupportedField, format!("unsupported field \"ipam\": {ipam}"))
-                .with_details("tortie allocates addresses through its node agent; remove the ipam section"));
+            return Err(CniError::new(
+                Code::UnsupportedField,
+                format!("unsupported field \"ipam\": {ipam}"),
+            )
+            .with_details(
+                "tortie allocates addresses through its node agent; remove the ipam section",
+            ));
         }
         if let Some(mtu) = wire.mtu
             && !(68..=65535).contains(&mtu)
         {
-            return Err(CniError::new(Code::InvalidNetworkConfig, format!("mtu {mtu} is out of range"))
-                .with_details("mtu must be between 68 and 65535, or absent to use the agent's"));
+            return Err(CniError::new(
+                Code::InvalidNetworkConfig,
+                format!("mtu {mtu} is out of range"),
+            )
+            .with_details("mtu must be between 68 and 65535, or absent to use the agent's"));
         }
-        let log_level = match wire.log_level.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        let log_level = match wire
+            .log_level
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             None | Some("warn") | Some("warning") => LogLevel::Warn,
             Some("error") => LogLevel::Error,
             Some("info") => LogLevel::Info,
             Some("debug") => LogLevel::Debug,
             Some("trace") => LogLevel::Trace,
             Some(other) => {
-                return Err(CniError::new(Code::InvalidNetworkConfig, format!("log_level \"{other}\" is not a level"))
-                    .with_details("use error, warn, info, debug or trace"));
+                return Err(CniError::new(
+                    Code::InvalidNetworkConfig,
+                    format!("log_level \"{other}\" is not a level"),
+                )
+                .with_details("use error, warn, info, debug or trace"));
             }
         };
         let timeout = match wire.timeout_seconds {
             None => DEFAULT_TIMEOUT,
             Some(0) => {
-                return Err(CniError::new(Code::InvalidNetworkConfig, "timeout_seconds must be at least 1"));
+                return Err(CniError::new(
+                    Code::InvalidNetworkConfig,
+                    "timeout_seconds must be at least 1",
+                ));
             }
             Some(s) => Duration::from_secs(s),
         };
@@ -132,7 +170,9 @@ impl NetConf {
             version,
             name,
             plugin_type,
-            agent_socket: wire.agent_socket.unwrap_or_else(|| PathBuf::from(tortie_api::DEFAULT_AGENT_SOCKET)),
+            agent_socket: wire
+                .agent_socket
+                .unwrap_or_else(|| PathBuf::from(tortie_api::DEFAULT_AGENT_SOCKET)),
             mtu: wire.mtu,
             log_level,
             timeout,
@@ -160,9 +200,13 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c = parse(r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"tortie"}"#).unwrap();
+        let c =
+            parse(r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"tortie"}"#).unwrap();
         assert_eq!(c.version, Version::V1_0_0);
-        assert_eq!(c.agent_socket, PathBuf::from(tortie_api::DEFAULT_AGENT_SOCKET));
+        assert_eq!(
+            c.agent_socket,
+            PathBuf::from(tortie_api::DEFAULT_AGENT_SOCKET)
+        );
         assert_eq!(c.mtu, None);
         assert_eq!(c.log_level, LogLevel::Warn);
         assert_eq!(c.timeout, DEFAULT_TIMEOUT);
@@ -180,7 +224,13 @@ mod tests {
         assert_eq!(c.mtu, Some(1400));
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.timeout, Duration::from_secs(3));
-        assert_eq!(c.valid_attachments, Some(vec![ValidAttachment { container_id: "c1".into(), ifname: "eth0".into() }]));
+        assert_eq!(
+            c.valid_attachments,
+            Some(vec![ValidAttachment {
+                container_id: "c1".into(),
+                ifname: "eth0".into()
+            }])
+        );
     }
 
     #[test]
@@ -188,18 +238,51 @@ mod tests {
         let cases = [
             ("not json", Code::DecodingFailure),
             ("[1,2]", Code::DecodingFailure),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"tortie""#, Code::DecodingFailure),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"tortie""#,
+                Code::DecodingFailure,
+            ),
             (r#"{"name":"n","type":"tortie"}"#, Code::IncompatibleVersion),
-            (r#"{"cniVersion":"9.9.9","name":"n","type":"tortie"}"#, Code::IncompatibleVersion),
-            (r#"{"cniVersion":"1.0.0","type":"tortie"}"#, Code::InvalidNetworkConfig),
-            (r#"{"cniVersion":"1.0.0","name":"-bad","type":"tortie"}"#, Code::InvalidNetworkConfig),
-            (r#"{"cniVersion":"1.0.0","name":"n"}"#, Code::InvalidNetworkConfig),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","mtu":"big"}"#, Code::InvalidNetworkConfig),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","mtu":20}"#, Code::InvalidNetworkConfig),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","log_level":"loud"}"#, Code::InvalidNetworkConfig),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","timeout_seconds":0}"#, Code::InvalidNetworkConfig),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","ipam":{"type":"host-local"}}"#, Code::UnsupportedField),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","prevResult":{"ips":"x"}}"#, Code::DecodingFailure),
+            (
+                r#"{"cniVersion":"9.9.9","name":"n","type":"tortie"}"#,
+                Code::IncompatibleVersion,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","type":"tortie"}"#,
+                Code::InvalidNetworkConfig,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"-bad","type":"tortie"}"#,
+                Code::InvalidNetworkConfig,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n"}"#,
+                Code::InvalidNetworkConfig,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","mtu":"big"}"#,
+                Code::InvalidNetworkConfig,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","mtu":20}"#,
+                Code::InvalidNetworkConfig,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","log_level":"loud"}"#,
+                Code::InvalidNetworkConfig,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","timeout_seconds":0}"#,
+                Code::InvalidNetworkConfig,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","ipam":{"type":"host-local"}}"#,
+                Code::UnsupportedField,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"tortie","prevResult":{"ips":"x"}}"#,
+                Code::DecodingFailure,
+            ),
         ];
         for (input, code) in cases {
             let err = parse(input).unwrap_err();
@@ -209,7 +292,10 @@ mod tests {
 
     #[test]
     fn sniffs_the_version_of_a_bad_config() {
-        assert_eq!(sniff_version(br#"{"cniVersion":"0.4.0","mtu":"x"}"#).as_deref(), Some("0.4.0"));
+        assert_eq!(
+            sniff_version(br#"{"cniVersion":"0.4.0","mtu":"x"}"#).as_deref(),
+            Some("0.4.0")
+        );
         assert_eq!(sniff_version(b"{"), None);
     }
 }

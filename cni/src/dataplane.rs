@@ -62,7 +62,10 @@ pub enum DataplaneError {
 
 impl DataplaneError {
     pub fn failed(op: impl Into<String>, message: impl ToString) -> DataplaneError {
-        DataplaneError::Failed { op: op.into(), message: message.to_string() }
+        DataplaneError::Failed {
+            op: op.into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -73,7 +76,12 @@ pub trait Dataplane {
     /// The pod-side link `ifname` in `netns`, or `None` when the namespace has no such link.
     /// With `detail`, also its addresses and the main table's routes (CHECK); without, only
     /// the link (ADD's pre-check, where every round trip counts).
-    async fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError>;
+    async fn pod_state(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        detail: bool,
+    ) -> Result<Option<PodState>, DataplaneError>;
 
     /// The host-side link `name` in the plugin's own namespace.
     async fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError>;
@@ -88,7 +96,8 @@ pub trait Dataplane {
 
     /// Deletes `ifname` inside `netns`. `Ok(false)` if the link is absent;
     /// `Err(NetnsMissing)` if the namespace is.
-    async fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError>;
+    async fn delete_pod_link(&mut self, netns: &Path, ifname: &str)
+    -> Result<bool, DataplaneError>;
 }
 
 /// A dataplane in memory that records every call, for the commands' unit tests.
@@ -147,7 +156,10 @@ pub mod fake {
         }
 
         pub fn mutating_calls(&self) -> Vec<&Call> {
-            self.calls.iter().filter(|c| !matches!(c, Call::PodState(..) | Call::HostState(..))).collect()
+            self.calls
+                .iter()
+                .filter(|c| !matches!(c, Call::PodState(..) | Call::HostState(..)))
+                .collect()
         }
 
         fn index(&mut self) -> u32 {
@@ -161,27 +173,48 @@ pub mod fake {
     }
 
     impl Dataplane for FakeDataplane {
-        async fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError> {
-            self.calls.push(Call::PodState(netns.to_owned(), ifname.to_owned()));
+        async fn pod_state(
+            &mut self,
+            netns: &Path,
+            ifname: &str,
+            detail: bool,
+        ) -> Result<Option<PodState>, DataplaneError> {
+            self.calls
+                .push(Call::PodState(netns.to_owned(), ifname.to_owned()));
             if !self.netns.contains(netns) {
                 return Err(DataplaneError::NetnsMissing(netns.to_owned()));
             }
             if let Some(&index) = self.foreign.get(&(netns.to_owned(), ifname.to_owned())) {
-                let link = LinkState { index, kind: Some("dummy".into()), mac: Some(mac_for(index)), mtu: 1500, up: true, peer_index: None };
-                return Ok(Some(PodState { link, addresses: vec![], routes: vec![] }));
-            }
-            Ok(self.pairs.iter().find(|p| p.netns == netns && p.ifname == ifname).map(|p| PodState {
-                link: LinkState {
-                    index: p.pod_index,
-                    kind: Some("veth".into()),
-                    mac: Some(mac_for(p.pod_index)),
-                    mtu: p.mtu,
+                let link = LinkState {
+                    index,
+                    kind: Some("dummy".into()),
+                    mac: Some(mac_for(index)),
+                    mtu: 1500,
                     up: true,
-                    peer_index: Some(p.host_index),
-                },
-                addresses: if detail { p.addresses.clone() } else { vec![] },
-                routes: if detail { p.routes.clone() } else { vec![] },
-            }))
+                    peer_index: None,
+                };
+                return Ok(Some(PodState {
+                    link,
+                    addresses: vec![],
+                    routes: vec![],
+                }));
+            }
+            Ok(self
+                .pairs
+                .iter()
+                .find(|p| p.netns == netns && p.ifname == ifname)
+                .map(|p| PodState {
+                    link: LinkState {
+                        index: p.pod_index,
+                        kind: Some("veth".into()),
+                        mac: Some(mac_for(p.pod_index)),
+                        mtu: p.mtu,
+                        up: true,
+                        peer_index: Some(p.host_index),
+                    },
+                    addresses: if detail { p.addresses.clone() } else { vec![] },
+                    routes: if detail { p.routes.clone() } else { vec![] },
+                }))
         }
 
         async fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError> {
@@ -205,20 +238,36 @@ pub mod fake {
                 return Err(DataplaneError::NetnsMissing(plan.netns.clone()));
             }
             if self.pair(&plan.host_ifname).is_some()
-                || self.foreign.contains_key(&(plan.netns.clone(), plan.ifname.clone()))
-                || self.pairs.iter().any(|p| p.netns == plan.netns && p.ifname == plan.ifname)
+                || self
+                    .foreign
+                    .contains_key(&(plan.netns.clone(), plan.ifname.clone()))
+                || self
+                    .pairs
+                    .iter()
+                    .any(|p| p.netns == plan.netns && p.ifname == plan.ifname)
             {
-                return Err(DataplaneError::failed("create veth", "File exists (os error 17)"));
+                return Err(DataplaneError::failed(
+                    "create veth",
+                    "File exists (os error 17)",
+                ));
             }
             let (host_index, pod_index) = (self.index(), self.index());
             let routes = plan
                 .routes
                 .iter()
                 .map(|r| match *r {
-                    PodRoute::Link { dst } => {
-                        PodRouteState { dst: IpNet::from(dst), gateway: None, oif: Some(pod_index), scope_link: true }
-                    }
-                    PodRoute::Via { dst, gw } => PodRouteState { dst, gateway: Some(gw), oif: Some(pod_index), scope_link: false },
+                    PodRoute::Link { dst } => PodRouteState {
+                        dst: IpNet::from(dst),
+                        gateway: None,
+                        oif: Some(pod_index),
+                        scope_link: true,
+                    },
+                    PodRoute::Via { dst, gw } => PodRouteState {
+                        dst,
+                        gateway: Some(gw),
+                        oif: Some(pod_index),
+                        scope_link: false,
+                    },
                 })
                 .collect();
             self.pairs.push(Pair {
@@ -233,9 +282,14 @@ pub mod fake {
                 proxy_arp: true,
             });
             if self.fail_create_after_veth {
-                return Err(DataplaneError::failed("add route", "Network is unreachable (os error 101)"));
+                return Err(DataplaneError::failed(
+                    "add route",
+                    "Network is unreachable (os error 101)",
+                ));
             }
-            Ok(Created { pod_mac: mac_for(pod_index) })
+            Ok(Created {
+                pod_mac: mac_for(pod_index),
+            })
         }
 
         async fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
@@ -245,13 +299,19 @@ pub mod fake {
             Ok(self.pairs.len() != before)
         }
 
-        async fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
-            self.calls.push(Call::DeletePodLink(netns.to_owned(), ifname.to_owned()));
+        async fn delete_pod_link(
+            &mut self,
+            netns: &Path,
+            ifname: &str,
+        ) -> Result<bool, DataplaneError> {
+            self.calls
+                .push(Call::DeletePodLink(netns.to_owned(), ifname.to_owned()));
             if !self.netns.contains(netns) {
                 return Err(DataplaneError::NetnsMissing(netns.to_owned()));
             }
             let before = self.pairs.len();
-            self.pairs.retain(|p| !(p.netns == netns && p.ifname == ifname));
+            self.pairs
+                .retain(|p| !(p.netns == netns && p.ifname == ifname));
             Ok(self.pairs.len() != before)
         }
     }

@@ -69,7 +69,10 @@ impl CniEnv {
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<CniEnv, CniError> {
         let raw = get("CNI_COMMAND").ok_or_else(|| env_error("CNI_COMMAND is not set", ""))?;
         let command = Command::parse(&raw).ok_or_else(|| {
-            env_error(format!("CNI_COMMAND=\"{raw}\" is not a CNI command"), "expected ADD, DEL, CHECK, VERSION, STATUS or GC")
+            env_error(
+                format!("CNI_COMMAND=\"{raw}\" is not a CNI command"),
+                "expected ADD, DEL, CHECK, VERSION, STATUS or GC",
+            )
         })?;
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
@@ -79,21 +82,33 @@ impl CniEnv {
         let netns = nonempty("CNI_NETNS").map(PathBuf::from);
         if per_container {
             if container_id.is_empty() {
-                return Err(env_error(format!("CNI_CONTAINERID is required for {}", command.as_str()), ""));
+                return Err(env_error(
+                    format!("CNI_CONTAINERID is required for {}", command.as_str()),
+                    "",
+                ));
             }
             validate_container_id(&container_id)?;
             if ifname.is_empty() {
-                return Err(env_error(format!("CNI_IFNAME is required for {}", command.as_str()), ""));
+                return Err(env_error(
+                    format!("CNI_IFNAME is required for {}", command.as_str()),
+                    "",
+                ));
             }
             validate_ifname(&ifname)?;
             // DEL may come after the sandbox is gone, so only ADD and CHECK need the netns.
             if netns.is_none() && command != Command::Del {
-                return Err(env_error(format!("CNI_NETNS is required for {}", command.as_str()), ""));
+                return Err(env_error(
+                    format!("CNI_NETNS is required for {}", command.as_str()),
+                    "",
+                ));
             }
             if let Some(ns) = &netns
                 && !ns.is_absolute()
             {
-                return Err(env_error(format!("CNI_NETNS=\"{}\" is not an absolute path", ns.display()), ""));
+                return Err(env_error(
+                    format!("CNI_NETNS=\"{}\" is not an absolute path", ns.display()),
+                    "",
+                ));
             }
         }
         let pod = match get("CNI_ARGS") {
@@ -101,9 +116,21 @@ impl CniEnv {
             None => None,
         };
         let cni_path = get("CNI_PATH")
-            .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+            .map(|p| {
+                p.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
-        Ok(CniEnv { command, container_id, netns, ifname, pod, cni_path })
+        Ok(CniEnv {
+            command,
+            container_id,
+            netns,
+            ifname,
+            pod,
+            cni_path,
+        })
     }
 }
 
@@ -114,7 +141,10 @@ fn env_error(msg: impl Into<String>, details: impl Into<String>) -> CniError {
 /// Spec 1.0: "must not be empty, and must only contain alphanumeric characters, hyphen,
 /// underscore and period".
 fn validate_container_id(id: &str) -> Result<(), CniError> {
-    if id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         Ok(())
     } else {
         Err(env_error(
@@ -131,7 +161,9 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if ok {
         Ok(())
     } else {
@@ -148,15 +180,24 @@ fn parse_cni_args(raw: &str) -> Result<Option<PodArgs>, CniError> {
     let mut pairs = BTreeMap::new();
     for part in raw.split(';').filter(|p| !p.is_empty()) {
         let Some((k, v)) = part.split_once('=') else {
-            return Err(env_error(format!("CNI_ARGS: \"{part}\" is not KEY=VALUE"), "CNI_ARGS is KEY=VALUE pairs separated by ';'"));
+            return Err(env_error(
+                format!("CNI_ARGS: \"{part}\" is not KEY=VALUE"),
+                "CNI_ARGS is KEY=VALUE pairs separated by ';'",
+            ));
         };
         pairs.insert(k.to_owned(), v.to_owned());
     }
-    let ignore_unknown = pairs.get("IgnoreUnknown").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    const KNOWN: [&str; 5] = ["IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_UID", "K8S_POD_INFRA_CONTAINER_ID"];
-    if !ignore_unknown
-        && let Some(unknown) = pairs.keys().find(|k| !KNOWN.contains(&k.as_str()))
-    {
+    let ignore_unknown = pairs
+        .get("IgnoreUnknown")
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    const KNOWN: [&str; 5] = [
+        "IgnoreUnknown",
+        "K8S_POD_NAMESPACE",
+        "K8S_POD_NAME",
+        "K8S_POD_UID",
+        "K8S_POD_INFRA_CONTAINER_ID",
+    ];
+    if !ignore_unknown && let Some(unknown) = pairs.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(env_error(
             format!("CNI_ARGS: unknown key \"{unknown}\""),
             "tortie knows K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID; add IgnoreUnknown=1 to pass others",
@@ -169,7 +210,11 @@ fn parse_cni_args(raw: &str) -> Result<Option<PodArgs>, CniError> {
             "CNI_ARGS: K8S_POD_NAMESPACE and K8S_POD_NAME must come together",
             format!("got namespace \"{ns}\", name \"{name}\""),
         )),
-        (namespace, name) => Ok(Some(PodArgs { namespace, name, uid: get("K8S_POD_UID") })),
+        (namespace, name) => Ok(Some(PodArgs {
+            namespace,
+            name,
+            uid: get("K8S_POD_UID"),
+        })),
     }
 }
 
@@ -178,7 +223,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -196,8 +244,18 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(e.command, Command::Add);
-        assert_eq!(e.netns.as_deref(), Some(std::path::Path::new("/var/run/netns/cni-1")));
-        assert_eq!(e.pod, Some(PodArgs { namespace: "default".into(), name: "web-0".into(), uid: "u-1".into() }));
+        assert_eq!(
+            e.netns.as_deref(),
+            Some(std::path::Path::new("/var/run/netns/cni-1"))
+        );
+        assert_eq!(
+            e.pod,
+            Some(PodArgs {
+                namespace: "default".into(),
+                name: "web-0".into(),
+                uid: "u-1".into()
+            })
+        );
         assert_eq!(e.cni_path.len(), 2);
     }
 
@@ -206,17 +264,68 @@ mod tests {
         let cases: Vec<Vec<(&str, &str)>> = vec![
             vec![],
             vec![("CNI_COMMAND", "ATTACH")],
-            vec![("CNI_COMMAND", "ADD"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")],
-            vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0")],
-            vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_NETNS", "/run/netns/x")],
-            vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a b"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")],
-            vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_NETNS", "rel/x"), ("CNI_IFNAME", "eth0")],
-            vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "a-very-long-ifname")],
-            vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth/0")],
-            vec![("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0")],
-            vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", "FOO=1")],
-            vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", "junk")],
-            vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", "K8S_POD_NAME=x")],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_NETNS", "/run/netns/x"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "a b"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_NETNS", "rel/x"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_NETNS", "/x"),
+                ("CNI_IFNAME", "a-very-long-ifname"),
+            ],
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_NETNS", "/x"),
+                ("CNI_IFNAME", "eth/0"),
+            ],
+            vec![
+                ("CNI_COMMAND", "CHECK"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            vec![
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", "FOO=1"),
+            ],
+            vec![
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", "junk"),
+            ],
+            vec![
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", "K8S_POD_NAME=x"),
+            ],
         ];
         for case in cases {
             let err = CniEnv::parse(env(&case)).unwrap_err();
@@ -226,7 +335,12 @@ mod tests {
 
     #[test]
     fn del_needs_no_netns_and_global_commands_need_no_container() {
-        let d = CniEnv::parse(env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0")])).unwrap();
+        let d = CniEnv::parse(env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "a"),
+            ("CNI_IFNAME", "eth0"),
+        ]))
+        .unwrap();
         assert_eq!(d.netns, None);
         assert_eq!(d.pod, None);
         for cmd in ["VERSION", "STATUS", "GC"] {

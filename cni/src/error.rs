@@ -65,7 +65,11 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: Code, msg: impl Into<String>) -> CniError {
-        CniError { code, msg: msg.into(), details: String::new() }
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> CniError {
@@ -85,11 +89,19 @@ impl CniError {
             #[serde(skip_serializing_if = "str::is_empty")]
             details: &'a str,
         }
-        let wire = Wire { cni_version, code: self.code.number(), msg: &self.msg, details: &self.details };
+        let wire = Wire {
+            cni_version,
+            code: self.code.number(),
+            msg: &self.msg,
+            details: &self.details,
+        };
         // Serialising plain strings and a number cannot fail; fall back to a hand-made object
         // rather than panic all the same.
         serde_json::to_string(&wire).unwrap_or_else(|_| {
-            format!("{{\"cniVersion\":\"{cni_version}\",\"code\":{},\"msg\":\"internal error\"}}", self.code.number())
+            format!(
+                "{{\"cniVersion\":\"{cni_version}\",\"code\":{},\"msg\":\"internal error\"}}",
+                self.code.number()
+            )
         })
     }
 }
@@ -100,7 +112,8 @@ mod tests {
 
     #[test]
     fn error_json_has_the_spec_shape() {
-        let e = CniError::new(Code::TryAgainLater, "agent unreachable").with_details("socket /x: connection refused");
+        let e = CniError::new(Code::TryAgainLater, "agent unreachable")
+            .with_details("socket /x: connection refused");
         let v: serde_json::Value = serde_json::from_str(&e.to_json("1.0.0")).unwrap();
         assert_eq!(
             v,

@@ -40,7 +40,10 @@ pub fn host_ifname(pod: Option<(&str, &str)>, container_id: &str) -> String {
 }
 
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A route to configure in the pod.
@@ -82,7 +85,10 @@ pub fn plan_add(
     reply: &AllocateReply,
 ) -> Result<PodPlan, CniError> {
     if reply.ips.is_empty() {
-        return Err(CniError::new(Code::AgentRejected, "the agent allocated no address"));
+        return Err(CniError::new(
+            Code::AgentRejected,
+            "the agent allocated no address",
+        ));
     }
     let mut addresses = Vec::new();
     let mut gateways = Vec::new();
@@ -93,13 +99,18 @@ pub fn plan_add(
             CniError::new(Code::AgentRejected, format!("the agent returned {what}"))
                 .with_details("tortie-node and the tortie plugin may be different versions")
         };
-        let net: IpNet = ip.address.parse().map_err(|_| bad(&format!("an invalid address \"{}\"", ip.address)))?;
+        let net: IpNet = ip
+            .address
+            .parse()
+            .map_err(|_| bad(&format!("an invalid address \"{}\"", ip.address)))?;
         let host = IpNet::new(net.addr(), if net.addr().is_ipv4() { 32 } else { 128 })
             .map_err(|_| bad("an invalid prefix"))?;
         let gw: IpAddr = match (ip.gateway.as_str(), host.addr()) {
             ("", IpAddr::V4(_)) => GATEWAY_V4.into(),
             ("", IpAddr::V6(_)) => GATEWAY_V6.into(),
-            (g, _) => g.parse().map_err(|_| bad(&format!("an invalid gateway \"{g}\"")))?,
+            (g, _) => g
+                .parse()
+                .map_err(|_| bad(&format!("an invalid gateway \"{g}\"")))?,
         };
         if gw.is_ipv4() != host.addr().is_ipv4() {
             return Err(bad(&format!("gateway {gw} of another family than {host}")));
@@ -109,7 +120,10 @@ pub fn plan_add(
                 have_v4 = true;
                 routes.push(PodRoute::Link { dst: gw });
                 // Ipv4Net's default is 0.0.0.0/0.
-                routes.push(PodRoute::Via { dst: IpNet::V4(Ipv4Net::default()), gw });
+                routes.push(PodRoute::Via {
+                    dst: IpNet::V4(Ipv4Net::default()),
+                    gw,
+                });
             }
             IpAddr::V6(_) if !have_v6 => {
                 have_v6 = true;
@@ -118,15 +132,30 @@ pub fn plan_add(
                 if !matches!(gw, IpAddr::V6(g) if g.is_unicast_link_local()) {
                     routes.push(PodRoute::Link { dst: gw });
                 }
-                routes.push(PodRoute::Via { dst: IpNet::V6(Ipv6Net::default()), gw });
+                routes.push(PodRoute::Via {
+                    dst: IpNet::V6(Ipv6Net::default()),
+                    gw,
+                });
             }
             _ => {}
         }
         addresses.push(host);
         gateways.push(gw);
     }
-    let mtu = config_mtu.unwrap_or(if reply.mtu == 0 { DEFAULT_MTU } else { reply.mtu });
-    Ok(PodPlan { netns, ifname: ifname.to_owned(), host_ifname, mtu, addresses, gateways, routes })
+    let mtu = config_mtu.unwrap_or(if reply.mtu == 0 {
+        DEFAULT_MTU
+    } else {
+        reply.mtu
+    });
+    Ok(PodPlan {
+        netns,
+        ifname: ifname.to_owned(),
+        host_ifname,
+        mtu,
+        addresses,
+        gateways,
+        routes,
+    })
 }
 
 /// What ADD reports: the host veth, then the pod interface (with `sandbox`), the addresses
@@ -134,7 +163,11 @@ pub fn plan_add(
 pub fn add_result(plan: &PodPlan, pod_mac: &str) -> CniResult {
     CniResult {
         interfaces: vec![
-            Interface { name: plan.host_ifname.clone(), mac: Some(format_mac(&HOST_MAC)), ..Default::default() },
+            Interface {
+                name: plan.host_ifname.clone(),
+                mac: Some(format_mac(&HOST_MAC)),
+                ..Default::default()
+            },
             Interface {
                 name: plan.ifname.clone(),
                 mac: Some(pod_mac.to_owned()),
@@ -147,13 +180,21 @@ pub fn add_result(plan: &PodPlan, pod_mac: &str) -> CniResult {
             .addresses
             .iter()
             .zip(&plan.gateways)
-            .map(|(a, g)| IpConfig { address: *a, gateway: Some(*g), interface: Some(1) })
+            .map(|(a, g)| IpConfig {
+                address: *a,
+                gateway: Some(*g),
+                interface: Some(1),
+            })
             .collect(),
         routes: plan
             .routes
             .iter()
             .filter_map(|r| match *r {
-                PodRoute::Via { dst, gw } => Some(Route { dst, gw: Some(gw), extra: Default::default() }),
+                PodRoute::Via { dst, gw } => Some(Route {
+                    dst,
+                    gw: Some(gw),
+                    extra: Default::default(),
+                }),
                 PodRoute::Link { .. } => None,
             })
             .collect(),
@@ -194,51 +235,84 @@ pub fn check(
         .iter()
         .enumerate()
         .find(|(_, i)| i.name == ifname && i.sandbox.as_deref() == Some(netns))
-        .ok_or_else(|| check_failed(format!("prevResult has no interface {ifname} in sandbox {netns}")))?;
+        .ok_or_else(|| {
+            check_failed(format!(
+                "prevResult has no interface {ifname} in sandbox {netns}"
+            ))
+        })?;
     let pod = pod.ok_or_else(|| check_failed(format!("{ifname} is missing from {netns}")))?;
     if let Some(mac) = &want.mac
         && pod.link.mac.as_deref().map(str::to_ascii_lowercase) != Some(mac.to_ascii_lowercase())
     {
-        return Err(check_failed(format!("{ifname} has MAC {:?}, prevResult says {mac}", pod.link.mac)));
+        return Err(check_failed(format!(
+            "{ifname} has MAC {:?}, prevResult says {mac}",
+            pod.link.mac
+        )));
     }
     if let Some(mtu) = want.mtu
         && pod.link.mtu != mtu
     {
-        return Err(check_failed(format!("{ifname} has MTU {}, prevResult says {mtu}", pod.link.mtu)));
+        return Err(check_failed(format!(
+            "{ifname} has MTU {}, prevResult says {mtu}",
+            pod.link.mtu
+        )));
     }
     if !pod.link.up {
         return Err(check_failed(format!("{ifname} is down")));
     }
 
-    let ours: Vec<&IpConfig> = prev.ips.iter().filter(|ip| ip.interface.is_none_or(|i| i == pos)).collect();
+    let ours: Vec<&IpConfig> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|i| i == pos))
+        .collect();
     for ip in &ours {
         if !pod.addresses.contains(&ip.address) {
-            return Err(check_failed(format!("{ifname} lacks address {}", ip.address)));
+            return Err(check_failed(format!(
+                "{ifname} lacks address {}",
+                ip.address
+            )));
         }
         // The gateway must be on-link: either a link-scope route to it or an IPv6
         // link-local gateway (always on-link).
         if let Some(gw) = ip.gateway {
             let on_link = matches!(gw, IpAddr::V6(g) if g.is_unicast_link_local())
-                || pod.routes.iter().any(|r| r.scope_link && r.dst == IpNet::from(gw) && r.oif == Some(pod.link.index));
+                || pod.routes.iter().any(|r| {
+                    r.scope_link && r.dst == IpNet::from(gw) && r.oif == Some(pod.link.index)
+                });
             if !on_link {
-                return Err(check_failed(format!("{ifname} has no link route to gateway {gw}")));
+                return Err(check_failed(format!(
+                    "{ifname} has no link route to gateway {gw}"
+                )));
             }
         }
     }
     for route in &prev.routes {
-        let present = pod.routes.iter().any(|r| r.dst == route.dst && (route.gw.is_none() || r.gateway == route.gw));
+        let present = pod
+            .routes
+            .iter()
+            .any(|r| r.dst == route.dst && (route.gw.is_none() || r.gateway == route.gw));
         if !present {
             let via = route.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-            return Err(check_failed(format!("route {}{via} is missing in {netns}", route.dst)));
+            return Err(check_failed(format!(
+                "route {}{via} is missing in {netns}",
+                route.dst
+            )));
         }
     }
 
     let host = host.ok_or_else(|| check_failed(format!("host veth {host_ifname} is missing")))?;
-    if host.link.peer_index != Some(pod.link.index) || pod.link.peer_index != Some(host.link.index) {
-        return Err(check_failed(format!("{host_ifname} is not the veth peer of {ifname}")));
+    if host.link.peer_index != Some(pod.link.index) || pod.link.peer_index != Some(host.link.index)
+    {
+        return Err(check_failed(format!(
+            "{host_ifname} is not the veth peer of {ifname}"
+        )));
     }
     if host.link.mac.as_deref() != Some(format_mac(&HOST_MAC).as_str()) {
-        return Err(check_failed(format!("{host_ifname} has MAC {:?}, not ee:ee:ee:ee:ee:ee", host.link.mac)));
+        return Err(check_failed(format!(
+            "{host_ifname} has MAC {:?}, not ee:ee:ee:ee:ee:ee",
+            host.link.mac
+        )));
     }
     if !host.link.up {
         return Err(check_failed(format!("{host_ifname} is down")));
@@ -249,11 +323,15 @@ pub fn check(
 
     let mut held: Vec<IpAddr> = Vec::new();
     for a in agent_addresses {
-        let net: IpNet = a.parse().map_err(|_| check_failed(format!("the agent holds an unreadable address \"{a}\"")))?;
+        let net: IpNet = a
+            .parse()
+            .map_err(|_| check_failed(format!("the agent holds an unreadable address \"{a}\"")))?;
         held.push(net.addr());
     }
     if held.is_empty() {
-        return Err(check_failed("the agent holds no allocation for this attachment"));
+        return Err(check_failed(
+            "the agent holds no allocation for this attachment",
+        ));
     }
     for ip in &ours {
         if !held.contains(&ip.address.addr()) {
@@ -294,21 +372,39 @@ mod tests {
 
     fn reply(ips: &[(&str, &str)], mtu: u32) -> AllocateReply {
         AllocateReply {
-            ips: ips.iter().map(|(a, g)| WireIp { address: a.to_string(), gateway: g.to_string() }).collect(),
+            ips: ips
+                .iter()
+                .map(|(a, g)| WireIp {
+                    address: a.to_string(),
+                    gateway: g.to_string(),
+                })
+                .collect(),
             mtu,
         }
     }
 
     #[test]
     fn ipv4_plan_has_host_prefix_link_route_and_default() {
-        let p = plan_add("/run/netns/p".into(), "eth0", "tortx".into(), None, &reply(&[("10.244.1.5/26", "")], 1450)).unwrap();
+        let p = plan_add(
+            "/run/netns/p".into(),
+            "eth0",
+            "tortx".into(),
+            None,
+            &reply(&[("10.244.1.5/26", "")], 1450),
+        )
+        .unwrap();
         assert_eq!(p.addresses, vec!["10.244.1.5/32".parse::<IpNet>().unwrap()]);
         assert_eq!(p.mtu, 1450);
         assert_eq!(
             p.routes,
             vec![
-                PodRoute::Link { dst: GATEWAY_V4.into() },
-                PodRoute::Via { dst: "0.0.0.0/0".parse().unwrap(), gw: GATEWAY_V4.into() }
+                PodRoute::Link {
+                    dst: GATEWAY_V4.into()
+                },
+                PodRoute::Via {
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    gw: GATEWAY_V4.into()
+                }
             ]
         );
     }
@@ -320,18 +416,28 @@ mod tests {
             "eth0",
             "tortx".into(),
             Some(1400),
-            &reply(&[("10.244.1.5/32", "169.254.1.1"), ("fd00::5/128", "")], 1500),
+            &reply(
+                &[("10.244.1.5/32", "169.254.1.1"), ("fd00::5/128", "")],
+                1500,
+            ),
         )
         .unwrap();
         assert_eq!(p.mtu, 1400);
         assert!(p.has_ipv6());
         assert_eq!(p.routes.len(), 3, "{:?}", p.routes);
-        assert!(p.routes.contains(&PodRoute::Via { dst: "::/0".parse().unwrap(), gw: GATEWAY_V6.into() }));
+        assert!(p.routes.contains(&PodRoute::Via {
+            dst: "::/0".parse().unwrap(),
+            gw: GATEWAY_V6.into()
+        }));
     }
 
     #[test]
     fn bad_allocations_are_rejected() {
-        for r in [reply(&[], 1500), reply(&[("nope", "")], 1500), reply(&[("10.0.0.1/32", "fe80::1")], 1500)] {
+        for r in [
+            reply(&[], 1500),
+            reply(&[("nope", "")], 1500),
+            reply(&[("10.0.0.1/32", "fe80::1")], 1500),
+        ] {
             let e = plan_add("/x".into(), "eth0", "t".into(), None, &r).unwrap_err();
             assert_eq!(e.code, Code::AgentRejected, "{r:?}");
         }
@@ -339,13 +445,27 @@ mod tests {
 
     #[test]
     fn result_reports_host_and_pod_interfaces() {
-        let p = plan_add("/run/netns/p".into(), "eth0", "tortx".into(), None, &reply(&[("10.244.1.5/32", "")], 1500)).unwrap();
+        let p = plan_add(
+            "/run/netns/p".into(),
+            "eth0",
+            "tortx".into(),
+            None,
+            &reply(&[("10.244.1.5/32", "")], 1500),
+        )
+        .unwrap();
         let r = add_result(&p, "02:00:00:00:00:01");
         assert_eq!(r.interfaces[0].mac.as_deref(), Some("ee:ee:ee:ee:ee:ee"));
         assert_eq!(r.interfaces[0].sandbox, None);
         assert_eq!(r.interfaces[1].sandbox.as_deref(), Some("/run/netns/p"));
         assert_eq!(r.ips[0].interface, Some(1));
         assert_eq!(r.ips[0].gateway, Some(GATEWAY_V4.into()));
-        assert_eq!(r.routes, vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: Some(GATEWAY_V4.into()), extra: Default::default() }]);
+        assert_eq!(
+            r.routes,
+            vec![Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: Some(GATEWAY_V4.into()),
+                extra: Default::default()
+            }]
+        );
     }
 }

@@ -81,18 +81,34 @@ impl CniResult {
     /// Reads a result of any supported version (a `prevResult`).
     pub fn parse(value: &Value) -> Result<CniResult, CniError> {
         let wire: WireResult = serde_json::from_value(value.clone()).map_err(|e| {
-            CniError::new(Code::DecodingFailure, "prevResult is not a CNI result").with_details(e.to_string())
+            CniError::new(Code::DecodingFailure, "prevResult is not a CNI result")
+                .with_details(e.to_string())
         })?;
-        if let Some(bad) = wire.ips.iter().filter_map(|ip| ip.interface).find(|&i| i >= wire.interfaces.len()) {
-            return Err(CniError::new(Code::InvalidNetworkConfig, format!("prevResult: ips refer to interface {bad}"))
-                .with_details(format!("prevResult lists only {} interfaces", wire.interfaces.len())));
+        if let Some(bad) = wire
+            .ips
+            .iter()
+            .filter_map(|ip| ip.interface)
+            .find(|&i| i >= wire.interfaces.len())
+        {
+            return Err(CniError::new(
+                Code::InvalidNetworkConfig,
+                format!("prevResult: ips refer to interface {bad}"),
+            )
+            .with_details(format!(
+                "prevResult lists only {} interfaces",
+                wire.interfaces.len()
+            )));
         }
         Ok(CniResult {
             interfaces: wire.interfaces,
             ips: wire
                 .ips
                 .into_iter()
-                .map(|ip| IpConfig { address: ip.address, gateway: ip.gateway, interface: ip.interface })
+                .map(|ip| IpConfig {
+                    address: ip.address,
+                    gateway: ip.gateway,
+                    interface: ip.interface,
+                })
                 .collect(),
             routes: wire.routes,
             dns: wire.dns,
@@ -129,7 +145,11 @@ impl CniResult {
             .ips
             .iter()
             .map(|ip| {
-                let family = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                let family = if ip.address.addr().is_ipv4() {
+                    "4"
+                } else {
+                    "6"
+                };
                 let wire = WireIp {
                     version: version.ips_carry_version().then(|| family.to_owned()),
                     interface: ip.interface,
@@ -139,7 +159,11 @@ impl CniResult {
                 serde_json::to_value(wire).unwrap_or(Value::Null)
             })
             .collect();
-        let routes: Vec<Value> = self.routes.iter().map(|r| serde_json::to_value(r).unwrap_or(Value::Null)).collect();
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+            .collect();
         serde_json::json!({
             "cniVersion": version.as_str(),
             "interfaces": interfaces,
@@ -162,7 +186,11 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "tort0123456789a".into(), mac: Some("ee:ee:ee:ee:ee:ee".into()), ..Default::default() },
+                Interface {
+                    name: "tort0123456789a".into(),
+                    mac: Some("ee:ee:ee:ee:ee:ee".into()),
+                    ..Default::default()
+                },
                 Interface {
                     name: "eth0".into(),
                     mac: Some("02:00:00:00:00:01".into()),
@@ -176,7 +204,11 @@ mod tests {
                 gateway: Some("169.254.1.1".parse().unwrap()),
                 interface: Some(1),
             }],
-            routes: vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: Some("169.254.1.1".parse().unwrap()), extra: Map::new() }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: Some("169.254.1.1".parse().unwrap()),
+                extra: Map::new(),
+            }],
             dns: Map::new(),
         }
     }
@@ -203,7 +235,10 @@ mod tests {
     #[test]
     fn v1_drops_ip_version_and_v1_1_adds_interface_mtu() {
         let v100 = sample().to_value(Version::V1_0_0);
-        assert_eq!(v100["ips"], json!([{"interface": 1, "address": "10.244.0.5/32", "gateway": "169.254.1.1"}]));
+        assert_eq!(
+            v100["ips"],
+            json!([{"interface": 1, "address": "10.244.0.5/32", "gateway": "169.254.1.1"}])
+        );
         assert!(v100["interfaces"][1].get("mtu").is_none());
         let v110 = sample().to_value(Version::V1_1_0);
         assert_eq!(v110["cniVersion"], "1.1.0");
@@ -218,7 +253,11 @@ mod tests {
             if !v.has_status_and_gc() {
                 expected.interfaces[1].mtu = None;
             }
-            assert_eq!(CniResult::parse(&sample().to_value(v)).unwrap(), expected, "{v}");
+            assert_eq!(
+                CniResult::parse(&sample().to_value(v)).unwrap(),
+                expected,
+                "{v}"
+            );
         }
     }
 
@@ -241,11 +280,18 @@ mod tests {
 
     #[test]
     fn rejects_results_that_are_not_results() {
-        assert_eq!(CniResult::parse(&json!({"ips": [{"address": "nope"}]})).unwrap_err().code, Code::DecodingFailure);
         assert_eq!(
-            CniResult::parse(&json!({"interfaces": [], "ips": [{"address": "10.0.0.1/32", "interface": 3}]}))
+            CniResult::parse(&json!({"ips": [{"address": "nope"}]}))
                 .unwrap_err()
                 .code,
+            Code::DecodingFailure
+        );
+        assert_eq!(
+            CniResult::parse(
+                &json!({"interfaces": [], "ips": [{"address": "10.0.0.1/32", "interface": 3}]})
+            )
+            .unwrap_err()
+            .code,
             Code::InvalidNetworkConfig
         );
     }

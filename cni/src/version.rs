@@ -15,7 +15,13 @@ pub enum Version {
 }
 
 impl Version {
-    pub const ALL: [Version; 5] = [Version::V0_3_0, Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0];
+    pub const ALL: [Version; 5] = [
+        Version::V0_3_0,
+        Version::V0_3_1,
+        Version::V0_4_0,
+        Version::V1_0_0,
+        Version::V1_1_0,
+    ];
     pub const LATEST: Version = Version::V1_1_0;
 
     pub fn as_str(self) -> &'static str {
@@ -30,10 +36,16 @@ impl Version {
 
     /// Parses a config's `cniVersion`; anything else is error 1, naming what we do support.
     pub fn parse(s: &str) -> Result<Version, CniError> {
-        Version::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
-            CniError::new(Code::IncompatibleVersion, format!("cniVersion \"{s}\" is not supported"))
+        Version::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                CniError::new(
+                    Code::IncompatibleVersion,
+                    format!("cniVersion \"{s}\" is not supported"),
+                )
                 .with_details(format!("tortie supports {}", supported_list()))
-        })
+            })
     }
 
     /// 0.3.x and 0.4.0 results carry `"version": "4"|"6"` in each ips entry; 1.0.0 dropped it.
@@ -59,14 +71,20 @@ impl fmt::Display for Version {
 }
 
 fn supported_list() -> String {
-    Version::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+    Version::ALL
+        .iter()
+        .map(|v| v.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The VERSION command's answer: `{"cniVersion": …, "supportedVersions": […]}`.
 pub fn version_json(requested: Option<&str>) -> String {
     // The reply echoes the version the runtime asked in (when we know it), so the runtime can
     // parse it with the same types it sent; otherwise our newest.
-    let echo = requested.and_then(|r| Version::parse(r).ok()).unwrap_or(Version::LATEST);
+    let echo = requested
+        .and_then(|r| Version::parse(r).ok())
+        .unwrap_or(Version::LATEST);
     serde_json::json!({
         "cniVersion": echo.as_str(),
         "supportedVersions": Version::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>(),
@@ -105,7 +123,10 @@ mod tests {
     fn version_output_lists_all_and_echoes_the_request() {
         let v: serde_json::Value = serde_json::from_str(&version_json(Some("0.4.0"))).unwrap();
         assert_eq!(v["cniVersion"], "0.4.0");
-        assert_eq!(v["supportedVersions"], serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            v["supportedVersions"],
+            serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         let v: serde_json::Value = serde_json::from_str(&version_json(None)).unwrap();
         assert_eq!(v["cniVersion"], "1.1.0");
     }

@@ -55,36 +55,63 @@ fn lifecycle(version: &str) {
     assert_eq!(result["interfaces"][0]["name"], host_if.as_str());
     assert_eq!(result["interfaces"][0]["mac"], "ee:ee:ee:ee:ee:ee");
     assert_eq!(result["interfaces"][1]["name"], "eth0");
-    assert_eq!(result["interfaces"][1]["sandbox"], pod_a.path().display().to_string());
+    assert_eq!(
+        result["interfaces"][1]["sandbox"],
+        pod_a.path().display().to_string()
+    );
     assert_eq!(result["ips"][0]["interface"], 1);
-    assert_eq!(result["ips"][0].get("version").is_some(), version.starts_with("0."), "{result}");
+    assert_eq!(
+        result["ips"][0].get("version").is_some(),
+        version.starts_with("0."),
+        "{result}"
+    );
     let ip_a = address_of(&result);
 
     // The pod side.
     let pod_mac = result["interfaces"][1]["mac"].as_str().unwrap().to_owned();
     let link = pod_a.ip(&["link", "show", "dev", "eth0"]);
-    assert!(link.contains("mtu 1450") && link.contains(&pod_mac) && link.contains(",UP"), "{link}");
+    assert!(
+        link.contains("mtu 1450") && link.contains(&pod_mac) && link.contains(",UP"),
+        "{link}"
+    );
     let addrs = pod_a.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
     assert!(addrs.contains(&format!("inet {ip_a}/32 ")), "{addrs}");
     let routes = pod_a.ip(&["-4", "route", "show"]);
-    assert!(routes.contains("default via 169.254.1.1 dev eth0"), "{routes}");
-    assert!(routes.contains("169.254.1.1 dev eth0 scope link"), "{routes}");
+    assert!(
+        routes.contains("default via 169.254.1.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("169.254.1.1 dev eth0 scope link"),
+        "{routes}"
+    );
     // The host side: the name, the MAC, no address, up, the sysctls.
     let host = node.ip(&["link", "show", "dev", &host_if]);
-    assert!(host.contains("ee:ee:ee:ee:ee:ee") && host.contains(",UP") && host.contains("mtu 1450"), "{host}");
+    assert!(
+        host.contains("ee:ee:ee:ee:ee:ee") && host.contains(",UP") && host.contains("mtu 1450"),
+        "{host}"
+    );
     assert_eq!(node.ip(&["-4", "addr", "show", "dev", &host_if]).trim(), "");
     for (path, want) in [
         (format!("/proc/sys/net/ipv4/conf/{host_if}/proxy_arp"), "1"),
-        (format!("/proc/sys/net/ipv4/neigh/{host_if}/proxy_delay"), "0"),
+        (
+            format!("/proc/sys/net/ipv4/neigh/{host_if}/proxy_delay"),
+            "0",
+        ),
         (format!("/proc/sys/net/ipv4/conf/{host_if}/forwarding"), "1"),
     ] {
         assert_eq!(node.output("cat", &[&path]).trim(), want, "{path}");
     }
     // The host route is the agent's (proto 116), installed during EndpointReady.
     let host_routes = node.ip(&["route", "show", "proto", "116"]);
-    assert!(host_routes.contains(&format!("{ip_a} dev {host_if} scope link")), "{host_routes}");
+    assert!(
+        host_routes.contains(&format!("{ip_a} dev {host_if} scope link")),
+        "{host_routes}"
+    );
 
-    let result_b = exec(&node, &tortie(), "ADD", &inv_b, &c.to_string()).ok().json();
+    let result_b = exec(&node, &tortie(), "ADD", &inv_b, &c.to_string())
+        .ok()
+        .json();
     let ip_b = address_of(&result_b);
     assert_ne!(ip_a, ip_b);
     assert!(node.ping(&ip_a), "node → pod a");
@@ -100,10 +127,18 @@ fn lifecycle(version: &str) {
         assert_eq!(check.ok().stdout, "");
     }
 
-    assert_eq!(exec(&node, &tortie(), "DEL", &inv_a, &with_prev).ok().stdout, "");
+    assert_eq!(
+        exec(&node, &tortie(), "DEL", &inv_a, &with_prev)
+            .ok()
+            .stdout,
+        ""
+    );
     assert!(!node.has_link(&host_if), "host veth left behind");
     assert!(!pod_a.has_link("eth0"), "pod eth0 left behind");
-    assert!(!agent.held().contains(&format!("{ip_a}/32")), "allocation left behind");
+    assert!(
+        !agent.held().contains(&format!("{ip_a}/32")),
+        "allocation left behind"
+    );
     assert!(!node.ip(&["route", "show", "proto", "116"]).contains(&ip_a));
     exec(&node, &tortie(), "DEL", &inv_a, &with_prev).ok();
     assert!(pod_b.ping("10.200.0.1"), "pod b unaffected");
@@ -141,14 +176,24 @@ fn check_detects_drift_in_the_pod_and_in_the_agent() {
     let pod = NetNs::new("cni-pod");
     let inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
     let c = conf("1.0.0", &agent.socket);
-    let result = exec(&node, &tortie(), "ADD", &inv, &c.to_string()).ok().json();
+    let result = exec(&node, &tortie(), "ADD", &inv, &c.to_string())
+        .ok()
+        .json();
     let prev = with(c.clone(), json!({"prevResult": result}));
     exec(&node, &tortie(), "CHECK", &inv, &prev).ok();
 
     pod.ip(&["route", "del", "default"]);
     let err = exec(&node, &tortie(), "CHECK", &inv, &prev).error(102);
     assert!(err["msg"].as_str().unwrap().contains("0.0.0.0/0"), "{err}");
-    pod.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
     exec(&node, &tortie(), "CHECK", &inv, &prev).ok();
 
     agent.state.lock().unwrap().held.clear();
@@ -176,15 +221,27 @@ fn add_over_a_foreign_ifname_fails_and_changes_nothing() {
     let agent = TestAgent::start(&node);
     let pod = NetNs::new("cni-pod");
     // Someone else's eth0: a veth, like ours, but not paired with our host side.
-    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "other0"]);
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
     pod.ip(&["addr", "add", "192.0.2.9/24", "dev", "eth0"]);
     let before = pod.ip(&["addr", "show", "dev", "eth0"]);
     let inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
-    let err = exec(&node, &tortie(), "ADD", &inv, &conf("1.0.0", &agent.socket).to_string()).error(100);
+    let err = exec(
+        &node,
+        &tortie(),
+        "ADD",
+        &inv,
+        &conf("1.0.0", &agent.socket).to_string(),
+    )
+    .error(100);
     assert!(err["msg"].as_str().unwrap().contains("eth0"), "{err}");
     assert_eq!(pod.ip(&["addr", "show", "dev", "eth0"]), before);
     assert!(tort_links(&node).is_empty());
-    assert!(agent.state.lock().unwrap().calls.is_empty(), "no allocation for a refused ADD");
+    assert!(
+        agent.state.lock().unwrap().calls.is_empty(),
+        "no allocation for a refused ADD"
+    );
 }
 
 #[test]
@@ -194,7 +251,14 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
     agent.state.lock().unwrap().fail_endpoint_ready = true;
     let pod = NetNs::new("cni-pod");
     let inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
-    exec(&node, &tortie(), "ADD", &inv, &conf("1.0.0", &agent.socket).to_string()).error(103);
+    exec(
+        &node,
+        &tortie(),
+        "ADD",
+        &inv,
+        &conf("1.0.0", &agent.socket).to_string(),
+    )
+    .error(103);
     assert!(tort_links(&node).is_empty(), "{:?}", tort_links(&node));
     assert!(!pod.has_link("eth0"));
     assert!(agent.held().is_empty(), "{:?}", agent.held());
@@ -212,22 +276,56 @@ fn error_paths_print_cni_errors_with_the_spec_codes() {
     let run = |cmd: &str, inv: &Invocation, stdin: &str| exec(&node, &tortie(), cmd, inv, stdin);
 
     run("ADD", &inv, "{\"cniVersion\": \"1.0.0\", ").error(6);
-    run("ADD", &inv, &with(good.clone(), json!({"cniVersion": "0.2.0"}))).error(1);
-    run("ADD", &inv, &with(good.clone(), json!({"cniVersion": "2.0.0"}))).error(1);
-    run("ADD", &inv, &with(good.clone(), json!({"ipam": {"type": "host-local"}}))).error(2);
+    run(
+        "ADD",
+        &inv,
+        &with(good.clone(), json!({"cniVersion": "0.2.0"})),
+    )
+    .error(1);
+    run(
+        "ADD",
+        &inv,
+        &with(good.clone(), json!({"cniVersion": "2.0.0"})),
+    )
+    .error(1);
+    run(
+        "ADD",
+        &inv,
+        &with(good.clone(), json!({"ipam": {"type": "host-local"}})),
+    )
+    .error(2);
     run("ADD", &inv, &with(good.clone(), json!({"name": ""}))).error(7);
     run("ADD", &inv, &with(good.clone(), json!({"mtu": 9}))).error(7);
-    let e = run("ADD", &inv, &with(good.clone(), json!({"cniVersion": "0.4.0", "mtu": "x"}))).error(7);
-    assert_eq!(e["cniVersion"], "0.4.0", "errors speak the config's version");
+    let e = run(
+        "ADD",
+        &inv,
+        &with(good.clone(), json!({"cniVersion": "0.4.0", "mtu": "x"})),
+    )
+    .error(7);
+    assert_eq!(
+        e["cniVersion"], "0.4.0",
+        "errors speak the config's version"
+    );
 
-    let no_container = Invocation { container_id: String::new(), ..Invocation::kubelet("w", "c", &pod.path()) };
+    let no_container = Invocation {
+        container_id: String::new(),
+        ..Invocation::kubelet("w", "c", &pod.path())
+    };
     run("ADD", &no_container, &good.to_string()).error(4);
-    let bad_args = Invocation { args: "K8S_POD_NAME=x;BOGUS=1".into(), ..Invocation::kubelet("w", "c", &pod.path()) };
+    let bad_args = Invocation {
+        args: "K8S_POD_NAME=x;BOGUS=1".into(),
+        ..Invocation::kubelet("w", "c", &pod.path())
+    };
     run("ADD", &bad_args, &good.to_string()).error(4);
-    let no_netns = Invocation { netns: None, ..Invocation::kubelet("w", "c", &pod.path()) };
+    let no_netns = Invocation {
+        netns: None,
+        ..Invocation::kubelet("w", "c", &pod.path())
+    };
     run("ADD", &no_netns, &good.to_string()).error(4);
     let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", &node.name]).arg(tortie()).env("CNI_COMMAND", "FROB");
+    cmd.args(["netns", "exec", &node.name])
+        .arg(tortie())
+        .env("CNI_COMMAND", "FROB");
     exec_with(cmd, &good.to_string()).error(4);
 
     let gone = Invocation::kubelet("w", &unique("cid"), Path::new("/run/netns/does-not-exist"));
@@ -235,7 +333,10 @@ fn error_paths_print_cni_errors_with_the_spec_codes() {
 
     let unreachable = conf("1.0.0", &PathBuf::from("/run/tortie-test-no-such.sock")).to_string();
     let e = run("ADD", &inv, &unreachable).error(11);
-    assert!(e["details"].as_str().unwrap().contains("no-such.sock"), "{e}");
+    assert!(
+        e["details"].as_str().unwrap().contains("no-such.sock"),
+        "{e}"
+    );
     assert!(tort_links(&node).is_empty() && !pod.has_link("eth0"));
     run("DEL", &inv, &unreachable).error(11);
 
@@ -264,7 +365,14 @@ fn del_is_idempotent_when_the_netns_is_gone() {
     }
     assert!(tort_links(&node).is_empty(), "the veth dies with the netns");
     exec(&node, &tortie(), "DEL", &inv, &c).ok();
-    exec(&node, &tortie(), "DEL", &Invocation { netns: None, ..inv }, &c).ok();
+    exec(
+        &node,
+        &tortie(),
+        "DEL",
+        &Invocation { netns: None, ..inv },
+        &c,
+    )
+    .ok();
 }
 
 #[test]
@@ -272,19 +380,50 @@ fn version_status_and_gc() {
     let node = node_ns();
     let agent = TestAgent::start(&node);
     let pod = NetNs::new("cni-pod");
-    let none = Invocation { container_id: String::new(), netns: None, ifname: String::new(), args: String::new() };
+    let none = Invocation {
+        container_id: String::new(),
+        netns: None,
+        ifname: String::new(),
+        args: String::new(),
+    };
 
-    let v = exec(&node, &tortie(), "VERSION", &none, "{\"cniVersion\":\"1.1.0\"}").ok().json();
+    let v = exec(
+        &node,
+        &tortie(),
+        "VERSION",
+        &none,
+        "{\"cniVersion\":\"1.1.0\"}",
+    )
+    .ok()
+    .json();
     assert_eq!(v["supportedVersions"], json!(VERSIONS));
 
     let c = conf("1.1.0", &agent.socket);
-    assert_eq!(exec(&node, &tortie(), "STATUS", &none, &c.to_string()).ok().stdout, "");
+    assert_eq!(
+        exec(&node, &tortie(), "STATUS", &none, &c.to_string())
+            .ok()
+            .stdout,
+        ""
+    );
     agent.state.lock().unwrap().ready = false;
     exec(&node, &tortie(), "STATUS", &none, &c.to_string()).error(50);
     agent.state.lock().unwrap().ready = true;
-    exec(&node, &tortie(), "STATUS", &none, &conf("1.1.0", Path::new("/run/tortie-test-no-such.sock")).to_string())
-        .error(50);
-    exec(&node, &tortie(), "STATUS", &none, &conf("1.0.0", &agent.socket).to_string()).error(1);
+    exec(
+        &node,
+        &tortie(),
+        "STATUS",
+        &none,
+        &conf("1.1.0", Path::new("/run/tortie-test-no-such.sock")).to_string(),
+    )
+    .error(50);
+    exec(
+        &node,
+        &tortie(),
+        "STATUS",
+        &none,
+        &conf("1.0.0", &agent.socket).to_string(),
+    )
+    .error(1);
 
     let keep = Invocation::kubelet(&unique("keep"), &unique("cid"), &pod.path());
     exec(&node, &tortie(), "ADD", &keep, &c.to_string()).ok();
@@ -292,9 +431,19 @@ fn version_status_and_gc() {
     let leak = Invocation::kubelet(&unique("leak"), &unique("cid"), &leaked.path());
     exec(&node, &tortie(), "ADD", &leak, &c.to_string()).ok();
     assert_eq!(agent.held().len(), 2);
-    let gc = with(c.clone(), json!({"cni.dev/valid-attachments": [{"containerID": keep.container_id, "ifname": "eth0"}]}));
+    let gc = with(
+        c.clone(),
+        json!({"cni.dev/valid-attachments": [{"containerID": keep.container_id, "ifname": "eth0"}]}),
+    );
     exec(&node, &tortie(), "GC", &none, &gc).ok();
-    let held = agent.state.lock().unwrap().held.keys().map(|k| k.1.clone()).collect::<Vec<_>>();
+    let held = agent
+        .state
+        .lock()
+        .unwrap()
+        .held
+        .keys()
+        .map(|k| k.1.clone())
+        .collect::<Vec<_>>();
     assert_eq!(held, vec![keep.container_id.clone()]);
 }
 
@@ -303,7 +452,10 @@ fn version_status_and_gc() {
 #[test]
 fn chains_with_debians_portmap() {
     let portmap = PathBuf::from("/usr/lib/cni/portmap");
-    assert!(portmap.exists(), "containernetworking-plugins is not installed");
+    assert!(
+        portmap.exists(),
+        "containernetworking-plugins is not installed"
+    );
     let node = node_ns();
     let agent = TestAgent::start(&node);
     let pod = NetNs::new("cni-pod");
@@ -323,20 +475,47 @@ fn chains_with_debians_portmap() {
     std::os::unix::fs::symlink("/usr/sbin/iptables", bin.path().join("iptables")).unwrap();
     let path = bin.path().display().to_string();
     let pm_env = [("PATH", path.as_str())];
-    let portmap_run =
-        |cmd: &str, prev: &Value| exec_env(&node, &portmap, cmd, &inv, &with(portmap_conf.clone(), json!({"prevResult": prev})), &pm_env);
+    let portmap_run = |cmd: &str, prev: &Value| {
+        exec_env(
+            &node,
+            &portmap,
+            cmd,
+            &inv,
+            &with(portmap_conf.clone(), json!({"prevResult": prev})),
+            &pm_env,
+        )
+    };
 
-    let r1 = exec(&node, &tortie(), "ADD", &inv, &tortie_conf.to_string()).ok().json();
+    let r1 = exec(&node, &tortie(), "ADD", &inv, &tortie_conf.to_string())
+        .ok()
+        .json();
     let r2 = portmap_run("ADD", &r1).ok().json();
     assert_eq!(r2["ips"], r1["ips"], "portmap passes our result on");
     let nat = node.output("iptables", &["-t", "nat", "-S"]);
-    assert!(nat.contains("18080") && nat.contains(&address_of(&r1)), "{nat}");
+    assert!(
+        nat.contains("18080") && nat.contains(&address_of(&r1)),
+        "{nat}"
+    );
 
-    exec(&node, &tortie(), "CHECK", &inv, &with(tortie_conf.clone(), json!({"prevResult": r2}))).ok();
+    exec(
+        &node,
+        &tortie(),
+        "CHECK",
+        &inv,
+        &with(tortie_conf.clone(), json!({"prevResult": r2})),
+    )
+    .ok();
     portmap_run("CHECK", &r2).ok();
 
     portmap_run("DEL", &r2).ok();
-    exec(&node, &tortie(), "DEL", &inv, &with(tortie_conf, json!({"prevResult": r2}))).ok();
+    exec(
+        &node,
+        &tortie(),
+        "DEL",
+        &inv,
+        &with(tortie_conf, json!({"prevResult": r2})),
+    )
+    .ok();
     let nat = node.output("iptables", &["-t", "nat", "-S"]);
     assert!(!nat.contains("18080"), "{nat}");
     assert!(tort_links(&node).is_empty() && agent.held().is_empty());
@@ -354,20 +533,59 @@ fn dual_stack_pods_reach_the_node_and_each_other_over_ipv6() {
     let c = conf("1.1.0", &agent.socket);
     let inv_a = Invocation::kubelet(&name_a, &unique("cid"), &pod_a.path());
     let inv_b = Invocation::kubelet(&name_b, &unique("cid"), &pod_b.path());
-    let ra = exec(&node, &tortie(), "ADD", &inv_a, &c.to_string()).ok().json();
-    let rb = exec(&node, &tortie(), "ADD", &inv_b, &c.to_string()).ok().json();
-    let v6 = |r: &Value| r["ips"][1]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    let ra = exec(&node, &tortie(), "ADD", &inv_a, &c.to_string())
+        .ok()
+        .json();
+    let rb = exec(&node, &tortie(), "ADD", &inv_b, &c.to_string())
+        .ok()
+        .json();
+    let v6 = |r: &Value| {
+        r["ips"][1]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
     let (a6, b6) = (v6(&ra), v6(&rb));
     assert_eq!(ra["ips"][1]["gateway"], "fe80::ecee:eeff:feee:eeee");
-    assert!(ra["routes"].as_array().unwrap().iter().any(|r| r["dst"] == "::/0"), "{ra}");
+    assert!(
+        ra["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "::/0"),
+        "{ra}"
+    );
 
     let routes = pod_a.ip(&["-6", "route", "show"]);
-    assert!(routes.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"), "{routes}");
+    assert!(
+        routes.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"),
+        "{routes}"
+    );
     let host_if = expected_host_ifname(&name_a);
-    assert_eq!(node.output("cat", &[&format!("/proc/sys/net/ipv6/conf/{host_if}/accept_dad")]).trim(), "0");
-    assert_eq!(node.output("cat", &[&format!("/proc/sys/net/ipv6/conf/{host_if}/proxy_ndp")]).trim(), "1");
+    assert_eq!(
+        node.output(
+            "cat",
+            &[&format!("/proc/sys/net/ipv6/conf/{host_if}/accept_dad")]
+        )
+        .trim(),
+        "0"
+    );
+    assert_eq!(
+        node.output(
+            "cat",
+            &[&format!("/proc/sys/net/ipv6/conf/{host_if}/proxy_ndp")]
+        )
+        .trim(),
+        "1"
+    );
     let ll = node.ip(&["-6", "addr", "show", "dev", &host_if]);
-    assert!(ll.contains("fe80::ecee:eeff:feee:eeee/64") && !ll.contains("tentative"), "{ll}");
+    assert!(
+        ll.contains("fe80::ecee:eeff:feee:eeee/64") && !ll.contains("tentative"),
+        "{ll}"
+    );
 
     assert!(node.ping6(&a6), "node → pod a over IPv6");
     assert!(pod_a.ping6("fd00:200::1"), "pod a → node over IPv6");
@@ -378,7 +596,11 @@ fn dual_stack_pods_reach_the_node_and_each_other_over_ipv6() {
     exec(&node, &tortie(), "CHECK", &inv_a, &prev).ok();
     exec(&node, &tortie(), "DEL", &inv_a, &prev).ok();
     assert!(!node.has_link(&host_if));
-    assert!(!node.ip(&["-6", "route", "show", "proto", "116"]).contains(&a6));
+    assert!(
+        !node
+            .ip(&["-6", "route", "show", "proto", "116"])
+            .contains(&a6)
+    );
 }
 
 /// A kernel refusal after the veth exists (IPv6 on a link whose MTU is below IPv6's 1280)
@@ -393,7 +615,10 @@ fn kernel_refusal_mid_add_leaves_nothing() {
     let c = with(conf("1.0.0", &agent.socket), json!({"mtu": 1000}));
     let err = exec(&node, &tortie(), "ADD", &inv, &c).error(101);
     let calls = agent.state.lock().unwrap().calls.clone();
-    assert!(calls.iter().any(|c| c.starts_with("Allocate")), "the failure came after the allocation: {err} {calls:?}");
+    assert!(
+        calls.iter().any(|c| c.starts_with("Allocate")),
+        "the failure came after the allocation: {err} {calls:?}"
+    );
     assert!(tort_links(&node).is_empty(), "{:?}", tort_links(&node));
     assert!(!pod.has_link("eth0"));
     assert!(agent.held().is_empty(), "{:?}", agent.held());
@@ -414,7 +639,10 @@ fn thirty_concurrent_adds_and_dels() {
         })
         .collect();
     let results: Vec<Reply> = std::thread::scope(|s| {
-        let handles: Vec<_> = pods.iter().map(|(_, inv)| s.spawn(|| exec(&node, &tortie(), "ADD", inv, &c))).collect();
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|(_, inv)| s.spawn(|| exec(&node, &tortie(), "ADD", inv, &c)))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut addresses: Vec<String> = results.iter().map(|r| address_of(&r.ok().json())).collect();
@@ -426,7 +654,10 @@ fn thirty_concurrent_adds_and_dels() {
         assert!(node.ping(a), "node → {a}");
     }
     std::thread::scope(|s| {
-        let handles: Vec<_> = pods.iter().map(|(_, inv)| s.spawn(|| exec(&node, &tortie(), "DEL", inv, &c))).collect();
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|(_, inv)| s.spawn(|| exec(&node, &tortie(), "DEL", inv, &c)))
+            .collect();
         for h in handles {
             h.join().unwrap().ok();
         }
@@ -442,15 +673,35 @@ fn an_existing_default_route_is_not_taken_over() {
     let node = node_ns();
     let agent = TestAgent::start(&node);
     let pod = NetNs::new("cni-pod");
-    pod.ip(&["link", "add", "other0", "type", "veth", "peer", "name", "other1"]);
+    pod.ip(&[
+        "link", "add", "other0", "type", "veth", "peer", "name", "other1",
+    ]);
     pod.ip(&["link", "set", "other0", "up"]);
     pod.ip(&["link", "set", "other1", "up"]);
     pod.ip(&["addr", "add", "192.0.2.2/24", "dev", "other0"]);
-    pod.ip(&["route", "add", "default", "via", "192.0.2.1", "dev", "other0"]);
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.0.2.1",
+        "dev",
+        "other0",
+    ]);
     let mut inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
     inv.ifname = "net1".into();
-    let err = exec(&node, &tortie(), "ADD", &inv, &conf("1.0.0", &agent.socket).to_string()).error(101);
+    let err = exec(
+        &node,
+        &tortie(),
+        "ADD",
+        &inv,
+        &conf("1.0.0", &agent.socket).to_string(),
+    )
+    .error(101);
     assert!(err["msg"].as_str().unwrap().contains("0.0.0.0/0"), "{err}");
-    assert!(pod.ip(&["route", "show", "default"]).contains("via 192.0.2.1 dev other0"));
+    assert!(
+        pod.ip(&["route", "show", "default"])
+            .contains("via 192.0.2.1 dev other0")
+    );
     assert!(!pod.has_link("net1") && tort_links(&node).is_empty() && agent.held().is_empty());
 }

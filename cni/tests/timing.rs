@@ -27,23 +27,43 @@ use serde_json::json;
 
 /// Runs `plugin` in the namespace `node` with `env` and `stdin`; returns the wall time of
 /// the whole exec (fork to exit) and the exit code.
-fn timed(node: &File, plugin: &Path, env: &[(&str, String)], stdin: &str) -> (Duration, i32, String) {
+fn timed(
+    node: &File,
+    plugin: &Path,
+    env: &[(&str, String)],
+    stdin: &str,
+) -> (Duration, i32, String) {
     let mut cmd = Command::new(plugin);
-    cmd.env_clear().envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let fd = node.try_clone().unwrap();
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
     // which is async-signal-safe; it allocates nothing and takes no locks.
     unsafe {
-        cmd.pre_exec(move || nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
+        cmd.pre_exec(move || {
+            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
     }
     let start = Instant::now();
     let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let took = start.elapsed();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (took, out.status.code().unwrap_or(-1), text)
 }
 
@@ -55,7 +75,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn report(name: &str, mut times: Vec<Duration>) -> (Duration, Duration) {
     times.sort();
     let (p50, p99) = (percentile(&times, 0.50), percentile(&times, 0.99));
-    println!("{name:>20}: n={} p50={p50:.2?} p99={p99:.2?} max={:.2?}", times.len(), times[times.len() - 1]);
+    println!(
+        "{name:>20}: n={} p50={p50:.2?} p99={p99:.2?} max={:.2?}",
+        times.len(),
+        times[times.len() - 1]
+    );
     (p50, p99)
 }
 
@@ -65,7 +89,10 @@ fn env_for(command: &str, cid: &str, netns: &Path, pod: &str) -> Vec<(&'static s
         ("CNI_CONTAINERID", cid.into()),
         ("CNI_NETNS", netns.display().to_string()),
         ("CNI_IFNAME", "eth0".into()),
-        ("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod}")),
+        (
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod}"),
+        ),
         ("CNI_PATH", "/usr/lib/cni".into()),
         ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin".into()),
     ]
@@ -74,7 +101,10 @@ fn env_for(command: &str, cid: &str, netns: &Path, pod: &str) -> Vec<(&'static s
 #[test]
 #[ignore = "timing harness; run explicitly with --release"]
 fn sequential_add_latency_against_ptp_host_local() {
-    let n: usize = std::env::var("TORTIE_TIMING_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let n: usize = std::env::var("TORTIE_TIMING_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let node = node_ns();
     let node_fd = File::open(node.path()).unwrap();
     let agent = TestAgent::start(&node);
@@ -95,8 +125,10 @@ fn sequential_add_latency_against_ptp_host_local() {
     // Interleaved, so drift in machine load hits both alike.
     for i in 0..n {
         let (tp, pp) = (NetNs::new("tim-t"), NetNs::new("tim-p"));
-        let (tenv, penv) =
-            (env_for("ADD", &format!("t{i}"), &tp.path(), &format!("t{i}")), env_for("ADD", &format!("p{i}"), &pp.path(), &format!("p{i}")));
+        let (tenv, penv) = (
+            env_for("ADD", &format!("t{i}"), &tp.path(), &format!("t{i}")),
+            env_for("ADD", &format!("p{i}"), &pp.path(), &format!("p{i}")),
+        );
         let (d, code, out) = timed(&node_fd, &tortie(), &tenv, &tortie_conf);
         assert_eq!(code, 0, "tortie ADD {i}: {out}");
         t_add.push(d);
@@ -123,7 +155,16 @@ fn sequential_add_latency_against_ptp_host_local() {
     let (pp50, _) = report("ptp+host-local ADD", p_add);
     report("tortie DEL", t_del);
     report("tortie DEL (again)", t_del2);
-    println!("tortie p50 / ptp p50 = {:.2}", tp50.as_secs_f64() / pp50.as_secs_f64());
-    assert!(tp50.as_secs_f64() <= 0.6 * pp50.as_secs_f64(), "goal: tortie p50 ≤ 0.6 × ptp p50");
-    assert!(tp99 <= Duration::from_millis(25), "goal: tortie p99 ≤ 25 ms");
+    println!(
+        "tortie p50 / ptp p50 = {:.2}",
+        tp50.as_secs_f64() / pp50.as_secs_f64()
+    );
+    assert!(
+        tp50.as_secs_f64() <= 0.6 * pp50.as_secs_f64(),
+        "goal: tortie p50 ≤ 0.6 × ptp p50"
+    );
+    assert!(
+        tp99 <= Duration::from_millis(25),
+        "goal: tortie p99 ≤ 25 ms"
+    );
 }

@@ -26,49 +26,88 @@ pub async fn run<A: Agent, D: Dataplane>(
         Command::Check => check(env, conf, agent, dp).await.map(|()| None),
         Command::Status => status(conf, agent).await.map(|()| None),
         Command::Gc => gc(conf, agent).await.map(|()| None),
-        Command::Version => Ok(Some(crate::version::version_json(Some(conf.version.as_str())))),
+        Command::Version => Ok(Some(crate::version::version_json(Some(
+            conf.version.as_str(),
+        )))),
     }
 }
 
 fn attachment(env: &CniEnv, conf: &NetConf) -> Attachment {
-    Attachment { network: conf.name.clone(), container_id: env.container_id.clone(), ifname: env.ifname.clone() }
+    Attachment {
+        network: conf.name.clone(),
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    }
 }
 
 fn pod(env: &CniEnv) -> Option<Pod> {
-    env.pod.as_ref().map(|p| Pod { namespace: p.namespace.clone(), name: p.name.clone(), uid: p.uid.clone() })
+    env.pod.as_ref().map(|p| Pod {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+    })
 }
 
 fn host_ifname(env: &CniEnv) -> String {
-    plan::host_ifname(env.pod.as_ref().map(|p| (p.namespace.as_str(), p.name.as_str())), &env.container_id)
+    plan::host_ifname(
+        env.pod
+            .as_ref()
+            .map(|p| (p.namespace.as_str(), p.name.as_str())),
+        &env.container_id,
+    )
 }
 
 fn agent_error(during: &str, e: AgentError) -> CniError {
     match e {
-        AgentError::Unavailable(d) => {
-            CniError::new(Code::TryAgainLater, format!("the tortie agent is unavailable ({during})")).with_details(d)
-        }
-        AgentError::Rejected(d) => CniError::new(Code::AgentRejected, format!("the tortie agent refused {during}")).with_details(d),
+        AgentError::Unavailable(d) => CniError::new(
+            Code::TryAgainLater,
+            format!("the tortie agent is unavailable ({during})"),
+        )
+        .with_details(d),
+        AgentError::Rejected(d) => CniError::new(
+            Code::AgentRejected,
+            format!("the tortie agent refused {during}"),
+        )
+        .with_details(d),
     }
 }
 
 fn dataplane_error(e: DataplaneError) -> CniError {
     match e {
-        DataplaneError::NetnsMissing(p) => CniError::new(Code::UnknownContainer, format!("network namespace {} does not exist", p.display())),
-        DataplaneError::Failed { op, message } => CniError::new(Code::Dataplane, format!("{op} failed")).with_details(message),
+        DataplaneError::NetnsMissing(p) => CniError::new(
+            Code::UnknownContainer,
+            format!("network namespace {} does not exist", p.display()),
+        ),
+        DataplaneError::Failed { op, message } => {
+            CniError::new(Code::Dataplane, format!("{op} failed")).with_details(message)
+        }
     }
 }
 
 fn netns_of(env: &CniEnv) -> Result<std::path::PathBuf, CniError> {
-    env.netns.clone().ok_or_else(|| CniError::new(Code::InvalidEnvironment, format!("CNI_NETNS is required for {}", env.command.as_str())))
+    env.netns.clone().ok_or_else(|| {
+        CniError::new(
+            Code::InvalidEnvironment,
+            format!("CNI_NETNS is required for {}", env.command.as_str()),
+        )
+    })
 }
 
-async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A, dp: &mut D) -> Result<String, CniError> {
+async fn add<A: Agent, D: Dataplane>(
+    env: &CniEnv,
+    conf: &NetConf,
+    agent: &mut A,
+    dp: &mut D,
+) -> Result<String, CniError> {
     let netns = netns_of(env)?;
     let host_if = host_ifname(env);
 
     // Look before touching anything: a CNI_IFNAME that is not our own earlier wiring of this
     // pod is someone else's, and ADD must fail without changing it (or allocating).
-    let existing = dp.pod_state(&netns, &env.ifname, false).await.map_err(dataplane_error)?;
+    let existing = dp
+        .pod_state(&netns, &env.ifname, false)
+        .await
+        .map_err(dataplane_error)?;
     let host = dp.host_state(&host_if).await.map_err(dataplane_error)?;
     if let Some(pod_link) = &existing
         && !plan::is_our_pair(pod_link, host.as_ref())
@@ -80,10 +119,17 @@ async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
         .with_details("tortie does not take over an interface it did not create; pick another CNI_IFNAME or remove it"));
     }
 
-    debug!(exists = existing.is_some(), host_exists = host.is_some(), "looked before wiring");
+    debug!(
+        exists = existing.is_some(),
+        host_exists = host.is_some(),
+        "looked before wiring"
+    );
     let att = attachment(env, conf);
     let reply = agent
-        .allocate(AllocateRequest { attachment: Some(att.clone()), pod: pod(env) })
+        .allocate(AllocateRequest {
+            attachment: Some(att.clone()),
+            pod: pod(env),
+        })
         .await
         .map_err(|e| agent_error("Allocate", e))?;
     debug!(?reply, "allocated");
@@ -146,12 +192,19 @@ async fn add<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
     Ok(result.to_json(conf.version))
 }
 
-async fn del<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A, dp: &mut D) -> Result<(), CniError> {
+async fn del<A: Agent, D: Dataplane>(
+    env: &CniEnv,
+    conf: &NetConf,
+    agent: &mut A,
+    dp: &mut D,
+) -> Result<(), CniError> {
     // Deleting the pod side takes the host side with it. Without a netns (or with one that is
     // gone) the veth died with the namespace; the host name alone is not enough to delete by,
     // since a newer sandbox of the same pod may own it by now.
     let delete = async {
-        let Some(netns) = &env.netns else { return Ok(()) };
+        let Some(netns) = &env.netns else {
+            return Ok(());
+        };
         debug!("deleting the pod link");
         match dp.delete_pod_link(netns, &env.ifname).await {
             Ok(found) => {
@@ -180,7 +233,12 @@ async fn del<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A
     Ok(())
 }
 
-async fn check<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut A, dp: &mut D) -> Result<(), CniError> {
+async fn check<A: Agent, D: Dataplane>(
+    env: &CniEnv,
+    conf: &NetConf,
+    agent: &mut A,
+    dp: &mut D,
+) -> Result<(), CniError> {
     if !conf.version.has_check() {
         return Err(CniError::new(
             Code::IncompatibleVersion,
@@ -188,50 +246,85 @@ async fn check<A: Agent, D: Dataplane>(env: &CniEnv, conf: &NetConf, agent: &mut
         )
         .with_details("CHECK needs cniVersion 0.4.0 or later"));
     }
-    let prev = conf
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| CniError::new(Code::InvalidNetworkConfig, "CHECK needs prevResult, and the config has none"))?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            Code::InvalidNetworkConfig,
+            "CHECK needs prevResult, and the config has none",
+        )
+    })?;
     let netns = netns_of(env)?;
     let host_if = host_ifname(env);
     let pod = match dp.pod_state(&netns, &env.ifname, true).await {
         Ok(p) => p,
         Err(DataplaneError::NetnsMissing(p)) => {
-            return Err(CniError::new(Code::CheckFailed, format!("network namespace {} is gone", p.display())));
+            return Err(CniError::new(
+                Code::CheckFailed,
+                format!("network namespace {} is gone", p.display()),
+            ));
         }
         Err(e) => return Err(dataplane_error(e)),
     };
     let host = dp.host_state(&host_if).await.map_err(dataplane_error)?;
-    let held = agent.check(attachment(env, conf)).await.map_err(|e| agent_error("Check", e))?;
-    plan::check(prev, &netns.display().to_string(), &env.ifname, pod.as_ref(), &host_if, host.as_ref(), &held)
+    let held = agent
+        .check(attachment(env, conf))
+        .await
+        .map_err(|e| agent_error("Check", e))?;
+    plan::check(
+        prev,
+        &netns.display().to_string(),
+        &env.ifname,
+        pod.as_ref(),
+        &host_if,
+        host.as_ref(),
+        &held,
+    )
 }
 
 async fn status<A: Agent>(conf: &NetConf, agent: &mut A) -> Result<(), CniError> {
     if !conf.version.has_status_and_gc() {
-        return Err(CniError::new(Code::IncompatibleVersion, format!("config version {} does not allow STATUS", conf.version))
-            .with_details("STATUS needs cniVersion 1.1.0"));
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("config version {} does not allow STATUS", conf.version),
+        )
+        .with_details("STATUS needs cniVersion 1.1.0"));
     }
     match agent.status().await {
         Ok(s) if s.ready => Ok(()),
-        Ok(s) => Err(CniError::new(Code::NotAvailable, "the tortie agent is not ready").with_details(s.reason)),
-        Err(e) => Err(CniError::new(Code::NotAvailable, "the tortie agent is unreachable").with_details(e.to_string())),
+        Ok(s) => Err(
+            CniError::new(Code::NotAvailable, "the tortie agent is not ready")
+                .with_details(s.reason),
+        ),
+        Err(e) => Err(
+            CniError::new(Code::NotAvailable, "the tortie agent is unreachable")
+                .with_details(e.to_string()),
+        ),
     }
 }
 
 async fn gc<A: Agent>(conf: &NetConf, agent: &mut A) -> Result<(), CniError> {
     if !conf.version.has_status_and_gc() {
-        return Err(CniError::new(Code::IncompatibleVersion, format!("config version {} does not allow GC", conf.version))
-            .with_details("GC needs cniVersion 1.1.0"));
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("config version {} does not allow GC", conf.version),
+        )
+        .with_details("GC needs cniVersion 1.1.0"));
     }
     // Without the list every allocation would look stale: refuse rather than release all.
     let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
-        CniError::new(Code::InvalidNetworkConfig, "GC needs cni.dev/valid-attachments, and the config has none")
+        CniError::new(
+            Code::InvalidNetworkConfig,
+            "GC needs cni.dev/valid-attachments, and the config has none",
+        )
     })?;
     let req = GcRequest {
         network: conf.name.clone(),
         valid_attachments: valid
             .iter()
-            .map(|v| Attachment { network: conf.name.clone(), container_id: v.container_id.clone(), ifname: v.ifname.clone() })
+            .map(|v| Attachment {
+                network: conf.name.clone(),
+                container_id: v.container_id.clone(),
+                ifname: v.ifname.clone(),
+            })
             .collect(),
     };
     let released = agent.gc(req).await.map_err(|e| agent_error("Gc", e))?;

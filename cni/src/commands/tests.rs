@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use tortie_api::v1::{AllocateReply, AllocateRequest, Attachment, EndpointReadyRequest, GcRequest, IpConfig, StatusReply};
+use tortie_api::v1::{
+    AllocateReply, AllocateRequest, Attachment, EndpointReadyRequest, GcRequest, IpConfig,
+    StatusReply,
+};
 
 use super::run;
 use crate::agent::{Agent, AgentError};
@@ -15,7 +18,8 @@ use crate::error::{CniError, Code};
 use crate::version::Version;
 
 const NETNS: &str = "/run/netns/pod-1";
-const KUBELET_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=u1";
+const KUBELET_ARGS: &str =
+    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=u1";
 
 #[derive(Debug, Clone, PartialEq)]
 enum AgentCall {
@@ -45,11 +49,19 @@ fn key(a: &Attachment) -> (String, String, String) {
 
 impl FakeAgent {
     fn new() -> FakeAgent {
-        FakeAgent { next: 5, mtu: 1450, ..Default::default() }
+        FakeAgent {
+            next: 5,
+            mtu: 1450,
+            ..Default::default()
+        }
     }
 
     fn gate(&self) -> Result<(), AgentError> {
-        if self.unavailable { Err(AgentError::Unavailable("connection refused".into())) } else { Ok(()) }
+        if self.unavailable {
+            Err(AgentError::Unavailable("connection refused".into()))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -57,19 +69,32 @@ impl Agent for FakeAgent {
     async fn allocate(&mut self, req: AllocateRequest) -> Result<AllocateReply, AgentError> {
         self.calls.push(AgentCall::Allocate(req.clone()));
         self.gate()?;
-        let k = key(req.attachment.as_ref().ok_or_else(|| AgentError::Rejected("no attachment".into()))?);
+        let k = key(req
+            .attachment
+            .as_ref()
+            .ok_or_else(|| AgentError::Rejected("no attachment".into()))?);
         let next = &mut self.next;
         let addr = self.held.entry(k).or_insert_with(|| {
             *next += 1;
             format!("10.244.0.{}/32", *next - 1)
         });
-        Ok(AllocateReply { ips: vec![IpConfig { address: addr.clone(), gateway: String::new() }], mtu: self.mtu })
+        Ok(AllocateReply {
+            ips: vec![IpConfig {
+                address: addr.clone(),
+                gateway: String::new(),
+            }],
+            mtu: self.mtu,
+        })
     }
 
     async fn endpoint_ready(&mut self, req: EndpointReadyRequest) -> Result<(), AgentError> {
         self.calls.push(AgentCall::EndpointReady(req));
         self.gate()?;
-        if self.fail_endpoint_ready { Err(AgentError::Rejected("route install failed".into())) } else { Ok(()) }
+        if self.fail_endpoint_ready {
+            Err(AgentError::Rejected("route install failed".into()))
+        } else {
+            Ok(())
+        }
     }
 
     async fn release(&mut self, a: Attachment) -> Result<u32, AgentError> {
@@ -89,14 +114,23 @@ impl Agent for FakeAgent {
         self.gate()?;
         let valid: Vec<_> = req.valid_attachments.iter().map(key).collect();
         let before = self.held.len();
-        self.held.retain(|k, _| k.0 != req.network || valid.contains(k));
+        self.held
+            .retain(|k, _| k.0 != req.network || valid.contains(k));
         Ok((before - self.held.len()) as u32)
     }
 
     async fn status(&mut self) -> Result<StatusReply, AgentError> {
         self.calls.push(AgentCall::Status);
         self.gate()?;
-        Ok(StatusReply { ready: !self.not_ready, reason: if self.not_ready { "syncing".into() } else { String::new() }, ..Default::default() })
+        Ok(StatusReply {
+            ready: !self.not_ready,
+            reason: if self.not_ready {
+                "syncing".into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        })
     }
 }
 
@@ -115,7 +149,8 @@ fn env(cmd: &str, cid: &str) -> CniEnv {
 }
 
 fn conf(version: Version, extra: Value) -> NetConf {
-    let mut c = json!({"cniVersion": version.as_str(), "name": "k8s-pod-network", "type": "tortie"});
+    let mut c =
+        json!({"cniVersion": version.as_str(), "name": "k8s-pod-network", "type": "tortie"});
     if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
         c.extend(extra.clone());
     }
@@ -123,10 +158,20 @@ fn conf(version: Version, extra: Value) -> NetConf {
 }
 
 fn block_on<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
-fn exec(cmd: &str, cid: &str, c: &NetConf, agent: &mut FakeAgent, dp: &mut FakeDataplane) -> Result<Option<String>, CniError> {
+fn exec(
+    cmd: &str,
+    cid: &str,
+    c: &NetConf,
+    agent: &mut FakeAgent,
+    dp: &mut FakeDataplane,
+) -> Result<Option<String>, CniError> {
     block_on(run(&env(cmd, cid), c, agent, dp))
 }
 
@@ -138,7 +183,9 @@ fn host_if() -> String {
 fn add_wires_the_pod_and_reports_in_each_versions_shape() {
     for v in Version::ALL {
         let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
-        let out = exec("ADD", "c1", &conf(v, json!({})), &mut agent, &mut dp).unwrap().unwrap();
+        let out = exec("ADD", "c1", &conf(v, json!({})), &mut agent, &mut dp)
+            .unwrap()
+            .unwrap();
         let r: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(r["cniVersion"], v.as_str());
         assert_eq!(r["interfaces"][0]["name"], host_if().as_str());
@@ -148,12 +195,26 @@ fn add_wires_the_pod_and_reports_in_each_versions_shape() {
         assert_eq!(r["ips"][0]["address"], "10.244.0.5/32");
         assert_eq!(r["ips"][0]["interface"], 1);
         assert_eq!(r["ips"][0]["gateway"], "169.254.1.1");
-        assert_eq!(r["ips"][0].get("version").is_some(), v < Version::V1_0_0, "{v}");
-        assert_eq!(r["interfaces"][1].get("mtu").is_some(), v == Version::V1_1_0, "{v}");
-        assert_eq!(r["routes"], json!([{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}]));
+        assert_eq!(
+            r["ips"][0].get("version").is_some(),
+            v < Version::V1_0_0,
+            "{v}"
+        );
+        assert_eq!(
+            r["interfaces"][1].get("mtu").is_some(),
+            v == Version::V1_1_0,
+            "{v}"
+        );
+        assert_eq!(
+            r["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}])
+        );
 
         let pair = dp.pair(&host_if()).unwrap();
-        assert_eq!(pair.mtu, 1450, "MTU comes from the agent when the config has none");
+        assert_eq!(
+            pair.mtu, 1450,
+            "MTU comes from the agent when the config has none"
+        );
         assert_eq!(pair.addresses, vec!["10.244.0.5/32".parse().unwrap()]);
         // EndpointReady comes after the wiring, with the host veth and the address.
         let ready = agent.calls.iter().find_map(|c| match c {
@@ -171,9 +232,22 @@ fn add_wires_the_pod_and_reports_in_each_versions_shape() {
 fn endpoint_ready_echoes_the_allocation_verbatim() {
     // The pod gets a /32 whatever prefix the agent sends; the agent gets its own text back.
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
-    agent.held.insert(("k8s-pod-network".into(), "c1".into(), "eth0".into()), "10.244.0.9/26".into());
-    exec("ADD", "c1", &conf(Version::V1_0_0, json!({})), &mut agent, &mut dp).unwrap();
-    assert_eq!(dp.pair(&host_if()).unwrap().addresses, vec!["10.244.0.9/32".parse().unwrap()]);
+    agent.held.insert(
+        ("k8s-pod-network".into(), "c1".into(), "eth0".into()),
+        "10.244.0.9/26".into(),
+    );
+    exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, json!({})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap();
+    assert_eq!(
+        dp.pair(&host_if()).unwrap().addresses,
+        vec!["10.244.0.9/32".parse().unwrap()]
+    );
     let sent = agent.calls.iter().find_map(|c| match c {
         AgentCall::EndpointReady(r) => Some(r.addresses.clone()),
         _ => None,
@@ -184,7 +258,14 @@ fn endpoint_ready_echoes_the_allocation_verbatim() {
 #[test]
 fn config_mtu_overrides_the_agent() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
-    exec("ADD", "c1", &conf(Version::V1_0_0, json!({"mtu": 1380})), &mut agent, &mut dp).unwrap();
+    exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, json!({"mtu": 1380})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap();
     assert_eq!(dp.pair(&host_if()).unwrap().mtu, 1380);
 }
 
@@ -193,7 +274,15 @@ fn add_appends_to_an_earlier_plugins_result() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     let prev = json!({"prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "lo0"}],
                                       "ips": [{"address": "192.0.2.1/32", "interface": 0}], "dns": {"search": ["a"]}}});
-    let out = exec("ADD", "c1", &conf(Version::V1_0_0, prev), &mut agent, &mut dp).unwrap().unwrap();
+    let out = exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, prev),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap()
+    .unwrap();
     let r: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["interfaces"].as_array().unwrap().len(), 3);
     assert_eq!(r["ips"][1]["interface"], 2);
@@ -204,18 +293,33 @@ fn add_appends_to_an_earlier_plugins_result() {
 fn add_refuses_an_interface_it_did_not_make_and_changes_nothing() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     dp.foreign.insert((PathBuf::from(NETNS), "eth0".into()), 3);
-    let err = exec("ADD", "c1", &conf(Version::V1_0_0, json!({})), &mut agent, &mut dp).unwrap_err();
+    let err = exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, json!({})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap_err();
     assert_eq!(err.code, Code::InterfaceExists, "{err}");
     assert!(dp.mutating_calls().is_empty(), "{:?}", dp.calls);
-    assert!(agent.calls.is_empty(), "no allocation for a refused ADD: {:?}", agent.calls);
+    assert!(
+        agent.calls.is_empty(),
+        "no allocation for a refused ADD: {:?}",
+        agent.calls
+    );
 }
 
 #[test]
 fn repeated_add_returns_the_same_address_and_rewires() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     let c = conf(Version::V1_0_0, json!({}));
-    let first: Value = serde_json::from_str(&exec("ADD", "c1", &c, &mut agent, &mut dp).unwrap().unwrap()).unwrap();
-    let second: Value = serde_json::from_str(&exec("ADD", "c1", &c, &mut agent, &mut dp).unwrap().unwrap()).unwrap();
+    let first: Value =
+        serde_json::from_str(&exec("ADD", "c1", &c, &mut agent, &mut dp).unwrap().unwrap())
+            .unwrap();
+    let second: Value =
+        serde_json::from_str(&exec("ADD", "c1", &c, &mut agent, &mut dp).unwrap().unwrap())
+            .unwrap();
     assert_eq!(first["ips"], second["ips"]);
     assert_eq!(dp.pairs.len(), 1, "one pair, not two: {:?}", dp.pairs);
     assert!(dp.calls.contains(&Call::DeleteHostLink(host_if())));
@@ -238,7 +342,14 @@ fn a_new_sandbox_of_the_same_pod_replaces_the_old_host_veth() {
 fn failed_create_leaves_no_veth_and_no_allocation() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     dp.fail_create_after_veth = true;
-    let err = exec("ADD", "c1", &conf(Version::V1_0_0, json!({})), &mut agent, &mut dp).unwrap_err();
+    let err = exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, json!({})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap_err();
     assert_eq!(err.code, Code::Dataplane, "{err}");
     assert!(dp.pairs.is_empty(), "{:?}", dp.pairs);
     assert!(agent.held.is_empty(), "{:?}", agent.held);
@@ -248,7 +359,14 @@ fn failed_create_leaves_no_veth_and_no_allocation() {
 fn failed_endpoint_ready_leaves_no_veth_and_no_allocation() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     agent.fail_endpoint_ready = true;
-    let err = exec("ADD", "c1", &conf(Version::V1_0_0, json!({})), &mut agent, &mut dp).unwrap_err();
+    let err = exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, json!({})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap_err();
     assert_eq!(err.code, Code::AgentRejected, "{err}");
     assert!(dp.pairs.is_empty());
     assert!(agent.held.is_empty());
@@ -257,7 +375,14 @@ fn failed_endpoint_ready_leaves_no_veth_and_no_allocation() {
 #[test]
 fn add_into_a_missing_netns_is_code_3_and_allocates_nothing() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::default());
-    let err = exec("ADD", "c1", &conf(Version::V1_0_0, json!({})), &mut agent, &mut dp).unwrap_err();
+    let err = exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, json!({})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap_err();
     assert_eq!(err.code, Code::UnknownContainer);
     assert!(agent.calls.is_empty());
 }
@@ -270,7 +395,10 @@ fn unreachable_agent_is_try_again_later_and_touches_nothing() {
     let err = exec("ADD", "c1", &c, &mut agent, &mut dp).unwrap_err();
     assert_eq!(err.code, Code::TryAgainLater, "{err}");
     assert!(dp.mutating_calls().is_empty());
-    assert_eq!(exec("DEL", "c1", &c, &mut agent, &mut dp).unwrap_err().code, Code::TryAgainLater);
+    assert_eq!(
+        exec("DEL", "c1", &c, &mut agent, &mut dp).unwrap_err().code,
+        Code::TryAgainLater
+    );
 }
 
 #[test]
@@ -291,7 +419,9 @@ fn del_removes_everything_and_is_idempotent() {
 }
 
 fn add_then_prev(v: Version, agent: &mut FakeAgent, dp: &mut FakeDataplane) -> NetConf {
-    let out = exec("ADD", "c1", &conf(v, json!({})), agent, dp).unwrap().unwrap();
+    let out = exec("ADD", "c1", &conf(v, json!({})), agent, dp)
+        .unwrap()
+        .unwrap();
     let prev: Value = serde_json::from_str(&out).unwrap();
     conf(v, json!({"prevResult": prev}))
 }
@@ -301,7 +431,11 @@ fn check_passes_after_add_for_every_version_that_has_it() {
     for v in [Version::V0_4_0, Version::V1_0_0, Version::V1_1_0] {
         let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
         let c = add_then_prev(v, &mut agent, &mut dp);
-        assert_eq!(exec("CHECK", "c1", &c, &mut agent, &mut dp).unwrap(), None, "{v}");
+        assert_eq!(
+            exec("CHECK", "c1", &c, &mut agent, &mut dp).unwrap(),
+            None,
+            "{v}"
+        );
         assert!(agent.calls.iter().any(|c| matches!(c, AgentCall::Check(_))));
     }
 }
@@ -311,8 +445,12 @@ fn check_catches_drift() {
     type Break = fn(&mut FakeAgent, &mut FakeDataplane);
     let breaks: [(&str, Break); 6] = [
         ("address removed", |_, dp| dp.pairs[0].addresses.clear()),
-        ("default route removed", |_, dp| dp.pairs[0].routes.retain(|r| r.scope_link)),
-        ("gateway link route removed", |_, dp| dp.pairs[0].routes.retain(|r| !r.scope_link)),
+        ("default route removed", |_, dp| {
+            dp.pairs[0].routes.retain(|r| r.scope_link)
+        }),
+        ("gateway link route removed", |_, dp| {
+            dp.pairs[0].routes.retain(|r| !r.scope_link)
+        }),
         ("proxy_arp off", |_, dp| dp.pairs[0].proxy_arp = false),
         ("veth gone", |_, dp| dp.pairs.clear()),
         ("agent lost the allocation", |agent, _| agent.held.clear()),
@@ -329,9 +467,23 @@ fn check_catches_drift() {
 #[test]
 fn check_needs_0_4_0_and_a_prev_result() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
-    let err = exec("CHECK", "c1", &conf(Version::V0_3_1, json!({})), &mut agent, &mut dp).unwrap_err();
+    let err = exec(
+        "CHECK",
+        "c1",
+        &conf(Version::V0_3_1, json!({})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap_err();
     assert_eq!(err.code, Code::IncompatibleVersion);
-    let err = exec("CHECK", "c1", &conf(Version::V1_0_0, json!({})), &mut agent, &mut dp).unwrap_err();
+    let err = exec(
+        "CHECK",
+        "c1",
+        &conf(Version::V1_0_0, json!({})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap_err();
     assert_eq!(err.code, Code::InvalidNetworkConfig);
 }
 
@@ -343,11 +495,24 @@ fn status_is_50_until_the_agent_is_ready() {
     assert_eq!(exec("STATUS", "", &c, &mut agent, &mut dp).unwrap(), None);
     agent.not_ready = true;
     let err = exec("STATUS", "", &c, &mut agent, &mut dp).unwrap_err();
-    assert_eq!((err.code, err.details.as_str()), (Code::NotAvailable, "syncing"));
+    assert_eq!(
+        (err.code, err.details.as_str()),
+        (Code::NotAvailable, "syncing")
+    );
     agent.unavailable = true;
-    assert_eq!(exec("STATUS", "", &c, &mut agent, &mut dp).unwrap_err().code, Code::NotAvailable);
+    assert_eq!(
+        exec("STATUS", "", &c, &mut agent, &mut dp)
+            .unwrap_err()
+            .code,
+        Code::NotAvailable
+    );
     let old = conf(Version::V1_0_0, json!({}));
-    assert_eq!(exec("STATUS", "", &old, &mut agent, &mut dp).unwrap_err().code, Code::IncompatibleVersion);
+    assert_eq!(
+        exec("STATUS", "", &old, &mut agent, &mut dp)
+            .unwrap_err()
+            .code,
+        Code::IncompatibleVersion
+    );
 }
 
 #[test]
@@ -362,12 +527,35 @@ fn gc_releases_what_is_not_listed() {
     block_on(run(&other, &c, &mut agent, &mut dp)).unwrap();
     assert_eq!(agent.held.len(), 2);
 
-    let gc = conf(Version::V1_1_0, json!({"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}));
+    let gc = conf(
+        Version::V1_1_0,
+        json!({"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}),
+    );
     assert_eq!(exec("GC", "", &gc, &mut agent, &mut dp).unwrap(), None);
-    assert_eq!(agent.held.keys().map(|k| k.1.as_str()).collect::<Vec<_>>(), vec!["keep"]);
+    assert_eq!(
+        agent.held.keys().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+        vec!["keep"]
+    );
 
-    assert_eq!(exec("GC", "", &c, &mut agent, &mut dp).unwrap_err().code, Code::InvalidNetworkConfig);
-    assert_eq!(exec("GC", "", &conf(Version::V1_0_0, json!({})), &mut agent, &mut dp).unwrap_err().code, Code::IncompatibleVersion);
+    assert_eq!(
+        exec("GC", "", &c, &mut agent, &mut dp).unwrap_err().code,
+        Code::InvalidNetworkConfig
+    );
+    assert_eq!(
+        exec(
+            "GC",
+            "",
+            &conf(Version::V1_0_0, json!({})),
+            &mut agent,
+            &mut dp
+        )
+        .unwrap_err()
+        .code,
+        Code::IncompatibleVersion
+    );
     agent.unavailable = true;
-    assert_eq!(exec("GC", "", &gc, &mut agent, &mut dp).unwrap_err().code, Code::TryAgainLater);
+    assert_eq!(
+        exec("GC", "", &gc, &mut agent, &mut dp).unwrap_err().code,
+        Code::TryAgainLater
+    );
 }

@@ -13,13 +13,19 @@ use std::path::Path;
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use self::netlink::Netlink;
 use self::worker::PodNetns;
-use crate::dataplane::{Created, Dataplane, DataplaneError, HostState, LinkState, PodRouteState, PodState};
+use crate::dataplane::{
+    Created, Dataplane, DataplaneError, HostState, LinkState, PodRouteState, PodState,
+};
 use crate::plan::{HOST_MAC, PodPlan, PodRoute, format_mac};
 
 /// The kernel, reached through netlink. Sockets and namespace threads are opened on first
@@ -37,9 +43,13 @@ impl KernelDataplane {
 
     fn host(&mut self) -> Result<&mut Netlink, DataplaneError> {
         if self.host.is_none() {
-            self.host = Some(Netlink::open().map_err(|e| DataplaneError::failed("open netlink socket", e))?);
+            self.host = Some(
+                Netlink::open().map_err(|e| DataplaneError::failed("open netlink socket", e))?,
+            );
         }
-        self.host.as_mut().ok_or_else(|| DataplaneError::failed("open netlink socket", "unavailable"))
+        self.host
+            .as_mut()
+            .ok_or_else(|| DataplaneError::failed("open netlink socket", "unavailable"))
     }
 
     /// The worker for `netns`; one process serves one attachment, so one is kept.
@@ -48,7 +58,9 @@ impl KernelDataplane {
             self.pod = None;
             self.pod = Some(PodNetns::enter(netns)?);
         }
-        self.pod.as_ref().ok_or_else(|| DataplaneError::NetnsMissing(netns.to_owned()))
+        self.pod
+            .as_ref()
+            .ok_or_else(|| DataplaneError::NetnsMissing(netns.to_owned()))
     }
 }
 
@@ -105,7 +117,9 @@ fn delete_link(nl: &mut Netlink, name: &str) -> io::Result<bool> {
 fn addresses_of(nl: &mut Netlink, index: u32) -> io::Result<Vec<IpNet>> {
     let mut out = Vec::new();
     for msg in nl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))? {
-        let RouteNetlinkMessage::NewAddress(a) = msg else { continue };
+        let RouteNetlinkMessage::NewAddress(a) = msg else {
+            continue;
+        };
         if a.header.index != index {
             continue;
         }
@@ -139,7 +153,9 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 fn main_routes(nl: &mut Netlink) -> io::Result<Vec<PodRouteState>> {
     let mut out = Vec::new();
     for msg in nl.dump(RouteNetlinkMessage::GetRoute(RouteMessage::default()))? {
-        let RouteNetlinkMessage::NewRoute(r) = msg else { continue };
+        let RouteNetlinkMessage::NewRoute(r) = msg else {
+            continue;
+        };
         let mut table = u32::from(r.header.table);
         let (mut dst, mut gateway, mut oif) = (None, None, None);
         for attr in &r.attributes {
@@ -161,14 +177,23 @@ fn main_routes(nl: &mut Netlink) -> io::Result<Vec<PodRouteState>> {
             _ => continue,
         };
         if let Ok(dst) = IpNet::new(dst, r.header.destination_prefix_length) {
-            out.push(PodRouteState { dst, gateway, oif, scope_link: r.header.scope == RouteScope::Link });
+            out.push(PodRouteState {
+                dst,
+                gateway,
+                oif,
+                scope_link: r.header.scope == RouteScope::Link,
+            });
         }
     }
     Ok(out)
 }
 
 fn family_of(ip: IpAddr) -> AddressFamily {
-    if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 }
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
 }
 
 fn new_address(index: u32, addr: IpNet) -> RouteNetlinkMessage {
@@ -181,7 +206,8 @@ fn new_address(index: u32, addr: IpNet) -> RouteNetlinkMessage {
         msg.attributes.push(AddressAttribute::Local(addr.addr()));
     } else {
         // The pod is alone on its link: duplicate address detection can only delay it.
-        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
     RouteNetlinkMessage::NewAddress(msg)
 }
@@ -203,7 +229,8 @@ fn new_route(index: u32, route: PodRoute) -> RouteNetlinkMessage {
             msg.header.destination_prefix_length = dst.prefix_len();
             msg.header.scope = RouteScope::Universe;
             if dst.prefix_len() > 0 {
-                msg.attributes.push(RouteAttribute::Destination(dst.addr().into()));
+                msg.attributes
+                    .push(RouteAttribute::Destination(dst.addr().into()));
             }
             msg.attributes.push(RouteAttribute::Gateway(gw.into()));
         }
@@ -213,7 +240,8 @@ fn new_route(index: u32, route: PodRoute) -> RouteNetlinkMessage {
 }
 
 fn write_sysctl(path: &str, value: &str) -> Result<(), DataplaneError> {
-    std::fs::write(path, value).map_err(|e| DataplaneError::failed(format!("write {value} to {path}"), e))
+    std::fs::write(path, value)
+        .map_err(|e| DataplaneError::failed(format!("write {value} to {path}"), e))
 }
 
 /// The host side's sysctls (DESIGN.md "Dataplane"): answer ARP for the gateway by proxy, at
@@ -221,7 +249,10 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), DataplaneError> {
 /// works as soon as the link is up.
 fn host_sysctls(ifname: &str, ipv6: bool) -> Result<(), DataplaneError> {
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/proxy_arp"), "1")?;
-    write_sysctl(&format!("/proc/sys/net/ipv4/neigh/{ifname}/proxy_delay"), "0")?;
+    write_sysctl(
+        &format!("/proc/sys/net/ipv4/neigh/{ifname}/proxy_delay"),
+        "0",
+    )?;
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "1")?;
     if ipv6 {
         write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/proxy_ndp"), "1")?;
@@ -238,26 +269,43 @@ fn up_flags(msg: &mut LinkMessage, up: bool) {
 }
 
 impl Dataplane for KernelDataplane {
-    async fn pod_state(&mut self, netns: &Path, ifname: &str, detail: bool) -> Result<Option<PodState>, DataplaneError> {
+    async fn pod_state(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+        detail: bool,
+    ) -> Result<Option<PodState>, DataplaneError> {
         let name = ifname.to_owned();
         self.pod(netns)?
             .run(move |nl| -> io::Result<Option<PodState>> {
-                let Some(link) = get_link(nl, &name)? else { return Ok(None) };
-                let (addresses, routes) =
-                    if detail { (addresses_of(nl, link.index)?, main_routes(nl)?) } else { (vec![], vec![]) };
-                Ok(Some(PodState { link, addresses, routes }))
+                let Some(link) = get_link(nl, &name)? else {
+                    return Ok(None);
+                };
+                let (addresses, routes) = if detail {
+                    (addresses_of(nl, link.index)?, main_routes(nl)?)
+                } else {
+                    (vec![], vec![])
+                };
+                Ok(Some(PodState {
+                    link,
+                    addresses,
+                    routes,
+                }))
             })
             .await?
             .map_err(|e| DataplaneError::failed(format!("read {ifname} in {}", netns.display()), e))
     }
 
     async fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError> {
-        let Some(link) = get_link(self.host()?, name).map_err(|e| DataplaneError::failed(format!("read link {name}"), e))? else {
+        let Some(link) = get_link(self.host()?, name)
+            .map_err(|e| DataplaneError::failed(format!("read link {name}"), e))?
+        else {
             return Ok(None);
         };
-        let proxy_arp = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/proxy_arp"))
-            .map(|v| v.trim() == "1")
-            .unwrap_or(false);
+        let proxy_arp =
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/proxy_arp"))
+                .map(|v| v.trim() == "1")
+                .unwrap_or(false);
         Ok(Some(HostState { link, proxy_arp }))
     }
 
@@ -269,52 +317,84 @@ impl Dataplane for KernelDataplane {
         // kernel configures the peer before it pairs the two, so IFF_UP there fails with
         // ENOTCONN (veth_open finds no peer); the pod-side batch below brings it up.
         let mut peer = LinkMessage::default();
-        peer.attributes.push(LinkAttribute::IfName(plan.ifname.clone()));
+        peer.attributes
+            .push(LinkAttribute::IfName(plan.ifname.clone()));
         peer.attributes.push(LinkAttribute::Mtu(plan.mtu));
         {
             let pod = self.pod(&plan.netns)?;
-            peer.attributes.push(LinkAttribute::NetNsFd(std::os::fd::AsRawFd::as_raw_fd(&pod.fd())));
+            peer.attributes
+                .push(LinkAttribute::NetNsFd(std::os::fd::AsRawFd::as_raw_fd(
+                    &pod.fd(),
+                )));
         }
         let mut host = LinkMessage::default();
         up_flags(&mut host, !ipv6);
-        host.attributes.push(LinkAttribute::IfName(plan.host_ifname.clone()));
+        host.attributes
+            .push(LinkAttribute::IfName(plan.host_ifname.clone()));
         host.attributes.push(LinkAttribute::Mtu(plan.mtu));
-        host.attributes.push(LinkAttribute::Address(HOST_MAC.to_vec()));
+        host.attributes
+            .push(LinkAttribute::Address(HOST_MAC.to_vec()));
         host.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
         self.host()?
-            .request(RouteNetlinkMessage::NewLink(host), NLM_F_CREATE | NLM_F_EXCL)
-            .map_err(|e| DataplaneError::failed(format!("create veth {} / {}", plan.host_ifname, plan.ifname), e))?;
+            .request(
+                RouteNetlinkMessage::NewLink(host),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .map_err(|e| {
+                DataplaneError::failed(
+                    format!("create veth {} / {}", plan.host_ifname, plan.ifname),
+                    e,
+                )
+            })?;
 
         host_sysctls(&plan.host_ifname, ipv6)?;
         if ipv6 {
             let mut up = LinkMessage::default();
             up_flags(&mut up, true);
-            up.attributes.push(LinkAttribute::IfName(plan.host_ifname.clone()));
+            up.attributes
+                .push(LinkAttribute::IfName(plan.host_ifname.clone()));
             self.host()?
                 .request(RouteNetlinkMessage::SetLink(up), 0)
                 .map_err(|e| DataplaneError::failed(format!("set {} up", plan.host_ifname), e))?;
         }
 
-        let (ifname, addresses, routes) = (plan.ifname.clone(), plan.addresses.clone(), plan.routes.clone());
+        let (ifname, addresses, routes) = (
+            plan.ifname.clone(),
+            plan.addresses.clone(),
+            plan.routes.clone(),
+        );
         let pod = self.pod(&plan.netns)?;
         let netns = plan.netns.display().to_string();
         pod.run(move |nl| -> Result<String, DataplaneError> {
             let link = get_link(nl, &ifname)
                 .map_err(|e| DataplaneError::failed(format!("read {ifname}"), e))?
-                .ok_or_else(|| DataplaneError::failed(format!("find {ifname} in {netns}"), "the new veth end is missing"))?;
+                .ok_or_else(|| {
+                    DataplaneError::failed(
+                        format!("find {ifname} in {netns}"),
+                        "the new veth end is missing",
+                    )
+                })?;
             // Each request with what it is, for the error message.
             let mut batch: Vec<(RouteNetlinkMessage, u16, String)> = Vec::new();
             if !link.up {
                 let mut up = LinkMessage::default();
                 up.header.index = link.index;
                 up_flags(&mut up, true);
-                batch.push((RouteNetlinkMessage::SetLink(up), 0, format!("set {ifname} up")));
+                batch.push((
+                    RouteNetlinkMessage::SetLink(up),
+                    0,
+                    format!("set {ifname} up"),
+                ));
             }
             for a in &addresses {
-                batch.push((new_address(link.index, *a), NLM_F_CREATE | NLM_F_EXCL, format!("add address {a}")));
+                batch.push((
+                    new_address(link.index, *a),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    format!("add address {a}"),
+                ));
             }
             // In order: the link route to the gateway precedes the default route via it.
             // EXCL, as Calico does: the link is brand new, so an existing route of the same
@@ -328,26 +408,35 @@ impl Dataplane for KernelDataplane {
                 batch.push((new_route(link.index, *r), NLM_F_CREATE | NLM_F_EXCL, what));
             }
             let what: Vec<String> = batch.iter().map(|b| b.2.clone()).collect();
-            nl.batch(batch.into_iter().map(|(m, f, _)| (m, f)).collect()).map_err(|(i, e)| {
-                let step = what.get(i).map_or("configure", String::as_str);
-                DataplaneError::failed(format!("{step} on {ifname} in {netns}"), e)
-            })?;
-            link.mac.ok_or_else(|| DataplaneError::failed(format!("read {ifname}"), "no MAC address"))
+            nl.batch(batch.into_iter().map(|(m, f, _)| (m, f)).collect())
+                .map_err(|(i, e)| {
+                    let step = what.get(i).map_or("configure", String::as_str);
+                    DataplaneError::failed(format!("{step} on {ifname} in {netns}"), e)
+                })?;
+            link.mac
+                .ok_or_else(|| DataplaneError::failed(format!("read {ifname}"), "no MAC address"))
         })
         .await?
         .map(|pod_mac| Created { pod_mac })
     }
 
     async fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
-        delete_link(self.host()?, name).map_err(|e| DataplaneError::failed(format!("delete {name}"), e))
+        delete_link(self.host()?, name)
+            .map_err(|e| DataplaneError::failed(format!("delete {name}"), e))
     }
 
-    async fn delete_pod_link(&mut self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
+    async fn delete_pod_link(
+        &mut self,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<bool, DataplaneError> {
         let name = ifname.to_owned();
         self.pod(netns)?
             .run(move |nl| delete_link(nl, &name))
             .await?
-            .map_err(|e| DataplaneError::failed(format!("delete {ifname} in {}", netns.display()), e))
+            .map_err(|e| {
+                DataplaneError::failed(format!("delete {ifname} in {}", netns.display()), e)
+            })
     }
 }
 
@@ -365,32 +454,69 @@ mod tests {
 
     #[test]
     fn gateway_link_route_is_a_host_route_of_link_scope() {
-        let r = route(new_route(7, PodRoute::Link { dst: GATEWAY_V4.into() }));
+        let r = route(new_route(
+            7,
+            PodRoute::Link {
+                dst: GATEWAY_V4.into(),
+            },
+        ));
         assert_eq!(r.header.scope, RouteScope::Link);
         assert_eq!(r.header.destination_prefix_length, 32);
         assert_eq!(r.header.table, RouteHeader::RT_TABLE_MAIN);
-        assert!(r.attributes.contains(&RouteAttribute::Destination(RouteAddress::Inet(GATEWAY_V4))));
+        assert!(
+            r.attributes
+                .contains(&RouteAttribute::Destination(RouteAddress::Inet(GATEWAY_V4)))
+        );
         assert!(r.attributes.contains(&RouteAttribute::Oif(7)));
-        assert!(!r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(_))));
+        assert!(
+            !r.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(_)))
+        );
     }
 
     #[test]
     fn default_route_has_no_destination_and_a_gateway() {
-        let r = route(new_route(7, PodRoute::Via { dst: "::/0".parse().unwrap(), gw: GATEWAY_V6.into() }));
+        let r = route(new_route(
+            7,
+            PodRoute::Via {
+                dst: "::/0".parse().unwrap(),
+                gw: GATEWAY_V6.into(),
+            },
+        ));
         assert_eq!(r.header.address_family, AddressFamily::Inet6);
         assert_eq!(r.header.scope, RouteScope::Universe);
         assert_eq!(r.header.destination_prefix_length, 0);
-        assert!(!r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(_))));
-        assert!(r.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet6(GATEWAY_V6))));
+        assert!(
+            !r.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Destination(_)))
+        );
+        assert!(
+            r.attributes
+                .contains(&RouteAttribute::Gateway(RouteAddress::Inet6(GATEWAY_V6)))
+        );
     }
 
     #[test]
     fn ipv4_addresses_carry_local_and_ipv6_skip_dad() {
-        let RouteNetlinkMessage::NewAddress(v4) = new_address(3, "10.0.0.5/32".parse().unwrap()) else { panic!() };
+        let RouteNetlinkMessage::NewAddress(v4) = new_address(3, "10.0.0.5/32".parse().unwrap())
+        else {
+            panic!()
+        };
         assert_eq!((v4.header.prefix_len, v4.header.index), (32, 3));
-        assert!(v4.attributes.contains(&AddressAttribute::Local("10.0.0.5".parse().unwrap())));
-        let RouteNetlinkMessage::NewAddress(v6) = new_address(3, "fd00::5/128".parse().unwrap()) else { panic!() };
-        assert!(v6.attributes.contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
+        assert!(
+            v4.attributes
+                .contains(&AddressAttribute::Local("10.0.0.5".parse().unwrap()))
+        );
+        let RouteNetlinkMessage::NewAddress(v6) = new_address(3, "fd00::5/128".parse().unwrap())
+        else {
+            panic!()
+        };
+        assert!(
+            v6.attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Nodad))
+        );
     }
 
     #[test]

@@ -26,7 +26,11 @@ impl Netlink {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(Netlink { socket, seq: 0, buf: Vec::with_capacity(RECV_BUF) })
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
     }
 
     fn send(&mut self, msgs: Vec<(RouteNetlinkMessage, u16)>) -> io::Result<Vec<u32>> {
@@ -49,14 +53,22 @@ impl Netlink {
     }
 
     /// Reads replies until `done(seq, payload)` has seen what it waits for.
-    fn receive(&mut self, mut on: impl FnMut(u32, NetlinkPayload<RouteNetlinkMessage>) -> io::Result<bool>) -> io::Result<()> {
+    fn receive(
+        &mut self,
+        mut on: impl FnMut(u32, NetlinkPayload<RouteNetlinkMessage>) -> io::Result<bool>,
+    ) -> io::Result<()> {
         loop {
             self.buf.clear();
             let n = self.socket.recv(&mut self.buf, 0)?;
             let mut off = 0;
             while off < n {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad netlink reply: {e}")))?;
+                    .map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("bad netlink reply: {e}"),
+                        )
+                    })?;
                 let len = msg.header.length as usize;
                 if len == 0 {
                     break;
@@ -72,12 +84,19 @@ impl Netlink {
     /// Sends several requests in one datagram and waits for every acknowledgement: one
     /// round trip for, say, an address and two routes. The first failure is returned with
     /// the index of the request that caused it.
-    pub fn batch(&mut self, msgs: Vec<(RouteNetlinkMessage, u16)>) -> Result<(), (usize, io::Error)> {
-        let seqs = self.send(msgs.into_iter().map(|(m, f)| (m, f | NLM_F_ACK)).collect()).map_err(|e| (0, e))?;
+    pub fn batch(
+        &mut self,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+    ) -> Result<(), (usize, io::Error)> {
+        let seqs = self
+            .send(msgs.into_iter().map(|(m, f)| (m, f | NLM_F_ACK)).collect())
+            .map_err(|e| (0, e))?;
         let mut pending = seqs.len();
         let mut first_err: Option<(usize, io::Error)> = None;
         let result = self.receive(|seq, payload| {
-            if let (Some(i), NetlinkPayload::Error(e)) = (seqs.iter().position(|&s| s == seq), payload) {
+            if let (Some(i), NetlinkPayload::Error(e)) =
+                (seqs.iter().position(|&s| s == seq), payload)
+            {
                 if e.code.is_some() && first_err.is_none() {
                     first_err = Some((i, e.to_io()));
                 }

@@ -34,7 +34,9 @@ impl PodNetns {
             _ => DataplaneError::failed(format!("open {}", path.display()), e),
         })?;
         let fd = OwnedFd::from(file);
-        let thread_fd = fd.try_clone().map_err(|e| DataplaneError::failed("dup netns fd", e))?;
+        let thread_fd = fd
+            .try_clone()
+            .map_err(|e| DataplaneError::failed("dup netns fd", e))?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), (bool, String)>>(1);
         let thread = std::thread::Builder::new()
@@ -42,7 +44,8 @@ impl PodNetns {
             .spawn(move || {
                 if let Err(e) = setns(thread_fd.as_fd(), CloneFlags::CLONE_NEWNET) {
                     // EINVAL: the descriptor is not a network namespace.
-                    let _ = ready_tx.send(Err((e == nix::errno::Errno::EINVAL, format!("setns: {e}"))));
+                    let _ =
+                        ready_tx.send(Err((e == nix::errno::Errno::EINVAL, format!("setns: {e}"))));
                     return;
                 }
                 drop(thread_fd);
@@ -60,10 +63,21 @@ impl PodNetns {
             })
             .map_err(|e| DataplaneError::failed("spawn netns thread", e))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(PodNetns { path: path.to_owned(), fd, jobs: Some(jobs), thread: Some(thread) }),
+            Ok(Ok(())) => Ok(PodNetns {
+                path: path.to_owned(),
+                fd,
+                jobs: Some(jobs),
+                thread: Some(thread),
+            }),
             Ok(Err((true, _))) => Err(DataplaneError::NetnsMissing(path.to_owned())),
-            Ok(Err((false, msg))) => Err(DataplaneError::failed(format!("enter {}", path.display()), msg)),
-            Err(_) => Err(DataplaneError::failed(format!("enter {}", path.display()), "netns thread died")),
+            Ok(Err((false, msg))) => Err(DataplaneError::failed(
+                format!("enter {}", path.display()),
+                msg,
+            )),
+            Err(_) => Err(DataplaneError::failed(
+                format!("enter {}", path.display()),
+                "netns thread died",
+            )),
         }
     }
 
@@ -82,12 +96,16 @@ impl PodNetns {
         job: impl FnOnce(&mut Netlink) -> R + Send + 'static,
     ) -> Result<R, DataplaneError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let jobs = self.jobs.as_ref().ok_or_else(|| DataplaneError::failed("netns thread", "already stopped"))?;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| DataplaneError::failed("netns thread", "already stopped"))?;
         jobs.send(Box::new(move |nl| {
             let _ = tx.send(job(nl));
         }))
         .map_err(|_| DataplaneError::failed("netns thread", "stopped"))?;
-        rx.await.map_err(|_| DataplaneError::failed("netns thread", "died during a job"))
+        rx.await
+            .map_err(|_| DataplaneError::failed("netns thread", "died during a job"))
     }
 }
 

@@ -23,13 +23,24 @@ pub const IP: &str = "/usr/sbin/ip";
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command, panicking with its stderr when it fails. Returns stdout.
 pub fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -86,13 +97,18 @@ impl NetNs {
     }
 
     pub fn has_link(&self, name: &str) -> bool {
-        Command::new("ip").args(["-n", &self.name, "link", "show", "dev", name]).output().is_ok_and(|o| o.status.success())
+        Command::new("ip")
+            .args(["-n", &self.name, "link", "show", "dev", name])
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -102,12 +118,22 @@ impl Drop for NetNs {
 pub fn node_ns() -> NetNs {
     let node = NetNs::new("cni-node");
     // This kernel has no dummy driver: a veth whose peer stays in the node serves as uplink.
-    node.ip(&["link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p"]);
+    node.ip(&[
+        "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p",
+    ]);
     node.ip(&["addr", "add", "10.200.0.1/24", "dev", "uplink0"]);
     node.ip(&["link", "set", "uplink0", "up"]);
     node.ip(&["link", "set", "uplink0p", "up"]);
     node.ip(&["route", "add", "default", "dev", "uplink0"]);
-    node.ip(&["-6", "addr", "add", "fd00:200::1/64", "dev", "uplink0", "nodad"]);
+    node.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:200::1/64",
+        "dev",
+        "uplink0",
+        "nodad",
+    ]);
     node.ip(&["-6", "route", "add", "default", "dev", "uplink0"]);
     // The agent's job on a real node (pod ↔ pod over IPv6 is forwarded by the host).
     node.output("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
@@ -138,13 +164,18 @@ pub struct TestAgentSvc {
 }
 
 fn key(a: &Option<Attachment>) -> Result<(String, String, String), Status> {
-    let a = a.as_ref().ok_or_else(|| Status::invalid_argument("attachment missing"))?;
+    let a = a
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("attachment missing"))?;
     Ok((a.network.clone(), a.container_id.clone(), a.ifname.clone()))
 }
 
 #[tonic::async_trait]
 impl Cni for TestAgentSvc {
-    async fn allocate(&self, req: Request<AllocateRequest>) -> Result<Response<AllocateReply>, Status> {
+    async fn allocate(
+        &self,
+        req: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateReply>, Status> {
         let req = req.into_inner();
         let k = key(&req.attachment)?;
         let mut st = self.state.lock().unwrap();
@@ -162,11 +193,20 @@ impl Cni for TestAgentSvc {
                 a
             }
         };
-        let ips = addrs.split(',').map(|a| IpConfig { address: a.to_owned(), gateway: String::new() }).collect();
+        let ips = addrs
+            .split(',')
+            .map(|a| IpConfig {
+                address: a.to_owned(),
+                gateway: String::new(),
+            })
+            .collect();
         Ok(Response::new(AllocateReply { ips, mtu: 1450 }))
     }
 
-    async fn endpoint_ready(&self, req: Request<EndpointReadyRequest>) -> Result<Response<EndpointReadyReply>, Status> {
+    async fn endpoint_ready(
+        &self,
+        req: Request<EndpointReadyRequest>,
+    ) -> Result<Response<EndpointReadyReply>, Status> {
         let req = req.into_inner();
         let (fail, skip) = {
             let mut st = self.state.lock().unwrap();
@@ -181,17 +221,34 @@ impl Cni for TestAgentSvc {
         }
         for a in &req.addresses {
             let out = Command::new("ip")
-                .args(["-n", &self.node_ns, "route", "replace", a, "dev", &req.host_ifname, "scope", "link", "proto", "116"])
+                .args([
+                    "-n",
+                    &self.node_ns,
+                    "route",
+                    "replace",
+                    a,
+                    "dev",
+                    &req.host_ifname,
+                    "scope",
+                    "link",
+                    "proto",
+                    "116",
+                ])
                 .output()
                 .map_err(|e| Status::internal(e.to_string()))?;
             if !out.status.success() {
-                return Err(Status::internal(String::from_utf8_lossy(&out.stderr).into_owned()));
+                return Err(Status::internal(
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
             }
         }
         Ok(Response::new(EndpointReadyReply {}))
     }
 
-    async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
+    async fn release(
+        &self,
+        req: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseReply>, Status> {
         let k = key(&req.into_inner().attachment)?;
         let mut st = self.state.lock().unwrap();
         st.calls.push(format!("Release {}", k.1));
@@ -199,38 +256,59 @@ impl Cni for TestAgentSvc {
         let skip = st.skip_routes;
         for addr in released.iter().flat_map(|a| a.split(',')).filter(|_| !skip) {
             // Gone with the veth already, normally; a leftover would be our bug.
-            let _ = Command::new("ip").args(["-n", &self.node_ns, "route", "del", addr, "proto", "116"]).output();
+            let _ = Command::new("ip")
+                .args(["-n", &self.node_ns, "route", "del", addr, "proto", "116"])
+                .output();
         }
-        Ok(Response::new(ReleaseReply { released: u32::from(released.is_some()) }))
+        Ok(Response::new(ReleaseReply {
+            released: u32::from(released.is_some()),
+        }))
     }
 
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
         let k = key(&req.into_inner().attachment)?;
         let mut st = self.state.lock().unwrap();
         st.calls.push(format!("Check {}", k.1));
-        let addresses = st.held.get(&k).map(|a| a.split(',').map(str::to_owned).collect()).unwrap_or_default();
+        let addresses = st
+            .held
+            .get(&k)
+            .map(|a| a.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
         Ok(Response::new(CheckReply { addresses }))
     }
 
     async fn gc(&self, req: Request<GcRequest>) -> Result<Response<GcReply>, Status> {
         let req = req.into_inner();
-        let valid: Vec<(String, String, String)> =
-            req.valid_attachments.iter().map(|a| (a.network.clone(), a.container_id.clone(), a.ifname.clone())).collect();
+        let valid: Vec<(String, String, String)> = req
+            .valid_attachments
+            .iter()
+            .map(|a| (a.network.clone(), a.container_id.clone(), a.ifname.clone()))
+            .collect();
         let mut st = self.state.lock().unwrap();
         st.calls.push("Gc".into());
         let before = st.held.len();
-        st.held.retain(|k, _| k.0 != req.network || valid.contains(k));
-        Ok(Response::new(GcReply { released: (before - st.held.len()) as u32 }))
+        st.held
+            .retain(|k, _| k.0 != req.network || valid.contains(k));
+        Ok(Response::new(GcReply {
+            released: (before - st.held.len()) as u32,
+        }))
     }
 }
 
 #[tonic::async_trait]
 impl StatusSvc for TestAgentSvc {
-    async fn get_status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn get_status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
         let st = self.state.lock().unwrap();
         Ok(Response::new(StatusReply {
             ready: st.ready,
-            reason: if st.ready { String::new() } else { "test agent: not ready".into() },
+            reason: if st.ready {
+                String::new()
+            } else {
+                "test agent: not ready".into()
+            },
             node_name: "test-node".into(),
             ..Default::default()
         }))
@@ -249,9 +327,19 @@ impl TestAgent {
     pub fn start(node: &NetNs) -> TestAgent {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let state = Arc::new(Mutex::new(AgentState { ready: true, ..Default::default() }));
-        let svc = TestAgentSvc { state: state.clone(), node_ns: node.name.clone() };
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let state = Arc::new(Mutex::new(AgentState {
+            ready: true,
+            ..Default::default()
+        }));
+        let svc = TestAgentSvc {
+            state: state.clone(),
+            node_ns: node.name.clone(),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = {
             let _guard = runtime.enter();
             tortie_api::bind_root_only(&socket).unwrap()
@@ -262,7 +350,12 @@ impl TestAgent {
                 .add_service(StatusServer::new(svc))
                 .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
         );
-        TestAgent { socket, state, _dir: dir, runtime: Some(runtime) }
+        TestAgent {
+            socket,
+            state,
+            _dir: dir,
+            runtime: Some(runtime),
+        }
     }
 
     pub fn held(&self) -> Vec<String> {
@@ -288,12 +381,16 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 
     /// Asserts a CNI error with `code` and returns its JSON.
     pub fn error(&self, code: u64) -> Value {
-        assert_ne!(self.code, 0, "expected CNI error {code}, got success: {self:?}");
+        assert_ne!(
+            self.code, 0,
+            "expected CNI error {code}, got success: {self:?}"
+        );
         let v = self.json();
         assert_eq!(v["code"], code, "{self:?}");
         assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{self:?}");
@@ -320,7 +417,9 @@ impl Invocation {
             container_id: container_id.to_owned(),
             netns: Some(netns.to_owned()),
             ifname: "eth0".into(),
-            args: format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID=uid-{pod}"),
+            args: format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID=uid-{pod}"
+            ),
         }
     }
 }
@@ -331,7 +430,14 @@ pub fn exec(node: &NetNs, plugin: &Path, command: &str, inv: &Invocation, stdin:
 }
 
 /// [`exec`] with extra environment variables for the plugin.
-pub fn exec_env(node: &NetNs, plugin: &Path, command: &str, inv: &Invocation, stdin: &str, extra: &[(&str, &str)]) -> Reply {
+pub fn exec_env(
+    node: &NetNs,
+    plugin: &Path,
+    command: &str,
+    inv: &Invocation,
+    stdin: &str,
+    extra: &[(&str, &str)],
+) -> Reply {
     // By absolute path: `extra` may replace PATH, which is also where `ip` would be looked up.
     let mut cmd = Command::new(IP);
     cmd.envs(extra.iter().copied());
@@ -349,9 +455,16 @@ pub fn exec_env(node: &NetNs, plugin: &Path, command: &str, inv: &Invocation, st
 }
 
 pub fn exec_with(mut cmd: Command, stdin: &str) -> Reply {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     Reply {
         code: out.status.code().unwrap_or(-1),
@@ -366,8 +479,17 @@ pub fn tortie() -> PathBuf {
 
 /// The host veth name the plugin must use (DESIGN.md), computed independently with sha1sum.
 pub fn expected_host_ifname(pod: &str) -> String {
-    let mut child = Command::new("sha1sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(format!("default.{pod}").as_bytes()).unwrap();
+    let mut child = Command::new("sha1sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("default.{pod}").as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     format!("tort{}", &String::from_utf8_lossy(&out.stdout)[..11])
 }
