@@ -18,15 +18,23 @@ use tortie_lab::pod::{self, AddOptions, Attachment, PodRecord, PodRef};
 const NODE: &str = "node-1";
 const NETWORK: &str = "k8s-pod-network";
 
-/// A one-node lab with its real agent ready.
-fn lab(tag: &str) -> TestLab {
+/// A one-node lab with its real agent ready, and `pods_per_node` pods from `up`.
+fn lab(tag: &str, pods_per_node: u32) -> TestLab {
     let agent = tortie_lab::agents::agent_binary().filter(|p| p.is_file());
     assert!(
         agent.is_some(),
         "tortie-node is not built: cargo build -p tortie-node -p tortie-cni"
     );
     let t = TestLab::new(tag);
-    let out = t.ok(&["up", "--nodes", "1", "--agent-timeout", "30"]);
+    let out = t.ok(&[
+        "up",
+        "--nodes",
+        "1",
+        "--agent-timeout",
+        "30",
+        "--pods-per-node",
+        &pods_per_node.to_string(),
+    ]);
     assert!(out.contains("lab up"), "{out}");
     let status: Value =
         serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
@@ -191,7 +199,7 @@ fn version_at_least_0_4(v: &str) -> bool {
 /// pod pings, CHECK, then DEL twice, and nothing of the pod left.
 #[test]
 fn every_spec_version_adds_pings_checks_and_deletes_twice() {
-    let t = lab("v");
+    let t = lab("v", 0);
     for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         let list = conflist(&t, version);
         let tag = version.replace('.', "");
@@ -300,8 +308,24 @@ fn every_spec_version_adds_pings_checks_and_deletes_twice() {
 /// GC; STATUS with the agent stopped.
 #[test]
 fn chaining_drift_repeats_gc_and_status() {
-    let t = lab("p");
+    let t = lab("p", 1);
     let node = node_netns(&t);
+
+    // `up --pods-per-node 1` made default/pod-node-1-1; `status` reports it from the apiserver.
+    let status: Value =
+        serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
+    let upped = pod::load(&t.lab, &pod_ref("default/pod-node-1-1"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("up --pods-per-node made no pod: {status}"));
+    assert_eq!(status["pods"][0]["name"], "pod-node-1-1", "{status}");
+    assert_eq!(status["pods"][0]["ip"], ip_of(&upped).as_str(), "{status}");
+    assert_eq!(
+        status["pods"][0]["netns"],
+        t.lab.pod_netns("default", "pod-node-1-1").as_str(),
+        "{status}"
+    );
+    assert_calico_dataplane(&t, &upped);
+    assert!(pings(&t, "default/pod-node-1-1", NODE));
 
     // Chained with portmap, as the lab's kubelet does it.
     let out = t.ok(&[
@@ -337,7 +361,10 @@ fn chaining_drift_repeats_gc_and_status() {
         !nat.contains("18080"),
         "portmap's rules survived DEL: {nat}"
     );
-    assert!(tort_links(&t).is_empty() && !allocations(&t).contains_key(&pm.handle(NETWORK)));
+    assert!(
+        !tort_links(&t).contains(&host_ifname(&pm.pod))
+            && !allocations(&t).contains_key(&pm.handle(NETWORK))
+    );
     assert!(!pod_object_exists(&t, &pm.pod));
 
     // Drift: the agent owns the /32 and puts it back. It finds out on its periodic resync
@@ -368,7 +395,7 @@ fn chaining_drift_repeats_gc_and_status() {
         1,
         "{links:?}"
     );
-    assert_eq!(links.len(), 2, "{links:?}");
+    assert_eq!(links.len(), 3, "up's pod, drift and same: {links:?}");
     // Judged at the end, so that the steps below run whatever this says.
     let same_route = run_in(
         &node,
@@ -432,7 +459,11 @@ fn chaining_drift_repeats_gc_and_status() {
         .filter(|r| r.pod != leak.pod)
         .map(|r| (r.attachment.container_id, r.attachment.ifname))
         .collect();
-    assert_eq!(valid.len(), 3, "drift, same and gc-keep: {valid:?}");
+    assert_eq!(
+        valid.len(),
+        4,
+        "up's pod, drift, same and gc-keep: {valid:?}"
+    );
     rt11.gc(&valid).unwrap_or_else(|e| panic!("GC: {e}"));
     let held = allocations(&t);
     assert!(
