@@ -83,6 +83,10 @@ const EVENT_QUEUE: usize = 256;
 const SUBSCRIBER_QUEUE: usize = 64;
 /// Prefixes per Adj-RIB-Out batch: a few hundred UPDATEs, written in one go.
 const OUT_BATCH: usize = 16 * 1024;
+/// At most this many queued session events are folded into one subscriber batch ...
+const COALESCE_EVENTS: usize = 256;
+/// ... and at most about this many changes.
+const COALESCE_CHANGES: usize = 16 * 1024;
 /// Table snapshot chunk for new subscribers.
 const SNAPSHOT_CHUNK: usize = 4096;
 
@@ -116,6 +120,7 @@ impl Speaker {
             listener,
             events_tx,
             subscribers: Vec::new(),
+            pending: Vec::new(),
             generation: 0,
             sync_done: false,
             seed: random_seed(),
@@ -242,6 +247,8 @@ struct Owner {
     listener: Option<TcpListener>,
     events_tx: mpsc::Sender<ToOwner>,
     subscribers: Vec<mpsc::Sender<RibEvent>>,
+    /// Loc-RIB changes not yet sent to the subscribers.
+    pending: Vec<RouteChange>,
     generation: u64,
     sync_deadline: Instant,
     sync_done: bool,
@@ -262,10 +269,24 @@ impl Owner {
                     }
                     Some(cmd) => self.command(cmd).await,
                 },
-                Some(ev) = events.recv() => self.event(ev).await,
+                Some(ev) = events.recv() => {
+                    self.event(ev).await;
+                    // Take what else is already queued, so that the subscribers get
+                    // the changes of many small UPDATEs as one batch to pipeline.
+                    for _ in 0..COALESCE_EVENTS {
+                        if self.pending.len() >= COALESCE_CHANGES {
+                            break;
+                        }
+                        match events.try_recv() {
+                            Ok(ev) => self.event(ev).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
                 accepted = accept(self.listener.as_ref()) => self.inbound(accepted),
                 () = sleep_until(deadline) => self.timers().await,
             }
+            self.flush().await;
             self.pump();
         }
         // Every handle is gone: end the sessions with the task.
@@ -337,6 +358,9 @@ impl Owner {
                 let _ = reply.send(());
             }
             Command::Subscribe(reply) => {
+                // Current subscribers get what is pending; the new one starts from the
+                // table, which already has it.
+                self.flush().await;
                 let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
                 if reply.send(rx).is_err() {
                     return;
@@ -652,11 +676,23 @@ impl Owner {
         self.sync_done = true;
         self.rib.initial_sync_done();
         info!("initial sync done");
+        // The changes that completed the sync go first.
+        self.flush().await;
         self.broadcast(RibEvent::InitialSyncDone).await;
     }
 
+    /// Queues Loc-RIB changes for the subscribers; [`Owner::flush`] sends them.
     async fn publish(&mut self, changes: Vec<RouteChange>) {
-        if !changes.is_empty() {
+        if self.pending.is_empty() {
+            self.pending = changes;
+        } else {
+            self.pending.extend(changes);
+        }
+    }
+
+    async fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let changes = std::mem::take(&mut self.pending);
             self.broadcast(RibEvent::Changes(changes)).await;
         }
     }

@@ -954,3 +954,77 @@ fn changing_the_import_pools_refreshes_routes_from_peers() {
         let _ = b.shutdown().await;
     });
 }
+
+#[test]
+fn many_small_updates_reach_the_subscriber_in_few_batches() {
+    init_tracing();
+    let ns = Netns::new("flap");
+    ns.run(|| async {
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        a.add_peer(peer("127.0.0.3", "127.0.0.1", true))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut rx = a.subscribe().await.unwrap_or_else(|e| panic!("{e}"));
+        let (mut c, _buf) = raw_peer([10, 0, 0, 3]).await;
+        wait_state(&a, "127.0.0.3", State::Established).await;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {}
+
+        // A flapping peer: 2000 UPDATEs of one prefix each, announce and withdraw in turn
+        // over 1000 prefixes, written at once.
+        let codec = Codec {
+            four_octet_as: true,
+            external: false,
+        };
+        let mut flood = Vec::new();
+        for round in 0..2u32 {
+            for i in 0..1000u32 {
+                let prefix = ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24)
+                    .unwrap_or_default();
+                let update = if round == 0 {
+                    wire::Update {
+                        attributes: wire::PathAttributes {
+                            origin: Some(wire::Origin::Igp),
+                            as_path: Some(wire::AsPath::default()),
+                            next_hop: Some(Ipv4Addr::new(127, 0, 0, 3)),
+                            ..Default::default()
+                        },
+                        nlri: vec![prefix],
+                        ..Default::default()
+                    }
+                } else {
+                    wire::Update {
+                        withdrawn: vec![prefix],
+                        ..Default::default()
+                    }
+                };
+                flood.extend(
+                    wire::encode(&Message::Update(update), &codec)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+            }
+        }
+        c.write_all(&flood).await.unwrap_or_else(|e| panic!("{e}"));
+
+        let (mut adds, mut removes, mut batches) = (0, 0, 0);
+        while removes < 1000 {
+            match tokio::time::timeout(WAIT, rx.recv()).await {
+                Ok(Some(RibEvent::Changes(changes))) => {
+                    batches += 1;
+                    for c in changes {
+                        match c {
+                            RouteChange::Add { .. } => adds += 1,
+                            RouteChange::Remove { .. } => removes += 1,
+                        }
+                    }
+                }
+                Ok(Some(RibEvent::InitialSyncDone)) => {}
+                other => panic!("after {adds} adds and {removes} removes: {other:?}"),
+            }
+        }
+        assert_eq!(adds, 1000);
+        // One batch per UPDATE would be 2000.
+        assert!(batches < 500, "{batches} batches for 2000 UPDATEs");
+        println!("2000 UPDATEs in {batches} batches");
+        let _ = a.shutdown().await;
+    });
+}
