@@ -301,6 +301,43 @@ fn every_spec_version_adds_pings_checks_and_deletes_twice() {
         }
         assert!(tort_links(&t).is_empty(), "{version}: {:?}", tort_links(&t));
     }
+
+    // `bench cni` at a small size on the same node: every exec succeeds and the bench leaves
+    // no sandbox, veth or allocation behind. Its timings are printed, not judged here.
+    let opts = tortie_lab::bench_cni::BenchOptions {
+        node: NODE.into(),
+        sequential: 5,
+        concurrent: 5,
+    };
+    let report = tortie_lab::bench_cni::run(&t.lab, &opts, &|_| {})
+        .unwrap_or_else(|e| panic!("bench cni: {e}"));
+    let table = tortie_lab::bench_cni::render(&report);
+    eprintln!("{table}");
+    for s in [
+        &report.tortie_add,
+        &report.ptp_add,
+        &report.concurrent_add,
+        &report.tortie_del,
+        &report.tortie_del_again,
+        &report.ptp_del,
+    ] {
+        assert_eq!((s.times.len(), s.failures), (5, 0), "{table}");
+    }
+    let left: Vec<String> = tortie_lab::network::existing_netns()
+        .into_iter()
+        .filter(|n| n.contains("pod-bench-cni."))
+        .collect();
+    assert!(left.is_empty(), "bench sandboxes left: {left:?}");
+    assert!(
+        tort_links(&t).is_empty(),
+        "bench veths left: {:?}",
+        tort_links(&t)
+    );
+    assert!(
+        allocations(&t).is_empty(),
+        "bench allocations left: {:?}",
+        allocations(&t)
+    );
 }
 
 /// The installed conflist (tortie, then Debian's portmap, 1.0.0) through the command line;
