@@ -122,11 +122,15 @@ impl Task {
             .get(&ep.handle)
             .map(|old| old.iter().filter(|r| !want.iter().any(|w| w.dst == r.dst)).map(|r| r.dst).collect())
             .unwrap_or_default();
-        let failures = self
-            .routes
-            .update_and_wait(want.clone(), remove)
-            .await
-            .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        let unavailable = |e: crate::routes::ReconcilerError| Failure::Unavailable(e.to_string());
+        let mut failures = self.routes.update_and_wait(want.clone(), remove).await.map_err(unavailable)?;
+        if failures.iter().any(|f| f.errno == libc::ENODEV) {
+            // The netlink side caches interface indexes by name, and a pod recreated under the
+            // same namespace/name brings its veth back under the same name with a new index.
+            // A resync dumps the kernel, which re-reads the links; then the routes go in.
+            self.routes.resync().await.map_err(unavailable)?;
+            failures = self.routes.update_and_wait(want.clone(), Vec::new()).await.map_err(unavailable)?;
+        }
         if let Some(f) = failures.first() {
             // Most likely ENODEV: the veth is not (or no longer) there. Forget the routes, or
             // the reconciler would keep retrying them.

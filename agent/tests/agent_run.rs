@@ -441,6 +441,33 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     let check = rt.block_on(async { cni().await.check(api::CheckRequest { attachment: att.clone() }).await }).unwrap();
     assert!(check.into_inner().addresses.is_empty());
 
+    // The same pod recreated (new sandbox, same namespace/name): its veth comes back under the
+    // same name with a new ifindex, and its route must still go in.
+    ns.ip(&["link", "del", &veth]);
+    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "p1peer"]);
+    ns.ip(&["link", "set", &veth, "up"]);
+    let att2 = Some(api::Attachment { network: "k8s-pod-network".into(), container_id: "c2".into(), ifname: "eth0".into() });
+    let reply = rt
+        .block_on(async { cni().await.allocate(api::AllocateRequest { attachment: att2.clone(), pod: pod.clone() }).await })
+        .unwrap()
+        .into_inner();
+    let addr2 = reply.ips[0].address.clone();
+    rt.block_on(async {
+        cni()
+            .await
+            .endpoint_ready(api::EndpointReadyRequest {
+                attachment: att2.clone(),
+                pod: pod.clone(),
+                host_ifname: veth.clone(),
+                addresses: vec![addr2.clone()],
+            })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("EndpointReady for a recreated veth: {e}\n{}", tree.log()));
+    let ours = ns.ip(&["route", "show", "proto", "116"]);
+    let host_route2 = format!("{} dev {veth} scope link", addr2.trim_end_matches("/32"));
+    assert!(ours.contains(&host_route2), "{ours}");
+
     // SIGTERM: a clean stop that removes the socket.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.0.id() as i32), nix::sys::signal::SIGTERM).unwrap();
     let status = agent.0.wait().unwrap();
