@@ -294,8 +294,15 @@ pub fn add(lab: &Lab, pod: &PodRef, opts: &AddOptions) -> Result<PodRecord, PodE
         pod_uid: uid,
         ports: opts.ports.clone(),
     };
-    let wired = create_netns(lab, pod).and_then(|()| rt.add(&attachment));
-    let result = match wired {
+    // A namespace that is already there is not ours to wire or to delete: only the Pod
+    // object made above is undone.
+    if let Err(e) = create_netns(lab, pod) {
+        if let Err(undo) = kube::delete_pod(lab, pod) {
+            tracing::warn!(%pod, error = %undo, "deleting the Pod after its sandbox could not be made");
+        }
+        return Err(e);
+    }
+    let result = match rt.add(&attachment) {
         Ok(r) => r,
         Err(e) => {
             undo(lab, &rt, pod, &attachment);
