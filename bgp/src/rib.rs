@@ -588,6 +588,12 @@ impl Rib {
         if external && attrs.as_path.contains(self.cfg.asn) {
             return Some("AS_PATH contains our AS");
         }
+        if let Some(nh) = attrs.next_hop.as_ref() {
+            let gw = kernel_next_hop(nh);
+            if gw.is_unspecified() || gw.is_multicast() {
+                return Some("NEXT_HOP is not a usable gateway");
+            }
+        }
         // RFC 4271 §6.3: a NEXT_HOP that is our own address is semantically wrong; a
         // route through ourselves would loop.
         let ours = self
@@ -1584,6 +1590,11 @@ mod tests {
                 accepted: 0
             }
         );
+        // Nor is a gateway that is nowhere.
+        assert!(announce(&mut rib, a, attrs("0.0.0.0"), &["192.168.2.0/26"]).is_empty());
+        assert!(announce(&mut rib, a, attrs("::"), &["fd00:2::/122"]).is_empty());
+        assert!(announce(&mut rib, a, attrs("224.0.0.1"), &["192.168.3.0/26"]).is_empty());
+        assert_eq!(rib.counts(a).accepted, 0);
     }
 
     #[test]
