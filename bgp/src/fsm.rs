@@ -388,9 +388,12 @@ impl Fsm {
         match (timer, self.state) {
             (Timer::IdleHold, State::Idle) if self.enabled => self.start(out),
             (Timer::ConnectRetry, State::Connect | State::Active) if !self.cfg.passive => {
-                // The attempt in flight (if any) took too long: start a fresh one.
+                // The attempt in flight (if any) took too long: start a fresh one. A
+                // handshake that never completes (a peer whose MD5 key differs drops our
+                // SYNs) is a failure too and backs off like a refused connection.
                 if self.connecting {
                     out.push(Action::CancelConnect);
+                    self.failures = self.failures.saturating_add(1);
                 }
                 self.state = State::Connect;
                 self.connecting = true;
@@ -1107,6 +1110,23 @@ mod tests {
             acts.last(),
             Some(&Action::StartTimer(Timer::ConnectRetry, delays[0]))
         );
+    }
+
+    #[test]
+    fn connect_attempts_that_hang_back_off_too() {
+        let mut fsm = Fsm::new(config(false), Jitter::new(3));
+        fsm.handle(Event::Start);
+        let mut last = Duration::ZERO;
+        for _ in 0..4 {
+            let acts = fsm.handle(Event::TimerExpired(Timer::ConnectRetry));
+            assert_eq!(acts[0], Action::CancelConnect);
+            let Some(Action::StartTimer(Timer::ConnectRetry, d)) = acts.last() else {
+                panic!("{acts:?}")
+            };
+            // Each doubling outgrows the jitter (at most a quarter).
+            assert!(*d > last, "{d:?} after {last:?}");
+            last = *d;
+        }
     }
 
     #[test]
