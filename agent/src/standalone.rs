@@ -26,7 +26,7 @@ use tortie_api::v1::{BgpPeer, StatusReply, StatusRequest};
 use tortie_bgp::{Password, PeerConfig, PeerStatus, RibEvent, RouteChange, Speaker, SpeakerConfig};
 
 use crate::netlink::{KernelRouteTable, Route};
-use crate::routes::{ReconcilerConfig, RoutesHandle, spawn_reconciler};
+use crate::routes::{ReconcilerConfig, RouteUpdate, RoutesHandle, spawn_reconciler};
 
 /// Where the daemon serves its status API unless the config says otherwise.
 pub const DEFAULT_API_SOCKET: &str = "/var/run/tortie/bgp.sock";
@@ -275,11 +275,12 @@ pub async fn run_with(
         Some(r) => Some(tokio::spawn(kernel_sync(speaker.subscribe().await?, r.clone()))),
         None => None,
     };
-    for n in &cfg.neighbors {
-        speaker.add_peer(n.peer_config()).await?;
-    }
+    // Originations first: a peer that comes up gets the whole table in its first UPDATEs.
     for o in &cfg.originate {
         speaker.originate(o.prefix).await?;
+    }
+    for n in &cfg.neighbors {
+        speaker.add_peer(n.peer_config()).await?;
     }
 
     let listener = tortie_api::bind_root_only(&cfg.api_socket)
@@ -327,10 +328,7 @@ fn node_name(cfg: &StandaloneConfig) -> String {
 async fn kernel_sync(mut events: mpsc::Receiver<RibEvent>, routes: RoutesHandle) {
     while let Some(event) = events.recv().await {
         let result = match event {
-            RibEvent::Changes(changes) => {
-                let (upsert, remove) = fold_changes(changes);
-                routes.update(upsert, remove).await
-            }
+            RibEvent::Changes(changes) => routes.apply_in_order(changes.into_iter().map(to_update).collect()).await,
             RibEvent::InitialSyncDone => {
                 tracing::info!("BGP initial sync done: sweeping stale kernel routes");
                 routes.sync_complete().await
@@ -343,25 +341,11 @@ async fn kernel_sync(mut events: mpsc::Receiver<RibEvent>, routes: RoutesHandle)
     }
 }
 
-/// The net effect of a batch of changes: the last change of each prefix wins, so an Add
-/// followed by a Remove of one prefix in the same batch removes it.
-fn fold_changes(changes: Vec<RouteChange>) -> (Vec<Route>, Vec<IpNet>) {
-    let mut last: HashMap<IpNet, Option<IpAddr>> = HashMap::with_capacity(changes.len());
-    for c in changes {
-        match c {
-            RouteChange::Add { prefix, next_hop, .. } => last.insert(prefix, Some(next_hop)),
-            RouteChange::Remove { prefix } => last.insert(prefix, None),
-        };
+fn to_update(change: RouteChange) -> RouteUpdate {
+    match change {
+        RouteChange::Add { prefix, next_hop, .. } => RouteUpdate::Want(Route::via(prefix, next_hop)),
+        RouteChange::Remove { prefix } => RouteUpdate::Unwant(prefix),
     }
-    let mut upsert = Vec::new();
-    let mut remove = Vec::new();
-    for (prefix, nh) in last {
-        match nh {
-            Some(nh) => upsert.push(Route::via(prefix, nh)),
-            None => remove.push(prefix),
-        }
-    }
-    (upsert, remove)
 }
 
 /// The `tortie.v1.Status` service over the speaker's peer table.
@@ -492,18 +476,13 @@ prefix = "fd00:1::/64"
     }
 
     #[test]
-    fn a_batch_folds_to_its_net_effect() {
+    fn loc_rib_changes_become_kernel_routes_via_the_next_hop() {
         let p: IpNet = "10.1.0.0/24".parse().unwrap_or_else(|_| unreachable!());
-        let q: IpNet = "10.2.0.0/24".parse().unwrap_or_else(|_| unreachable!());
         let nh: IpAddr = "192.0.2.1".parse().unwrap_or_else(|_| unreachable!());
-        let peer = nh;
-        let (up, rm) = fold_changes(vec![
-            RouteChange::Add { prefix: p, next_hop: nh, peer },
-            RouteChange::Remove { prefix: p },
-            RouteChange::Remove { prefix: q },
-            RouteChange::Add { prefix: q, next_hop: nh, peer },
-        ]);
-        assert_eq!(rm, vec![p]);
-        assert_eq!(up, vec![Route::via(q, nh)]);
+        assert_eq!(
+            to_update(RouteChange::Add { prefix: p, next_hop: nh, peer: nh }),
+            RouteUpdate::Want(Route::via(p, nh))
+        );
+        assert_eq!(to_update(RouteChange::Remove { prefix: p }), RouteUpdate::Unwant(p));
     }
 }

@@ -43,6 +43,8 @@ pub struct BenchOptions {
     pub targets: Vec<Target>,
     /// The longest one run may take to converge.
     pub timeout: Duration,
+    /// Who sends the feed: BIRD (static routes) or tortie (originated prefixes).
+    pub feeder: Kind,
 }
 
 impl Default for BenchOptions {
@@ -51,6 +53,7 @@ impl Default for BenchOptions {
             sizes: vec![100_000, 500_000],
             targets: vec![Target::Tortie, Target::Bird],
             timeout: Duration::from_secs(300),
+            feeder: Kind::Bird,
         }
     }
 }
@@ -86,7 +89,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<BenchResult>, Error> {
     for &n in &opts.sizes {
         let feed = prefixes(n)?;
         for &target in &opts.targets {
-            let r = run_one(target, &feed, opts.timeout)?;
+            let r = run_one(target, &feed, opts)?;
             tracing::info!(
                 target = target.name(),
                 prefixes = n,
@@ -133,7 +136,8 @@ fn prefixes(n: u32) -> Result<Vec<IpNet>, Error> {
         .collect())
 }
 
-fn run_one(target: Target, feed: &[IpNet], timeout: Duration) -> Result<BenchResult, Error> {
+fn run_one(target: Target, feed: &[IpNet], opts: &BenchOptions) -> Result<BenchResult, Error> {
+    let timeout = opts.timeout;
     let io = |what: &str| {
         let what = what.to_owned();
         move |e: std::io::Error| Error::Io { what, source: e }
@@ -169,7 +173,7 @@ fn run_one(target: Target, feed: &[IpNet], timeout: Duration) -> Result<BenchRes
     fspec.peers.push(to_target);
     fspec.originate = feed.to_vec();
     fspec.next_hop_v4 = Some(FEEDER_IP);
-    let _feeder = Router::start(Kind::Bird, &f, fspec)?;
+    let _feeder = Router::start(opts.feeder, &f, fspec)?;
 
     let want = base + feed.len() as u64;
     let start = Instant::now();
@@ -299,8 +303,8 @@ impl Drop for FirstUpdate {
 }
 
 /// Command-line glue for `tortie-lab bench bgp`: runs with `sizes` and prints the table.
-pub fn main(sizes: Vec<u32>) -> Result<(), Error> {
-    let opts = BenchOptions { sizes, ..BenchOptions::default() };
+pub fn main(sizes: Vec<u32>, feeder: Kind) -> Result<(), Error> {
+    let opts = BenchOptions { sizes, feeder, ..BenchOptions::default() };
     let results = run(&opts)?;
     print!("{}", render(&results));
     Ok(())

@@ -11,6 +11,7 @@ fn bench_scenario_measures_both_speakers() {
         sizes: vec![5_000],
         targets: vec![Target::Tortie, Target::Bird],
         timeout: Duration::from_secs(60),
+        feeder: tortie_lab::routers::Kind::Bird,
     };
     let results = run(&opts).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{}", render(&results));
@@ -28,6 +29,8 @@ fn bench_scenario_measures_both_speakers() {
 #[test]
 #[ignore]
 fn bench_full_feed() {
-    let results = run(&BenchOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-    println!("{}", render(&results));
+    for feeder in [tortie_lab::routers::Kind::Bird, tortie_lab::routers::Kind::Tortie] {
+        let results = run(&BenchOptions { feeder, ..BenchOptions::default() }).unwrap_or_else(|e| panic!("{e}"));
+        println!("feeder: {feeder:?}\n{}", render(&results));
+    }
 }

@@ -19,8 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::{RouteSet, RouteState};
 use crate::netlink::{NetlinkError, OpFailure, Route, RouteOp, RouteTable};
 
-/// Commands waiting for the reconciler; bounded so producers feel backpressure.
-const QUEUE: usize = 1024;
+/// Commands waiting for the reconciler; bounded so producers feel backpressure. Small:
+/// a command can carry thousands of routes, and a backlog here is memory a full table
+/// would pay for at its peak.
+const QUEUE: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct ReconcilerConfig {
@@ -47,6 +49,13 @@ pub enum ReconcilerError {
     Spawn(std::io::Error),
 }
 
+/// One change of the desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteUpdate {
+    Want(Route),
+    Unwant(IpNet),
+}
+
 enum Command {
     /// Replace the whole desired set.
     Set(RouteSet),
@@ -56,6 +65,8 @@ enum Command {
         remove: Vec<IpNet>,
         reply: Option<oneshot::Sender<Vec<OpFailure>>>,
     },
+    /// Changes applied in their order (a later change of a prefix wins).
+    Sequence(Vec<RouteUpdate>),
     SyncComplete,
     /// Dump the kernel now and repair; replies with the operations that were needed.
     Resync(oneshot::Sender<Result<Vec<RouteOp>, NetlinkError>>),
@@ -97,6 +108,11 @@ impl RoutesHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Update { upsert, remove, reply: Some(tx) }).await?;
         rx.await.map_err(|_| ReconcilerError::Stopped)
+    }
+
+    /// Applies `changes` in order, without waiting for the kernel (the Loc-RIB stream).
+    pub async fn apply_in_order(&self, changes: Vec<RouteUpdate>) -> Result<(), ReconcilerError> {
+        self.send(Command::Sequence(changes)).await
     }
 
     /// Every source has re-sent its routes (BGP End-of-RIB): sweep the stale ones.
@@ -155,6 +171,7 @@ impl<T: RouteTable> Reconciler<T> {
             }
         };
         let mut next_resync = Instant::now() + resync_interval;
+        let mut written_since_trim = 0;
         loop {
             let timeout = next_resync.saturating_duration_since(Instant::now());
             let first = match recv_timeout(&rt, &mut rx, timeout) {
@@ -203,6 +220,26 @@ impl<T: RouteTable> Reconciler<T> {
                             replies.push((keys, reply));
                         }
                     }
+                    Command::Sequence(changes) => {
+                        for change in changes {
+                            let dst = match change {
+                                RouteUpdate::Want(r) => {
+                                    let dst = r.dst;
+                                    if let Err(f) = self.state.want(r) {
+                                        early_failures.push(f);
+                                    }
+                                    dst
+                                }
+                                RouteUpdate::Unwant(dst) => {
+                                    self.state.unwant(dst);
+                                    dst
+                                }
+                            };
+                            if !full {
+                                dirty.insert(dst);
+                            }
+                        }
+                    }
                     Command::SyncComplete => {
                         tracing::info!(stale = self.state.stale(), "routes in sync: sweeping stale routes");
                         self.state.sync_complete();
@@ -227,6 +264,11 @@ impl<T: RouteTable> Reconciler<T> {
             if let Some(reply) = resync_reply {
                 let _ = reply.send(self.resync());
                 next_resync = Instant::now() + resync_interval;
+            }
+            written_since_trim += ops.len();
+            if written_since_trim >= TRIM_AFTER && rx.is_empty() {
+                release_free_memory();
+                written_since_trim = 0;
             }
         }
     }
@@ -266,6 +308,21 @@ impl<T: RouteTable> Reconciler<T> {
             tracing::warn!(more = failures.len() - 10, "kernel refused more routes");
         }
         failures
+    }
+}
+
+/// Routes written before the reconciler hands freed memory back to the kernel.
+const TRIM_AFTER: usize = 50_000;
+
+/// Returns the allocator's free memory to the kernel. Loading a full table goes through
+/// large short-lived batches on several threads; glibc keeps what they freed in its arenas,
+/// so without this the daemon's RSS would stay at the load's peak for good.
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers from us and
+    // is safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -389,6 +446,24 @@ mod tests {
         h.update_and_wait(vec![r.clone()], vec![]).await.unwrap_or_else(|e| panic!("{e}"));
         h.update_and_wait(vec![], vec![r.dst]).await.unwrap_or_else(|e| panic!("{e}"));
         assert!(fake.routes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_sequence_is_applied_in_order() {
+        let fake = FakeRouteTable::new();
+        let (h, _t) = spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
+        let gw: std::net::IpAddr = "192.0.2.1".parse().unwrap_or_else(|_| unreachable!());
+        let (p, q) = (net("10.7.0.0/24"), net("10.8.0.0/24"));
+        h.apply_in_order(vec![
+            RouteUpdate::Want(Route::via(p, gw)),
+            RouteUpdate::Unwant(p),
+            RouteUpdate::Unwant(q),
+            RouteUpdate::Want(Route::via(q, gw)),
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        h.resync().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fake.routes(), vec![Route::via(q, gw)]);
     }
 
     #[test]
