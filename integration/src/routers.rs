@@ -241,14 +241,14 @@ impl Router {
     fn wait_ready(&mut self) -> Result<(), Error> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(Error::Command(format!(
-                        "{:?} exited at start ({status}):\n{}",
-                        self.kind,
-                        self.log_tail()
-                    )));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(Error::Command(format!(
+                    "{:?} exited at start ({status}):\n{}",
+                    self.kind,
+                    self.log_tail()
+                )));
             }
             let ready = match self.kind {
                 Kind::Bird => self.birdc(&["show", "status"]).is_ok(),
@@ -370,10 +370,8 @@ impl Router {
                             let from_peer = paths.as_array().is_some_and(|ps| {
                                 ps.iter().any(|p| p["peerId"].as_str().is_some_and(|id| id != "(unspec)"))
                             });
-                            if from_peer {
-                                if let Ok(net) = prefix.parse() {
-                                    out.insert(net);
-                                }
+                            if from_peer && let Ok(net) = prefix.parse() {
+                                out.insert(net);
                             }
                         }
                     }
@@ -392,10 +390,8 @@ impl Router {
                                     p["source-id"].as_str().is_some_and(|s| s != "<nil>" && !s.is_empty())
                                 })
                             });
-                            if from_peer {
-                                if let Ok(net) = prefix.parse() {
-                                    out.insert(net);
-                                }
+                            if from_peer && let Ok(net) = prefix.parse() {
+                                out.insert(net);
                             }
                         }
                     }

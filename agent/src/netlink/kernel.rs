@@ -69,8 +69,8 @@ impl KernelRouteTable {
         // Short error messages: the kernel need not echo our request back in each NACK.
         socket.set_cap_ack(true)?;
         setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &RCVBUF)
-            .or_else(|_| socket.set_rx_buf_sz(RCVBUF))
-            .map_err(std::io::Error::from)?;
+            .map_err(std::io::Error::from)
+            .or_else(|_| socket.set_rx_buf_sz(RCVBUF))?;
         setsockopt(&socket.as_fd(), sockopt::ReceiveTimeout, &TimeVal::from(libc::timeval {
             tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
@@ -99,7 +99,7 @@ impl KernelRouteTable {
         let file = std::fs::File::open(&path).map_err(netns_err)?;
         std::thread::spawn(move || {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| std::io::Error::from(e))?;
+                .map_err(std::io::Error::from)?;
             KernelRouteTable::open().map_err(|e| std::io::Error::other(e.to_string()))
         })
         .join()
@@ -341,10 +341,10 @@ impl RouteTable for KernelRouteTable {
             let mut req = RouteMessage::default();
             req.header.address_family = family;
             for msg in self.dump_request(RouteNetlinkMessage::GetRoute(req))? {
-                if let RouteNetlinkMessage::NewRoute(r) = msg {
-                    if let Some(route) = self.parse_route(r) {
-                        routes.push(route);
-                    }
+                if let RouteNetlinkMessage::NewRoute(r) = msg
+                    && let Some(route) = self.parse_route(r)
+                {
+                    routes.push(route);
                 }
             }
         }
