@@ -123,6 +123,12 @@ impl Task {
             .map(|old| old.iter().filter(|r| !want.iter().any(|w| w.dst == r.dst)).map(|r| r.dst).collect())
             .unwrap_or_default();
         let unavailable = |e: crate::routes::ReconcilerError| Failure::Unavailable(e.to_string());
+        if self.endpoints.contains_key(&ep.handle) {
+            // A repeated ADD rewires the pod: the plugin replaced the veth, and the kernel
+            // dropped the host routes with the old link. The reconciler still believes they
+            // are there, so it must re-read the kernel before it can tell what is missing.
+            self.routes.resync().await.map_err(unavailable)?;
+        }
         let mut failures = self.routes.update_and_wait(want.clone(), remove).await.map_err(unavailable)?;
         if failures.iter().any(|f| f.errno == libc::ENODEV) {
             // The netlink side caches interface indexes by name, and a pod recreated under the
@@ -234,6 +240,12 @@ mod tests {
         // Unknown device: refused, and not kept for retries.
         let err = eps.ready(ep("c", "tortNope", "10.9.0.3/32")).await.unwrap_err();
         assert!(matches!(err, Failure::Precondition(_)), "{err:?}");
+
+        // A repeated ADD replaces the veth, and the kernel drops the route with the old link:
+        // the same endpoint again must put the route back.
+        probe.remove(net("10.9.0.2/32"));
+        eps.ready(ep("b", "tortB", "10.9.0.2/32")).await.unwrap();
+        assert!(probe.routes().contains(&Route::link(net("10.9.0.2/32"), "tortB")));
 
         eps.removed(&ep("b", "", "10.9.0.2/32").handle).await.unwrap();
         eps.removed(&ep("never", "", "10.9.0.9/32").handle).await.unwrap();
