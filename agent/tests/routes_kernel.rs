@@ -202,3 +202,30 @@ fn pipelined_batch_of_100k_routes() {
     assert_eq!(again.len(), 10);
     assert!(table.dump().unwrap_or_else(|e| panic!("{e}")).is_empty());
 }
+
+/// Sysctls are per namespace: a thread that entered the test namespace writes them there.
+#[test]
+fn sysctls_are_written_in_the_namespace() {
+    let ns = Ns::new();
+    let path = std::path::Path::new("/run/netns").join(&ns.0);
+    let result = std::thread::spawn(move || -> Result<(), String> {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        // If entering the namespace fails we must not write: that would be the host.
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        tortie_node::netlink::sysctl::enable_forwarding(true).map_err(|e| e.to_string())?;
+        tortie_node::netlink::sysctl::configure_host_veth("tortpod", true).map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("sysctl thread panicked".into()));
+    result.unwrap_or_else(|e| panic!("{e}"));
+    let read = |key: &str| run("ip", &["netns", "exec", &ns.0, "sysctl", "-n", key]).trim().to_owned();
+    assert_eq!(read("net.ipv4.ip_forward"), "1");
+    assert_eq!(read("net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(read("net.ipv4.conf.tortpod.proxy_arp"), "1");
+    assert_eq!(read("net.ipv4.neigh.tortpod.proxy_delay"), "0");
+    assert_eq!(read("net.ipv6.conf.tortpod.proxy_ndp"), "1");
+    assert_eq!(read("net.ipv6.conf.tortpod.accept_dad"), "0");
+    let refused = tortie_node::netlink::sysctl::set(&["net", "..", "x"], "1").map_err(|e| e.kind());
+    assert_eq!(refused, Err(std::io::ErrorKind::InvalidInput));
+}
