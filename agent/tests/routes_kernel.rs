@@ -229,3 +229,25 @@ fn sysctls_are_written_in_the_namespace() {
     let refused = tortie_node::netlink::sysctl::set(&["net", "..", "x"], "1").map_err(|e| e.kind());
     assert_eq!(refused, Err(std::io::ErrorKind::InvalidInput));
 }
+
+/// A veth deleted and made again under the same name has a new ifindex; a route to it must
+/// still go in (the table caches names → indexes).
+#[test]
+fn a_recreated_device_gets_its_route() {
+    let ns = Ns::new();
+    let mut table = ns.table();
+    let r = Route::link(net("10.244.9.9/32"), "tortre");
+    let make = || {
+        ns.ip(&["link", "add", "tortre", "type", "veth", "peer", "name", "tortrep"]);
+        ns.ip(&["link", "set", "tortrep", "up"]);
+        ns.ip(&["link", "set", "tortre", "up"]);
+    };
+    make();
+    let failures = table.apply(&[RouteOp::Add(r.clone())]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(failures.is_empty(), "{failures:?}");
+    ns.ip(&["link", "del", "tortre"]);
+    make();
+    let failures = table.apply(&[RouteOp::Add(r.clone())]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(ns.ours(), ["10.244.9.9 dev tortre scope link"]);
+}

@@ -352,6 +352,32 @@ impl RouteTable for KernelRouteTable {
     }
 
     fn apply(&mut self, ops: &[RouteOp]) -> Result<Vec<OpFailure>, NetlinkError> {
+        let failures = self.apply_once(ops)?;
+        // ENODEV for a named device can be our cache's fault: a veth deleted and made again
+        // under the same name (a pod recreated) has a new ifindex. Re-read the links and
+        // try those routes once more.
+        let (retry, mut keep): (Vec<OpFailure>, Vec<OpFailure>) =
+            failures.into_iter().partition(|f| f.errno == libc::ENODEV && names_a_device(&f.op));
+        if retry.is_empty() {
+            return Ok(keep);
+        }
+        self.refresh_links()?;
+        let ops: Vec<RouteOp> = retry.into_iter().map(|f| f.op).collect();
+        keep.extend(self.apply_once(&ops)?);
+        Ok(keep)
+    }
+}
+
+fn names_a_device(op: &RouteOp) -> bool {
+    match &op.route().next_hop {
+        NextHop::Link { .. } | NextHop::Gateway { dev: Some(_), .. } => !matches!(op, RouteOp::Delete(_)),
+        _ => false,
+    }
+}
+
+impl KernelRouteTable {
+    /// One pipelined pass over `ops` (see the module comment).
+    fn apply_once(&mut self, ops: &[RouteOp]) -> Result<Vec<OpFailure>, NetlinkError> {
         let mut failures = Vec::new();
         let mut in_flight: VecDeque<(u32, usize)> = VecDeque::with_capacity(WINDOW * 2);
         self.send_buf.clear();
