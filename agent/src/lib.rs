@@ -22,5 +22,7 @@ pub mod run;
 pub mod server;
 /// `tortie-node bgp --config FILE`: the speaker and its kernel sync without Kubernetes.
 pub mod standalone;
+/// The node-to-node BGP mesh of `tortie-node run`.
+pub mod mesh;
 /// `tortiectl node status` rendering (Calico's table and `-o json`).
 pub mod node_status;

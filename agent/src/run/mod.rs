@@ -30,6 +30,7 @@ use crate::netlink::{self, KernelRouteTable};
 use crate::routes::{ReconcilerConfig, spawn_reconciler};
 use crate::server::{self, CniService, Endpoint, Handle, Health, NodeInfo, PodRef, StatusService};
 use crate::ipam_task;
+use crate::mesh;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -57,6 +58,8 @@ pub enum RunError {
     Bind { path: String, source: std::io::Error },
     #[error("serving the agent API: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("starting the BGP mesh speaker: {0}")]
+    Bgp(#[from] tortie_bgp::Error),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -112,13 +115,30 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     let allocator = Allocator::new(store, name.clone(), labels, ipam_config);
     let (ipam, affine, _ipam_task) = ipam_task::spawn(allocator, families);
+    // The mesh needs the node's IPv4 address: with IP=none this node runs no BGP.
+    let mesh = match &detected {
+        Some(d) => {
+            let cfg = mesh::MeshConfig {
+                node_name: name.clone(),
+                node_ip: d.addr.addr(),
+                asn: config.as_number,
+                uplink: d.ifname.clone(),
+                resync: mesh::DEFAULT_RESYNC,
+            };
+            Some(mesh::start(cfg, nodes.clone(), KubeStore::new(client.clone()), affine.clone(), routes.clone()).await?)
+        }
+        None => None,
+    };
     let (endpoints, _endpoints_task) = endpoints::spawn(routes, seed, affine);
     let leak_gc = tokio::spawn(leak_gc::run(client.clone(), name.clone(), config.ipam_gc_grace, ipam.clone(), endpoints.clone()));
 
     let listener = server::bind(&config.agent_socket)
         .map_err(|source| RunError::Bind { path: config.agent_socket.display().to_string(), source })?;
     let cni = CniService::new(ipam, endpoints, mtu, health_rx.clone());
-    let status = StatusService::new(NodeInfo { node_name: name.clone(), mtu }, health_rx);
+    let mut status = StatusService::new(NodeInfo { node_name: name.clone(), mtu }, health_rx);
+    if let Some((speaker, _)) = &mesh {
+        status = status.with_speaker(speaker.clone());
+    }
     let _ = health_tx.send(Health::Ready);
     tracing::info!(socket = %config.agent_socket.display(), "tortie-node ready");
     let probe = tokio::spawn(health::run(client.clone(), health_tx));
@@ -127,6 +147,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     server::serve(listener, cni, status, shutdown).await?;
     leak_gc.abort();
     probe.abort();
+    if let Some((speaker, task)) = mesh {
+        task.abort();
+        if let Err(e) = speaker.shutdown().await {
+            tracing::warn!(error = %e, "BGP speaker did not shut down cleanly");
+        }
+    }
     // A stale socket would make the plugin wait on a dead agent instead of failing fast.
     let _ = std::fs::remove_file(&config.agent_socket);
     tracing::info!("tortie-node stopped");

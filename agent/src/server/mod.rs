@@ -311,11 +311,18 @@ impl<I: Ipam, E: Endpoints> Cni for CniService<I, E> {
 pub struct StatusService {
     info: NodeInfo,
     health: watch::Receiver<Health>,
+    bgp: Option<tortie_bgp::Speaker>,
 }
 
 impl StatusService {
     pub fn new(info: NodeInfo, health: watch::Receiver<Health>) -> Self {
-        StatusService { info, health }
+        StatusService { info, health, bgp: None }
+    }
+
+    /// Reports `speaker`'s peers (the node-to-node mesh) in `bgp_peers`.
+    pub fn with_speaker(mut self, speaker: tortie_bgp::Speaker) -> Self {
+        self.bgp = Some(speaker);
+        self
     }
 }
 
@@ -327,13 +334,22 @@ impl StatusApi for StatusService {
             Health::Starting(why) => (false, format!("starting: {why}")),
             Health::Degraded(why) => (false, why.clone()),
         };
+        let bgp_peers = match &self.bgp {
+            Some(speaker) => speaker
+                .peer_status()
+                .await
+                .map_err(|e| Status::unavailable(format!("BGP speaker: {e}")))?
+                .iter()
+                .map(crate::mesh::api_peer)
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(Response::new(api::StatusReply {
             ready,
             node_name: self.info.node_name.clone(),
             mtu: self.info.mtu,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            // The BGP speaker reports its peers in a later issue.
-            bgp_peers: Vec::new(),
+            bgp_peers,
             reason,
         }))
     }

@@ -1,0 +1,155 @@
+//! Root, real parts: the node-to-node BGP mesh of `tortie-node run`. A three-node lab with
+//! its real agents and apiserver, one pod per node; pods on different nodes reach each other
+//! only through routes the agents learned from each other over BGP, and `tortiectl node
+//! status` on a node lists the other nodes as Established mesh peers.
+//!
+//! Needs `cargo build -p tortie-node -p tortie-cni` first: the lab runs those binaries.
+
+mod lab_support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lab_support::{TestLab, text};
+use serde_json::Value;
+use tortie_lab::pod::{self, PodRef};
+
+const NODES: u32 = 3;
+
+fn pod_ip(t: &TestLab, pod: &str) -> String {
+    let r: PodRef = pod.parse().unwrap_or_else(|e| panic!("{e}"));
+    let rec = pod::load(&t.lab, &r)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("up --pods-per-node made no pod {pod}"));
+    rec.ips
+        .first()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| panic!("{pod} has no address"))
+}
+
+fn pings(t: &TestLab, from: &str, to: &str) -> bool {
+    t.output(&mut t.cmd(&["ping", "-c", "1", from, to]))
+        .status
+        .success()
+}
+
+/// `tortiectl --socket <node's socket> node status -o json`, run inside the node's netns.
+fn node_status(t: &TestLab, node: &str) -> Value {
+    let bin = tortie_lab::agents::sibling_binary("tortiectl", "TORTIECTL_BIN")
+        .unwrap_or_else(|| panic!("tortiectl is not built: cargo build -p tortie-node"));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &t.lab.node_netns(node)])
+        .arg(bin)
+        .arg("--socket")
+        .arg(t.lab.agent_socket(node))
+        .args(["node", "status", "-o", "json"]);
+    let out = t.output(&mut cmd);
+    assert!(
+        out.status.success(),
+        "tortiectl node status on {node}: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_str(&text(&out.stdout))
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+fn established_mesh_peers(status: &Value) -> Vec<String> {
+    status["ipv4_peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["peer_type"] == "node-to-node mesh" && p["state"] == "up")
+        .filter_map(|p| p["peer_address"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
+    let agent = tortie_lab::agents::agent_binary().filter(|p| p.is_file());
+    assert!(
+        agent.is_some(),
+        "tortie-node is not built: cargo build -p tortie-node -p tortie-cni"
+    );
+    let t = TestLab::new("m");
+    let out = t.ok(&[
+        "up",
+        "--nodes",
+        &NODES.to_string(),
+        "--agent-timeout",
+        "30",
+        "--pods-per-node",
+        "1",
+    ]);
+    assert!(out.contains("lab up"), "{out}");
+
+    let others: Vec<String> = (2..=NODES)
+        .map(|i| {
+            tortie_lab::lab::node_ip(i)
+                .unwrap_or_else(|| panic!("node {i} has no address"))
+                .to_string()
+        })
+        .collect();
+
+    // The mesh: node-1 has every other node as an Established peer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let s = node_status(&t, "node-1");
+        let mut up = established_mesh_peers(&s);
+        up.sort();
+        if up == others {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-1's mesh peers are not all up (want {others:?}): {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        status["ipv4_peers"].as_array().map(Vec::len),
+        Some(others.len()),
+        "{status:#}"
+    );
+
+    // Pods on different nodes, both ways, through routes learned over BGP.
+    let p1 = "default/pod-node-1-1";
+    let p2 = "default/pod-node-2-1";
+    let ip1 = pod_ip(&t, p1);
+    let ip2 = pod_ip(&t, p2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pings(&t, p1, p2) {
+        assert!(Instant::now() < deadline, "{p1} cannot reach {p2} ({ip2})");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(pings(&t, p2, p1), "{p2} cannot reach {p1} ({ip1})");
+    if NODES >= 3 {
+        let p3 = "default/pod-node-3-1";
+        let ip3 = pod_ip(&t, p3);
+        assert!(pings(&t, p1, p3), "{p1} cannot reach pod-node-3-1 ({ip3})");
+    }
+
+    // The route to node-2's pod is a BGP route: protocol 116, via node-2, onlink.
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "-j",
+        "-4",
+        "-n",
+        &t.lab.node_netns("node-1"),
+        "route",
+        "show",
+        "proto",
+        "116",
+    ]);
+    let routes: Value =
+        serde_json::from_str(&text(&t.output(&mut cmd).stdout)).unwrap_or_else(|e| panic!("{e}"));
+    let via_node2 = routes.as_array().into_iter().flatten().any(|r| {
+        r["gateway"] == others[0].as_str()
+            && r["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "onlink"))
+    });
+    assert!(
+        via_node2,
+        "no onlink route via node-2 in node-1: {routes:#}"
+    );
+}
