@@ -152,4 +152,50 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
         via_node2,
         "no onlink route via node-2 in node-1: {routes:#}"
     );
+
+    // A Node that goes away stops being a peer, and what it advertised leaves the table.
+    let gone = others[others.len() - 1].clone();
+    t.ok(&["kubectl", "delete", "node", &format!("node-{NODES}")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = node_status(&t, "node-1");
+        let peers: Vec<&str> = s["ipv4_peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["peer_address"].as_str())
+            .collect();
+        let routes = proto_116_gateways(&t, "node-1");
+        if !peers.contains(&gone.as_str()) && !routes.contains(&gone) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-{NODES} was deleted but node-1 still has it: peers {peers:?}, route gateways {routes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The gateways of node's protocol-116 IPv4 routes.
+fn proto_116_gateways(t: &TestLab, node: &str) -> Vec<String> {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "-j",
+        "-4",
+        "-n",
+        &t.lab.node_netns(node),
+        "route",
+        "show",
+        "proto",
+        "116",
+    ]);
+    let routes: Value =
+        serde_json::from_str(&text(&t.output(&mut cmd).stdout)).unwrap_or_else(|e| panic!("{e}"));
+    routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["gateway"].as_str().map(str::to_owned))
+        .collect()
 }
