@@ -153,6 +153,45 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
         "no onlink route via node-2 in node-1: {routes:#}"
     );
 
+    // node-2's agent restarts: the sessions come back and so does the path between pods.
+    let pid = tortie_lab::process::running(&t.lab, &t.lab.agent_pid_file("node-2"))
+        .unwrap_or_else(|| panic!("no agent pid for node-2"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tortie_lab::process::is_alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "node-2's agent did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let config = tortie_lab::LabConfig::load(&t.lab)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no lab.json"));
+    let started = tortie_lab::agents::ensure_all(&t.lab, &config).unwrap_or_else(|e| panic!("{e}"));
+    let outcomes = tortie_lab::agents::settle(&t.lab, started, Duration::from_secs(30));
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, tortie_lab::agents::Outcome::Ready { .. })),
+        "agent restart: {outcomes:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = node_status(&t, "node-1");
+        let mut up = established_mesh_peers(&s);
+        up.sort();
+        if up == others && pings(&t, p1, p2) && pings(&t, p2, p1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after node-2's agent restarted: peers up {up:?} (want {others:?}), pods not both ways reachable: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // A Node that goes away stops being a peer, and what it advertised leaves the table.
     let gone = others[others.len() - 1].clone();
     t.ok(&["kubectl", "delete", "node", &format!("node-{NODES}")]);
