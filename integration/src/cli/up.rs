@@ -1,10 +1,11 @@
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
 
-use crate::agents::Outcome;
-use crate::lab::Lab;
+use crate::agents::{Outcome, sibling_binary};
+use crate::lab::{Lab, LabConfig, NodeConfig};
 use crate::up::{Progress, UpOptions, up};
 
 #[derive(Debug, clap::Args)]
@@ -15,8 +16,9 @@ pub struct Args {
     /// The default IPv4 pool the agents create (CALICO_IPV4POOL_CIDR).
     #[arg(long, default_value = "10.244.0.0/16")]
     pub pool: Ipv4Net,
-    /// Pods to start on each node once the lab is up (`default/pod-<node>-<i>`).
-    #[arg(long, default_value_t = 0)]
+    /// Pods to start on each node once the lab is up (`default/pod-<node>-<i>`). With two
+    /// or more nodes and pods, `up` then pings across nodes and shows node-1's BGP peers.
+    #[arg(long, default_value_t = 1)]
     pub pods_per_node: u32,
     /// Seconds to wait for agents to report ready before returning anyway.
     #[arg(long, default_value_t = 10)]
@@ -68,6 +70,63 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
         summary.push_str(&format!(", {} pods added", added.len()));
     }
     println!("{summary}");
+    if args.pods_per_node > 0 && report.config.nodes.len() > 1 && failed == 0 && missing == 0 {
+        let pings_ok = show_cross_node(lab, &report.config, &progress)?;
+        show_node_status(lab, &report.config.nodes[0])?;
+        if !pings_ok {
+            println!("lab up: some pods cannot reach pods on other nodes (see above)");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     println!("try: scripts/lab kubectl get nodes -o wide; scripts/lab status");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long routes may take to reach every node once the pods exist: the mesh notices new
+/// nodes within 5 s, then a session and one UPDATE.
+const CONVERGENCE: Duration = Duration::from_secs(30);
+
+/// Pings from each node's first pod to the next node's first pod (the last to the first),
+/// retrying until routes have converged. Prints one line per pair; true when all answered.
+fn show_cross_node(lab: &Lab, config: &LabConfig, progress: &Progress) -> anyhow::Result<bool> {
+    let pods: Vec<String> = config.nodes.iter().map(|n| format!("default/pod-{}-1", n.name)).collect();
+    let deadline = Instant::now() + CONVERGENCE;
+    let mut all_ok = true;
+    for (i, from) in pods.iter().enumerate() {
+        let to = &pods[(i + 1) % pods.len()];
+        let ok = loop {
+            let out = crate::pod::ping(lab, from, to, 1).with_context(|| format!("ping {from} → {to}"))?;
+            if out.status.success() {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        progress.say(&format!("ping {from} → {to}: {}", if ok { "ok" } else { "FAILED" }));
+        all_ok &= ok;
+    }
+    Ok(all_ok)
+}
+
+/// Prints `tortiectl node status` as run on `node`, against its agent's socket.
+fn show_node_status(lab: &Lab, node: &NodeConfig) -> anyhow::Result<()> {
+    let Some(tortiectl) = sibling_binary("tortiectl", "TORTIE_CTL_BIN") else {
+        println!("(tortiectl is not built: cargo build -p tortie-node)");
+        return Ok(());
+    };
+    let socket = lab.agent_socket(&node.name);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(&tortiectl)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["node", "status"])
+        .output()
+        .with_context(|| format!("running {} in {}", tortiectl.display(), node.netns))?;
+    println!("\n{} $ tortiectl node status", node.name);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
 }
