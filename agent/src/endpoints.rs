@@ -129,14 +129,9 @@ impl Task {
             // are there, so it must re-read the kernel before it can tell what is missing.
             self.routes.resync().await.map_err(unavailable)?;
         }
-        let mut failures = self.routes.update_and_wait(want.clone(), remove).await.map_err(unavailable)?;
-        if failures.iter().any(|f| f.errno == libc::ENODEV) {
-            // The netlink side caches interface indexes by name, and a pod recreated under the
-            // same namespace/name brings its veth back under the same name with a new index.
-            // A resync dumps the kernel, which re-reads the links; then the routes go in.
-            self.routes.resync().await.map_err(unavailable)?;
-            failures = self.routes.update_and_wait(want.clone(), Vec::new()).await.map_err(unavailable)?;
-        }
+        // A veth recreated under the same name has a new index; the netlink table re-reads
+        // the links and retries once itself, so a failure here is final.
+        let failures = self.routes.update_and_wait(want.clone(), remove).await.map_err(unavailable)?;
         if let Some(f) = failures.first() {
             // Most likely ENODEV: the veth is not (or no longer) there. Forget the routes, or
             // the reconciler would keep retrying them.
