@@ -12,14 +12,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use tokio::sync::{mpsc, watch};
-use tortie_api::v1::BgpPeer;
-use tortie_bgp::{PeerConfig, PeerStatus, RibEvent, RouteChange, Speaker, SpeakerConfig};
+use tortie_bgp::{PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig};
 use tortie_ipam::Store;
 
 use crate::datastore::KubeStore;
@@ -157,25 +156,6 @@ pub fn fold_changes(
         }
     }
     (upsert, remove)
-}
-
-/// `node status`'s row for one peer.
-pub fn api_peer(p: &PeerStatus) -> BgpPeer {
-    BgpPeer {
-        address: p.address.to_string(),
-        peer_type: p.peer_type.clone(),
-        state: p.state.to_string(),
-        since_unix: p
-            .since
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64),
-        info: String::new(),
-        asn: p.asn,
-        prefixes_received: p.prefixes_received as u64,
-        prefixes_accepted: p.prefixes_accepted as u64,
-        last_error: p.last_error.clone().unwrap_or_default(),
-        capabilities: p.capabilities.clone(),
-    }
 }
 
 /// Starts the speaker and the mesh's tasks. The speaker is returned for the Status API.

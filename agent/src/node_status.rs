@@ -2,10 +2,12 @@
 //! same data as JSON. Pure rendering; tortiectl does the gRPC call.
 
 use std::net::IpAddr;
+use std::time::UNIX_EPOCH;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use tortie_api::v1::{BgpPeer, StatusReply};
+use tortie_bgp::PeerStatus;
 
 /// One row of the table, also the JSON shape of a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -163,6 +165,26 @@ fn table(headers: [&str; 5], rows: &[[&str; 5]]) -> String {
     }
     out.push_str(&rule);
     out
+}
+
+/// The API's row for one peer of the speaker, as `node status` shows it. `info` is left to
+/// tortiectl, which composes Calico's INFO column from the state and the last error.
+pub fn api_peer(p: &PeerStatus) -> BgpPeer {
+    BgpPeer {
+        address: p.address.to_string(),
+        peer_type: p.peer_type.clone(),
+        state: p.state.to_string(),
+        since_unix: p
+            .since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+        info: String::new(),
+        asn: p.asn,
+        prefixes_received: p.prefixes_received as u64,
+        prefixes_accepted: p.prefixes_accepted as u64,
+        last_error: p.last_error.clone().unwrap_or_default(),
+        capabilities: p.capabilities.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -15,15 +15,15 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 use tortie_api::v1::status_server::{Status as StatusApi, StatusServer};
-use tortie_api::v1::{BgpPeer, StatusReply, StatusRequest};
-use tortie_bgp::{Password, PeerConfig, PeerStatus, RibEvent, RouteChange, Speaker, SpeakerConfig};
+use tortie_api::v1::{StatusReply, StatusRequest};
+use tortie_bgp::{Password, PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig};
 
 use crate::netlink::{KernelRouteTable, Route};
 use crate::routes::{ReconcilerConfig, RouteUpdate, RoutesHandle, spawn_reconciler};
@@ -370,25 +370,9 @@ impl StatusApi for BgpStatus {
             node_name: self.node_name.clone(),
             mtu: 0,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            bgp_peers: peers.iter().map(bgp_peer).collect(),
+            bgp_peers: peers.iter().map(crate::node_status::api_peer).collect(),
             reason: String::new(),
         }))
-    }
-}
-
-fn bgp_peer(p: &PeerStatus) -> BgpPeer {
-    BgpPeer {
-        address: p.address.to_string(),
-        peer_type: p.peer_type.clone(),
-        state: p.state.to_string(),
-        since_unix: p.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-        // Left to tortiectl, which composes Calico's INFO from the state and last error.
-        info: String::new(),
-        asn: p.asn,
-        prefixes_received: p.prefixes_received as u64,
-        prefixes_accepted: p.prefixes_accepted as u64,
-        last_error: p.last_error.clone().unwrap_or_default(),
-        capabilities: p.capabilities.clone(),
     }
 }
 

@@ -340,7 +340,7 @@ impl StatusApi for StatusService {
                 .await
                 .map_err(|e| Status::unavailable(format!("BGP speaker: {e}")))?
                 .iter()
-                .map(crate::mesh::api_peer)
+                .map(crate::node_status::api_peer)
                 .collect(),
             None => Vec::new(),
         };
