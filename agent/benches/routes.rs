@@ -13,13 +13,18 @@ use tortie_node::netlink::{KernelRouteTable, Route, RouteOp, RouteTable};
 use tortie_node::routes::{LocalEndpoint, RemoteBlock, RouteModel, RouteState, desired_routes};
 
 fn net(i: u32, len: u8) -> IpNet {
-    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << (32 - len))), len).unwrap_or_default())
+    IpNet::V4(
+        Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << (32 - len))), len).unwrap_or_default(),
+    )
 }
 
 fn model(blocks: u32) -> RouteModel {
     RouteModel {
         local_endpoints: (0..64)
-            .map(|i| LocalEndpoint { address: net(i, 32), host_ifname: format!("tort{i:011x}") })
+            .map(|i| LocalEndpoint {
+                address: net(i, 32),
+                host_ifname: format!("tort{i:011x}"),
+            })
             .collect(),
         affine_blocks: vec![net(0, 26)],
         remote_blocks: (1..blocks)
@@ -34,16 +39,24 @@ fn model(blocks: u32) -> RouteModel {
 
 fn pure(c: &mut Criterion) {
     let m = model(10_000);
-    c.bench_function("desired_routes 10k blocks", |b| b.iter(|| desired_routes(&m)));
+    c.bench_function("desired_routes 10k blocks", |b| {
+        b.iter(|| desired_routes(&m))
+    });
 
     // A full table where 1% of the routes went missing from the kernel: the resync pass.
-    let routes: Vec<Route> =
-        (0..500_000u32).map(|i| Route::via(net(i, 30), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))).collect();
+    let routes: Vec<Route> = (0..500_000u32)
+        .map(|i| Route::via(net(i, 30), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))))
+        .collect();
     let mut state = RouteState::new(routes.clone(), false);
     for r in &routes {
         let _ = state.want(r.clone());
     }
-    let kernel: Vec<Route> = routes.iter().enumerate().filter(|(i, _)| i % 100 != 0).map(|(_, r)| r.clone()).collect();
+    let kernel: Vec<Route> = routes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 100 != 0)
+        .map(|(_, r)| r.clone())
+        .collect();
     c.bench_function("resync 500k routes, 1% missing", |b| {
         b.iter(|| {
             state.observe_kernel(kernel.clone());
@@ -67,21 +80,33 @@ fn kernel(c: &mut Criterion) {
         return;
     }
     let ns = Ns(format!("trt-bench-routes-{}", std::process::id()));
-    if !Command::new("ip").args(["netns", "add", &ns.0]).status().is_ok_and(|s| s.success()) {
+    if !Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         eprintln!("skipping the kernel benchmark: cannot create a namespace");
         return;
     }
-    let mut table = match KernelRouteTable::open_in_netns(&std::path::Path::new("/run/netns").join(&ns.0)) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("skipping the kernel benchmark: {e}");
-            return;
-        }
-    };
-    let adds: Vec<RouteOp> = (0..100_000u32).map(|i| RouteOp::Add(Route::blackhole(net(i, 30)))).collect();
-    let dels: Vec<RouteOp> = adds.iter().map(|op| RouteOp::Delete(op.route().clone())).collect();
+    let mut table =
+        match KernelRouteTable::open_in_netns(&std::path::Path::new("/run/netns").join(&ns.0)) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("skipping the kernel benchmark: {e}");
+                return;
+            }
+        };
+    let adds: Vec<RouteOp> = (0..100_000u32)
+        .map(|i| RouteOp::Add(Route::blackhole(net(i, 30))))
+        .collect();
+    let dels: Vec<RouteOp> = adds
+        .iter()
+        .map(|op| RouteOp::Delete(op.route().clone()))
+        .collect();
     let mut group = c.benchmark_group("kernel");
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
     group.bench_function("add 100k blackhole /30s, pipelined", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;

@@ -114,11 +114,18 @@ struct Vars<'a> {
 impl Vars<'_> {
     /// The value, trimmed; empty counts as unset.
     fn get(&self, var: &str) -> Option<&str> {
-        self.map.get(var).map(|v| v.trim()).filter(|v| !v.is_empty())
+        self.map
+            .get(var)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
     }
 
     fn err(&self, var: &'static str, why: impl fmt::Display) -> ConfigError {
-        ConfigError { var, value: self.map.get(var).cloned().unwrap_or_default(), why: why.to_string() }
+        ConfigError {
+            var,
+            value: self.map.get(var).cloned().unwrap_or_default(),
+            why: why.to_string(),
+        }
     }
 
     /// Parses `var` with `parse` when set, else returns `default`.
@@ -144,7 +151,10 @@ impl Config {
         Config::from_vars(&vars, || {
             nix::unistd::gethostname()
                 .map_err(|e| e.to_string())
-                .and_then(|h| h.into_string().map_err(|_| "hostname is not UTF-8".to_owned()))
+                .and_then(|h| {
+                    h.into_string()
+                        .map_err(|_| "hostname is not UTF-8".to_owned())
+                })
         })
     }
 
@@ -162,19 +172,27 @@ impl Config {
             _ => Err("unknown datastore; the only one is kubernetes".to_owned()),
         })?;
 
-        let cidr = v.parse("CALICO_IPV4POOL_CIDR", Ipv4Net::new(Ipv4Addr::new(192, 168, 0, 0), 16).unwrap_or_default(), parse_v4_pool)?;
-        let block_size = v.parse("CALICO_IPV4POOL_BLOCK_SIZE", 26u8, |s| parse_block_size(s, 20, 32))?;
+        let cidr = v.parse(
+            "CALICO_IPV4POOL_CIDR",
+            Ipv4Net::new(Ipv4Addr::new(192, 168, 0, 0), 16).unwrap_or_default(),
+            parse_v4_pool,
+        )?;
+        let block_size = v.parse("CALICO_IPV4POOL_BLOCK_SIZE", 26u8, |s| {
+            parse_block_size(s, 20, 32)
+        })?;
         if block_size < cidr.prefix_len() {
             return Err(v.err(
                 "CALICO_IPV4POOL_BLOCK_SIZE",
                 format!("a /{block_size} block is larger than the pool {cidr}; use a block size between {} and 32", cidr.prefix_len().max(20)),
             ));
         }
-        let vxlan = v.parse("CALICO_IPV4POOL_VXLAN", VxlanMode::Never, |s| match s.to_ascii_lowercase().as_str() {
-            "never" => Ok(VxlanMode::Never),
-            "always" => Ok(VxlanMode::Always),
-            "crosssubnet" => Ok(VxlanMode::CrossSubnet),
-            _ => Err("must be Never, Always or CrossSubnet".to_owned()),
+        let vxlan = v.parse("CALICO_IPV4POOL_VXLAN", VxlanMode::Never, |s| {
+            match s.to_ascii_lowercase().as_str() {
+                "never" => Ok(VxlanMode::Never),
+                "always" => Ok(VxlanMode::Always),
+                "crosssubnet" => Ok(VxlanMode::CrossSubnet),
+                _ => Err("must be Never, Always or CrossSubnet".to_owned()),
+            }
         })?;
         let nat_outgoing = v.parse("CALICO_IPV4POOL_NAT_OUTGOING", true, parse_bool)?;
 
@@ -182,7 +200,9 @@ impl Config {
             None => None,
             Some(s) => {
                 let cidr = parse_v6_pool(s).map_err(|why| v.err("CALICO_IPV6POOL_CIDR", why))?;
-                let block_size = v.parse("CALICO_IPV6POOL_BLOCK_SIZE", 122u8, |s| parse_block_size(s, 116, 128))?;
+                let block_size = v.parse("CALICO_IPV6POOL_BLOCK_SIZE", 122u8, |s| {
+                    parse_block_size(s, 116, 128)
+                })?;
                 if block_size < cidr.prefix_len() {
                     return Err(v.err(
                         "CALICO_IPV6POOL_BLOCK_SIZE",
@@ -199,7 +219,10 @@ impl Config {
             "none" => Ok(Backend::None),
             _ => Err("must be bird (or bgp), vxlan or none".to_owned()),
         })?;
-        if backend == Backend::Vxlan && vxlan == VxlanMode::Never && v.get("CALICO_IPV4POOL_VXLAN").is_some() {
+        if backend == Backend::Vxlan
+            && vxlan == VxlanMode::Never
+            && v.get("CALICO_IPV4POOL_VXLAN").is_some()
+        {
             return Err(v.err("CALICO_IPV4POOL_VXLAN", "the vxlan backend has no BGP to route a pool with vxlanMode Never; use Always or CrossSubnet"));
         }
         // Calico's vxlan backend makes the default pool VXLAN when the user did not say.
@@ -210,7 +233,8 @@ impl Config {
         };
 
         let ip = v.parse("IP", NodeIp::Autodetect, parse_node_ip)?;
-        let autodetection = v.parse("IP_AUTODETECTION_METHOD", Method::FirstFound, Method::parse)?;
+        let autodetection =
+            v.parse("IP_AUTODETECTION_METHOD", Method::FirstFound, Method::parse)?;
         let as_number = v.parse("AS", 64512, parse_as)?;
 
         let node_name = match v.get("NODENAME") {
@@ -242,26 +266,49 @@ impl Config {
             }
             Ok(p)
         })?;
-        let cni_conf_dir = v.parse("TORTIE_CNI_CONF_DIR", PathBuf::from("/etc/cni/net.d"), parse_abs_path)?;
-        let cni_bin_dir = v.parse("TORTIE_CNI_BIN_DIR", PathBuf::from("/opt/cni/bin"), parse_abs_path)?;
+        let cni_conf_dir = v.parse(
+            "TORTIE_CNI_CONF_DIR",
+            PathBuf::from("/etc/cni/net.d"),
+            parse_abs_path,
+        )?;
+        let cni_bin_dir = v.parse(
+            "TORTIE_CNI_BIN_DIR",
+            PathBuf::from("/opt/cni/bin"),
+            parse_abs_path,
+        )?;
 
         let min_mtu = if ipv6_pool.is_some() { 1280 } else { 576 };
         let mtu = v.parse("TORTIE_MTU", None, |s| {
             let n: u32 = s.parse().map_err(|_| "not a whole number".to_owned())?;
             if !(min_mtu..=65535).contains(&n) {
-                let why = if ipv6_pool.is_some() { " (IPv6 needs at least 1280)" } else { "" };
+                let why = if ipv6_pool.is_some() {
+                    " (IPv6 needs at least 1280)"
+                } else {
+                    ""
+                };
                 return Err(format!("must be between {min_mtu} and 65535{why}"));
             }
             Ok(Some(n))
         })?;
-        let ipam_gc_grace = v.parse("TORTIE_IPAM_GC_GRACE", Duration::from_secs(15 * 60), parse_duration)?;
+        let ipam_gc_grace = v.parse(
+            "TORTIE_IPAM_GC_GRACE",
+            Duration::from_secs(15 * 60),
+            parse_duration,
+        )?;
         let max_blocks_per_node = v.parse("TORTIE_MAX_BLOCKS_PER_NODE", Some(20), |s| {
-            let n: u32 = s.parse().map_err(|_| "not a whole number (0 means no limit)".to_owned())?;
+            let n: u32 = s
+                .parse()
+                .map_err(|_| "not a whole number (0 means no limit)".to_owned())?;
             Ok((n != 0).then_some(n))
         })?;
 
         Ok(Config {
-            ipv4_pool: Ipv4Pool { cidr, block_size, vxlan, nat_outgoing },
+            ipv4_pool: Ipv4Pool {
+                cidr,
+                block_size,
+                vxlan,
+                nat_outgoing,
+            },
             ipv6_pool,
             backend,
             ip,
@@ -280,9 +327,15 @@ impl Config {
 
 /// `a.b.c.d/len` with no host bits set.
 fn parse_v4_pool(s: &str) -> Result<Ipv4Net, String> {
-    let (addr, len) = s.split_once('/').ok_or("not a CIDR: the prefix length is missing (e.g. 10.244.0.0/16)")?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-    let len: u8 = len.parse().map_err(|_| format!("prefix length {len:?} is not a number"))?;
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or("not a CIDR: the prefix length is missing (e.g. 10.244.0.0/16)")?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("prefix length {len:?} is not a number"))?;
     if len > 32 {
         return Err(format!("prefix length {len} is larger than 32"));
     }
@@ -291,15 +344,23 @@ fn parse_v4_pool(s: &str) -> Result<Ipv4Net, String> {
         return Err(format!("host bits are set; did you mean {}?", net.trunc()));
     }
     if len > 30 {
-        return Err(format!("a /{len} pool is too small to hold pods; use a prefix length of at most 30"));
+        return Err(format!(
+            "a /{len} pool is too small to hold pods; use a prefix length of at most 30"
+        ));
     }
     Ok(net)
 }
 
 fn parse_v6_pool(s: &str) -> Result<Ipv6Net, String> {
-    let (addr, len) = s.split_once('/').ok_or("not a CIDR: the prefix length is missing (e.g. fd00:10:244::/64)")?;
-    let addr: std::net::Ipv6Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
-    let len: u8 = len.parse().map_err(|_| format!("prefix length {len:?} is not a number"))?;
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or("not a CIDR: the prefix length is missing (e.g. fd00:10:244::/64)")?;
+    let addr: std::net::Ipv6Addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("prefix length {len:?} is not a number"))?;
     if len > 128 {
         return Err(format!("prefix length {len} is larger than 128"));
     }
@@ -308,7 +369,9 @@ fn parse_v6_pool(s: &str) -> Result<Ipv6Net, String> {
         return Err(format!("host bits are set; did you mean {}?", net.trunc()));
     }
     if len > 126 {
-        return Err(format!("a /{len} pool is too small to hold pods; use a prefix length of at most 126"));
+        return Err(format!(
+            "a /{len} pool is too small to hold pods; use a prefix length of at most 126"
+        ));
     }
     Ok(net)
 }
@@ -320,7 +383,9 @@ fn parse_block_size(s: &str, min: u8, max: u8) -> Result<u8, String> {
         return Err(format!("block size {n} is larger than {max}"));
     }
     if n < min {
-        return Err(format!("block size {n} is smaller than {min}; use {min} to {max}"));
+        return Err(format!(
+            "block size {n} is smaller than {min}; use {min} to {max}"
+        ));
     }
     Ok(n)
 }
@@ -342,7 +407,9 @@ fn parse_node_ip(s: &str) -> Result<NodeIp, String> {
     }
     let (addr, prefix) = match s.split_once('/') {
         Some((a, p)) => {
-            let p: u8 = p.parse().map_err(|_| format!("prefix length {p:?} is not a number"))?;
+            let p: u8 = p
+                .parse()
+                .map_err(|_| format!("prefix length {p:?} is not a number"))?;
             if p > 32 {
                 return Err(format!("prefix length {p} is larger than 32"));
             }
@@ -364,11 +431,17 @@ fn parse_node_ip(s: &str) -> Result<NodeIp, String> {
 fn parse_as(s: &str) -> Result<u32, String> {
     let n = match s.split_once('.') {
         Some((hi, lo)) => {
-            let hi: u16 = hi.parse().map_err(|_| "asdot notation needs two numbers of 0 to 65535".to_owned())?;
-            let lo: u16 = lo.parse().map_err(|_| "asdot notation needs two numbers of 0 to 65535".to_owned())?;
+            let hi: u16 = hi
+                .parse()
+                .map_err(|_| "asdot notation needs two numbers of 0 to 65535".to_owned())?;
+            let lo: u16 = lo
+                .parse()
+                .map_err(|_| "asdot notation needs two numbers of 0 to 65535".to_owned())?;
             (u32::from(hi) << 16) | u32::from(lo)
         }
-        None => s.parse::<u32>().map_err(|_| "not an AS number (1 to 4294967295, or asdot like 1.10)".to_owned())?,
+        None => s
+            .parse::<u32>()
+            .map_err(|_| "not an AS number (1 to 4294967295, or asdot like 1.10)".to_owned())?,
     };
     if n == 0 {
         return Err("AS 0 is reserved (RFC 7607)".to_owned());
@@ -379,11 +452,16 @@ fn parse_as(s: &str) -> Result<u32, String> {
 /// A Kubernetes object name (DNS-1123 subdomain), which a Node's name must be.
 fn check_node_name(s: &str) -> Result<(), String> {
     if s.len() > 253 {
-        return Err(format!("is {} characters; a node name has at most 253", s.len()));
+        return Err(format!(
+            "is {} characters; a node name has at most 253",
+            s.len()
+        ));
     }
     for label in s.split('.') {
         let ok = !label.is_empty()
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -416,7 +494,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -425,7 +505,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        let part = u32::try_from(n).ok().and_then(|n| unit.checked_mul(n)).ok_or_else(bad)?;
+        let part = u32::try_from(n)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or_else(bad)?;
         total = total.checked_add(part).ok_or_else(bad)?;
     }
     Ok(total)
@@ -437,7 +520,10 @@ mod tests {
     use super::*;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_vars(&vars, || Ok("Node-A".to_owned()))
     }
 
@@ -448,7 +534,15 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.ipv4_pool, Ipv4Pool { cidr: "192.168.0.0/16".parse().unwrap(), block_size: 26, vxlan: VxlanMode::Never, nat_outgoing: true });
+        assert_eq!(
+            c.ipv4_pool,
+            Ipv4Pool {
+                cidr: "192.168.0.0/16".parse().unwrap(),
+                block_size: 26,
+                vxlan: VxlanMode::Never,
+                nat_outgoing: true
+            }
+        );
         assert_eq!(c.ipv6_pool, None);
         assert_eq!(c.backend, Backend::Bgp);
         assert_eq!(c.ip, NodeIp::Autodetect);
@@ -466,7 +560,10 @@ mod tests {
     #[test]
     fn empty_values_count_as_unset() {
         let c = parse(&[("CALICO_IPV4POOL_CIDR", ""), ("AS", "  "), ("NODENAME", "")]).unwrap();
-        assert_eq!(c.ipv4_pool.cidr, "192.168.0.0/16".parse::<Ipv4Net>().unwrap());
+        assert_eq!(
+            c.ipv4_pool.cidr,
+            "192.168.0.0/16".parse::<Ipv4Net>().unwrap()
+        );
         assert_eq!(c.as_number, 64512);
         assert_eq!(c.node_name, "node-a");
     }
@@ -474,157 +571,439 @@ mod tests {
     #[test]
     fn ipv4_pool_cidr() {
         let c = parse(&[("CALICO_IPV4POOL_CIDR", "10.244.0.0/16")]).unwrap();
-        assert_eq!(c.ipv4_pool.cidr, "10.244.0.0/16".parse::<Ipv4Net>().unwrap());
-        assert_eq!(err(&[("CALICO_IPV4POOL_CIDR", "10.244.0.0/33")]), r#"CALICO_IPV4POOL_CIDR="10.244.0.0/33": prefix length 33 is larger than 32"#);
-        assert_eq!(err(&[("CALICO_IPV4POOL_CIDR", "10.244.0.0")]), r#"CALICO_IPV4POOL_CIDR="10.244.0.0": not a CIDR: the prefix length is missing (e.g. 10.244.0.0/16)"#);
-        assert_eq!(err(&[("CALICO_IPV4POOL_CIDR", "10.244.1.0/16")]), r#"CALICO_IPV4POOL_CIDR="10.244.1.0/16": host bits are set; did you mean 10.244.0.0/16?"#);
-        assert_eq!(err(&[("CALICO_IPV4POOL_CIDR", "10.300.0.0/16")]), r#"CALICO_IPV4POOL_CIDR="10.300.0.0/16": "10.300.0.0" is not an IPv4 address"#);
-        assert_eq!(err(&[("CALICO_IPV4POOL_CIDR", "fd00::/64")]), r#"CALICO_IPV4POOL_CIDR="fd00::/64": "fd00::" is not an IPv4 address"#);
-        assert_eq!(err(&[("CALICO_IPV4POOL_CIDR", "10.0.0.0/x")]), r#"CALICO_IPV4POOL_CIDR="10.0.0.0/x": prefix length "x" is not a number"#);
-        assert_eq!(err(&[("CALICO_IPV4POOL_CIDR", "10.0.0.0/31"), ("CALICO_IPV4POOL_BLOCK_SIZE", "32")]), r#"CALICO_IPV4POOL_CIDR="10.0.0.0/31": a /31 pool is too small to hold pods; use a prefix length of at most 30"#);
+        assert_eq!(
+            c.ipv4_pool.cidr,
+            "10.244.0.0/16".parse::<Ipv4Net>().unwrap()
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_CIDR", "10.244.0.0/33")]),
+            r#"CALICO_IPV4POOL_CIDR="10.244.0.0/33": prefix length 33 is larger than 32"#
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_CIDR", "10.244.0.0")]),
+            r#"CALICO_IPV4POOL_CIDR="10.244.0.0": not a CIDR: the prefix length is missing (e.g. 10.244.0.0/16)"#
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_CIDR", "10.244.1.0/16")]),
+            r#"CALICO_IPV4POOL_CIDR="10.244.1.0/16": host bits are set; did you mean 10.244.0.0/16?"#
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_CIDR", "10.300.0.0/16")]),
+            r#"CALICO_IPV4POOL_CIDR="10.300.0.0/16": "10.300.0.0" is not an IPv4 address"#
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_CIDR", "fd00::/64")]),
+            r#"CALICO_IPV4POOL_CIDR="fd00::/64": "fd00::" is not an IPv4 address"#
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_CIDR", "10.0.0.0/x")]),
+            r#"CALICO_IPV4POOL_CIDR="10.0.0.0/x": prefix length "x" is not a number"#
+        );
+        assert_eq!(
+            err(&[
+                ("CALICO_IPV4POOL_CIDR", "10.0.0.0/31"),
+                ("CALICO_IPV4POOL_BLOCK_SIZE", "32")
+            ]),
+            r#"CALICO_IPV4POOL_CIDR="10.0.0.0/31": a /31 pool is too small to hold pods; use a prefix length of at most 30"#
+        );
     }
 
     #[test]
     fn ipv4_block_size() {
-        let c = parse(&[("CALICO_IPV4POOL_CIDR", "10.0.0.0/24"), ("CALICO_IPV4POOL_BLOCK_SIZE", "28")]).unwrap();
+        let c = parse(&[
+            ("CALICO_IPV4POOL_CIDR", "10.0.0.0/24"),
+            ("CALICO_IPV4POOL_BLOCK_SIZE", "28"),
+        ])
+        .unwrap();
         assert_eq!(c.ipv4_pool.block_size, 28);
-        assert_eq!(err(&[("CALICO_IPV4POOL_BLOCK_SIZE", "33")]), r#"CALICO_IPV4POOL_BLOCK_SIZE="33": block size 33 is larger than 32"#);
-        assert_eq!(err(&[("CALICO_IPV4POOL_BLOCK_SIZE", "19")]), r#"CALICO_IPV4POOL_BLOCK_SIZE="19": block size 19 is smaller than 20; use 20 to 32"#);
-        assert_eq!(err(&[("CALICO_IPV4POOL_BLOCK_SIZE", "big")]), r#"CALICO_IPV4POOL_BLOCK_SIZE="big": not a whole number"#);
         assert_eq!(
-            err(&[("CALICO_IPV4POOL_CIDR", "10.0.0.0/24"), ("CALICO_IPV4POOL_BLOCK_SIZE", "22")]),
+            err(&[("CALICO_IPV4POOL_BLOCK_SIZE", "33")]),
+            r#"CALICO_IPV4POOL_BLOCK_SIZE="33": block size 33 is larger than 32"#
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_BLOCK_SIZE", "19")]),
+            r#"CALICO_IPV4POOL_BLOCK_SIZE="19": block size 19 is smaller than 20; use 20 to 32"#
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_BLOCK_SIZE", "big")]),
+            r#"CALICO_IPV4POOL_BLOCK_SIZE="big": not a whole number"#
+        );
+        assert_eq!(
+            err(&[
+                ("CALICO_IPV4POOL_CIDR", "10.0.0.0/24"),
+                ("CALICO_IPV4POOL_BLOCK_SIZE", "22")
+            ]),
             r#"CALICO_IPV4POOL_BLOCK_SIZE="22": a /22 block is larger than the pool 10.0.0.0/24; use a block size between 24 and 32"#
         );
     }
 
     #[test]
     fn vxlan_mode() {
-        assert_eq!(parse(&[("CALICO_IPV4POOL_VXLAN", "Always")]).unwrap().ipv4_pool.vxlan, VxlanMode::Always);
-        assert_eq!(parse(&[("CALICO_IPV4POOL_VXLAN", "crosssubnet")]).unwrap().ipv4_pool.vxlan, VxlanMode::CrossSubnet);
-        assert_eq!(parse(&[("CALICO_IPV4POOL_VXLAN", "Never")]).unwrap().ipv4_pool.vxlan, VxlanMode::Never);
-        assert_eq!(err(&[("CALICO_IPV4POOL_VXLAN", "Sometimes")]), r#"CALICO_IPV4POOL_VXLAN="Sometimes": must be Never, Always or CrossSubnet"#);
+        assert_eq!(
+            parse(&[("CALICO_IPV4POOL_VXLAN", "Always")])
+                .unwrap()
+                .ipv4_pool
+                .vxlan,
+            VxlanMode::Always
+        );
+        assert_eq!(
+            parse(&[("CALICO_IPV4POOL_VXLAN", "crosssubnet")])
+                .unwrap()
+                .ipv4_pool
+                .vxlan,
+            VxlanMode::CrossSubnet
+        );
+        assert_eq!(
+            parse(&[("CALICO_IPV4POOL_VXLAN", "Never")])
+                .unwrap()
+                .ipv4_pool
+                .vxlan,
+            VxlanMode::Never
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_VXLAN", "Sometimes")]),
+            r#"CALICO_IPV4POOL_VXLAN="Sometimes": must be Never, Always or CrossSubnet"#
+        );
     }
 
     #[test]
     fn nat_outgoing() {
-        assert!(!parse(&[("CALICO_IPV4POOL_NAT_OUTGOING", "false")]).unwrap().ipv4_pool.nat_outgoing);
-        assert!(parse(&[("CALICO_IPV4POOL_NAT_OUTGOING", "1")]).unwrap().ipv4_pool.nat_outgoing);
-        assert_eq!(err(&[("CALICO_IPV4POOL_NAT_OUTGOING", "yes")]), r#"CALICO_IPV4POOL_NAT_OUTGOING="yes": must be true or false"#);
+        assert!(
+            !parse(&[("CALICO_IPV4POOL_NAT_OUTGOING", "false")])
+                .unwrap()
+                .ipv4_pool
+                .nat_outgoing
+        );
+        assert!(
+            parse(&[("CALICO_IPV4POOL_NAT_OUTGOING", "1")])
+                .unwrap()
+                .ipv4_pool
+                .nat_outgoing
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_NAT_OUTGOING", "yes")]),
+            r#"CALICO_IPV4POOL_NAT_OUTGOING="yes": must be true or false"#
+        );
     }
 
     #[test]
     fn ipv6_pool() {
         let c = parse(&[("CALICO_IPV6POOL_CIDR", "fd00:10:244::/64")]).unwrap();
-        assert_eq!(c.ipv6_pool, Some(Ipv6Pool { cidr: "fd00:10:244::/64".parse().unwrap(), block_size: 122 }));
-        let c = parse(&[("CALICO_IPV6POOL_CIDR", "fd00::/112"), ("CALICO_IPV6POOL_BLOCK_SIZE", "120")]).unwrap();
+        assert_eq!(
+            c.ipv6_pool,
+            Some(Ipv6Pool {
+                cidr: "fd00:10:244::/64".parse().unwrap(),
+                block_size: 122
+            })
+        );
+        let c = parse(&[
+            ("CALICO_IPV6POOL_CIDR", "fd00::/112"),
+            ("CALICO_IPV6POOL_BLOCK_SIZE", "120"),
+        ])
+        .unwrap();
         assert_eq!(c.ipv6_pool.unwrap().block_size, 120);
-        assert_eq!(err(&[("CALICO_IPV6POOL_CIDR", "fd00::/129")]), r#"CALICO_IPV6POOL_CIDR="fd00::/129": prefix length 129 is larger than 128"#);
-        assert_eq!(err(&[("CALICO_IPV6POOL_CIDR", "fd00::1/64")]), r#"CALICO_IPV6POOL_CIDR="fd00::1/64": host bits are set; did you mean fd00::/64?"#);
-        assert_eq!(err(&[("CALICO_IPV6POOL_CIDR", "10.0.0.0/8")]), r#"CALICO_IPV6POOL_CIDR="10.0.0.0/8": "10.0.0.0" is not an IPv6 address"#);
-        assert_eq!(err(&[("CALICO_IPV6POOL_CIDR", "fd00::/64"), ("CALICO_IPV6POOL_BLOCK_SIZE", "100")]), r#"CALICO_IPV6POOL_BLOCK_SIZE="100": block size 100 is smaller than 116; use 116 to 128"#);
-        assert_eq!(err(&[("CALICO_IPV6POOL_CIDR", "fd00::/120"), ("CALICO_IPV6POOL_BLOCK_SIZE", "116")]), r#"CALICO_IPV6POOL_BLOCK_SIZE="116": a /116 block is larger than the pool fd00::/120"#);
+        assert_eq!(
+            err(&[("CALICO_IPV6POOL_CIDR", "fd00::/129")]),
+            r#"CALICO_IPV6POOL_CIDR="fd00::/129": prefix length 129 is larger than 128"#
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV6POOL_CIDR", "fd00::1/64")]),
+            r#"CALICO_IPV6POOL_CIDR="fd00::1/64": host bits are set; did you mean fd00::/64?"#
+        );
+        assert_eq!(
+            err(&[("CALICO_IPV6POOL_CIDR", "10.0.0.0/8")]),
+            r#"CALICO_IPV6POOL_CIDR="10.0.0.0/8": "10.0.0.0" is not an IPv6 address"#
+        );
+        assert_eq!(
+            err(&[
+                ("CALICO_IPV6POOL_CIDR", "fd00::/64"),
+                ("CALICO_IPV6POOL_BLOCK_SIZE", "100")
+            ]),
+            r#"CALICO_IPV6POOL_BLOCK_SIZE="100": block size 100 is smaller than 116; use 116 to 128"#
+        );
+        assert_eq!(
+            err(&[
+                ("CALICO_IPV6POOL_CIDR", "fd00::/120"),
+                ("CALICO_IPV6POOL_BLOCK_SIZE", "116")
+            ]),
+            r#"CALICO_IPV6POOL_BLOCK_SIZE="116": a /116 block is larger than the pool fd00::/120"#
+        );
     }
 
     #[test]
     fn backend() {
-        assert_eq!(parse(&[("CALICO_NETWORKING_BACKEND", "bird")]).unwrap().backend, Backend::Bgp);
-        assert_eq!(parse(&[("CALICO_NETWORKING_BACKEND", "bgp")]).unwrap().backend, Backend::Bgp);
-        assert_eq!(parse(&[("CALICO_NETWORKING_BACKEND", "none")]).unwrap().backend, Backend::None);
+        assert_eq!(
+            parse(&[("CALICO_NETWORKING_BACKEND", "bird")])
+                .unwrap()
+                .backend,
+            Backend::Bgp
+        );
+        assert_eq!(
+            parse(&[("CALICO_NETWORKING_BACKEND", "bgp")])
+                .unwrap()
+                .backend,
+            Backend::Bgp
+        );
+        assert_eq!(
+            parse(&[("CALICO_NETWORKING_BACKEND", "none")])
+                .unwrap()
+                .backend,
+            Backend::None
+        );
         let c = parse(&[("CALICO_NETWORKING_BACKEND", "vxlan")]).unwrap();
-        assert_eq!((c.backend, c.ipv4_pool.vxlan), (Backend::Vxlan, VxlanMode::Always));
-        let c = parse(&[("CALICO_NETWORKING_BACKEND", "vxlan"), ("CALICO_IPV4POOL_VXLAN", "CrossSubnet")]).unwrap();
+        assert_eq!(
+            (c.backend, c.ipv4_pool.vxlan),
+            (Backend::Vxlan, VxlanMode::Always)
+        );
+        let c = parse(&[
+            ("CALICO_NETWORKING_BACKEND", "vxlan"),
+            ("CALICO_IPV4POOL_VXLAN", "CrossSubnet"),
+        ])
+        .unwrap();
         assert_eq!(c.ipv4_pool.vxlan, VxlanMode::CrossSubnet);
-        assert_eq!(err(&[("CALICO_NETWORKING_BACKEND", "vxlan"), ("CALICO_IPV4POOL_VXLAN", "Never")]), r#"CALICO_IPV4POOL_VXLAN="Never": the vxlan backend has no BGP to route a pool with vxlanMode Never; use Always or CrossSubnet"#);
-        assert_eq!(err(&[("CALICO_NETWORKING_BACKEND", "gobgp")]), r#"CALICO_NETWORKING_BACKEND="gobgp": must be bird (or bgp), vxlan or none"#);
+        assert_eq!(
+            err(&[
+                ("CALICO_NETWORKING_BACKEND", "vxlan"),
+                ("CALICO_IPV4POOL_VXLAN", "Never")
+            ]),
+            r#"CALICO_IPV4POOL_VXLAN="Never": the vxlan backend has no BGP to route a pool with vxlanMode Never; use Always or CrossSubnet"#
+        );
+        assert_eq!(
+            err(&[("CALICO_NETWORKING_BACKEND", "gobgp")]),
+            r#"CALICO_NETWORKING_BACKEND="gobgp": must be bird (or bgp), vxlan or none"#
+        );
     }
 
     #[test]
     fn node_ip() {
-        assert_eq!(parse(&[("IP", "autodetect")]).unwrap().ip, NodeIp::Autodetect);
+        assert_eq!(
+            parse(&[("IP", "autodetect")]).unwrap().ip,
+            NodeIp::Autodetect
+        );
         assert_eq!(parse(&[("IP", "none")]).unwrap().ip, NodeIp::None);
-        assert_eq!(parse(&[("IP", "10.0.0.5")]).unwrap().ip, NodeIp::Fixed { addr: Ipv4Addr::new(10, 0, 0, 5), prefix: None });
-        assert_eq!(parse(&[("IP", "10.0.0.5/24")]).unwrap().ip, NodeIp::Fixed { addr: Ipv4Addr::new(10, 0, 0, 5), prefix: Some(24) });
-        assert_eq!(err(&[("IP", "10.0.0.5/40")]), r#"IP="10.0.0.5/40": prefix length 40 is larger than 32"#);
-        assert_eq!(err(&[("IP", "127.0.0.1")]), r#"IP="127.0.0.1": 127.0.0.1 cannot be a node address"#);
-        assert_eq!(err(&[("IP", "auto")]), r#"IP="auto": must be autodetect, none, or an IPv4 address (optionally with /prefix); "auto" is not an IPv4 address"#);
+        assert_eq!(
+            parse(&[("IP", "10.0.0.5")]).unwrap().ip,
+            NodeIp::Fixed {
+                addr: Ipv4Addr::new(10, 0, 0, 5),
+                prefix: None
+            }
+        );
+        assert_eq!(
+            parse(&[("IP", "10.0.0.5/24")]).unwrap().ip,
+            NodeIp::Fixed {
+                addr: Ipv4Addr::new(10, 0, 0, 5),
+                prefix: Some(24)
+            }
+        );
+        assert_eq!(
+            err(&[("IP", "10.0.0.5/40")]),
+            r#"IP="10.0.0.5/40": prefix length 40 is larger than 32"#
+        );
+        assert_eq!(
+            err(&[("IP", "127.0.0.1")]),
+            r#"IP="127.0.0.1": 127.0.0.1 cannot be a node address"#
+        );
+        assert_eq!(
+            err(&[("IP", "auto")]),
+            r#"IP="auto": must be autodetect, none, or an IPv4 address (optionally with /prefix); "auto" is not an IPv4 address"#
+        );
     }
 
     #[test]
     fn autodetection_method() {
         let c = parse(&[("IP_AUTODETECTION_METHOD", "interface=eth0")]).unwrap();
         assert_eq!(c.autodetection.to_string(), "interface=^(?:eth0)$");
-        assert!(matches!(parse(&[("IP_AUTODETECTION_METHOD", "can-reach=10.0.0.1")]).unwrap().autodetection, Method::CanReach(_)));
-        assert!(matches!(parse(&[("IP_AUTODETECTION_METHOD", "kubernetes-internal-ip")]).unwrap().autodetection, Method::KubernetesInternalIp));
-        assert_eq!(err(&[("IP_AUTODETECTION_METHOD", "can-reach=nowhere")]), r#"IP_AUTODETECTION_METHOD="can-reach=nowhere": can-reach needs an IP address, and "nowhere" is not one"#);
+        assert!(matches!(
+            parse(&[("IP_AUTODETECTION_METHOD", "can-reach=10.0.0.1")])
+                .unwrap()
+                .autodetection,
+            Method::CanReach(_)
+        ));
+        assert!(matches!(
+            parse(&[("IP_AUTODETECTION_METHOD", "kubernetes-internal-ip")])
+                .unwrap()
+                .autodetection,
+            Method::KubernetesInternalIp
+        ));
+        assert_eq!(
+            err(&[("IP_AUTODETECTION_METHOD", "can-reach=nowhere")]),
+            r#"IP_AUTODETECTION_METHOD="can-reach=nowhere": can-reach needs an IP address, and "nowhere" is not one"#
+        );
     }
 
     #[test]
     fn as_number() {
         assert_eq!(parse(&[("AS", "65001")]).unwrap().as_number, 65001);
-        assert_eq!(parse(&[("AS", "4200000000")]).unwrap().as_number, 4_200_000_000);
+        assert_eq!(
+            parse(&[("AS", "4200000000")]).unwrap().as_number,
+            4_200_000_000
+        );
         assert_eq!(parse(&[("AS", "1.10")]).unwrap().as_number, 65546);
-        assert_eq!(err(&[("AS", "0")]), r#"AS="0": AS 0 is reserved (RFC 7607)"#);
-        assert_eq!(err(&[("AS", "4294967296")]), r#"AS="4294967296": not an AS number (1 to 4294967295, or asdot like 1.10)"#);
-        assert_eq!(err(&[("AS", "1.70000")]), r#"AS="1.70000": asdot notation needs two numbers of 0 to 65535"#);
+        assert_eq!(
+            err(&[("AS", "0")]),
+            r#"AS="0": AS 0 is reserved (RFC 7607)"#
+        );
+        assert_eq!(
+            err(&[("AS", "4294967296")]),
+            r#"AS="4294967296": not an AS number (1 to 4294967295, or asdot like 1.10)"#
+        );
+        assert_eq!(
+            err(&[("AS", "1.70000")]),
+            r#"AS="1.70000": asdot notation needs two numbers of 0 to 65535"#
+        );
     }
 
     #[test]
     fn node_name() {
-        assert_eq!(parse(&[("NODENAME", "node-2")]).unwrap().node_name, "node-2");
-        assert_eq!(parse(&[("NODENAME", "n1.example.com")]).unwrap().node_name, "n1.example.com");
-        assert_eq!(err(&[("NODENAME", "Node_2")]), r#"NODENAME="Node_2": a node name is lowercase letters, digits, '-' and '.', and starts and ends with a letter or digit"#);
+        assert_eq!(
+            parse(&[("NODENAME", "node-2")]).unwrap().node_name,
+            "node-2"
+        );
+        assert_eq!(
+            parse(&[("NODENAME", "n1.example.com")]).unwrap().node_name,
+            "n1.example.com"
+        );
+        assert_eq!(
+            err(&[("NODENAME", "Node_2")]),
+            r#"NODENAME="Node_2": a node name is lowercase letters, digits, '-' and '.', and starts and ends with a letter or digit"#
+        );
         let vars = HashMap::new();
         let e = Config::from_vars(&vars, || Err("EPERM".to_owned())).unwrap_err();
-        assert_eq!(e.to_string(), r#"NODENAME="": unset, and the hostname cannot be read: EPERM"#);
+        assert_eq!(
+            e.to_string(),
+            r#"NODENAME="": unset, and the hostname cannot be read: EPERM"#
+        );
         let e = Config::from_vars(&vars, || Ok("bad_host".to_owned())).unwrap_err();
-        assert!(e.to_string().starts_with(r#"NODENAME="": unset, and the hostname "bad_host" is not a valid node name"#));
+        assert!(e.to_string().starts_with(
+            r#"NODENAME="": unset, and the hostname "bad_host" is not a valid node name"#
+        ));
     }
 
     #[test]
     fn datastore_type() {
         assert!(parse(&[("DATASTORE_TYPE", "kubernetes")]).is_ok());
-        assert_eq!(err(&[("DATASTORE_TYPE", "etcdv3")]), r#"DATASTORE_TYPE="etcdv3": etcdv3 is not supported; tortie keeps its state in the Kubernetes API (use kubernetes)"#);
-        assert_eq!(err(&[("DATASTORE_TYPE", "consul")]), r#"DATASTORE_TYPE="consul": unknown datastore; the only one is kubernetes"#);
+        assert_eq!(
+            err(&[("DATASTORE_TYPE", "etcdv3")]),
+            r#"DATASTORE_TYPE="etcdv3": etcdv3 is not supported; tortie keeps its state in the Kubernetes API (use kubernetes)"#
+        );
+        assert_eq!(
+            err(&[("DATASTORE_TYPE", "consul")]),
+            r#"DATASTORE_TYPE="consul": unknown datastore; the only one is kubernetes"#
+        );
     }
 
     #[test]
     fn paths() {
-        let c = parse(&[("TORTIE_AGENT_SOCKET", "/tmp/n1/agent.sock"), ("TORTIE_CNI_CONF_DIR", "/tmp/n1/net.d"), ("TORTIE_CNI_BIN_DIR", "/tmp/n1/bin")]).unwrap();
+        let c = parse(&[
+            ("TORTIE_AGENT_SOCKET", "/tmp/n1/agent.sock"),
+            ("TORTIE_CNI_CONF_DIR", "/tmp/n1/net.d"),
+            ("TORTIE_CNI_BIN_DIR", "/tmp/n1/bin"),
+        ])
+        .unwrap();
         assert_eq!(c.agent_socket, PathBuf::from("/tmp/n1/agent.sock"));
         assert_eq!(c.cni_conf_dir, PathBuf::from("/tmp/n1/net.d"));
         assert_eq!(c.cni_bin_dir, PathBuf::from("/tmp/n1/bin"));
-        assert_eq!(err(&[("TORTIE_AGENT_SOCKET", "agent.sock")]), r#"TORTIE_AGENT_SOCKET="agent.sock": must be an absolute path"#);
+        assert_eq!(
+            err(&[("TORTIE_AGENT_SOCKET", "agent.sock")]),
+            r#"TORTIE_AGENT_SOCKET="agent.sock": must be an absolute path"#
+        );
         let long = format!("/{}", "x".repeat(120));
-        assert_eq!(err(&[("TORTIE_AGENT_SOCKET", &long)]), format!("TORTIE_AGENT_SOCKET={long:?}: the path is 121 bytes; a unix socket path must be at most 107"));
-        assert_eq!(err(&[("TORTIE_CNI_CONF_DIR", "net.d")]), r#"TORTIE_CNI_CONF_DIR="net.d": must be an absolute path"#);
-        assert_eq!(err(&[("TORTIE_CNI_BIN_DIR", "./bin")]), r#"TORTIE_CNI_BIN_DIR="./bin": must be an absolute path"#);
+        assert_eq!(
+            err(&[("TORTIE_AGENT_SOCKET", &long)]),
+            format!(
+                "TORTIE_AGENT_SOCKET={long:?}: the path is 121 bytes; a unix socket path must be at most 107"
+            )
+        );
+        assert_eq!(
+            err(&[("TORTIE_CNI_CONF_DIR", "net.d")]),
+            r#"TORTIE_CNI_CONF_DIR="net.d": must be an absolute path"#
+        );
+        assert_eq!(
+            err(&[("TORTIE_CNI_BIN_DIR", "./bin")]),
+            r#"TORTIE_CNI_BIN_DIR="./bin": must be an absolute path"#
+        );
     }
 
     #[test]
     fn mtu() {
         assert_eq!(parse(&[("TORTIE_MTU", "1450")]).unwrap().mtu, Some(1450));
-        assert_eq!(err(&[("TORTIE_MTU", "15x")]), r#"TORTIE_MTU="15x": not a whole number"#);
-        assert_eq!(err(&[("TORTIE_MTU", "100")]), r#"TORTIE_MTU="100": must be between 576 and 65535"#);
-        assert_eq!(err(&[("TORTIE_MTU", "70000")]), r#"TORTIE_MTU="70000": must be between 576 and 65535"#);
-        assert_eq!(err(&[("TORTIE_MTU", "1000"), ("CALICO_IPV6POOL_CIDR", "fd00::/64")]), r#"TORTIE_MTU="1000": must be between 1280 and 65535 (IPv6 needs at least 1280)"#);
+        assert_eq!(
+            err(&[("TORTIE_MTU", "15x")]),
+            r#"TORTIE_MTU="15x": not a whole number"#
+        );
+        assert_eq!(
+            err(&[("TORTIE_MTU", "100")]),
+            r#"TORTIE_MTU="100": must be between 576 and 65535"#
+        );
+        assert_eq!(
+            err(&[("TORTIE_MTU", "70000")]),
+            r#"TORTIE_MTU="70000": must be between 576 and 65535"#
+        );
+        assert_eq!(
+            err(&[
+                ("TORTIE_MTU", "1000"),
+                ("CALICO_IPV6POOL_CIDR", "fd00::/64")
+            ]),
+            r#"TORTIE_MTU="1000": must be between 1280 and 65535 (IPv6 needs at least 1280)"#
+        );
     }
 
     #[test]
     fn gc_grace() {
-        assert_eq!(parse(&[("TORTIE_IPAM_GC_GRACE", "30s")]).unwrap().ipam_gc_grace, Duration::from_secs(30));
-        assert_eq!(parse(&[("TORTIE_IPAM_GC_GRACE", "1h30m")]).unwrap().ipam_gc_grace, Duration::from_secs(5400));
-        assert_eq!(parse(&[("TORTIE_IPAM_GC_GRACE", "250ms")]).unwrap().ipam_gc_grace, Duration::from_millis(250));
-        assert_eq!(parse(&[("TORTIE_IPAM_GC_GRACE", "0s")]).unwrap().ipam_gc_grace, Duration::ZERO);
-        assert_eq!(err(&[("TORTIE_IPAM_GC_GRACE", "15")]), r#"TORTIE_IPAM_GC_GRACE="15": not a duration; write it like 90s, 15m or 1h30m (a unit is required)"#);
+        assert_eq!(
+            parse(&[("TORTIE_IPAM_GC_GRACE", "30s")])
+                .unwrap()
+                .ipam_gc_grace,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse(&[("TORTIE_IPAM_GC_GRACE", "1h30m")])
+                .unwrap()
+                .ipam_gc_grace,
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse(&[("TORTIE_IPAM_GC_GRACE", "250ms")])
+                .unwrap()
+                .ipam_gc_grace,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse(&[("TORTIE_IPAM_GC_GRACE", "0s")])
+                .unwrap()
+                .ipam_gc_grace,
+            Duration::ZERO
+        );
+        assert_eq!(
+            err(&[("TORTIE_IPAM_GC_GRACE", "15")]),
+            r#"TORTIE_IPAM_GC_GRACE="15": not a duration; write it like 90s, 15m or 1h30m (a unit is required)"#
+        );
         for bad in ["15 m", "m", "15d", "-5m", "1h30"] {
-            assert!(err(&[("TORTIE_IPAM_GC_GRACE", bad)]).ends_with("not a duration; write it like 90s, 15m or 1h30m"), "{bad}");
+            assert!(
+                err(&[("TORTIE_IPAM_GC_GRACE", bad)])
+                    .ends_with("not a duration; write it like 90s, 15m or 1h30m"),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn max_blocks_per_node() {
-        assert_eq!(parse(&[("TORTIE_MAX_BLOCKS_PER_NODE", "5")]).unwrap().max_blocks_per_node, Some(5));
-        assert_eq!(parse(&[("TORTIE_MAX_BLOCKS_PER_NODE", "0")]).unwrap().max_blocks_per_node, None);
-        assert_eq!(err(&[("TORTIE_MAX_BLOCKS_PER_NODE", "-1")]), r#"TORTIE_MAX_BLOCKS_PER_NODE="-1": not a whole number (0 means no limit)"#);
+        assert_eq!(
+            parse(&[("TORTIE_MAX_BLOCKS_PER_NODE", "5")])
+                .unwrap()
+                .max_blocks_per_node,
+            Some(5)
+        );
+        assert_eq!(
+            parse(&[("TORTIE_MAX_BLOCKS_PER_NODE", "0")])
+                .unwrap()
+                .max_blocks_per_node,
+            None
+        );
+        assert_eq!(
+            err(&[("TORTIE_MAX_BLOCKS_PER_NODE", "-1")]),
+            r#"TORTIE_MAX_BLOCKS_PER_NODE="-1": not a whole number (0 means no limit)"#
+        );
     }
 }

@@ -38,7 +38,10 @@ pub struct EndpointsHandle {
 }
 
 impl EndpointsHandle {
-    async fn call(&self, make: impl FnOnce(oneshot::Sender<Result<(), Failure>>) -> Command) -> Result<(), Failure> {
+    async fn call(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), Failure>>) -> Command,
+    ) -> Result<(), Failure> {
         let stopped = || Failure::Unavailable("the endpoint task has stopped".to_owned());
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.map_err(|_| stopped())?;
@@ -72,12 +75,22 @@ pub fn spawn(
     affine: watch::Receiver<Vec<IpNet>>,
 ) -> (EndpointsHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let task = Task { routes, endpoints: HashMap::new(), blocks: BTreeSet::new() };
-    (EndpointsHandle { tx }, tokio::spawn(task.run(rx, seed, affine)))
+    let task = Task {
+        routes,
+        endpoints: HashMap::new(),
+        blocks: BTreeSet::new(),
+    };
+    (
+        EndpointsHandle { tx },
+        tokio::spawn(task.run(rx, seed, affine)),
+    )
 }
 
 fn host_routes(ep: &Endpoint) -> Vec<Route> {
-    ep.addresses.iter().map(|a| Route::link(IpNet::from(a.addr()), ep.host_ifname.clone())).collect()
+    ep.addresses
+        .iter()
+        .map(|a| Route::link(IpNet::from(a.addr()), ep.host_ifname.clone()))
+        .collect()
 }
 
 impl Task {
@@ -120,7 +133,12 @@ impl Task {
         let remove: Vec<IpNet> = self
             .endpoints
             .get(&ep.handle)
-            .map(|old| old.iter().filter(|r| !want.iter().any(|w| w.dst == r.dst)).map(|r| r.dst).collect())
+            .map(|old| {
+                old.iter()
+                    .filter(|r| !want.iter().any(|w| w.dst == r.dst))
+                    .map(|r| r.dst)
+                    .collect()
+            })
             .unwrap_or_default();
         let unavailable = |e: crate::routes::ReconcilerError| Failure::Unavailable(e.to_string());
         if self.endpoints.contains_key(&ep.handle) {
@@ -131,7 +149,11 @@ impl Task {
         }
         // A veth recreated under the same name has a new index; the netlink table re-reads
         // the links and retries once itself, so a failure here is final.
-        let failures = self.routes.update_and_wait(want.clone(), remove).await.map_err(unavailable)?;
+        let failures = self
+            .routes
+            .update_and_wait(want.clone(), remove)
+            .await
+            .map_err(unavailable)?;
         if let Some(f) = failures.first() {
             // Most likely ENODEV: the veth is not (or no longer) there. Forget the routes, or
             // the reconciler would keep retrying them.
@@ -140,7 +162,10 @@ impl Task {
                 tracing::warn!(error = %e, "could not withdraw a failed endpoint's routes");
             }
             self.endpoints.remove(&ep.handle);
-            return Err(Failure::Precondition(format!("installing the host route for {}: {f}", ep.handle)));
+            return Err(Failure::Precondition(format!(
+                "installing the host route for {}: {f}",
+                ep.handle
+            )));
         }
         tracing::info!(handle = %ep.handle, ifname = %ep.host_ifname, "endpoint routes installed");
         self.endpoints.insert(ep.handle, want);
@@ -154,13 +179,19 @@ impl Task {
         let dsts: Vec<IpNet> = routes.iter().map(|r| r.dst).collect();
         // Deleting a route whose veth is already gone fails with ESRCH; that is the state we
         // want, so failures are not errors here.
-        self.routes.update_and_wait(Vec::new(), dsts).await.map_err(|e| Failure::Unavailable(e.to_string()))?;
+        self.routes
+            .update_and_wait(Vec::new(), dsts)
+            .await
+            .map_err(|e| Failure::Unavailable(e.to_string()))?;
         Ok(())
     }
 
     async fn set_blocks(&mut self, blocks: Vec<IpNet>) {
         let new: BTreeSet<IpNet> = blocks.into_iter().collect();
-        let upsert: Vec<Route> = new.difference(&self.blocks).map(|b| Route::blackhole(*b)).collect();
+        let upsert: Vec<Route> = new
+            .difference(&self.blocks)
+            .map(|b| Route::blackhole(*b))
+            .collect();
         let remove: Vec<IpNet> = self.blocks.difference(&new).copied().collect();
         if upsert.is_empty() && remove.is_empty() {
             return;
@@ -204,7 +235,10 @@ mod tests {
 
     fn ep(cid: &str, ifname: &str, addr: &str) -> Endpoint {
         Endpoint {
-            handle: Handle { network: "net".into(), container_id: cid.into() },
+            handle: Handle {
+                network: "net".into(),
+                container_id: cid.into(),
+            },
             pod: PodRef::default(),
             host_ifname: ifname.into(),
             addresses: vec![addr.parse().unwrap()],
@@ -226,41 +260,70 @@ mod tests {
         let mut probe = table.clone();
         let (routes, _thread) = spawn_reconciler(table, ReconcilerConfig::default()).unwrap();
         let (affine_tx, affine_rx) = watch::channel(vec![net("10.9.0.0/26")]);
-        let (eps, _join) = spawn(routes.clone(), vec![ep("a", "tortA", "10.9.0.1/32")], affine_rx);
+        let (eps, _join) = spawn(
+            routes.clone(),
+            vec![ep("a", "tortA", "10.9.0.1/32")],
+            affine_rx,
+        );
 
         eps.ready(ep("b", "tortB", "10.9.0.2/32")).await.unwrap();
         // Answered only once it is in the kernel.
-        assert!(probe.routes().contains(&Route::link(net("10.9.0.2/32"), "tortB")));
+        assert!(
+            probe
+                .routes()
+                .contains(&Route::link(net("10.9.0.2/32"), "tortB"))
+        );
 
         // Unknown device: refused, and not kept for retries.
-        let err = eps.ready(ep("c", "tortNope", "10.9.0.3/32")).await.unwrap_err();
+        let err = eps
+            .ready(ep("c", "tortNope", "10.9.0.3/32"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Failure::Precondition(_)), "{err:?}");
 
         // A repeated ADD replaces the veth, and the kernel drops the route with the old link:
         // the same endpoint again must put the route back.
         probe.remove(net("10.9.0.2/32"));
         eps.ready(ep("b", "tortB", "10.9.0.2/32")).await.unwrap();
-        assert!(probe.routes().contains(&Route::link(net("10.9.0.2/32"), "tortB")));
+        assert!(
+            probe
+                .routes()
+                .contains(&Route::link(net("10.9.0.2/32"), "tortB"))
+        );
 
-        eps.removed(&ep("b", "", "10.9.0.2/32").handle).await.unwrap();
-        eps.removed(&ep("never", "", "10.9.0.9/32").handle).await.unwrap();
-        affine_tx.send(vec![net("10.9.0.0/26"), net("10.9.0.64/26")]).unwrap();
+        eps.removed(&ep("b", "", "10.9.0.2/32").handle)
+            .await
+            .unwrap();
+        eps.removed(&ep("never", "", "10.9.0.9/32").handle)
+            .await
+            .unwrap();
+        affine_tx
+            .send(vec![net("10.9.0.0/26"), net("10.9.0.64/26")])
+            .unwrap();
 
         // Block changes are not waited for: poll until the reconciler has them.
         let mut got = Vec::new();
         for _ in 0..200 {
             routes.resync().await.unwrap();
-            got = probe.dump().unwrap().iter().map(ToString::to_string).collect();
+            got = probe
+                .dump()
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             got.sort();
             if got.len() == 3 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(got, vec![
-            "10.9.0.1/32 dev tortA scope link".to_owned(),
-            "blackhole 10.9.0.0/26".to_owned(),
-            "blackhole 10.9.0.64/26".to_owned(),
-        ]);
+        assert_eq!(
+            got,
+            vec![
+                "10.9.0.1/32 dev tortA scope link".to_owned(),
+                "blackhole 10.9.0.0/26".to_owned(),
+                "blackhole 10.9.0.64/26".to_owned(),
+            ]
+        );
     }
 }

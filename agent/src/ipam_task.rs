@@ -29,9 +29,16 @@ enum Command {
     Allocate(AllocateParams, AllocReply),
     Release(Handle, oneshot::Sender<Result<u32, Failure>>),
     Lookup(Handle, oneshot::Sender<Result<Vec<IpNet>, Failure>>),
-    Gc(String, Vec<Handle>, oneshot::Sender<Result<GcOutcome, Failure>>),
+    Gc(
+        String,
+        Vec<Handle>,
+        oneshot::Sender<Result<GcOutcome, Failure>>,
+    ),
     GcLeaks(LivePods, oneshot::Sender<Result<Vec<Handle>, Failure>>),
-    ReleaseDeletedNodes(HashSet<String>, oneshot::Sender<Result<Vec<String>, Failure>>),
+    ReleaseDeletedNodes(
+        HashSet<String>,
+        oneshot::Sender<Result<Vec<String>, Failure>>,
+    ),
 }
 
 /// The pods that exist on this node, by namespace and name, with their UIDs: what leak GC
@@ -43,7 +50,8 @@ pub struct LivePods {
 
 impl LivePods {
     pub fn insert(&mut self, namespace: &str, name: &str, uid: &str) {
-        self.uids.insert((namespace.to_owned(), name.to_owned()), uid.to_owned());
+        self.uids
+            .insert((namespace.to_owned(), name.to_owned()), uid.to_owned());
     }
 
     /// A pod recreated under the same name is a different pod: with a UID on both sides,
@@ -74,8 +82,14 @@ fn ipam_handle(h: &Handle) -> tortie_ipam::Handle {
 /// (container IDs have no dots; network names may).
 fn from_ipam_handle(h: &tortie_ipam::Handle) -> Handle {
     match h.as_str().rsplit_once('.') {
-        Some((network, cid)) => Handle { network: network.to_owned(), container_id: cid.to_owned() },
-        None => Handle { network: String::new(), container_id: h.as_str().to_owned() },
+        Some((network, cid)) => Handle {
+            network: network.to_owned(),
+            container_id: cid.to_owned(),
+        },
+        None => Handle {
+            network: String::new(),
+            container_id: h.as_str().to_owned(),
+        },
     }
 }
 
@@ -85,7 +99,9 @@ pub fn failure(e: IpamError) -> Failure {
         IpamError::Exhausted { .. } => Failure::Exhausted(e.to_string()),
         IpamError::NoPool { .. } => Failure::Precondition(e.to_string()),
         // Transient: the plugin answers CNI code 11, and the runtime retries.
-        IpamError::Contention { .. } | IpamError::Store(StoreError::Backend(_)) => Failure::Unavailable(e.to_string()),
+        IpamError::Contention { .. } | IpamError::Store(StoreError::Backend(_)) => {
+            Failure::Unavailable(e.to_string())
+        }
         IpamError::Store(_) => Failure::Internal(e.to_string()),
     }
 }
@@ -112,8 +128,12 @@ impl IpamHandle {
 
     /// Releases the blocks and affinities of every node that holds some but is not in
     /// `existing` (its Node object was deleted). Returns the nodes released.
-    pub async fn release_deleted_nodes(&self, existing: HashSet<String>) -> Result<Vec<String>, Failure> {
-        self.call(|tx| Command::ReleaseDeletedNodes(existing, tx)).await
+    pub async fn release_deleted_nodes(
+        &self,
+        existing: HashSet<String>,
+    ) -> Result<Vec<String>, Failure> {
+        self.call(|tx| Command::ReleaseDeletedNodes(existing, tx))
+            .await
     }
 
     async fn call<T>(
@@ -157,10 +177,18 @@ struct IpamTask<S> {
 pub fn spawn<S: Store + 'static>(
     alloc: Allocator<S>,
     families: Vec<IpFamily>,
-) -> (IpamHandle, watch::Receiver<Vec<IpNet>>, tokio::task::JoinHandle<()>) {
+) -> (
+    IpamHandle,
+    watch::Receiver<Vec<IpNet>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (affine_tx, affine_rx) = watch::channel(Vec::new());
-    let task = IpamTask { alloc, families, affine: affine_tx };
+    let task = IpamTask {
+        alloc,
+        families,
+        affine: affine_tx,
+    };
     let join = tokio::spawn(task.run(rx));
     (IpamHandle { tx }, affine_rx, join)
 }
@@ -217,18 +245,33 @@ impl<S: Store> IpamTask<S> {
                 let _ = reply.send(r);
             }
             Command::Release(h, reply) => {
-                let r = self.alloc.release(&ipam_handle(&h)).await.map(|a| a.len() as u32).map_err(failure);
+                let r = self
+                    .alloc
+                    .release(&ipam_handle(&h))
+                    .await
+                    .map(|a| a.len() as u32)
+                    .map_err(failure);
                 let _ = reply.send(r);
             }
             Command::Lookup(h, reply) => {
-                let r = self.alloc.lookup(&ipam_handle(&h)).await.map(|a| a.into_iter().map(host_net).collect()).map_err(failure);
+                let r = self
+                    .alloc
+                    .lookup(&ipam_handle(&h))
+                    .await
+                    .map(|a| a.into_iter().map(host_net).collect())
+                    .map_err(failure);
                 let _ = reply.send(r);
             }
             Command::Gc(network, keep, reply) => {
                 let valid: HashSet<tortie_ipam::Handle> = keep.iter().map(ipam_handle).collect();
-                let r = self.alloc.gc_handles(&network, &valid).await.map_err(failure).map(|hs| GcOutcome {
-                    handles: hs.iter().map(from_ipam_handle).collect(),
-                });
+                let r = self
+                    .alloc
+                    .gc_handles(&network, &valid)
+                    .await
+                    .map_err(failure)
+                    .map(|hs| GcOutcome {
+                        handles: hs.iter().map(from_ipam_handle).collect(),
+                    });
                 let _ = reply.send(r);
             }
             Command::ReleaseDeletedNodes(existing, reply) => {
@@ -263,7 +306,11 @@ impl<S: Store> IpamTask<S> {
             .iter()
             .flat_map(|(p, _)| {
                 let (handle, pod) = (ipam_handle(&p.handle), ipam_pod(&p.pod));
-                families.iter().map(move |f| AllocRequest { handle: handle.clone(), family: *f, pod: pod.clone() })
+                families.iter().map(move |f| AllocRequest {
+                    handle: handle.clone(),
+                    family: *f,
+                    pod: pod.clone(),
+                })
             })
             .collect();
         let mut results = self.alloc.allocate_batch(&reqs).await.into_iter();
@@ -275,7 +322,11 @@ impl<S: Store> IpamTask<S> {
                 match results.next() {
                     Some(Ok(a)) => addrs.push(host_net(a.ip)),
                     Some(Err(e)) => error = error.or(Some(failure(e))),
-                    None => error = error.or(Some(Failure::Internal("the allocator answered fewer requests than asked".to_owned()))),
+                    None => {
+                        error = error.or(Some(Failure::Internal(
+                            "the allocator answered fewer requests than asked".to_owned(),
+                        )))
+                    }
                 }
             }
             let r = match error {
@@ -321,8 +372,16 @@ impl<S: Store> IpamTask<S> {
         Ok(out)
     }
 
-    async fn release_deleted_nodes(&mut self, existing: &HashSet<String>) -> Result<Vec<String>, Failure> {
-        let blocks = self.alloc.store().list_blocks().await.map_err(|e| failure(e.into()))?;
+    async fn release_deleted_nodes(
+        &mut self,
+        existing: &HashSet<String>,
+    ) -> Result<Vec<String>, Failure> {
+        let blocks = self
+            .alloc
+            .store()
+            .list_blocks()
+            .await
+            .map_err(|e| failure(e.into()))?;
         let me = self.alloc.node().to_owned();
         let gone: std::collections::BTreeSet<String> = blocks
             .iter()
@@ -366,15 +425,30 @@ mod tests {
 
     fn params(cid: &str) -> AllocateParams {
         AllocateParams {
-            handle: Handle { network: "k8s-pod-network".into(), container_id: cid.into() },
-            pod: PodRef { namespace: "default".into(), name: format!("pod-{cid}"), uid: String::new() },
+            handle: Handle {
+                network: "k8s-pod-network".into(),
+                container_id: cid.into(),
+            },
+            pod: PodRef {
+                namespace: "default".into(),
+                name: format!("pod-{cid}"),
+                uid: String::new(),
+            },
         }
     }
 
-    fn start(pools: Vec<IpPool>, families: Vec<IpFamily>) -> (MemStore, IpamHandle, watch::Receiver<Vec<IpNet>>) {
+    fn start(
+        pools: Vec<IpPool>,
+        families: Vec<IpFamily>,
+    ) -> (MemStore, IpamHandle, watch::Receiver<Vec<IpNet>>) {
         let store = MemStore::new();
         store.set_pools(pools);
-        let alloc = Allocator::new(store.clone(), "node-1", BTreeMap::new(), IpamConfig::default());
+        let alloc = Allocator::new(
+            store.clone(),
+            "node-1",
+            BTreeMap::new(),
+            IpamConfig::default(),
+        );
         let (h, affine, _join) = spawn(alloc, families);
         (store, h, affine)
     }
@@ -385,7 +459,8 @@ mod tests {
 
     #[tokio::test]
     async fn allocates_durably_and_idempotently_and_publishes_blocks() {
-        let (store, ipam, mut affine) = start(vec![pool("p4", "10.9.0.0/24", 28)], vec![IpFamily::V4]);
+        let (store, ipam, mut affine) =
+            start(vec![pool("p4", "10.9.0.0/24", 28)], vec![IpFamily::V4]);
         let a = ipam.allocate(params("c1")).await.unwrap();
         assert_eq!(a.len(), 1);
         assert!(a[0].to_string().starts_with("10.9.0."));
@@ -394,14 +469,22 @@ mod tests {
         let b = ipam.allocate(params("c2")).await.unwrap();
         assert_ne!(a, b);
         // The allocation is in the store, not just in the task.
-        assert!(store.blocks().iter().any(|blk| blk.find(&tortie_ipam::Handle::for_container("k8s-pod-network", "c1")).is_some()));
+        assert!(store.blocks().iter().any(|blk| {
+            blk.find(&tortie_ipam::Handle::for_container("k8s-pod-network", "c1"))
+                .is_some()
+        }));
         affine.wait_for(|b| b.len() == 1).await.unwrap();
         assert_eq!(affine.borrow()[0].prefix_len(), 28);
 
         assert_eq!(ipam.addresses(&params("c1").handle).await.unwrap(), a);
         assert_eq!(ipam.release(&params("c1").handle).await.unwrap(), 1);
         assert_eq!(ipam.release(&params("c1").handle).await.unwrap(), 0);
-        assert!(ipam.addresses(&params("c1").handle).await.unwrap().is_empty());
+        assert!(
+            ipam.addresses(&params("c1").handle)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -410,7 +493,9 @@ mod tests {
         ipam.allocate(params("first")).await.unwrap();
         let before = store.writes();
         // On this single-threaded runtime all 20 requests are queued before the task runs.
-        let burst = futures::future::join_all((0..20).map(|i| ipam.allocate(params(&format!("b{i}"))))).await;
+        let burst =
+            futures::future::join_all((0..20).map(|i| ipam.allocate(params(&format!("b{i}")))))
+                .await;
         let writes = store.writes() - before;
         let mut addrs: Vec<IpNet> = burst.into_iter().map(|r| r.unwrap()[0]).collect();
         addrs.sort();
@@ -426,12 +511,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_past_the_block_claims_more_and_dual_stack_pairs_up() {
-        let (_s, ipam, _a) = start(vec![pool("p4", "10.9.0.0/24", 28), pool("p6", "fd00:9::/120", 124)], vec![IpFamily::V4, IpFamily::V6]);
-        let burst = futures::future::join_all((0..40).map(|i| ipam.allocate(params(&format!("b{i}"))))).await;
+        let (_s, ipam, _a) = start(
+            vec![
+                pool("p4", "10.9.0.0/24", 28),
+                pool("p6", "fd00:9::/120", 124),
+            ],
+            vec![IpFamily::V4, IpFamily::V6],
+        );
+        let burst =
+            futures::future::join_all((0..40).map(|i| ipam.allocate(params(&format!("b{i}")))))
+                .await;
         let mut v4 = Vec::new();
         for r in burst {
             let a = r.unwrap();
-            assert_eq!(a.iter().map(|n| n.prefix_len()).collect::<Vec<_>>(), vec![32, 128]);
+            assert_eq!(
+                a.iter().map(|n| n.prefix_len()).collect::<Vec<_>>(),
+                vec![32, 128]
+            );
             v4.push(a[0]);
         }
         v4.sort();
@@ -441,15 +537,32 @@ mod tests {
 
     #[tokio::test]
     async fn dual_stack_gives_both_or_nothing() {
-        let (_s, ipam, _a) = start(vec![pool("p4", "10.9.0.0/24", 28), pool("p6", "fd00:9::/120", 124)], vec![IpFamily::V4, IpFamily::V6]);
+        let (_s, ipam, _a) = start(
+            vec![
+                pool("p4", "10.9.0.0/24", 28),
+                pool("p6", "fd00:9::/120", 124),
+            ],
+            vec![IpFamily::V4, IpFamily::V6],
+        );
         let a = ipam.allocate(params("c1")).await.unwrap();
-        assert_eq!(a.iter().map(|n| n.prefix_len()).collect::<Vec<_>>(), vec![32, 128]);
+        assert_eq!(
+            a.iter().map(|n| n.prefix_len()).collect::<Vec<_>>(),
+            vec![32, 128]
+        );
 
         // No IPv6 pool: the IPv4 address must be given back.
-        let (_s, ipam, _a) = start(vec![pool("p4", "10.9.0.0/24", 28)], vec![IpFamily::V4, IpFamily::V6]);
+        let (_s, ipam, _a) = start(
+            vec![pool("p4", "10.9.0.0/24", 28)],
+            vec![IpFamily::V4, IpFamily::V6],
+        );
         let err = ipam.allocate(params("c1")).await.unwrap_err();
         assert!(matches!(err, Failure::Precondition(_)), "{err:?}");
-        assert!(ipam.addresses(&params("c1").handle).await.unwrap().is_empty());
+        assert!(
+            ipam.addresses(&params("c1").handle)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -472,18 +585,35 @@ mod tests {
         for c in ["keep", "leak"] {
             ipam.allocate(params(c)).await.unwrap();
         }
-        let out = ipam.gc("k8s-pod-network", &[params("keep").handle]).await.unwrap();
+        let out = ipam
+            .gc("k8s-pod-network", &[params("keep").handle])
+            .await
+            .unwrap();
         assert_eq!(out.handles, vec![params("leak").handle]);
-        assert!(ipam.addresses(&params("leak").handle).await.unwrap().is_empty());
-        assert_eq!(ipam.addresses(&params("keep").handle).await.unwrap().len(), 1);
+        assert!(
+            ipam.addresses(&params("leak").handle)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            ipam.addresses(&params("keep").handle).await.unwrap().len(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn leak_gc_waits_for_the_grace_period_and_spares_live_pods() {
         let store = MemStore::new();
         store.set_pools(vec![pool("p4", "10.9.0.0/24", 28)]);
-        let config = IpamConfig { leak_grace: std::time::Duration::from_millis(200), ..IpamConfig::default() };
-        let (ipam, _affine, _join) = spawn(Allocator::new(store, "node-1", BTreeMap::new(), config), vec![IpFamily::V4]);
+        let config = IpamConfig {
+            leak_grace: std::time::Duration::from_millis(200),
+            ..IpamConfig::default()
+        };
+        let (ipam, _affine, _join) = spawn(
+            Allocator::new(store, "node-1", BTreeMap::new(), config),
+            vec![IpFamily::V4],
+        );
         for c in ["live", "gone", "recreated"] {
             ipam.allocate(params(c)).await.unwrap();
         }
@@ -495,43 +625,95 @@ mod tests {
         // First sight of a leak starts its clock: nothing released yet.
         assert!(ipam.gc_leaks(live.clone()).await.unwrap().is_empty());
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        assert_eq!(ipam.gc_leaks(live).await.unwrap(), vec![params("gone").handle]);
-        assert!(ipam.addresses(&params("gone").handle).await.unwrap().is_empty());
-        assert_eq!(ipam.addresses(&params("live").handle).await.unwrap().len(), 1);
+        assert_eq!(
+            ipam.gc_leaks(live).await.unwrap(),
+            vec![params("gone").handle]
+        );
+        assert!(
+            ipam.addresses(&params("gone").handle)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            ipam.addresses(&params("live").handle).await.unwrap().len(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn a_deleted_nodes_blocks_are_released() {
         let store = MemStore::new();
         store.set_pools(vec![pool("p4", "10.9.0.0/24", 28)]);
-        let other = Allocator::new(store.clone(), "node-2", BTreeMap::new(), IpamConfig::default());
+        let other = Allocator::new(
+            store.clone(),
+            "node-2",
+            BTreeMap::new(),
+            IpamConfig::default(),
+        );
         let (ipam2, _a2, _j2) = spawn(other, vec![IpFamily::V4]);
         ipam2.allocate(params("theirs")).await.unwrap();
-        let (ipam1, _a1, _j1) = spawn(Allocator::new(store.clone(), "node-1", BTreeMap::new(), IpamConfig::default()), vec![IpFamily::V4]);
+        let (ipam1, _a1, _j1) = spawn(
+            Allocator::new(
+                store.clone(),
+                "node-1",
+                BTreeMap::new(),
+                IpamConfig::default(),
+            ),
+            vec![IpFamily::V4],
+        );
         ipam1.allocate(params("mine")).await.unwrap();
         let both: HashSet<String> = ["node-1".to_owned(), "node-2".to_owned()].into();
         assert!(ipam1.release_deleted_nodes(both).await.unwrap().is_empty());
         // node-2 is gone, and node-1 is missing from the listing too: only node-2 goes.
-        assert_eq!(ipam1.release_deleted_nodes(HashSet::new()).await.unwrap(), vec!["node-2".to_owned()]);
-        assert!(store.blocks().iter().all(|b| b.affinity.as_deref() != Some("node-2")));
-        assert!(store.affinities().iter().all(|a| a.node != "node-2"), "{:?}", store.affinities());
-        assert!(store.blocks().iter().any(|b| b.affinity.as_deref() == Some("node-1")));
+        assert_eq!(
+            ipam1.release_deleted_nodes(HashSet::new()).await.unwrap(),
+            vec!["node-2".to_owned()]
+        );
+        assert!(
+            store
+                .blocks()
+                .iter()
+                .all(|b| b.affinity.as_deref() != Some("node-2"))
+        );
+        assert!(
+            store.affinities().iter().all(|a| a.node != "node-2"),
+            "{:?}",
+            store.affinities()
+        );
+        assert!(
+            store
+                .blocks()
+                .iter()
+                .any(|b| b.affinity.as_deref() == Some("node-1"))
+        );
     }
 
     #[test]
     fn live_pods_compare_uids_when_both_have_one() {
         let mut live = LivePods::default();
         live.insert("ns", "a", "u1");
-        let pod = |uid: Option<&str>| tortie_ipam::PodRef { namespace: "ns".into(), name: "a".into(), uid: uid.map(String::from) };
+        let pod = |uid: Option<&str>| tortie_ipam::PodRef {
+            namespace: "ns".into(),
+            name: "a".into(),
+            uid: uid.map(String::from),
+        };
         assert!(live.has(&pod(Some("u1"))));
         assert!(live.has(&pod(None)));
         assert!(!live.has(&pod(Some("u0"))));
-        assert!(!live.has(&tortie_ipam::PodRef { namespace: "ns".into(), name: "b".into(), uid: None }));
+        assert!(!live.has(&tortie_ipam::PodRef {
+            namespace: "ns".into(),
+            name: "b".into(),
+            uid: None
+        }));
     }
 
     #[test]
     fn handles_round_trip_with_dotted_networks() {
-        let h = Handle { network: "net.a".into(), container_id: "abc".into() };
+        let h = Handle {
+            network: "net.a".into(),
+            container_id: "abc".into(),
+        };
         assert_eq!(from_ipam_handle(&ipam_handle(&h)), h);
     }
 }

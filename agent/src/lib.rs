@@ -1,20 +1,24 @@
 //! tortie-node: the per-node agent. One task owns each piece of state; the modules below
 //! are its parts, each split into a pure "decide" half and a thin "do" half.
 
-/// Agent configuration from the environment (calico-node compatible names).
-pub mod config;
 /// Node IP autodetection (`IP`, `IP_AUTODETECTION_METHOD`).
 pub mod autodetect;
-/// The kernel: routes and links over rtnetlink, sysctls. The only module that sees rtnetlink.
-pub mod netlink;
-/// Desired kernel routes from the model, and the reconciler that applies them.
-pub mod routes;
+/// Agent configuration from the environment (calico-node compatible names).
+pub mod config;
 /// The Kubernetes datastore: tortie's CRD types and the IPAM store over the apiserver.
 pub mod datastore;
-/// The task that owns this node's IPAM allocator.
-pub mod ipam_task;
 /// The task that owns local endpoints and affine blocks, feeding the route reconciler.
 pub mod endpoints;
+/// The task that owns this node's IPAM allocator.
+pub mod ipam_task;
+/// The node-to-node BGP mesh of `tortie-node run`.
+pub mod mesh;
+/// The kernel: routes and links over rtnetlink, sysctls. The only module that sees rtnetlink.
+pub mod netlink;
+/// `tortiectl node status` rendering (Calico's table and `-o json`).
+pub mod node_status;
+/// Desired kernel routes from the model, and the reconciler that applies them.
+pub mod routes;
 /// `tortie-node run`: the start-up sequence (node registration, default pools, CNI install)
 /// and the wiring of the tasks above.
 pub mod run;
@@ -22,7 +26,3 @@ pub mod run;
 pub mod server;
 /// `tortie-node bgp --config FILE`: the speaker and its kernel sync without Kubernetes.
 pub mod standalone;
-/// The node-to-node BGP mesh of `tortie-node run`.
-pub mod mesh;
-/// `tortiectl node status` rendering (Calico's table and `-o json`).
-pub mod node_status;

@@ -130,7 +130,10 @@ pub fn render_table(status: &NodeStatus) -> String {
                 ]
             })
             .collect();
-        out.push_str(&table(["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"], &cells));
+        out.push_str(&table(
+            ["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"],
+            &cells,
+        ));
     }
     out
 }
@@ -148,12 +151,21 @@ fn table(headers: [&str; 5], rows: &[[&str; 5]]) -> String {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+\n";
+    let rule: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+\n";
     let mut out = rule.clone();
     for (h, w) in headers.iter().zip(widths) {
         let gap = w - h.chars().count();
         let left = gap / 2;
-        out.push_str(&format!("| {}{}{} ", " ".repeat(left), h, " ".repeat(gap - left)));
+        out.push_str(&format!(
+            "| {}{}{} ",
+            " ".repeat(left),
+            h,
+            " ".repeat(gap - left)
+        ));
     }
     out.push_str("|\n");
     out.push_str(&rule);
@@ -217,13 +229,21 @@ mod tests {
 
     /// Compares with `testdata/<name>`; `TORTIE_BLESS=1` rewrites the file instead.
     fn golden(name: &str, got: &str) {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name);
         if std::env::var_os("TORTIE_BLESS").is_some() {
             std::fs::write(&path, got).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             return;
         }
-        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(got, want, "{} differs (TORTIE_BLESS=1 to accept)", path.display());
+        let want =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            got,
+            want,
+            "{} differs (TORTIE_BLESS=1 to accept)",
+            path.display()
+        );
     }
 
     #[test]
@@ -253,7 +273,10 @@ mod tests {
         };
         let status = render(&reply);
         golden("node_status_mixed.txt", &render_table(&status));
-        golden("node_status_mixed.json", &render_json(&status).unwrap_or_else(|e| panic!("{e}")));
+        golden(
+            "node_status_mixed.json",
+            &render_json(&status).unwrap_or_else(|e| panic!("{e}")),
+        );
     }
 
     #[test]

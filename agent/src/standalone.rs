@@ -131,17 +131,30 @@ fn default_resync() -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum StandaloneError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("{path}: {field}: {reason}")]
-    Invalid { path: PathBuf, field: String, reason: String },
+    Invalid {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
     #[error("opening the kernel route table: {0}")]
     Kernel(#[from] crate::routes::ReconcilerError),
     #[error("BGP: {0}")]
     Bgp(#[from] tortie_bgp::Error),
     #[error("binding the API socket {path}: {source}")]
-    Api { path: PathBuf, source: std::io::Error },
+    Api {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("serving the API: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -149,23 +162,34 @@ pub enum StandaloneError {
 impl StandaloneConfig {
     /// Reads and checks a config file. Errors name the file and the field.
     pub fn load(path: &Path) -> Result<StandaloneConfig, StandaloneError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| StandaloneError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| StandaloneError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         StandaloneConfig::parse(&text, path)
     }
 
     /// Parses `text` (read from `path`, which only labels errors).
     pub fn parse(text: &str, path: &Path) -> Result<StandaloneConfig, StandaloneError> {
-        let cfg: StandaloneConfig = toml::from_str(text)
-            .map_err(|e| StandaloneError::Parse { path: path.to_owned(), source: Box::new(e) })?;
+        let cfg: StandaloneConfig = toml::from_str(text).map_err(|e| StandaloneError::Parse {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
         let invalid = |field: String, reason: String| {
-            Err(StandaloneError::Invalid { path: path.to_owned(), field, reason })
+            Err(StandaloneError::Invalid {
+                path: path.to_owned(),
+                field,
+                reason,
+            })
         };
         if cfg.asn == 0 {
             return invalid("asn".into(), "AS 0 is reserved (RFC 7607)".into());
         }
         if cfg.router_id.is_unspecified() {
-            return invalid("router_id".into(), "0.0.0.0 is not a valid BGP identifier".into());
+            return invalid(
+                "router_id".into(),
+                "0.0.0.0 is not a valid BGP identifier".into(),
+            );
         }
         if cfg.resync_interval == 0 {
             return invalid("resync_interval".into(), "must be at least 1 second".into());
@@ -174,13 +198,19 @@ impl StandaloneConfig {
         for (i, n) in cfg.neighbors.iter().enumerate() {
             let field = |name: &str| format!("neighbor[{i}] ({}).{name}", n.address);
             if let Some(first) = seen.insert(n.address, i) {
-                return invalid(field("address"), format!("same address as neighbor[{first}]"));
+                return invalid(
+                    field("address"),
+                    format!("same address as neighbor[{first}]"),
+                );
             }
             if n.asn == 0 {
                 return invalid(field("asn"), "AS 0 is reserved (RFC 7607)".into());
             }
             if n.hold_time == 1 || n.hold_time == 2 {
-                return invalid(field("hold_time"), format!("{} must be 0 or at least 3 seconds", n.hold_time));
+                return invalid(
+                    field("hold_time"),
+                    format!("{} must be 0 or at least 3 seconds", n.hold_time),
+                );
             }
             if n.port == 0 {
                 return invalid(field("port"), "must not be 0".into());
@@ -188,7 +218,10 @@ impl StandaloneConfig {
             if let Some(local) = n.local_address
                 && local.is_ipv4() != n.address.is_ipv4()
             {
-                return invalid(field("local_address"), format!("{local} is not of the neighbor's address family"));
+                return invalid(
+                    field("local_address"),
+                    format!("{local} is not of the neighbor's address family"),
+                );
             }
             if let Err(e) = n.peer_config().validate() {
                 return invalid(format!("neighbor[{i}]"), e.to_string());
@@ -199,7 +232,11 @@ impl StandaloneConfig {
                 if p.prefix != p.prefix.trunc() {
                     return invalid(
                         format!("{name}[{i}].prefix"),
-                        format!("{} has host bits set (did you mean {}?)", p.prefix, p.prefix.trunc()),
+                        format!(
+                            "{} has host bits set (did you mean {}?)",
+                            p.prefix,
+                            p.prefix.trunc()
+                        ),
                     );
                 }
             }
@@ -211,7 +248,8 @@ impl StandaloneConfig {
         let mut s = SpeakerConfig::new(self.router_id, self.asn);
         s.listen = self.listen;
         s.cluster_id = self.cluster_id;
-        s.import_allow = (!self.allow.is_empty()).then(|| self.allow.iter().map(|a| a.prefix).collect());
+        s.import_allow =
+            (!self.allow.is_empty()).then(|| self.allow.iter().map(|a| a.prefix).collect());
         s.restarting = restarting;
         s.local_ipv4 = self.local_ipv4;
         s.local_ipv6 = self.local_ipv6;
@@ -272,7 +310,10 @@ pub async fn run_with(
     let speaker = Speaker::start(cfg.speaker_config(restarting)).await?;
     // Subscribe before any peer exists, so that no change is missed.
     let sync = match &routes {
-        Some(r) => Some(tokio::spawn(kernel_sync(speaker.subscribe().await?, r.clone()))),
+        Some(r) => Some(tokio::spawn(kernel_sync(
+            speaker.subscribe().await?,
+            r.clone(),
+        ))),
         None => None,
     };
     // Originations first: a peer that comes up gets the whole table in its first UPDATEs.
@@ -283,9 +324,15 @@ pub async fn run_with(
         speaker.add_peer(n.peer_config()).await?;
     }
 
-    let listener = tortie_api::bind_root_only(&cfg.api_socket)
-        .map_err(|source| StandaloneError::Api { path: cfg.api_socket.clone(), source })?;
-    let status = BgpStatus { speaker: speaker.clone(), node_name: node_name(&cfg) };
+    let listener =
+        tortie_api::bind_root_only(&cfg.api_socket).map_err(|source| StandaloneError::Api {
+            path: cfg.api_socket.clone(),
+            source,
+        })?;
+    let status = BgpStatus {
+        speaker: speaker.clone(),
+        node_name: node_name(&cfg),
+    };
     let served = tonic::transport::Server::builder()
         .add_service(StatusServer::new(status))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
@@ -328,7 +375,11 @@ fn node_name(cfg: &StandaloneConfig) -> String {
 async fn kernel_sync(mut events: mpsc::Receiver<RibEvent>, routes: RoutesHandle) {
     while let Some(event) = events.recv().await {
         let result = match event {
-            RibEvent::Changes(changes) => routes.apply_in_order(changes.into_iter().map(to_update).collect()).await,
+            RibEvent::Changes(changes) => {
+                routes
+                    .apply_in_order(changes.into_iter().map(to_update).collect())
+                    .await
+            }
             RibEvent::InitialSyncDone => {
                 tracing::info!("BGP initial sync done: sweeping stale kernel routes");
                 routes.sync_complete().await
@@ -343,7 +394,9 @@ async fn kernel_sync(mut events: mpsc::Receiver<RibEvent>, routes: RoutesHandle)
 
 fn to_update(change: RouteChange) -> RouteUpdate {
     match change {
-        RouteChange::Add { prefix, next_hop, .. } => RouteUpdate::Want(Route::via(prefix, next_hop)),
+        RouteChange::Add {
+            prefix, next_hop, ..
+        } => RouteUpdate::Want(Route::via(prefix, next_hop)),
         RouteChange::Remove { prefix } => RouteUpdate::Unwant(prefix),
     }
 }
@@ -449,14 +502,22 @@ prefix = "fd00:1::/64"
         let e = error(&ISSUE_EXAMPLE.replace("passive = false", "pasive = false"));
         assert!(e.contains("pasive"), "{e}");
         let dup = format!("{ISSUE_EXAMPLE}\n[[neighbor]]\naddress = \"10.0.0.2\"\nasn = 1\n");
-        assert_eq!(error(&dup), "bgp.toml: neighbor[1] (10.0.0.2).address: same address as neighbor[0]");
+        assert_eq!(
+            error(&dup),
+            "bgp.toml: neighbor[1] (10.0.0.2).address: same address as neighbor[0]"
+        );
     }
 
     #[test]
     fn allow_entries_become_the_import_filter() {
         let text = format!("{ISSUE_EXAMPLE}\n[[allow]]\nprefix = \"10.244.0.0/16\"\n");
         let cfg = parse(&text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cfg.speaker_config(true).import_allow, Some(vec!["10.244.0.0/16".parse().unwrap_or_else(|_| unreachable!())]));
+        assert_eq!(
+            cfg.speaker_config(true).import_allow,
+            Some(vec![
+                "10.244.0.0/16".parse().unwrap_or_else(|_| unreachable!())
+            ])
+        );
     }
 
     #[test]
@@ -464,9 +525,16 @@ prefix = "fd00:1::/64"
         let p: IpNet = "10.1.0.0/24".parse().unwrap_or_else(|_| unreachable!());
         let nh: IpAddr = "192.0.2.1".parse().unwrap_or_else(|_| unreachable!());
         assert_eq!(
-            to_update(RouteChange::Add { prefix: p, next_hop: nh, peer: nh }),
+            to_update(RouteChange::Add {
+                prefix: p,
+                next_hop: nh,
+                peer: nh
+            }),
             RouteUpdate::Want(Route::via(p, nh))
         );
-        assert_eq!(to_update(RouteChange::Remove { prefix: p }), RouteUpdate::Unwant(p));
+        assert_eq!(
+            to_update(RouteChange::Remove { prefix: p }),
+            RouteUpdate::Unwant(p)
+        );
     }
 }

@@ -27,7 +27,10 @@ fn apiserver_binary() -> PathBuf {
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?}: {}\n{}",
@@ -45,11 +48,17 @@ struct Ns(String);
 impl Ns {
     fn new() -> Ns {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("trt-agent-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "trt-agent-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         run("ip", &["netns", "add", &name]);
         let ns = Ns(name);
         ns.ip(&["link", "set", "lo", "up"]);
-        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
+        ns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ]);
         ns.ip(&["link", "set", "eth0p", "up"]);
         ns.ip(&["link", "set", "eth0", "mtu", "1460"]);
         ns.ip(&["link", "set", "eth0", "up"]);
@@ -75,7 +84,10 @@ impl Drop for Ns {
         if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -123,7 +135,10 @@ impl ControlPlane {
         let etcd = Proc(etcd);
 
         let sa_key = dir.join("sa.key");
-        run("openssl", &["genrsa", "-out", sa_key.to_str().unwrap(), "2048"]);
+        run(
+            "openssl",
+            &["genrsa", "-out", sa_key.to_str().unwrap(), "2048"],
+        );
         let tokens = dir.join("tokens.csv");
         std::fs::write(&tokens, format!("{TOKEN},admin,admin,system:masters\n")).unwrap();
         let log = std::fs::File::create(dir.join("apiserver.log")).unwrap();
@@ -160,7 +175,11 @@ impl ControlPlane {
             ),
         )
         .unwrap();
-        let cp = ControlPlane { _etcd: etcd, _apiserver: apiserver, kubeconfig };
+        let cp = ControlPlane {
+            _etcd: etcd,
+            _apiserver: apiserver,
+            kubeconfig,
+        };
         let start = Instant::now();
         loop {
             let out = cp.kubectl_raw(ns, &["get", "--raw", "/readyz"]);
@@ -194,7 +213,11 @@ impl ControlPlane {
     /// kubectl inside the namespace; panics on failure. Returns stdout.
     fn kubectl(&self, ns: &Ns, args: &[&str]) -> String {
         let out = self.kubectl_raw(ns, args);
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -209,9 +232,18 @@ impl ControlPlane {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -231,8 +263,20 @@ impl NodeTree {
         let agent = bin.join("tortie-node");
         std::fs::copy(AGENT, &agent).unwrap();
         let plugin = bin.join("tortie");
-        std::fs::write(&plugin, format!("#!/bin/sh\n# plugin stand-in {}\nexit 0\n", std::process::id())).unwrap();
-        NodeTree { dir: dir.to_owned(), agent, plugin, extra_env: Vec::new() }
+        std::fs::write(
+            &plugin,
+            format!(
+                "#!/bin/sh\n# plugin stand-in {}\nexit 0\n",
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        NodeTree {
+            dir: dir.to_owned(),
+            agent,
+            plugin,
+            extra_env: Vec::new(),
+        }
     }
 
     fn socket(&self) -> PathBuf {
@@ -264,8 +308,17 @@ impl NodeTree {
     }
 
     fn start(&self, ns: &Ns, kubeconfig: &Path, pool: &str) -> Proc {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
-        let child = self.command(ns, kubeconfig, pool).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let child = self
+            .command(ns, kubeconfig, pool)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
         Proc(child)
     }
 
@@ -275,7 +328,10 @@ impl NodeTree {
 
     /// Waits until the agent answers GetStatus with ready.
     fn wait_ready(&self, agent: &mut Proc) -> tortie_api::v1::StatusReply {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let start = Instant::now();
         loop {
             if let Some(status) = agent.0.try_wait().unwrap() {
@@ -283,7 +339,10 @@ impl NodeTree {
             }
             let reply = rt.block_on(async {
                 let ch = tortie_api::connect_unix(self.socket()).await.ok()?;
-                StatusClient::new(ch).get_status(tortie_api::v1::StatusRequest {}).await.ok()
+                StatusClient::new(ch)
+                    .get_status(tortie_api::v1::StatusRequest {})
+                    .await
+                    .ok()
             });
             if let Some(r) = reply {
                 let r = r.into_inner();
@@ -291,7 +350,11 @@ impl NodeTree {
                     return r;
                 }
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "tortie-node not ready in 60 s:\n{}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "tortie-node not ready in 60 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -305,7 +368,15 @@ fn crds_yaml() -> String {
 }
 
 fn pools(cp: &ControlPlane, ns: &Ns) -> Vec<(String, String)> {
-    let out = cp.kubectl(ns, &["get", "ippools.crd.tortie.dev", "-o", "jsonpath={range .items[*]}{.metadata.name}={.spec.cidr}{\"\\n\"}{end}"]);
+    let out = cp.kubectl(
+        ns,
+        &[
+            "get",
+            "ippools.crd.tortie.dev",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.spec.cidr}{\"\\n\"}{end}",
+        ],
+    );
     let mut v: Vec<(String, String)> = out
         .lines()
         .filter_map(|l| l.split_once('=').map(|(a, b)| (a.to_owned(), b.to_owned())))
@@ -328,7 +399,9 @@ fn a_bad_pool_cidr_stops_the_agent_naming_the_variable() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(r#"CALICO_IPV4POOL_CIDR="10.244.0.0/33": prefix length 33 is larger than 32"#),
+        stderr.contains(
+            r#"CALICO_IPV4POOL_CIDR="10.244.0.0/33": prefix length 33 is larger than 32"#
+        ),
         "{stderr}"
     );
     // Refused before touching anything.
@@ -338,7 +411,10 @@ fn a_bad_pool_cidr_stops_the_agent_naming_the_variable() {
 #[test]
 fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socket() {
     if !apiserver_binary().exists() {
-        panic!("{} is missing: run scripts/deps", apiserver_binary().display());
+        panic!(
+            "{} is missing: run scripts/deps",
+            apiserver_binary().display()
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let ns = Ns::new();
@@ -354,46 +430,105 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     // eth0's MTU, routed (no VXLAN).
     assert_eq!(status.mtu, 1460);
 
-    let mode = std::fs::metadata(tree.socket()).unwrap().permissions().mode();
+    let mode = std::fs::metadata(tree.socket())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
 
-    let annotations = cp.kubectl(&ns, &["get", "node", "node-a", "-o", "jsonpath={.metadata.annotations}"]);
+    let annotations = cp.kubectl(
+        &ns,
+        &[
+            "get",
+            "node",
+            "node-a",
+            "-o",
+            "jsonpath={.metadata.annotations}",
+        ],
+    );
     let annotations: serde_json::Value = serde_json::from_str(&annotations).unwrap();
     assert_eq!(annotations["tortie.dev/ipv4-address"], "10.77.0.2/24");
     assert_eq!(annotations["tortie.dev/as-number"], "64512");
 
-    assert_eq!(pools(&cp, &ns), vec![("default-ipv4-ippool".to_owned(), "10.244.0.0/16".to_owned())]);
+    assert_eq!(
+        pools(&cp, &ns),
+        vec![("default-ipv4-ippool".to_owned(), "10.244.0.0/16".to_owned())]
+    );
 
     // CNI install: the conflist names our socket; the plugin is a byte copy.
     let conflist: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tree.conf_dir().join("10-tortie.conflist")).unwrap()).unwrap();
-    assert_eq!(conflist["plugins"][0]["agent_socket"], tree.socket().to_str().unwrap());
-    assert_eq!(std::fs::read(tree.bin_dir().join("tortie")).unwrap(), std::fs::read(&tree.plugin).unwrap());
+        serde_json::from_slice(&std::fs::read(tree.conf_dir().join("10-tortie.conflist")).unwrap())
+            .unwrap();
+    assert_eq!(
+        conflist["plugins"][0]["agent_socket"],
+        tree.socket().to_str().unwrap()
+    );
+    assert_eq!(
+        std::fs::read(tree.bin_dir().join("tortie")).unwrap(),
+        std::fs::read(&tree.plugin).unwrap()
+    );
 
     // Forwarding is on in the node's namespace.
-    let fwd = ns.command("cat").arg("/proc/sys/net/ipv4/ip_forward").output().unwrap();
+    let fwd = ns
+        .command("cat")
+        .arg("/proc/sys/net/ipv4/ip_forward")
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
 
     // The CNI path through the real IPAM store and the kernel: Allocate, EndpointReady.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let cni = || async { CniClient::new(tortie_api::connect_unix(tree.socket()).await.unwrap()) };
-    let att = Some(api::Attachment { network: "k8s-pod-network".into(), container_id: "c1".into(), ifname: "eth0".into() });
-    let pod = Some(api::Pod { namespace: "default".into(), name: "p1".into(), uid: "u1".into() });
+    let att = Some(api::Attachment {
+        network: "k8s-pod-network".into(),
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    });
+    let pod = Some(api::Pod {
+        namespace: "default".into(),
+        name: "p1".into(),
+        uid: "u1".into(),
+    });
     let reply = rt
-        .block_on(async { cni().await.allocate(api::AllocateRequest { attachment: att.clone(), pod: pod.clone() }).await })
+        .block_on(async {
+            cni()
+                .await
+                .allocate(api::AllocateRequest {
+                    attachment: att.clone(),
+                    pod: pod.clone(),
+                })
+                .await
+        })
         .unwrap()
         .into_inner();
     assert_eq!(reply.mtu, 1460);
     assert_eq!(reply.ips.len(), 1);
     let addr: ipnet::Ipv4Net = reply.ips[0].address.parse().unwrap();
     assert_eq!(addr.prefix_len(), 32);
-    assert!("10.244.0.0/16".parse::<ipnet::Ipv4Net>().unwrap().contains(&addr.addr()), "{addr}");
+    assert!(
+        "10.244.0.0/16"
+            .parse::<ipnet::Ipv4Net>()
+            .unwrap()
+            .contains(&addr.addr()),
+        "{addr}"
+    );
     assert_eq!(reply.ips[0].gateway, "169.254.1.1");
     // Durable: the block holding it is in the apiserver.
     let blocks = cp.kubectl(&ns, &["get", "ipamblocks.crd.tortie.dev", "-o", "name"]);
     assert_eq!(blocks.lines().count(), 1, "{blocks}");
     let again = rt
-        .block_on(async { cni().await.allocate(api::AllocateRequest { attachment: att.clone(), pod: pod.clone() }).await })
+        .block_on(async {
+            cni()
+                .await
+                .allocate(api::AllocateRequest {
+                    attachment: att.clone(),
+                    pod: pod.clone(),
+                })
+                .await
+        })
         .unwrap()
         .into_inner();
     assert_eq!(again.ips, reply.ips);
@@ -401,7 +536,9 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     // The CNI plugin's part, done by hand: the host veth (peer stays here: no pod netns needed
     // to see the host route).
     let veth = tortie_node::endpoints::host_veth_name("default", "p1");
-    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "p1peer"]);
+    ns.ip(&[
+        "link", "add", &veth, "type", "veth", "peer", "name", "p1peer",
+    ]);
     ns.ip(&["link", "set", &veth, "up"]);
     rt.block_on(async {
         cni()
@@ -428,27 +565,61 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     tree.wait_ready(&mut agent);
     let ours = ns.ip(&["route", "show", "proto", "116"]);
     assert!(ours.contains(&host_route), "{ours}\n{}", tree.log());
-    assert!(tree.log().contains("restoring local endpoints endpoints=1"), "{}", tree.log());
+    assert!(
+        tree.log().contains("restoring local endpoints endpoints=1"),
+        "{}",
+        tree.log()
+    );
 
     // Release: the route goes, then the address; CHECK sees nothing.
     let released = rt
-        .block_on(async { cni().await.release(api::ReleaseRequest { attachment: att.clone() }).await })
+        .block_on(async {
+            cni()
+                .await
+                .release(api::ReleaseRequest {
+                    attachment: att.clone(),
+                })
+                .await
+        })
         .unwrap()
         .into_inner();
     assert_eq!(released.released, 1);
     let ours = ns.ip(&["route", "show", "proto", "116"]);
     assert!(!ours.contains(&host_route), "{ours}");
-    let check = rt.block_on(async { cni().await.check(api::CheckRequest { attachment: att.clone() }).await }).unwrap();
+    let check = rt
+        .block_on(async {
+            cni()
+                .await
+                .check(api::CheckRequest {
+                    attachment: att.clone(),
+                })
+                .await
+        })
+        .unwrap();
     assert!(check.into_inner().addresses.is_empty());
 
     // The same pod recreated (new sandbox, same namespace/name): its veth comes back under the
     // same name with a new ifindex, and its route must still go in.
     ns.ip(&["link", "del", &veth]);
-    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "p1peer"]);
+    ns.ip(&[
+        "link", "add", &veth, "type", "veth", "peer", "name", "p1peer",
+    ]);
     ns.ip(&["link", "set", &veth, "up"]);
-    let att2 = Some(api::Attachment { network: "k8s-pod-network".into(), container_id: "c2".into(), ifname: "eth0".into() });
+    let att2 = Some(api::Attachment {
+        network: "k8s-pod-network".into(),
+        container_id: "c2".into(),
+        ifname: "eth0".into(),
+    });
     let reply = rt
-        .block_on(async { cni().await.allocate(api::AllocateRequest { attachment: att2.clone(), pod: pod.clone() }).await })
+        .block_on(async {
+            cni()
+                .await
+                .allocate(api::AllocateRequest {
+                    attachment: att2.clone(),
+                    pod: pod.clone(),
+                })
+                .await
+        })
         .unwrap()
         .into_inner();
     let addr2 = reply.ips[0].address.clone();
@@ -469,7 +640,11 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     assert!(ours.contains(&host_route2), "{ours}");
 
     // SIGTERM: a clean stop that removes the socket.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.0.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
     let status = agent.0.wait().unwrap();
     assert!(status.success(), "exit {status}:\n{}", tree.log());
     assert!(!tree.socket().exists());
@@ -477,23 +652,46 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     // Second start with another CIDR while a pool exists: nothing new is created.
     let mut agent = tree.start(&ns, &cp.kubeconfig, "10.99.0.0/16");
     tree.wait_ready(&mut agent);
-    assert_eq!(pools(&cp, &ns), vec![("default-ipv4-ippool".to_owned(), "10.244.0.0/16".to_owned())]);
+    assert_eq!(
+        pools(&cp, &ns),
+        vec![("default-ipv4-ippool".to_owned(), "10.244.0.0/16".to_owned())]
+    );
     drop(agent);
 
     // A user's own pool, and no default one: still nothing created.
-    cp.kubectl(&ns, &["delete", "ippools.crd.tortie.dev", "default-ipv4-ippool"]);
+    cp.kubectl(
+        &ns,
+        &["delete", "ippools.crd.tortie.dev", "default-ipv4-ippool"],
+    );
     cp.apply(&ns, "apiVersion: crd.tortie.dev/v1\nkind: IPPool\nmetadata:\n  name: mine\nspec:\n  cidr: 10.50.0.0/16\n  blockSize: 26\n");
     let mut agent = tree.start(&ns, &cp.kubeconfig, "10.99.0.0/16");
     tree.wait_ready(&mut agent);
-    assert_eq!(pools(&cp, &ns), vec![("mine".to_owned(), "10.50.0.0/16".to_owned())]);
+    assert_eq!(
+        pools(&cp, &ns),
+        vec![("mine".to_owned(), "10.50.0.0/16".to_owned())]
+    );
 }
 
-fn allocate(rt: &tokio::runtime::Runtime, sock: &Path, cid: &str, pod: &str, uid: &str) -> Vec<String> {
+fn allocate(
+    rt: &tokio::runtime::Runtime,
+    sock: &Path,
+    cid: &str,
+    pod: &str,
+    uid: &str,
+) -> Vec<String> {
     rt.block_on(async {
         let mut c = CniClient::new(tortie_api::connect_unix(sock).await.unwrap());
         c.allocate(api::AllocateRequest {
-            attachment: Some(api::Attachment { network: "k8s-pod-network".into(), container_id: cid.into(), ifname: "eth0".into() }),
-            pod: Some(api::Pod { namespace: "default".into(), name: pod.into(), uid: uid.into() }),
+            attachment: Some(api::Attachment {
+                network: "k8s-pod-network".into(),
+                container_id: cid.into(),
+                ifname: "eth0".into(),
+            }),
+            pod: Some(api::Pod {
+                namespace: "default".into(),
+                name: pod.into(),
+                uid: uid.into(),
+            }),
         })
         .await
         .unwrap()
@@ -509,7 +707,11 @@ fn held(rt: &tokio::runtime::Runtime, sock: &Path, cid: &str) -> Vec<String> {
     rt.block_on(async {
         let mut c = CniClient::new(tortie_api::connect_unix(sock).await.unwrap());
         c.check(api::CheckRequest {
-            attachment: Some(api::Attachment { network: "k8s-pod-network".into(), container_id: cid.into(), ifname: "eth0".into() }),
+            attachment: Some(api::Attachment {
+                network: "k8s-pod-network".into(),
+                container_id: cid.into(),
+                ifname: "eth0".into(),
+            }),
         })
         .await
         .unwrap()
@@ -529,13 +731,20 @@ fn leaks_go_after_the_grace_period_live_ones_never_and_a_lost_apiserver_means_no
         &ns,
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: alive\n  namespace: default\nspec:\n  nodeName: node-a\n  containers:\n  - name: c\n    image: busybox\n",
     );
-    let uid = cp.kubectl(&ns, &["get", "pod", "alive", "-o", "jsonpath={.metadata.uid}"]);
+    let uid = cp.kubectl(
+        &ns,
+        &["get", "pod", "alive", "-o", "jsonpath={.metadata.uid}"],
+    );
     let mut tree = NodeTree::new(&dir.path().join("node-a"));
-    tree.extra_env.push(("TORTIE_IPAM_GC_GRACE".into(), "2s".into()));
+    tree.extra_env
+        .push(("TORTIE_IPAM_GC_GRACE".into(), "2s".into()));
     let mut agent = tree.start(&ns, &cp.kubeconfig, "10.244.0.0/16");
     tree.wait_ready(&mut agent);
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let sock = tree.socket();
     let alive = allocate(&rt, &sock, "c-alive", "alive", &uid);
     let ghost = allocate(&rt, &sock, "c-ghost", "ghost", "");
@@ -547,10 +756,18 @@ fn leaks_go_after_the_grace_period_live_ones_never_and_a_lost_apiserver_means_no
 
     let start = Instant::now();
     while !held(&rt, &sock, "c-ghost").is_empty() || !held(&rt, &sock, "c-stale").is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(20), "leaks not released:\n{}", tree.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "leaks not released:\n{}",
+            tree.log()
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(start.elapsed() >= Duration::from_secs(1), "released too early: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "released too early: {:?}",
+        start.elapsed()
+    );
     assert_eq!(held(&rt, &sock, "c-alive"), alive);
     // And it stays.
     std::thread::sleep(Duration::from_secs(3));
@@ -562,20 +779,36 @@ fn leaks_go_after_the_grace_period_live_ones_never_and_a_lost_apiserver_means_no
     let status = loop {
         let s = rt.block_on(async {
             let ch = tortie_api::connect_unix(&sock).await.unwrap();
-            StatusClient::new(ch).get_status(api::StatusRequest {}).await.unwrap().into_inner()
+            StatusClient::new(ch)
+                .get_status(api::StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
         });
         if !s.ready {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "still ready without an apiserver:\n{}", tree.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still ready without an apiserver:\n{}",
+            tree.log()
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert!(status.reason.starts_with("the apiserver is unreachable"), "{}", status.reason);
+    assert!(
+        status.reason.starts_with("the apiserver is unreachable"),
+        "{}",
+        status.reason
+    );
     let err = rt
         .block_on(async {
             let mut c = CniClient::new(tortie_api::connect_unix(&sock).await.unwrap());
             c.allocate(api::AllocateRequest {
-                attachment: Some(api::Attachment { network: "k8s-pod-network".into(), container_id: "c-late".into(), ifname: "eth0".into() }),
+                attachment: Some(api::Attachment {
+                    network: "k8s-pod-network".into(),
+                    container_id: "c-late".into(),
+                    ifname: "eth0".into(),
+                }),
                 pod: None,
             })
             .await

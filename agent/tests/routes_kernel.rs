@@ -17,7 +17,11 @@ struct Ns(String);
 impl Ns {
     fn new() -> Ns {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("trt-routes-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "trt-routes-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         run("ip", &["netns", "add", &name]);
         let ns = Ns(name);
         ns.ip(&["link", "set", "lo", "up"]);
@@ -27,7 +31,9 @@ impl Ns {
         ns.ip(&["link", "set", "up0", "up"]);
         ns.ip(&["addr", "add", "192.0.2.10/24", "dev", "up0"]);
         ns.ip(&["addr", "add", "2001:db8::10/64", "dev", "up0", "nodad"]);
-        ns.ip(&["link", "add", "tortpod", "type", "veth", "peer", "name", "tortpodp"]);
+        ns.ip(&[
+            "link", "add", "tortpod", "type", "veth", "peer", "name", "tortpodp",
+        ]);
         ns.ip(&["link", "set", "tortpodp", "up"]);
         ns.ip(&["link", "set", "tortpod", "up"]);
         ns
@@ -46,10 +52,18 @@ impl Ns {
 
     /// `ip route show proto 116` lines, IPv4 then IPv6, sorted.
     fn ours(&self) -> Vec<String> {
-        let mut lines: Vec<String> = [&["route", "show", "proto", "116"][..], &["-6", "route", "show", "proto", "116"]]
-            .iter()
-            .flat_map(|args| self.ip(args).lines().map(|l| l.trim().to_owned()).collect::<Vec<_>>())
-            .collect();
+        let mut lines: Vec<String> = [
+            &["route", "show", "proto", "116"][..],
+            &["-6", "route", "show", "proto", "116"],
+        ]
+        .iter()
+        .flat_map(|args| {
+            self.ip(args)
+                .lines()
+                .map(|l| l.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
         lines.sort();
         lines
     }
@@ -62,8 +76,15 @@ impl Drop for Ns {
 }
 
 fn run(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("{prog}: {e}"));
-    assert!(out.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -76,7 +97,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn gr(graceful_restart: bool) -> ReconcilerConfig {
-    ReconcilerConfig { resync_interval: Duration::from_secs(3600), graceful_restart }
+    ReconcilerConfig {
+        resync_interval: Duration::from_secs(3600),
+        graceful_restart,
+    }
 }
 
 fn every_kind() -> RouteSet {
@@ -97,9 +121,14 @@ fn every_kind() -> RouteSet {
 async fn writes_every_route_kind_and_reads_it_back() {
     let ns = Ns::new();
     let (h, _t) = spawn_reconciler(ns.table(), gr(false)).unwrap_or_else(|e| panic!("{e}"));
-    h.set_desired(every_kind()).await.unwrap_or_else(|e| panic!("{e}"));
+    h.set_desired(every_kind())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let second = h.resync().await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(second.is_empty(), "the kernel does not hold what we wrote: {second:?}");
+    assert!(
+        second.is_empty(),
+        "the kernel does not hold what we wrote: {second:?}"
+    );
     assert_eq!(
         ns.ours(),
         [
@@ -126,12 +155,31 @@ async fn writes_every_route_kind_and_reads_it_back() {
 async fn a_deleted_route_comes_back_and_foreign_routes_stay() {
     let ns = Ns::new();
     // Foreign routes: one on a prefix we want too, one we never mention.
-    ns.ip(&["route", "add", "10.244.3.0/26", "via", "192.0.2.99", "proto", "static"]);
-    ns.ip(&["route", "add", "10.77.0.0/16", "dev", "up0", "proto", "dhcp"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.3.0/26",
+        "via",
+        "192.0.2.99",
+        "proto",
+        "static",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.77.0.0/16",
+        "dev",
+        "up0",
+        "proto",
+        "dhcp",
+    ]);
     let (h, _t) = spawn_reconciler(ns.table(), gr(false)).unwrap_or_else(|e| panic!("{e}"));
     let set = every_kind();
     let want: Vec<Route> = set.iter().cloned().collect();
-    let failures = h.update_and_wait(want, vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+    let failures = h
+        .update_and_wait(want, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0].errno, libc::EEXIST);
     assert_eq!(failures[0].op.route().dst, net("10.244.3.0/26"));
@@ -142,30 +190,69 @@ async fn a_deleted_route_comes_back_and_foreign_routes_stay() {
     let repaired: Vec<String> = ops.iter().map(|o| o.route().dst.to_string()).collect();
     assert!(repaired.contains(&"10.244.1.5/32".to_string()), "{ops:?}");
     assert!(repaired.contains(&"10.244.1.0/26".to_string()), "{ops:?}");
-    assert!(ns.ours().contains(&"10.244.1.5 dev tortpod scope link".to_string()));
+    assert!(
+        ns.ours()
+            .contains(&"10.244.1.5 dev tortpod scope link".to_string())
+    );
 
     let all = ns.ip(&["route", "show"]);
-    assert!(all.contains("10.244.3.0/26 via 192.0.2.99 dev up0 proto static"), "{all}");
+    assert!(
+        all.contains("10.244.3.0/26 via 192.0.2.99 dev up0 proto static"),
+        "{all}"
+    );
     assert!(all.contains("10.77.0.0/16 dev up0 proto dhcp"), "{all}");
 
     // Dropping every desired route deletes only ours.
-    h.set_desired(RouteSet::new()).await.unwrap_or_else(|e| panic!("{e}"));
+    h.set_desired(RouteSet::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     h.resync().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(ns.ours().is_empty(), "{:?}", ns.ours());
     let all = ns.ip(&["route", "show"]);
-    assert!(all.contains("proto static") && all.contains("proto dhcp"), "{all}");
+    assert!(
+        all.contains("proto static") && all.contains("proto dhcp"),
+        "{all}"
+    );
 }
 
 #[tokio::test]
 async fn graceful_restart_sweeps_stale_routes_only_after_sync() {
     let ns = Ns::new();
     // What a previous run left in the kernel.
-    ns.ip(&["route", "add", "10.10.0.0/24", "via", "192.0.2.4", "proto", "116"]);
-    ns.ip(&["route", "add", "10.11.0.0/24", "via", "192.0.2.4", "proto", "116"]);
-    ns.ip(&["-6", "route", "add", "fd00:11::/64", "via", "2001:db8::4", "proto", "116"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.10.0.0/24",
+        "via",
+        "192.0.2.4",
+        "proto",
+        "116",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.11.0.0/24",
+        "via",
+        "192.0.2.4",
+        "proto",
+        "116",
+    ]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:11::/64",
+        "via",
+        "2001:db8::4",
+        "proto",
+        "116",
+    ]);
     let (h, _t) = spawn_reconciler(ns.table(), gr(true)).unwrap_or_else(|e| panic!("{e}"));
     let failures = h
-        .update_and_wait(vec![Route::via(net("10.10.0.0/24"), ip("192.0.2.4"))], vec![])
+        .update_and_wait(
+            vec![Route::via(net("10.10.0.0/24"), ip("192.0.2.4"))],
+            vec![],
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(failures.is_empty(), "{failures:?}");
@@ -185,19 +272,38 @@ fn pipelined_batch_of_100k_routes() {
     let ops: Vec<RouteOp> = (0..100_000u32)
         .map(|i| {
             let a = std::net::Ipv4Addr::from(0x0a00_0000 + (i << 2));
-            RouteOp::Add(Route::via(IpNet::new(IpAddr::V4(a), 30).unwrap_or_else(|e| panic!("{e}")), ip("192.0.2.4")))
+            RouteOp::Add(Route::via(
+                IpNet::new(IpAddr::V4(a), 30).unwrap_or_else(|e| panic!("{e}")),
+                ip("192.0.2.4"),
+            ))
         })
         .collect();
     let start = Instant::now();
     let failures = table.apply(&ops).unwrap_or_else(|e| panic!("{e}"));
     let took = start.elapsed();
-    assert!(failures.is_empty(), "{} failures, first {}", failures.len(), failures[0]);
-    eprintln!("100k routes in {took:?}: {:.0} routes/s", 100_000.0 / took.as_secs_f64());
+    assert!(
+        failures.is_empty(),
+        "{} failures, first {}",
+        failures.len(),
+        failures[0]
+    );
+    eprintln!(
+        "100k routes in {took:?}: {:.0} routes/s",
+        100_000.0 / took.as_secs_f64()
+    );
     let dumped = table.dump().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(dumped.len(), 100_000);
     // Deleting them is one batch too; a second delete of each fails per route, not the batch.
-    let dels: Vec<RouteOp> = ops.iter().map(|o| RouteOp::Delete(o.route().clone())).collect();
-    assert!(table.apply(&dels).unwrap_or_else(|e| panic!("{e}")).is_empty());
+    let dels: Vec<RouteOp> = ops
+        .iter()
+        .map(|o| RouteOp::Delete(o.route().clone()))
+        .collect();
+    assert!(
+        table
+            .apply(&dels)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
     let again = table.apply(&dels[..10]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(again.len(), 10);
     assert!(table.dump().unwrap_or_else(|e| panic!("{e}")).is_empty());
@@ -211,15 +317,21 @@ fn sysctls_are_written_in_the_namespace() {
     let result = std::thread::spawn(move || -> Result<(), String> {
         let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
         // If entering the namespace fails we must not write: that would be the host.
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| e.to_string())?;
         tortie_node::netlink::sysctl::enable_forwarding(true).map_err(|e| e.to_string())?;
-        tortie_node::netlink::sysctl::configure_host_veth("tortpod", true).map_err(|e| e.to_string())?;
+        tortie_node::netlink::sysctl::configure_host_veth("tortpod", true)
+            .map_err(|e| e.to_string())?;
         Ok(())
     })
     .join()
     .unwrap_or_else(|_| Err("sysctl thread panicked".into()));
     result.unwrap_or_else(|e| panic!("{e}"));
-    let read = |key: &str| run("ip", &["netns", "exec", &ns.0, "sysctl", "-n", key]).trim().to_owned();
+    let read = |key: &str| {
+        run("ip", &["netns", "exec", &ns.0, "sysctl", "-n", key])
+            .trim()
+            .to_owned()
+    };
     assert_eq!(read("net.ipv4.ip_forward"), "1");
     assert_eq!(read("net.ipv6.conf.all.forwarding"), "1");
     assert_eq!(read("net.ipv4.conf.tortpod.proxy_arp"), "1");
@@ -238,16 +350,22 @@ fn a_recreated_device_gets_its_route() {
     let mut table = ns.table();
     let r = Route::link(net("10.244.9.9/32"), "tortre");
     let make = || {
-        ns.ip(&["link", "add", "tortre", "type", "veth", "peer", "name", "tortrep"]);
+        ns.ip(&[
+            "link", "add", "tortre", "type", "veth", "peer", "name", "tortrep",
+        ]);
         ns.ip(&["link", "set", "tortrep", "up"]);
         ns.ip(&["link", "set", "tortre", "up"]);
     };
     make();
-    let failures = table.apply(&[RouteOp::Add(r.clone())]).unwrap_or_else(|e| panic!("{e}"));
+    let failures = table
+        .apply(&[RouteOp::Add(r.clone())])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(failures.is_empty(), "{failures:?}");
     ns.ip(&["link", "del", "tortre"]);
     make();
-    let failures = table.apply(&[RouteOp::Add(r.clone())]).unwrap_or_else(|e| panic!("{e}"));
+    let failures = table
+        .apply(&[RouteOp::Add(r.clone())])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(ns.ours(), ["10.244.9.9 dev tortre scope link"]);
 }

@@ -36,9 +36,15 @@ pub enum Error {
     #[error("too many peers (at most 65534)")]
     TooManyPeers,
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot set the TCP MD5 key for peer {peer} on the listening socket: {source}")]
-    Md5 { peer: IpAddr, source: std::io::Error },
+    Md5 {
+        peer: IpAddr,
+        source: std::io::Error,
+    },
     #[error("the BGP speaker has stopped")]
     Stopped,
 }

@@ -128,7 +128,9 @@ pub fn render(results: &[BenchResult]) -> String {
 /// 10.96.0.0/24 link).
 fn prefixes(n: u32) -> Result<Vec<IpNet>, Error> {
     if n > 4_000_000 {
-        return Err(Error::Invalid(format!("{n} prefixes would run into the bench link's subnet")));
+        return Err(Error::Invalid(format!(
+            "{n} prefixes would run into the bench link's subnet"
+        )));
     }
     Ok((0..n)
         .filter_map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 2)), 30).ok())
@@ -145,8 +147,16 @@ fn run_one(target: Target, feed: &[IpNet], opts: &BenchOptions) -> Result<BenchR
     let x = NetNs::create("trt-bench-x").map_err(io("creating the target namespace"))?;
     let f = NetNs::create("trt-bench-f").map_err(io("creating the feeder namespace"))?;
     veth_pair(&x, "eth0", &f, "eth0").map_err(io("creating the bench link"))?;
-    x.run("ip", &["addr", "add", &format!("{TARGET_IP}/24"), "dev", "eth0"]).map_err(io("addressing"))?;
-    f.run("ip", &["addr", "add", &format!("{FEEDER_IP}/24"), "dev", "eth0"]).map_err(io("addressing"))?;
+    x.run(
+        "ip",
+        &["addr", "add", &format!("{TARGET_IP}/24"), "dev", "eth0"],
+    )
+    .map_err(io("addressing"))?;
+    f.run(
+        "ip",
+        &["addr", "add", &format!("{FEEDER_IP}/24"), "dev", "eth0"],
+    )
+    .map_err(io("addressing"))?;
 
     // The target waits for the feeder: nothing moves before the capture is running.
     let mut tspec = RouterSpec::new(TARGET_IP, ASN);
@@ -161,7 +171,9 @@ fn run_one(target: Target, feed: &[IpNet], opts: &BenchOptions) -> Result<BenchR
         Target::Bird => Kind::Bird,
     };
     let speaker = Router::start(kind, &x, tspec)?;
-    let pid = speaker.pid().ok_or_else(|| Error::Invalid("the target has no pid".into()))?;
+    let pid = speaker
+        .pid()
+        .ok_or_else(|| Error::Invalid("the target has no pid".into()))?;
     let base = main_table_prefixes(pid)?;
     let rss_before = rss(pid)?;
 
@@ -186,13 +198,20 @@ fn run_one(target: Target, feed: &[IpNet], opts: &BenchOptions) -> Result<BenchR
         std::thread::sleep(Duration::from_millis(5));
     }
     let done_at = done_at.ok_or_else(|| Error::Timeout {
-        what: format!("{} to install {} routes:\n{}", target.name(), feed.len(), speaker.log_tail()),
+        what: format!(
+            "{} to install {} routes:\n{}",
+            target.name(),
+            feed.len(),
+            speaker.log_tail()
+        ),
         secs: timeout.as_secs_f64(),
     })?;
     let first = capture.wait(Duration::from_secs(10))?;
     let seconds = done_at
         .duration_since(first)
-        .map_err(|_| Error::Invalid("the last route landed before the first UPDATE was captured".into()))?
+        .map_err(|_| {
+            Error::Invalid("the last route landed before the first UPDATE was captured".into())
+        })?
         .as_secs_f64();
     Ok(BenchResult {
         target,
@@ -214,7 +233,10 @@ fn main_table_prefixes(pid: u32) -> Result<u64, Error> {
             continue;
         }
         if in_main && let Some(n) = line.trim().strip_prefix("Prefixes:") {
-            return n.trim().parse().map_err(|_| Error::Invalid(format!("{path}: bad line {line:?}")));
+            return n
+                .trim()
+                .parse()
+                .map_err(|_| Error::Invalid(format!("{path}: bad line {line:?}")));
         }
     }
     Ok(0)
@@ -240,8 +262,13 @@ struct FirstUpdate {
 
 impl FirstUpdate {
     fn start(feeder: &NetNs) -> Result<FirstUpdate, Error> {
-        let out = std::env::temp_dir().join(format!("trt-bench-tcpdump-{}-{}", std::process::id(), feeder.name()));
-        let file = std::fs::File::create(&out).map_err(Error::io(format!("creating {}", out.display())))?;
+        let out = std::env::temp_dir().join(format!(
+            "trt-bench-tcpdump-{}-{}",
+            std::process::id(),
+            feeder.name()
+        ));
+        let file = std::fs::File::create(&out)
+            .map_err(Error::io(format!("creating {}", out.display())))?;
         // A BGP message type sits 18 bytes into its header; a segment that starts with an
         // UPDATE (type 2) is what we want. A large segment from the feeder counts too, in
         // case the first UPDATE shares a segment with a KEEPALIVE.
@@ -255,7 +282,11 @@ impl FirstUpdate {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(Error::io("starting tcpdump"))?;
-        let mut cap = FirstUpdate { child, out, _stderr: None };
+        let mut cap = FirstUpdate {
+            child,
+            out,
+            _stderr: None,
+        };
         cap.wait_listening()?;
         Ok(cap)
     }
@@ -263,7 +294,9 @@ impl FirstUpdate {
     /// tcpdump says "listening on" once its filter is attached.
     fn wait_listening(&mut self) -> Result<(), Error> {
         use std::io::BufRead;
-        let Some(stderr) = self.child.stderr.take() else { return Ok(()) };
+        let Some(stderr) = self.child.stderr.take() else {
+            return Ok(());
+        };
         let mut reader = std::io::BufReader::new(stderr);
         let mut said = String::new();
         for _ in 0..5 {
@@ -285,7 +318,10 @@ impl FirstUpdate {
         let mut stamp = None;
         wait_for(timeout, "tcpdump to report the first UPDATE", || {
             let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-            stamp = text.split_whitespace().next().and_then(|t| t.parse::<f64>().ok());
+            stamp = text
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<f64>().ok());
             Ok(stamp.is_some())
         })?;
         let secs = stamp.unwrap_or_default();
@@ -304,7 +340,11 @@ impl Drop for FirstUpdate {
 
 /// Command-line glue for `tortie-lab bench bgp`: runs with `sizes` and prints the table.
 pub fn main(sizes: Vec<u32>, feeder: Kind) -> Result<(), Error> {
-    let opts = BenchOptions { sizes, feeder, ..BenchOptions::default() };
+    let opts = BenchOptions {
+        sizes,
+        feeder,
+        ..BenchOptions::default()
+    };
     let results = run(&opts)?;
     print!("{}", render(&results));
     Ok(())
@@ -318,7 +358,8 @@ mod tests {
     fn feed_prefixes_are_distinct_and_clear_of_the_link() {
         let feed = prefixes(500_000).unwrap_or_default();
         assert_eq!(feed.len(), 500_000);
-        let link: IpNet = IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 24).unwrap_or_default());
+        let link: IpNet =
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 24).unwrap_or_default());
         assert!(feed.iter().all(|p| !link.contains(p) && !p.contains(&link)));
         let set: std::collections::BTreeSet<_> = feed.iter().collect();
         assert_eq!(set.len(), feed.len());
@@ -334,6 +375,9 @@ mod tests {
             rss_before_bytes: 10 * 1024 * 1024,
         };
         let text = render(&[r]);
-        assert!(text.contains("| BIRD | 500000 | 2.50 s | 200000 | 60.0 MiB | 105 B |"), "{text}");
+        assert!(
+            text.contains("| BIRD | 500000 | 2.50 s | 200000 | 60.0 MiB | 105 B |"),
+            "{text}"
+        );
     }
 }

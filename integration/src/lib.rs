@@ -23,10 +23,10 @@ pub mod control;
 pub mod kube_netns;
 /// Names, paths and addresses of one lab.
 pub mod lab;
-/// The LAN bridge and the node namespaces.
-pub mod network;
 /// Network namespaces owned by a test or the lab.
 pub mod netns;
+/// The LAN bridge and the node namespaces.
+pub mod network;
 /// Objects the lab applies: Nodes, kubeconfigs, the token file.
 pub mod objects;
 /// The lab's own CA, apiserver certificate, service-account key and tokens.
@@ -74,7 +74,8 @@ impl Error {
 /// Writes `bytes` to `path` atomically (temp file + rename), creating the parent folder.
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(Error::io(format!("creating {}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(Error::io(format!("creating {}", parent.display())))?;
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(Error::io(format!("writing {}", tmp.display())))?;

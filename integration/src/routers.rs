@@ -124,7 +124,13 @@ impl Router {
             format!("{kind:?}").to_lowercase()
         ));
         crate::mkdir(&dir)?;
-        let mut router = Router { kind, netns: ns.name().to_owned(), dir, child: None, spec };
+        let mut router = Router {
+            kind,
+            netns: ns.name().to_owned(),
+            dir,
+            child: None,
+            spec,
+        };
         router.spawn()?;
         router.wait_ready()?;
         if kind == Kind::Gobgp {
@@ -164,13 +170,20 @@ impl Router {
         let dir = self.dir.clone();
         let log = std::fs::File::create(dir.join("router.log"))
             .map_err(Error::io(format!("creating {}/router.log", dir.display())))?;
-        let err = log.try_clone().map_err(Error::io("duplicating the log handle"))?;
+        let err = log
+            .try_clone()
+            .map_err(Error::io("duplicating the log handle"))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.netns]);
         let conf = match self.kind {
             Kind::Bird => {
                 let conf = dir.join("bird.conf");
-                cmd.arg("bird").arg("-f").arg("-c").arg(&conf).arg("-s").arg(dir.join("bird.ctl"));
+                cmd.arg("bird")
+                    .arg("-f")
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-s")
+                    .arg(dir.join("bird.ctl"));
                 (conf, bird_config(&self.spec, &dir))
             }
             Kind::Frr => {
@@ -190,17 +203,24 @@ impl Router {
             }
             Kind::Gobgp => {
                 let conf = dir.join("gobgpd.toml");
-                cmd.arg("gobgpd")
-                    .arg("-f")
-                    .arg(&conf)
-                    .args(["-t", "toml", "-p", "--pprof-disable", "--api-hosts", "127.0.0.1:50051"]);
+                cmd.arg("gobgpd").arg("-f").arg(&conf).args([
+                    "-t",
+                    "toml",
+                    "-p",
+                    "--pprof-disable",
+                    "--api-hosts",
+                    "127.0.0.1:50051",
+                ]);
                 (conf, gobgp_config(&self.spec))
             }
             Kind::Exabgp => {
                 let conf = dir.join("exabgp.conf");
                 let fifo = dir.join("ctl.fifo");
                 nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                    .map_err(|e| Error::Io { what: format!("mkfifo {}", fifo.display()), source: e.into() })?;
+                    .map_err(|e| Error::Io {
+                        what: format!("mkfifo {}", fifo.display()),
+                        source: e.into(),
+                    })?;
                 crate::write_file(&dir.join("ctl.py"), exabgp_helper(&dir).as_bytes())?;
                 cmd.arg("env")
                     .arg("exabgp.daemon.user=root")
@@ -227,13 +247,24 @@ impl Router {
                 let bin = crate::agents::agent_binary().ok_or_else(|| {
                     Error::Invalid("tortie-node is not built (cargo build -p tortie-node, or set TORTIE_NODE_BIN)".into())
                 })?;
-                cmd.arg(bin).arg("bgp").arg("--config").arg(&conf).env("RUST_LOG", "info");
+                cmd.arg(bin)
+                    .arg("bgp")
+                    .arg("--config")
+                    .arg(&conf)
+                    .env("RUST_LOG", "info");
                 (conf, tortie_config(&self.spec, &dir))
             }
         };
         crate::write_file(&conf.0, conf.1.as_bytes())?;
-        cmd.current_dir(&dir).stdin(Stdio::null()).stdout(log).stderr(err).process_group(0);
-        let child = cmd.spawn().map_err(Error::io(format!("starting {:?} in {}", self.kind, self.netns)))?;
+        cmd.current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd.spawn().map_err(Error::io(format!(
+            "starting {:?} in {}",
+            self.kind, self.netns
+        )))?;
         self.child = Some(child);
         Ok(())
     }
@@ -304,7 +335,9 @@ impl Router {
             Kind::Bird => {
                 let name = self.bird_protocol(peer)?;
                 let out = self.birdc(&["show", "protocols", &name])?;
-                Ok(out.lines().any(|l| l.starts_with(&name) && l.contains("Established")))
+                Ok(out
+                    .lines()
+                    .any(|l| l.starts_with(&name) && l.contains("Established")))
             }
             Kind::Frr => {
                 let out = self.vtysh(&[&format!("show bgp neighbors {peer} json")])?;
@@ -314,11 +347,18 @@ impl Router {
             Kind::Gobgp => {
                 let out = self.gobgp(&["neighbor", &peer.to_string(), "-j"])?;
                 let v: serde_json::Value = parse_json(&out)?;
-                Ok(v["state"]["session_state"] == 6 || v["state"]["session_state"] == "established")
+                Ok(
+                    v["state"]["session_state"] == 6
+                        || v["state"]["session_state"] == "established",
+                )
             }
             Kind::Tortie => {
                 let v = self.tortie_status()?;
-                let peers = v["ipv4_peers"].as_array().into_iter().chain(v["ipv6_peers"].as_array()).flatten();
+                let peers = v["ipv4_peers"]
+                    .as_array()
+                    .into_iter()
+                    .chain(v["ipv6_peers"].as_array())
+                    .flatten();
                 Ok(peers
                     .filter(|p| p["peer_address"] == peer.to_string())
                     .any(|p| p["fsm_state"] == "Established"))
@@ -327,7 +367,9 @@ impl Router {
                 // The helper logs every neighbor state change as JSON; the last one counts.
                 let mut up = false;
                 for ev in self.exabgp_events() {
-                    if ev["type"] == "state" && ev["neighbor"]["address"]["peer"] == peer.to_string() {
+                    if ev["type"] == "state"
+                        && ev["neighbor"]["address"]["peer"] == peer.to_string()
+                    {
                         up = ev["neighbor"]["state"] == "up";
                     }
                 }
@@ -338,11 +380,16 @@ impl Router {
 
     /// Waits until the session with `peer` is Established.
     pub fn wait_established(&self, peer: IpAddr, timeout: Duration) -> Result<(), Error> {
-        wait_for(timeout, &format!("{:?} session with {peer} to be Established", self.kind), || {
-            self.established(peer)
-        })
+        wait_for(
+            timeout,
+            &format!("{:?} session with {peer} to be Established", self.kind),
+            || self.established(peer),
+        )
         .map_err(|e| match e {
-            Error::Timeout { what, secs } => Error::Timeout { what: format!("{what}\n{}", self.log_tail()), secs },
+            Error::Timeout { what, secs } => Error::Timeout {
+                what: format!("{what}\n{}", self.log_tail()),
+                secs,
+            },
             e => e,
         })
     }
@@ -351,12 +398,21 @@ impl Router {
     /// and IPv6. For tortie: the routes in the namespace's kernel table with protocol 116.
     pub fn learned(&self) -> Result<BTreeSet<IpNet>, Error> {
         match self.kind {
-            Kind::Tortie => Ok(self.kernel_routes()?.into_iter().map(|(net, _)| net).collect()),
+            Kind::Tortie => Ok(self
+                .kernel_routes()?
+                .into_iter()
+                .map(|(net, _)| net)
+                .collect()),
             Kind::Bird => {
                 let mut out = BTreeSet::new();
                 for table in ["master4", "master6"] {
-                    let text = self.birdc(&["show", "route", "table", table, "where", "source", "=", "RTS_BGP"])?;
-                    out.extend(text.lines().filter_map(|l| l.split_whitespace().next()?.parse::<IpNet>().ok()));
+                    let text = self.birdc(&[
+                        "show", "route", "table", table, "where", "source", "=", "RTS_BGP",
+                    ])?;
+                    out.extend(
+                        text.lines()
+                            .filter_map(|l| l.split_whitespace().next()?.parse::<IpNet>().ok()),
+                    );
                 }
                 Ok(out)
             }
@@ -368,7 +424,9 @@ impl Router {
                     if let Some(routes) = v["routes"].as_object() {
                         for (prefix, paths) in routes {
                             let from_peer = paths.as_array().is_some_and(|ps| {
-                                ps.iter().any(|p| p["peerId"].as_str().is_some_and(|id| id != "(unspec)"))
+                                ps.iter().any(|p| {
+                                    p["peerId"].as_str().is_some_and(|id| id != "(unspec)")
+                                })
                             });
                             if from_peer && let Ok(net) = prefix.parse() {
                                 out.insert(net);
@@ -387,7 +445,9 @@ impl Router {
                         for (prefix, paths) in routes {
                             let from_peer = paths.as_array().is_some_and(|ps| {
                                 ps.iter().any(|p| {
-                                    p["source-id"].as_str().is_some_and(|s| s != "<nil>" && !s.is_empty())
+                                    p["source-id"]
+                                        .as_str()
+                                        .is_some_and(|s| s != "<nil>" && !s.is_empty())
                                 })
                             });
                             if from_peer && let Ok(net) = prefix.parse() {
@@ -401,9 +461,13 @@ impl Router {
             Kind::Exabgp => {
                 let mut out = BTreeSet::new();
                 for ev in self.exabgp_events() {
-                    let Some(update) = ev["neighbor"]["message"]["update"].as_object() else { continue };
+                    let Some(update) = ev["neighbor"]["message"]["update"].as_object() else {
+                        continue;
+                    };
                     for (verb, families) in update {
-                        let Some(families) = families.as_object() else { continue };
+                        let Some(families) = families.as_object() else {
+                            continue;
+                        };
                         for (_family, by_nh) in families {
                             let prefixes: Vec<String> = match verb.as_str() {
                                 "announce" => by_nh
@@ -422,7 +486,9 @@ impl Router {
                                 _ => Vec::new(),
                             };
                             for p in prefixes {
-                                let Ok(net) = p.parse::<IpNet>() else { continue };
+                                let Ok(net) = p.parse::<IpNet>() else {
+                                    continue;
+                                };
                                 if verb == "announce" {
                                     out.insert(net);
                                 } else {
@@ -451,9 +517,10 @@ impl Router {
         });
         match r {
             Ok(()) => Ok(last),
-            Err(Error::Timeout { what, secs }) => {
-                Err(Error::Timeout { what: format!("{what} (has {last:?})\n{}", self.log_tail()), secs })
-            }
+            Err(Error::Timeout { what, secs }) => Err(Error::Timeout {
+                what: format!("{what} (has {last:?})\n{}", self.log_tail()),
+                secs,
+            }),
             Err(e) => Err(e),
         }
     }
@@ -466,7 +533,11 @@ impl Router {
         match self.kind {
             Kind::Bird => self.bird_reconfigure(),
             Kind::Frr => {
-                let af = if prefix.addr().is_ipv4() { "ipv4" } else { "ipv6" };
+                let af = if prefix.addr().is_ipv4() {
+                    "ipv4"
+                } else {
+                    "ipv6"
+                };
                 self.vtysh(&[
                     "configure terminal",
                     &format!("router bgp {}", self.spec.asn),
@@ -477,13 +548,25 @@ impl Router {
             }
             Kind::Gobgp => {
                 let (af, nh) = self.gobgp_next_hop(prefix);
-                self.gobgp(&["global", "rib", "add", "-a", af, &prefix.to_string(), "nexthop", &nh]).map(drop)
+                self.gobgp(&[
+                    "global",
+                    "rib",
+                    "add",
+                    "-a",
+                    af,
+                    &prefix.to_string(),
+                    "nexthop",
+                    &nh,
+                ])
+                .map(drop)
             }
             Kind::Exabgp => {
                 let nh = self.exabgp_next_hop(prefix);
                 self.exabgp_command(&format!("announce route {prefix} next-hop {nh}"))
             }
-            Kind::Tortie => Err(Error::Invalid("the tortie daemon takes its prefixes from its config only".into())),
+            Kind::Tortie => Err(Error::Invalid(
+                "the tortie daemon takes its prefixes from its config only".into(),
+            )),
         }
     }
 
@@ -493,7 +576,11 @@ impl Router {
         match self.kind {
             Kind::Bird => self.bird_reconfigure(),
             Kind::Frr => {
-                let af = if prefix.addr().is_ipv4() { "ipv4" } else { "ipv6" };
+                let af = if prefix.addr().is_ipv4() {
+                    "ipv4"
+                } else {
+                    "ipv6"
+                };
                 self.vtysh(&[
                     "configure terminal",
                     &format!("router bgp {}", self.spec.asn),
@@ -504,13 +591,16 @@ impl Router {
             }
             Kind::Gobgp => {
                 let (af, _) = self.gobgp_next_hop(prefix);
-                self.gobgp(&["global", "rib", "del", "-a", af, &prefix.to_string()]).map(drop)
+                self.gobgp(&["global", "rib", "del", "-a", af, &prefix.to_string()])
+                    .map(drop)
             }
             Kind::Exabgp => {
                 let nh = self.exabgp_next_hop(prefix);
                 self.exabgp_command(&format!("withdraw route {prefix} next-hop {nh}"))
             }
-            Kind::Tortie => Err(Error::Invalid("the tortie daemon takes its prefixes from its config only".into())),
+            Kind::Tortie => Err(Error::Invalid(
+                "the tortie daemon takes its prefixes from its config only".into(),
+            )),
         }
     }
 
@@ -521,10 +611,13 @@ impl Router {
 
     /// tortie only: runs tortiectl against the daemon's socket; returns its stdout.
     pub fn tortiectl(&self, args: &[&str]) -> Result<String, Error> {
-        let bin = crate::agents::sibling_binary("tortiectl", "TORTIECTL_BIN")
-            .ok_or_else(|| Error::Invalid("tortiectl is not built (cargo build -p tortie-node)".into()))?;
+        let bin = crate::agents::sibling_binary("tortiectl", "TORTIECTL_BIN").ok_or_else(|| {
+            Error::Invalid("tortiectl is not built (cargo build -p tortie-node)".into())
+        })?;
         let mut cmd = Command::new(bin);
-        cmd.arg("--socket").arg(self.dir.join("bgp.sock")).args(args);
+        cmd.arg("--socket")
+            .arg(self.dir.join("bgp.sock"))
+            .args(args);
         crate::run(&mut cmd)
     }
 
@@ -533,10 +626,21 @@ impl Router {
         let mut out = Vec::new();
         for fam in ["-4", "-6"] {
             let mut cmd = Command::new("ip");
-            cmd.args(["-j", fam, "-n", &self.netns, "route", "show", "proto", "116"]);
+            cmd.args([
+                "-j",
+                fam,
+                "-n",
+                &self.netns,
+                "route",
+                "show",
+                "proto",
+                "116",
+            ]);
             let v = parse_json(&crate::run(&mut cmd)?)?;
             for r in v.as_array().into_iter().flatten() {
-                let Some(dst) = r["dst"].as_str() else { continue };
+                let Some(dst) = r["dst"].as_str() else {
+                    continue;
+                };
                 let net = if dst.contains('/') {
                     dst.parse::<IpNet>().ok()
                 } else {
@@ -559,7 +663,10 @@ impl Router {
     /// ExaBGP only: sends several API command lines in one write.
     pub fn exabgp_commands(&self, lines: &[&str]) -> Result<(), Error> {
         if self.kind != Kind::Exabgp {
-            return Err(Error::Invalid(format!("{:?} takes no ExaBGP commands", self.kind)));
+            return Err(Error::Invalid(format!(
+                "{:?} takes no ExaBGP commands",
+                self.kind
+            )));
         }
         use std::io::Write;
         let fifo = self.dir.join("ctl.fifo");
@@ -569,7 +676,8 @@ impl Router {
             .map_err(Error::io(format!("opening {}", fifo.display())))?;
         let mut text = lines.join("\n");
         text.push('\n');
-        f.write_all(text.as_bytes()).map_err(Error::io("writing ExaBGP commands"))
+        f.write_all(text.as_bytes())
+            .map_err(Error::io("writing ExaBGP commands"))
     }
 
     fn exabgp_events(&self) -> Vec<serde_json::Value> {
@@ -582,15 +690,29 @@ impl Router {
 
     fn exabgp_next_hop(&self, prefix: IpNet) -> String {
         match prefix {
-            IpNet::V4(_) => self.spec.next_hop_v4.map_or("self".into(), |a| a.to_string()),
-            IpNet::V6(_) => self.spec.next_hop_v6.map_or("self".into(), |a| a.to_string()),
+            IpNet::V4(_) => self
+                .spec
+                .next_hop_v4
+                .map_or("self".into(), |a| a.to_string()),
+            IpNet::V6(_) => self
+                .spec
+                .next_hop_v6
+                .map_or("self".into(), |a| a.to_string()),
         }
     }
 
     fn gobgp_next_hop(&self, prefix: IpNet) -> (&'static str, String) {
         match prefix {
-            IpNet::V4(_) => ("ipv4", self.spec.next_hop_v4.map_or("0.0.0.0".into(), |a| a.to_string())),
-            IpNet::V6(_) => ("ipv6", self.spec.next_hop_v6.map_or("::".into(), |a| a.to_string())),
+            IpNet::V4(_) => (
+                "ipv4",
+                self.spec
+                    .next_hop_v4
+                    .map_or("0.0.0.0".into(), |a| a.to_string()),
+            ),
+            IpNet::V6(_) => (
+                "ipv6",
+                self.spec.next_hop_v6.map_or("::".into(), |a| a.to_string()),
+            ),
         }
     }
 
@@ -604,7 +726,10 @@ impl Router {
     }
 
     fn bird_reconfigure(&self) -> Result<(), Error> {
-        crate::write_file(&self.dir.join("bird.conf"), bird_config(&self.spec, &self.dir).as_bytes())?;
+        crate::write_file(
+            &self.dir.join("bird.conf"),
+            bird_config(&self.spec, &self.dir).as_bytes(),
+        )?;
         let out = self.birdc(&["configure"])?;
         if out.contains("Reconfigured") || out.contains("Reconfiguration in progress") {
             Ok(())
@@ -638,7 +763,8 @@ impl Router {
     /// Runs the `gobgp` CLI inside the router's namespace (the API listens on its loopback).
     pub fn gobgp(&self, args: &[&str]) -> Result<String, Error> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns, "gobgp", "-p", "50051"]).args(args);
+        cmd.args(["netns", "exec", &self.netns, "gobgp", "-p", "50051"])
+            .args(args);
         crate::run(&mut cmd)
     }
 }
@@ -670,14 +796,18 @@ pub fn wait_for(
                 Some(e) => format!("{what} (last error: {e})"),
                 None => what.to_owned(),
             };
-            return Err(Error::Timeout { what, secs: timeout.as_secs_f64() });
+            return Err(Error::Timeout {
+                what,
+                secs: timeout.as_secs_f64(),
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn parse_json(text: &str) -> Result<serde_json::Value, Error> {
-    serde_json::from_str(text).map_err(|e| Error::Command(format!("unparsable router JSON ({e}): {text}")))
+    serde_json::from_str(text)
+        .map_err(|e| Error::Command(format!("unparsable router JSON ({e}): {text}")))
 }
 
 /// Quotes a string for BIRD's and FRR's config languages (passwords come from tests).
@@ -688,15 +818,23 @@ fn quoted(s: &str) -> String {
 fn bird_config(spec: &RouterSpec, dir: &Path) -> String {
     let mut c = String::new();
     let _ = writeln!(c, "router id {};", spec.router_id);
-    let _ = writeln!(c, "log {} all;", quoted(&dir.join("bird.log").display().to_string()));
+    let _ = writeln!(
+        c,
+        "log {} all;",
+        quoted(&dir.join("bird.log").display().to_string())
+    );
     // Interfaces must be known for `gateway direct` next hops.
     let _ = writeln!(c, "protocol device {{ scan time 2; }}");
     if spec.kernel_export {
         for fam in ["ipv4", "ipv6"] {
-            let _ = writeln!(c, "protocol kernel {{ {fam} {{ import none; export all; }}; }}");
+            let _ = writeln!(
+                c,
+                "protocol kernel {{ {fam} {{ import none; export all; }}; }}"
+            );
         }
     }
-    let (v4, v6): (Vec<&IpNet>, Vec<&IpNet>) = spec.originate.iter().partition(|p| p.addr().is_ipv4());
+    let (v4, v6): (Vec<&IpNet>, Vec<&IpNet>) =
+        spec.originate.iter().partition(|p| p.addr().is_ipv4());
     for (fam, list) in [("ipv4", v4), ("ipv6", v6)] {
         let _ = writeln!(c, "protocol static static_{fam} {{ {fam};");
         for p in list {
@@ -708,7 +846,11 @@ fn bird_config(spec: &RouterSpec, dir: &Path) -> String {
         let _ = writeln!(c, "protocol bgp peer{i} {{");
         match p.local_address {
             Some(local) => {
-                let _ = writeln!(c, "  local {local} port {} as {};", spec.listen_port, spec.asn);
+                let _ = writeln!(
+                    c,
+                    "  local {local} port {} as {};",
+                    spec.listen_port, spec.asn
+                );
             }
             None => {
                 let _ = writeln!(c, "  local port {} as {};", spec.listen_port, spec.asn);
@@ -718,7 +860,10 @@ fn bird_config(spec: &RouterSpec, dir: &Path) -> String {
         // iBGP is multihop to BIRD unless told; our peers always share a link.
         let _ = writeln!(c, "  direct;\n  hold time {};", spec.hold_time);
         // Test-friendly timers: BIRD waits 120 s between attempts by default.
-        let _ = writeln!(c, "  connect delay time 1; connect retry time 2; error wait time 1, 4;");
+        let _ = writeln!(
+            c,
+            "  connect delay time 1; connect retry time 2; error wait time 1, 4;"
+        );
         if p.passive {
             let _ = writeln!(c, "  passive on;");
         }
@@ -739,7 +884,10 @@ fn bird_config(spec: &RouterSpec, dir: &Path) -> String {
                 Some(a) => format!("next hop address {a};"),
                 None => "next hop self;".to_owned(),
             };
-            let _ = writeln!(c, "  {fam} {{ import all; export all; {next_hop} gateway direct; }};");
+            let _ = writeln!(
+                c,
+                "  {fam} {{ import all; export all; {next_hop} gateway direct; }};"
+            );
         }
         let _ = writeln!(c, "}}");
     }
@@ -761,7 +909,12 @@ fn frr_config(spec: &RouterSpec) -> String {
         if p.port != 179 {
             let _ = writeln!(c, " neighbor {a} port {}", p.port);
         }
-        let _ = writeln!(c, " neighbor {a} timers {} {}", spec.hold_time / 3, spec.hold_time);
+        let _ = writeln!(
+            c,
+            " neighbor {a} timers {} {}",
+            spec.hold_time / 3,
+            spec.hold_time
+        );
         let _ = writeln!(c, " neighbor {a} timers connect 2");
         if p.passive {
             let _ = writeln!(c, " neighbor {a} passive");
@@ -776,7 +929,11 @@ fn frr_config(spec: &RouterSpec) -> String {
     }
     for (fam, is_v4) in [("ipv4", true), ("ipv6", false)] {
         let _ = writeln!(c, " address-family {fam} unicast");
-        for n in spec.originate.iter().filter(|n| n.addr().is_ipv4() == is_v4) {
+        for n in spec
+            .originate
+            .iter()
+            .filter(|n| n.addr().is_ipv4() == is_v4)
+        {
             let _ = writeln!(c, "  network {n}");
         }
         for p in &spec.peers {
@@ -785,7 +942,11 @@ fn frr_config(spec: &RouterSpec) -> String {
             if p.rr_client {
                 let _ = writeln!(c, "  neighbor {a} route-reflector-client");
             }
-            let has_nh = if is_v4 { spec.next_hop_v4.is_some() } else { spec.next_hop_v6.is_some() };
+            let has_nh = if is_v4 {
+                spec.next_hop_v4.is_some()
+            } else {
+                spec.next_hop_v6.is_some()
+            };
             if has_nh {
                 let _ = writeln!(c, "  neighbor {a} route-map nh_{fam} out");
             }
@@ -796,22 +957,45 @@ fn frr_config(spec: &RouterSpec) -> String {
         let _ = writeln!(c, "route-map nh_ipv4 permit 10\n set ip next-hop {nh}");
     }
     if let Some(nh) = spec.next_hop_v6 {
-        let _ = writeln!(c, "route-map nh_ipv6 permit 10\n set ipv6 next-hop global {nh}");
+        let _ = writeln!(
+            c,
+            "route-map nh_ipv6 permit 10\n set ipv6 next-hop global {nh}"
+        );
     }
     c
 }
 
 fn gobgp_config(spec: &RouterSpec) -> String {
     let mut c = String::new();
-    let _ = writeln!(c, "[global.config]\n  as = {}\n  router-id = \"{}\"", spec.asn, spec.router_id);
-    let _ = writeln!(c, "  port = {}", if spec.listen_port == 0 { -1 } else { i32::from(spec.listen_port) });
+    let _ = writeln!(
+        c,
+        "[global.config]\n  as = {}\n  router-id = \"{}\"",
+        spec.asn, spec.router_id
+    );
+    let _ = writeln!(
+        c,
+        "  port = {}",
+        if spec.listen_port == 0 {
+            -1
+        } else {
+            i32::from(spec.listen_port)
+        }
+    );
     for p in &spec.peers {
         let _ = writeln!(c, "[[neighbors]]\n  [neighbors.config]");
-        let _ = writeln!(c, "    neighbor-address = \"{}\"\n    peer-as = {}", p.address, p.asn);
+        let _ = writeln!(
+            c,
+            "    neighbor-address = \"{}\"\n    peer-as = {}",
+            p.address, p.asn
+        );
         if let Some(pw) = &p.password {
             let _ = writeln!(c, "    auth-password = {}", quoted(pw));
         }
-        let _ = writeln!(c, "  [neighbors.transport.config]\n    passive-mode = {}", p.passive);
+        let _ = writeln!(
+            c,
+            "  [neighbors.transport.config]\n    passive-mode = {}",
+            p.passive
+        );
         if p.port != 179 {
             let _ = writeln!(c, "    remote-port = {}", p.port);
         }
@@ -832,12 +1016,21 @@ fn gobgp_config(spec: &RouterSpec) -> String {
             );
         }
         if p.graceful_restart {
-            let _ = writeln!(c, "  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 120");
+            let _ = writeln!(
+                c,
+                "  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 120"
+            );
         }
         for fam in ["ipv4-unicast", "ipv6-unicast"] {
-            let _ = writeln!(c, "  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{fam}\"");
+            let _ = writeln!(
+                c,
+                "  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{fam}\""
+            );
             if p.graceful_restart {
-                let _ = writeln!(c, "    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true");
+                let _ = writeln!(
+                    c,
+                    "    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true"
+                );
             }
         }
     }
@@ -857,7 +1050,11 @@ fn exabgp_config(spec: &RouterSpec, dir: &Path) -> String {
         if let Some(local) = p.local_address {
             let _ = writeln!(c, "  local-address {local};");
         }
-        let _ = writeln!(c, "  local-as {};\n  peer-as {};\n  hold-time {};", spec.asn, p.asn, spec.hold_time);
+        let _ = writeln!(
+            c,
+            "  local-as {};\n  peer-as {};\n  hold-time {};",
+            spec.asn, p.asn, spec.hold_time
+        );
         if p.port != 179 {
             let _ = writeln!(c, "  connect {};", p.port);
         }
@@ -892,7 +1089,11 @@ fn tortie_config(spec: &RouterSpec, dir: &Path) -> String {
     if spec.listen_port != 0 {
         let _ = writeln!(c, "listen = \"0.0.0.0:{}\"", spec.listen_port);
     }
-    let _ = writeln!(c, "api_socket = {}\nkernel_install = true", toml_string(&dir.join("bgp.sock").display().to_string()));
+    let _ = writeln!(
+        c,
+        "api_socket = {}\nkernel_install = true",
+        toml_string(&dir.join("bgp.sock").display().to_string())
+    );
     if let Some(a) = spec.next_hop_v4 {
         let _ = writeln!(c, "local_ipv4 = \"{a}\"");
     }
@@ -900,9 +1101,21 @@ fn tortie_config(spec: &RouterSpec, dir: &Path) -> String {
         let _ = writeln!(c, "local_ipv6 = \"{a}\"");
     }
     for p in &spec.peers {
-        let _ = writeln!(c, "\n[[neighbor]]\naddress = \"{}\"\nasn = {}", p.address, p.asn);
-        let _ = writeln!(c, "passive = {}\nroute_reflector_client = {}", p.passive, p.rr_client);
-        let _ = writeln!(c, "graceful_restart = {}\nhold_time = {}", p.graceful_restart, spec.hold_time);
+        let _ = writeln!(
+            c,
+            "\n[[neighbor]]\naddress = \"{}\"\nasn = {}",
+            p.address, p.asn
+        );
+        let _ = writeln!(
+            c,
+            "passive = {}\nroute_reflector_client = {}",
+            p.passive, p.rr_client
+        );
+        let _ = writeln!(
+            c,
+            "graceful_restart = {}\nhold_time = {}",
+            p.graceful_restart, spec.hold_time
+        );
         let _ = writeln!(c, "port = {}\nconnect_retry = 1", p.port);
         if let Some(pw) = &p.password {
             let _ = writeln!(c, "password = {}", toml_string(pw));

@@ -29,8 +29,15 @@ fn bench_scenario_measures_both_speakers() {
 #[test]
 #[ignore]
 fn bench_full_feed() {
-    for feeder in [tortie_lab::routers::Kind::Bird, tortie_lab::routers::Kind::Tortie] {
-        let results = run(&BenchOptions { feeder, ..BenchOptions::default() }).unwrap_or_else(|e| panic!("{e}"));
+    for feeder in [
+        tortie_lab::routers::Kind::Bird,
+        tortie_lab::routers::Kind::Tortie,
+    ] {
+        let results = run(&BenchOptions {
+            feeder,
+            ..BenchOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         println!("feeder: {feeder:?}\n{}", render(&results));
     }
 }

@@ -36,22 +36,43 @@ struct Options {
     peer_password: Option<&'static str>,
 }
 
-const PLAIN_ACTIVE: Options = Options { tortie_passive: false, tortie_password: None, peer_password: None };
-const PLAIN_PASSIVE: Options = Options { tortie_passive: true, tortie_password: None, peer_password: None };
+const PLAIN_ACTIVE: Options = Options {
+    tortie_passive: false,
+    tortie_password: None,
+    peer_password: None,
+};
+const PLAIN_PASSIVE: Options = Options {
+    tortie_passive: true,
+    tortie_password: None,
+    peer_password: None,
+};
 
 /// Router `n` (1 = tortie, 2 = peer) on 10.99.0.n / fd99::n, originating 10.n.0.0/24 and
 /// fdn::/64 (with next hops on the link, for IPv6 over the IPv4 session).
 fn spec(n: u8, passive: bool, password: Option<&str>) -> RouterSpec {
     let other = 3 - n;
-    let mut s = RouterSpec::new(format!("10.99.0.{n}").parse().unwrap_or_else(|_| unreachable!()), 64512);
+    let mut s = RouterSpec::new(
+        format!("10.99.0.{n}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+        64512,
+    );
     let mut p = PeerSpec::new(ip(&format!("10.99.0.{other}")), 64512);
     p.passive = passive;
     p.password = password.map(str::to_owned);
     p.local_address = Some(ip(&format!("10.99.0.{n}")));
     s.peers.push(p);
     s.originate = vec![net(&format!("10.{n}.0.0/24")), net(&format!("fd0{n}::/64"))];
-    s.next_hop_v4 = Some(format!("10.99.0.{n}").parse().unwrap_or_else(|_| unreachable!()));
-    s.next_hop_v6 = Some(format!("fd99::{n}").parse().unwrap_or_else(|_| unreachable!()));
+    s.next_hop_v4 = Some(
+        format!("10.99.0.{n}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+    );
+    s.next_hop_v6 = Some(
+        format!("fd99::{n}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+    );
     s
 }
 
@@ -60,13 +81,37 @@ fn pair(kind: Kind, o: &Options) -> Pair {
     let p = NetNs::create("trt-bgp-p").unwrap_or_else(|e| panic!("{e}"));
     veth_pair(&t, "eth0", &p, "eth0").unwrap_or_else(|e| panic!("{e}"));
     for (ns, n) in [(&t, 1), (&p, 2)] {
-        ns.run("ip", &["addr", "add", &format!("10.99.0.{n}/24"), "dev", "eth0"]).unwrap_or_else(|e| panic!("{e}"));
-        ns.run("ip", &["addr", "add", &format!("fd99::{n}/64"), "dev", "eth0", "nodad"]).unwrap_or_else(|e| panic!("{e}"));
-    }
-    let peer = Router::start(kind, &p, spec(2, !o.tortie_passive, o.peer_password)).unwrap_or_else(|e| panic!("{e}"));
-    let tortie = Router::start(Kind::Tortie, &t, spec(1, o.tortie_passive, o.tortie_password))
+        ns.run(
+            "ip",
+            &["addr", "add", &format!("10.99.0.{n}/24"), "dev", "eth0"],
+        )
         .unwrap_or_else(|e| panic!("{e}"));
-    Pair { tortie, peer, _ns: (t, p) }
+        ns.run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("fd99::{n}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let peer = Router::start(kind, &p, spec(2, !o.tortie_passive, o.peer_password))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tortie = Router::start(
+        Kind::Tortie,
+        &t,
+        spec(1, o.tortie_passive, o.tortie_password),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    Pair {
+        tortie,
+        peer,
+        _ns: (t, p),
+    }
 }
 
 fn has_all(want: &'static [&'static str]) -> impl Fn(&BTreeSet<IpNet>) -> bool {
@@ -77,36 +122,68 @@ fn has_all(want: &'static [&'static str]) -> impl Fn(&BTreeSet<IpNet>) -> bool {
 /// peer's next hops, status visible through tortiectl, and withdrawals propagating.
 fn exchange(kind: Kind, o: &Options) {
     let mut pr = pair(kind, o);
-    pr.tortie.wait_established(ip(PEER), T).unwrap_or_else(|e| panic!("{e}"));
-    pr.peer.wait_established(ip(TORTIE), T).unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_established(ip(PEER), T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.peer
+        .wait_established(ip(TORTIE), T)
+        .unwrap_or_else(|e| panic!("{e}"));
 
     pr.peer
-        .wait_learned(T, "the peer learns tortie's prefixes", has_all(&["10.1.0.0/24", "fd01::/64"]))
+        .wait_learned(
+            T,
+            "the peer learns tortie's prefixes",
+            has_all(&["10.1.0.0/24", "fd01::/64"]),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     pr.tortie
-        .wait_learned(T, "tortie installs the peer's prefixes", has_all(&["10.2.0.0/24", "fd02::/64"]))
+        .wait_learned(
+            T,
+            "tortie installs the peer's prefixes",
+            has_all(&["10.2.0.0/24", "fd02::/64"]),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let kernel = pr.tortie.kernel_routes().unwrap_or_else(|e| panic!("{e}"));
-    assert!(kernel.contains(&(net("10.2.0.0/24"), Some(ip(PEER)))), "{kernel:?}");
-    assert!(kernel.contains(&(net("fd02::/64"), Some(ip("fd99::2")))), "{kernel:?}");
+    assert!(
+        kernel.contains(&(net("10.2.0.0/24"), Some(ip(PEER)))),
+        "{kernel:?}"
+    );
+    assert!(
+        kernel.contains(&(net("fd02::/64"), Some(ip("fd99::2")))),
+        "{kernel:?}"
+    );
 
-    let table = pr.tortie.tortiectl(&["node", "status"]).unwrap_or_else(|e| panic!("{e}"));
+    let table = pr
+        .tortie
+        .tortiectl(&["node", "status"])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(table.starts_with("tortie process is running.\n"), "{table}");
-    assert!(table.contains("| 10.99.0.2    | global    | up    |"), "{table}");
+    assert!(
+        table.contains("| 10.99.0.2    | global    | up    |"),
+        "{table}"
+    );
     assert!(table.contains("No IPv6 peers found."), "{table}");
 
-    pr.peer.withdraw(net("10.2.0.0/24")).unwrap_or_else(|e| panic!("{e}"));
+    pr.peer
+        .withdraw(net("10.2.0.0/24"))
+        .unwrap_or_else(|e| panic!("{e}"));
     pr.tortie
         .wait_learned(T, "the withdrawn IPv4 route leaves tortie's kernel", |s| {
             !s.contains(&net("10.2.0.0/24")) && s.contains(&net("fd02::/64"))
         })
         .unwrap_or_else(|e| panic!("{e}"));
-    pr.peer.withdraw(net("fd02::/64")).unwrap_or_else(|e| panic!("{e}"));
-    pr.peer.announce(net("10.22.0.0/24")).unwrap_or_else(|e| panic!("{e}"));
+    pr.peer
+        .withdraw(net("fd02::/64"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.peer
+        .announce(net("10.22.0.0/24"))
+        .unwrap_or_else(|e| panic!("{e}"));
     pr.tortie
-        .wait_learned(T, "the IPv6 withdrawal and a new announcement reach tortie's kernel", |s| {
-            !s.contains(&net("fd02::/64")) && s.contains(&net("10.22.0.0/24"))
-        })
+        .wait_learned(
+            T,
+            "the IPv6 withdrawal and a new announcement reach tortie's kernel",
+            |s| !s.contains(&net("fd02::/64")) && s.contains(&net("10.22.0.0/24")),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
@@ -142,24 +219,47 @@ fn gobgp_with_tortie_passive() {
 
 /// MD5 with the same password on both sides: the session comes up and routes flow.
 fn md5_matching(kind: Kind, tortie_passive: bool) {
-    let o = Options { tortie_passive, tortie_password: Some("s3cret-md5"), peer_password: Some("s3cret-md5") };
+    let o = Options {
+        tortie_passive,
+        tortie_password: Some("s3cret-md5"),
+        peer_password: Some("s3cret-md5"),
+    };
     let pr = pair(kind, &o);
-    pr.tortie.wait_established(ip(PEER), T).unwrap_or_else(|e| panic!("{e}"));
     pr.tortie
-        .wait_learned(T, "tortie installs the peer's prefixes over an MD5 session", has_all(&["10.2.0.0/24"]))
+        .wait_established(ip(PEER), T)
         .unwrap_or_else(|e| panic!("{e}"));
-    let status = pr.tortie.tortiectl(&["node", "status", "-o", "json"]).unwrap_or_else(|e| panic!("{e}"));
-    assert!(!status.contains("s3cret"), "the password leaked into status: {status}");
+    pr.tortie
+        .wait_learned(
+            T,
+            "tortie installs the peer's prefixes over an MD5 session",
+            has_all(&["10.2.0.0/24"]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = pr
+        .tortie
+        .tortiectl(&["node", "status", "-o", "json"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !status.contains("s3cret"),
+        "the password leaked into status: {status}"
+    );
     let log = std::fs::read_to_string(pr.tortie.dir().join("router.log")).unwrap_or_default();
     assert!(!log.contains("s3cret"), "the password leaked into the log");
 }
 
 /// A wrong password: the kernel drops the segments, and the session never comes up.
 fn md5_wrong(kind: Kind) {
-    let o = Options { tortie_passive: false, tortie_password: Some("right-one"), peer_password: Some("wrong-one") };
+    let o = Options {
+        tortie_passive: false,
+        tortie_password: Some("right-one"),
+        peer_password: Some("wrong-one"),
+    };
     let pr = pair(kind, &o);
     std::thread::sleep(Duration::from_secs(10));
-    assert!(!pr.tortie.established(ip(PEER)).unwrap_or(true), "session up despite the wrong password");
+    assert!(
+        !pr.tortie.established(ip(PEER)).unwrap_or(true),
+        "session up despite the wrong password"
+    );
     assert!(!pr.peer.established(ip(TORTIE)).unwrap_or(true));
     // Both daemons are alive and trying, so "down" is the password's doing.
     let status = pr.tortie.tortie_status().unwrap_or_else(|e| panic!("{e}"));
@@ -205,7 +305,8 @@ struct RouteMonitor {
 
 impl RouteMonitor {
     fn start(ns: &NetNs) -> RouteMonitor {
-        let out = std::env::temp_dir().join(format!("trt-monitor-{}-{}", std::process::id(), ns.name()));
+        let out =
+            std::env::temp_dir().join(format!("trt-monitor-{}-{}", std::process::id(), ns.name()));
         let file = std::fs::File::create(&out).unwrap_or_else(|e| panic!("{e}"));
         let child = std::process::Command::new("ip")
             .args(["-n", ns.name(), "monitor", "route"])
@@ -240,13 +341,25 @@ impl Drop for RouteMonitor {
 /// withdrawal, and a route the peer dropped meanwhile is swept after End-of-RIB.
 fn graceful_restart(kind: Kind) {
     let mut pr = pair(kind, &PLAIN_ACTIVE);
-    pr.tortie.wait_established(ip(PEER), T).unwrap_or_else(|e| panic!("{e}"));
-    pr.peer.announce(net("10.23.0.0/24")).unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_established(ip(PEER), T)
+        .unwrap_or_else(|e| panic!("{e}"));
     pr.peer
-        .wait_learned(T, "the peer learns tortie's prefixes", has_all(&["10.1.0.0/24", "fd01::/64"]))
+        .announce(net("10.23.0.0/24"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.peer
+        .wait_learned(
+            T,
+            "the peer learns tortie's prefixes",
+            has_all(&["10.1.0.0/24", "fd01::/64"]),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     pr.tortie
-        .wait_learned(T, "tortie installs the peer's prefixes", has_all(&["10.2.0.0/24", "fd02::/64", "10.23.0.0/24"]))
+        .wait_learned(
+            T,
+            "tortie installs the peer's prefixes",
+            has_all(&["10.2.0.0/24", "fd02::/64", "10.23.0.0/24"]),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let monitor = RouteMonitor::start(&pr._ns.0);
 
@@ -257,17 +370,27 @@ fn graceful_restart(kind: Kind) {
         Ok(!pr.peer.established(ip(TORTIE))?)
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    pr.peer.withdraw(net("10.23.0.0/24")).unwrap_or_else(|e| panic!("{e}"));
+    pr.peer
+        .withdraw(net("10.23.0.0/24"))
+        .unwrap_or_else(|e| panic!("{e}"));
     for _ in 0..20 {
         let learned = pr.peer.learned().unwrap_or_else(|e| panic!("{e}"));
-        assert!(has_all(&["10.1.0.0/24", "fd01::/64"])(&learned), "the peer dropped our routes: {learned:?}");
+        assert!(
+            has_all(&["10.1.0.0/24", "fd01::/64"])(&learned),
+            "the peer dropped our routes: {learned:?}"
+        );
         let kernel = pr.tortie.learned().unwrap_or_else(|e| panic!("{e}"));
-        assert!(has_all(&["10.2.0.0/24", "fd02::/64", "10.23.0.0/24"])(&kernel), "kernel lost routes: {kernel:?}");
+        assert!(
+            has_all(&["10.2.0.0/24", "fd02::/64", "10.23.0.0/24"])(&kernel),
+            "kernel lost routes: {kernel:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     pr.tortie.restart().unwrap_or_else(|e| panic!("{e}"));
-    pr.tortie.wait_established(ip(PEER), T).unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_established(ip(PEER), T)
+        .unwrap_or_else(|e| panic!("{e}"));
     // After End-of-RIB the route the peer no longer has is swept, and only that one.
     pr.tortie
         .wait_learned(T, "the stale route to be swept after End-of-RIB", |s| {
@@ -275,7 +398,10 @@ fn graceful_restart(kind: Kind) {
         })
         .unwrap_or_else(|e| panic!("{e}"));
     let learned = pr.peer.learned().unwrap_or_else(|e| panic!("{e}"));
-    assert!(has_all(&["10.1.0.0/24", "fd01::/64"])(&learned), "{learned:?}");
+    assert!(
+        has_all(&["10.1.0.0/24", "fd01::/64"])(&learned),
+        "{learned:?}"
+    );
     let deleted = monitor.deleted();
     assert!(
         deleted.iter().all(|l| l.contains("10.23.0.0/24")),
@@ -303,25 +429,54 @@ struct Lan {
 
 fn lan(n: u8) -> Lan {
     let bridge = NetNs::create("trt-bgp-lan").unwrap_or_else(|e| panic!("{e}"));
-    bridge.run("ip", &["link", "add", "br0", "type", "bridge"]).unwrap_or_else(|e| panic!("{e}"));
-    bridge.run("ip", &["link", "set", "br0", "up"]).unwrap_or_else(|e| panic!("{e}"));
+    bridge
+        .run("ip", &["link", "add", "br0", "type", "bridge"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    bridge
+        .run("ip", &["link", "set", "br0", "up"])
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut members = Vec::new();
     for i in 1..=n {
         let m = NetNs::create(&format!("trt-bgp-m{i}")).unwrap_or_else(|e| panic!("{e}"));
         let port = format!("p{i}");
         veth_pair(&m, "eth0", &bridge, &port).unwrap_or_else(|e| panic!("{e}"));
-        bridge.run("ip", &["link", "set", &port, "master", "br0"]).unwrap_or_else(|e| panic!("{e}"));
-        m.run("ip", &["addr", "add", &format!("10.98.0.{i}/24"), "dev", "eth0"]).unwrap_or_else(|e| panic!("{e}"));
-        m.run("ip", &["addr", "add", &format!("fd98::{i}/64"), "dev", "eth0", "nodad"]).unwrap_or_else(|e| panic!("{e}"));
+        bridge
+            .run("ip", &["link", "set", &port, "master", "br0"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        m.run(
+            "ip",
+            &["addr", "add", &format!("10.98.0.{i}/24"), "dev", "eth0"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        m.run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("fd98::{i}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         members.push(m);
     }
-    Lan { members, _bridge: bridge }
+    Lan {
+        members,
+        _bridge: bridge,
+    }
 }
 
 /// LAN member `i` peering with `peers` (address index, is an RR client of ours),
 /// originating 10.i.0.0/24 and fd0i::/64.
 fn lan_spec(i: u8, peers: &[(u8, bool)], passive: bool) -> RouterSpec {
-    let mut s = RouterSpec::new(format!("10.98.0.{i}").parse().unwrap_or_else(|_| unreachable!()), 64512);
+    let mut s = RouterSpec::new(
+        format!("10.98.0.{i}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+        64512,
+    );
     for &(j, rr_client) in peers {
         let mut p = PeerSpec::new(ip(&format!("10.98.0.{j}")), 64512);
         p.rr_client = rr_client;
@@ -330,8 +485,16 @@ fn lan_spec(i: u8, peers: &[(u8, bool)], passive: bool) -> RouterSpec {
         s.peers.push(p);
     }
     s.originate = vec![net(&format!("10.{i}.0.0/24")), net(&format!("fd0{i}::/64"))];
-    s.next_hop_v4 = Some(format!("10.98.0.{i}").parse().unwrap_or_else(|_| unreachable!()));
-    s.next_hop_v6 = Some(format!("fd98::{i}").parse().unwrap_or_else(|_| unreachable!()));
+    s.next_hop_v4 = Some(
+        format!("10.98.0.{i}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+    );
+    s.next_hop_v6 = Some(
+        format!("fd98::{i}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+    );
     s
 }
 
@@ -341,47 +504,104 @@ fn lan_spec(i: u8, peers: &[(u8, bool)], passive: bool) -> RouterSpec {
 #[test]
 fn tortie_reflects_between_frr_and_tortie_clients() {
     let lan = lan(3);
-    let rr = Router::start(Kind::Tortie, &lan.members[0], lan_spec(1, &[(2, true), (3, true)], true))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let frr = Router::start(Kind::Frr, &lan.members[1], lan_spec(2, &[(1, false)], false)).unwrap_or_else(|e| panic!("{e}"));
-    let client = Router::start(Kind::Tortie, &lan.members[2], lan_spec(3, &[(1, false)], false))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rr = Router::start(
+        Kind::Tortie,
+        &lan.members[0],
+        lan_spec(1, &[(2, true), (3, true)], true),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let frr = Router::start(
+        Kind::Frr,
+        &lan.members[1],
+        lan_spec(2, &[(1, false)], false),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let client = Router::start(
+        Kind::Tortie,
+        &lan.members[2],
+        lan_spec(3, &[(1, false)], false),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 
     client
-        .wait_learned(T, "the tortie client learns FRR's routes via the reflector", has_all(&["10.2.0.0/24", "fd02::/64", "10.1.0.0/24"]))
+        .wait_learned(
+            T,
+            "the tortie client learns FRR's routes via the reflector",
+            has_all(&["10.2.0.0/24", "fd02::/64", "10.1.0.0/24"]),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let kernel = client.kernel_routes().unwrap_or_else(|e| panic!("{e}"));
-    assert!(kernel.contains(&(net("10.2.0.0/24"), Some(ip("10.98.0.2")))), "next hop not the originator's: {kernel:?}");
-    assert!(kernel.contains(&(net("fd02::/64"), Some(ip("fd98::2")))), "{kernel:?}");
+    assert!(
+        kernel.contains(&(net("10.2.0.0/24"), Some(ip("10.98.0.2")))),
+        "next hop not the originator's: {kernel:?}"
+    );
+    assert!(
+        kernel.contains(&(net("fd02::/64"), Some(ip("fd98::2")))),
+        "{kernel:?}"
+    );
 
-    frr.wait_learned(T, "FRR learns the tortie client's routes via the reflector", has_all(&["10.3.0.0/24", "fd03::/64"]))
+    frr.wait_learned(
+        T,
+        "FRR learns the tortie client's routes via the reflector",
+        has_all(&["10.3.0.0/24", "fd03::/64"]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let route = frr
+        .vtysh(&["show bgp ipv4 unicast 10.3.0.0/24 json"])
         .unwrap_or_else(|e| panic!("{e}"));
-    let route = frr.vtysh(&["show bgp ipv4 unicast 10.3.0.0/24 json"]).unwrap_or_else(|e| panic!("{e}"));
-    let v: serde_json::Value = serde_json::from_str(&route).unwrap_or_else(|e| panic!("{e}: {route}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&route).unwrap_or_else(|e| panic!("{e}: {route}"));
     let path = &v["paths"][0];
     assert_eq!(path["originatorId"], "10.98.0.3", "{route}");
     assert_eq!(path["clusterList"]["list"][0], "10.98.0.1", "{route}");
     assert_eq!(path["nexthops"][0]["ip"], "10.98.0.3", "{route}");
 
     let rr_kernel = rr.learned().unwrap_or_else(|e| panic!("{e}"));
-    assert!(has_all(&["10.2.0.0/24", "10.3.0.0/24"])(&rr_kernel), "{rr_kernel:?}");
+    assert!(
+        has_all(&["10.2.0.0/24", "10.3.0.0/24"])(&rr_kernel),
+        "{rr_kernel:?}"
+    );
 }
 
 /// RFC 4456 with tortie as a client of an FRR reflector, next to a BIRD client.
 #[test]
 fn tortie_as_client_of_an_frr_reflector() {
     let lan = lan(3);
-    let _rr = Router::start(Kind::Frr, &lan.members[0], lan_spec(1, &[(2, true), (3, true)], true))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let tortie = Router::start(Kind::Tortie, &lan.members[1], lan_spec(2, &[(1, false)], false))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let bird = Router::start(Kind::Bird, &lan.members[2], lan_spec(3, &[(1, false)], false)).unwrap_or_else(|e| panic!("{e}"));
+    let _rr = Router::start(
+        Kind::Frr,
+        &lan.members[0],
+        lan_spec(1, &[(2, true), (3, true)], true),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tortie = Router::start(
+        Kind::Tortie,
+        &lan.members[1],
+        lan_spec(2, &[(1, false)], false),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bird = Router::start(
+        Kind::Bird,
+        &lan.members[2],
+        lan_spec(3, &[(1, false)], false),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 
     tortie
-        .wait_learned(T, "tortie learns BIRD's routes via FRR", has_all(&["10.3.0.0/24", "fd03::/64", "10.1.0.0/24"]))
+        .wait_learned(
+            T,
+            "tortie learns BIRD's routes via FRR",
+            has_all(&["10.3.0.0/24", "fd03::/64", "10.1.0.0/24"]),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let kernel = tortie.kernel_routes().unwrap_or_else(|e| panic!("{e}"));
-    assert!(kernel.contains(&(net("10.3.0.0/24"), Some(ip("10.98.0.3")))), "{kernel:?}");
-    bird.wait_learned(T, "BIRD learns tortie's routes via FRR", has_all(&["10.2.0.0/24", "fd02::/64"]))
-        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        kernel.contains(&(net("10.3.0.0/24"), Some(ip("10.98.0.3")))),
+        "{kernel:?}"
+    );
+    bird.wait_learned(
+        T,
+        "BIRD learns tortie's routes via FRR",
+        has_all(&["10.2.0.0/24", "fd02::/64"]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }

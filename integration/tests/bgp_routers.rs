@@ -23,36 +23,81 @@ fn link() -> (NetNs, NetNs) {
     let b = NetNs::create("trt-rt-b").unwrap_or_else(|e| panic!("{e}"));
     veth_pair(&a, "eth0", &b, "eth0").unwrap_or_else(|e| panic!("{e}"));
     for (ns, n) in [(&a, 1), (&b, 2)] {
-        ns.run("ip", &["addr", "add", &format!("10.99.0.{n}/24"), "dev", "eth0"]).unwrap_or_else(|e| panic!("{e}"));
-        ns.run("ip", &["addr", "add", &format!("fd99::{n}/64"), "dev", "eth0", "nodad"]).unwrap_or_else(|e| panic!("{e}"));
+        ns.run(
+            "ip",
+            &["addr", "add", &format!("10.99.0.{n}/24"), "dev", "eth0"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        ns.run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("fd99::{n}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
     (a, b)
 }
 
 fn spec(n: u8, originate: &[&str], passive: bool) -> RouterSpec {
     let peer_n = 3 - n;
-    let mut s = RouterSpec::new(format!("10.99.0.{n}").parse().unwrap_or_else(|_| unreachable!()), 64512);
+    let mut s = RouterSpec::new(
+        format!("10.99.0.{n}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+        64512,
+    );
     let mut p = PeerSpec::new(ip(&format!("10.99.0.{peer_n}")), 64512);
     p.passive = passive;
     p.local_address = Some(ip(&format!("10.99.0.{n}")));
     s.peers.push(p);
     s.originate = originate.iter().map(|p| net(p)).collect();
-    s.next_hop_v4 = Some(format!("10.99.0.{n}").parse().unwrap_or_else(|_| unreachable!()));
-    s.next_hop_v6 = Some(format!("fd99::{n}").parse().unwrap_or_else(|_| unreachable!()));
+    s.next_hop_v4 = Some(
+        format!("10.99.0.{n}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+    );
+    s.next_hop_v6 = Some(
+        format!("fd99::{n}")
+            .parse()
+            .unwrap_or_else(|_| unreachable!()),
+    );
     s
 }
 
 fn pair(ka: Kind, kb: Kind) {
     let (a, b) = link();
-    let mut ra = Router::start(ka, &a, spec(1, &["10.1.0.0/24", "fd01::/64"], false)).unwrap_or_else(|e| panic!("{e}"));
-    let rb = Router::start(kb, &b, spec(2, &["10.2.0.0/24", "fd02::/64"], true)).unwrap_or_else(|e| panic!("{e}"));
-    ra.wait_established(ip("10.99.0.2"), T).unwrap_or_else(|e| panic!("{e}"));
-    rb.wait_established(ip("10.99.0.1"), T).unwrap_or_else(|e| panic!("{e}"));
-    rb.wait_learned(T, "b learns a's prefixes", has_all(&["10.1.0.0/24", "fd01::/64"])).unwrap_or_else(|e| panic!("{e}"));
-    ra.wait_learned(T, "a learns b's prefixes", has_all(&["10.2.0.0/24", "fd02::/64"])).unwrap_or_else(|e| panic!("{e}"));
-    ra.withdraw(net("10.1.0.0/24")).unwrap_or_else(|e| panic!("{e}"));
-    rb.wait_learned(T, "b sees the withdrawal", |s| !s.contains(&net("10.1.0.0/24")) && s.contains(&net("fd01::/64")))
+    let mut ra = Router::start(ka, &a, spec(1, &["10.1.0.0/24", "fd01::/64"], false))
         .unwrap_or_else(|e| panic!("{e}"));
+    let rb = Router::start(kb, &b, spec(2, &["10.2.0.0/24", "fd02::/64"], true))
+        .unwrap_or_else(|e| panic!("{e}"));
+    ra.wait_established(ip("10.99.0.2"), T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    rb.wait_established(ip("10.99.0.1"), T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    rb.wait_learned(
+        T,
+        "b learns a's prefixes",
+        has_all(&["10.1.0.0/24", "fd01::/64"]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    ra.wait_learned(
+        T,
+        "a learns b's prefixes",
+        has_all(&["10.2.0.0/24", "fd02::/64"]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    ra.withdraw(net("10.1.0.0/24"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    rb.wait_learned(T, "b sees the withdrawal", |s| {
+        !s.contains(&net("10.1.0.0/24")) && s.contains(&net("fd01::/64"))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

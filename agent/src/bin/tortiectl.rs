@@ -57,7 +57,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let Command::Node { command: NodeCommand::Status { output } } = cli.command;
+    let Command::Node {
+        command: NodeCommand::Status { output },
+    } = cli.command;
     let reply = match tortie_api::connect_unix(&cli.socket).await {
         Ok(channel) => StatusClient::new(channel)
             .get_status(StatusRequest {})
@@ -72,7 +74,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     let today = chrono::Local::now().date_naive();
-    let status = node_status(&reply, |t| t.with_timezone(&chrono::Local).naive_local(), today);
+    let status = node_status(
+        &reply,
+        |t| t.with_timezone(&chrono::Local).naive_local(),
+        today,
+    );
     match output {
         Output::Table => print!("{}", render_table(&status)),
         Output::Json => print!("{}", render_json(&status)?),
@@ -82,6 +88,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Says on stderr why the daemon looked absent, so "not running" is never a mystery.
 fn explain_connect_failure(socket: &std::path::Path, e: &tonic::transport::Error) {
-    let cause = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+    let cause = std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| e.to_string());
     eprintln!("tortiectl: cannot connect to {}: {cause}", socket.display());
 }

@@ -81,7 +81,10 @@ impl RouteTable for FakeRouteTable {
         s.batches.push(ops.to_vec());
         let mut failures = Vec::new();
         for op in ops {
-            let fail = |errno| OpFailure { op: op.clone(), errno };
+            let fail = |errno| OpFailure {
+                op: op.clone(),
+                errno,
+            };
             let route = op.route();
             let dev = match &route.next_hop {
                 NextHop::Link { dev } => Some(dev),

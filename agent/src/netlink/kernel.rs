@@ -71,10 +71,14 @@ impl KernelRouteTable {
         setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &RCVBUF)
             .map_err(std::io::Error::from)
             .or_else(|_| socket.set_rx_buf_sz(RCVBUF))?;
-        setsockopt(&socket.as_fd(), sockopt::ReceiveTimeout, &TimeVal::from(libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        }))
+        setsockopt(
+            &socket.as_fd(),
+            sockopt::ReceiveTimeout,
+            &TimeVal::from(libc::timeval {
+                tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+                tv_usec: 0,
+            }),
+        )
         .map_err(std::io::Error::from)?;
         Ok(KernelRouteTable {
             socket,
@@ -203,7 +207,10 @@ impl KernelRouteTable {
         h.destination_prefix_length = route.dst.prefix_len();
         h.table = RouteHeader::RT_TABLE_MAIN;
         h.protocol = RouteProtocol::Other(TORTIE_PROTO);
-        msg.attributes.push(RouteAttribute::Destination(route_address(route.dst.network())));
+        msg.attributes
+            .push(RouteAttribute::Destination(route_address(
+                route.dst.network(),
+            )));
         if let RouteOp::Delete(_) = op {
             // Destination + protocol select the route; any scope and type match.
             msg.header.scope = RouteScope::NoWhere;
@@ -223,13 +230,18 @@ impl KernelRouteTable {
                 msg.header.kind = RouteType::Unicast;
                 msg.attributes.push(RouteAttribute::Oif(index));
             }
-            NextHop::Gateway { gateway, dev, onlink } => {
+            NextHop::Gateway {
+                gateway,
+                dev,
+                onlink,
+            } => {
                 msg.header.scope = RouteScope::Universe;
                 msg.header.kind = RouteType::Unicast;
                 if *onlink {
                     msg.header.flags |= RouteFlags::Onlink;
                 }
-                msg.attributes.push(RouteAttribute::Gateway(route_address(*gateway)));
+                msg.attributes
+                    .push(RouteAttribute::Gateway(route_address(*gateway)));
                 if let Some(dev) = dev {
                     let Some(index) = self.ifindex(dev)? else {
                         return Ok(Err(libc::ENODEV));
@@ -272,7 +284,11 @@ impl KernelRouteTable {
         let next_hop = if h.kind == RouteType::BlackHole {
             NextHop::Blackhole
         } else if let Some(gateway) = gateway {
-            NextHop::Gateway { gateway, dev, onlink: h.flags.contains(RouteFlags::Onlink) }
+            NextHop::Gateway {
+                gateway,
+                dev,
+                onlink: h.flags.contains(RouteFlags::Onlink),
+            }
         } else {
             NextHop::Link { dev: dev? }
         };
@@ -316,7 +332,10 @@ impl KernelRouteTable {
                     if front_seq == seq {
                         in_flight.pop_front();
                         if let Some(code) = err.code {
-                            failures.push(OpFailure { op: ops[idx].clone(), errno: -code.get() });
+                            failures.push(OpFailure {
+                                op: ops[idx].clone(),
+                                errno: -code.get(),
+                            });
                         }
                         break;
                     }
@@ -356,8 +375,9 @@ impl RouteTable for KernelRouteTable {
         // ENODEV for a named device can be our cache's fault: a veth deleted and made again
         // under the same name (a pod recreated) has a new ifindex. Re-read the links and
         // try those routes once more.
-        let (retry, mut keep): (Vec<OpFailure>, Vec<OpFailure>) =
-            failures.into_iter().partition(|f| f.errno == libc::ENODEV && names_a_device(&f.op));
+        let (retry, mut keep): (Vec<OpFailure>, Vec<OpFailure>) = failures
+            .into_iter()
+            .partition(|f| f.errno == libc::ENODEV && names_a_device(&f.op));
         if retry.is_empty() {
             return Ok(keep);
         }
@@ -370,7 +390,9 @@ impl RouteTable for KernelRouteTable {
 
 fn names_a_device(op: &RouteOp) -> bool {
     match &op.route().next_hop {
-        NextHop::Link { .. } | NextHop::Gateway { dev: Some(_), .. } => !matches!(op, RouteOp::Delete(_)),
+        NextHop::Link { .. } | NextHop::Gateway { dev: Some(_), .. } => {
+            !matches!(op, RouteOp::Delete(_))
+        }
         _ => false,
     }
 }
@@ -385,15 +407,22 @@ impl KernelRouteTable {
             let msg = match self.encode(op)? {
                 Ok(msg) => msg,
                 Err(errno) => {
-                    failures.push(OpFailure { op: op.clone(), errno });
+                    failures.push(OpFailure {
+                        op: op.clone(),
+                        errno,
+                    });
                     continue;
                 }
             };
             let (payload, flags) = match op {
-                RouteOp::Add(_) => (RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL),
-                RouteOp::Replace(_) => {
-                    (RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_REPLACE)
-                }
+                RouteOp::Add(_) => (
+                    RouteNetlinkMessage::NewRoute(msg),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                ),
+                RouteOp::Replace(_) => (
+                    RouteNetlinkMessage::NewRoute(msg),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                ),
                 RouteOp::Delete(_) => (RouteNetlinkMessage::DelRoute(msg), 0),
             };
             let seq = self.next_seq();

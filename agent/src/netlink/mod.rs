@@ -46,21 +46,38 @@ pub struct Route {
 
 impl Route {
     pub fn blackhole(dst: IpNet) -> Route {
-        Route { dst, next_hop: NextHop::Blackhole }
+        Route {
+            dst,
+            next_hop: NextHop::Blackhole,
+        }
     }
 
     pub fn link(dst: IpNet, dev: impl Into<String>) -> Route {
-        Route { dst, next_hop: NextHop::Link { dev: dev.into() } }
+        Route {
+            dst,
+            next_hop: NextHop::Link { dev: dev.into() },
+        }
     }
 
     pub fn via(dst: IpNet, gateway: IpAddr) -> Route {
-        Route { dst, next_hop: NextHop::Gateway { gateway, dev: None, onlink: false } }
+        Route {
+            dst,
+            next_hop: NextHop::Gateway {
+                gateway,
+                dev: None,
+                onlink: false,
+            },
+        }
     }
 
     pub fn via_onlink(dst: IpNet, gateway: IpAddr, dev: impl Into<String>) -> Route {
         Route {
             dst,
-            next_hop: NextHop::Gateway { gateway, dev: Some(dev.into()), onlink: true },
+            next_hop: NextHop::Gateway {
+                gateway,
+                dev: Some(dev.into()),
+                onlink: true,
+            },
         }
     }
 
@@ -72,8 +89,16 @@ impl Route {
         }
         match (&self.next_hop, &kernel.next_hop) {
             (
-                NextHop::Gateway { gateway: g1, dev: None, onlink: o1 },
-                NextHop::Gateway { gateway: g2, onlink: o2, .. },
+                NextHop::Gateway {
+                    gateway: g1,
+                    dev: None,
+                    onlink: o1,
+                },
+                NextHop::Gateway {
+                    gateway: g2,
+                    onlink: o2,
+                    ..
+                },
             ) => g1 == g2 && o1 == o2,
             (want, have) => want == have,
         }
@@ -85,7 +110,11 @@ impl fmt::Display for Route {
         match &self.next_hop {
             NextHop::Blackhole => write!(f, "blackhole {}", self.dst),
             NextHop::Link { dev } => write!(f, "{} dev {dev} scope link", self.dst),
-            NextHop::Gateway { gateway, dev, onlink } => {
+            NextHop::Gateway {
+                gateway,
+                dev,
+                onlink,
+            } => {
                 write!(f, "{} via {gateway}", self.dst)?;
                 if let Some(dev) = dev {
                     write!(f, " dev {dev}")?;
@@ -155,7 +184,10 @@ pub enum NetlinkError {
     #[error("netlink dump failed: {0}")]
     Dump(std::io::Error),
     #[error("entering network namespace {path}: {source}")]
-    Netns { path: String, source: std::io::Error },
+    Netns {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The kernel's main routing table, restricted to tortie's protocol.

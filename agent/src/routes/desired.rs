@@ -108,16 +108,33 @@ mod tests {
     fn builds_calico_shaped_routes() {
         let model = RouteModel {
             local_endpoints: vec![
-                LocalEndpoint { address: net("10.244.1.5/32"), host_ifname: "tort0123456789a".into() },
-                LocalEndpoint { address: net("fd00:1::5/128"), host_ifname: "tort0123456789a".into() },
+                LocalEndpoint {
+                    address: net("10.244.1.5/32"),
+                    host_ifname: "tort0123456789a".into(),
+                },
+                LocalEndpoint {
+                    address: net("fd00:1::5/128"),
+                    host_ifname: "tort0123456789a".into(),
+                },
             ],
             affine_blocks: vec![net("10.244.1.0/26"), net("fd00:1::/122")],
             remote_blocks: vec![
-                RemoteBlock { cidr: net("10.244.2.0/26"), gateway: "172.18.0.3".parse().unwrap_or_else(|_| unreachable!()), dev: Some("eth0".into()) },
-                RemoteBlock { cidr: net("10.244.3.0/26"), gateway: "172.18.0.4".parse().unwrap_or_else(|_| unreachable!()), dev: None },
+                RemoteBlock {
+                    cidr: net("10.244.2.0/26"),
+                    gateway: "172.18.0.3".parse().unwrap_or_else(|_| unreachable!()),
+                    dev: Some("eth0".into()),
+                },
+                RemoteBlock {
+                    cidr: net("10.244.3.0/26"),
+                    gateway: "172.18.0.4".parse().unwrap_or_else(|_| unreachable!()),
+                    dev: None,
+                },
             ],
         };
-        let got: Vec<String> = desired_routes(&model).iter().map(|r| r.to_string()).collect();
+        let got: Vec<String> = desired_routes(&model)
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
         assert_eq!(
             got,
             [
@@ -134,22 +151,42 @@ mod tests {
     #[test]
     fn own_knowledge_beats_a_peer_advertisement() {
         let model = RouteModel {
-            local_endpoints: vec![LocalEndpoint { address: net("10.0.0.1/32"), host_ifname: "tortA".into() }],
+            local_endpoints: vec![LocalEndpoint {
+                address: net("10.0.0.1/32"),
+                host_ifname: "tortA".into(),
+            }],
             affine_blocks: vec![net("10.0.0.0/26")],
             remote_blocks: vec![
-                RemoteBlock { cidr: net("10.0.0.0/26"), gateway: "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()), dev: None },
-                RemoteBlock { cidr: net("10.0.0.1/32"), gateway: "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()), dev: None },
+                RemoteBlock {
+                    cidr: net("10.0.0.0/26"),
+                    gateway: "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()),
+                    dev: None,
+                },
+                RemoteBlock {
+                    cidr: net("10.0.0.1/32"),
+                    gateway: "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()),
+                    dev: None,
+                },
             ],
         };
         let set = desired_routes(&model);
         assert_eq!(set.len(), 2);
-        assert_eq!(set.get(&net("10.0.0.0/26")), Some(&Route::blackhole(net("10.0.0.0/26"))));
-        assert_eq!(set.get(&net("10.0.0.1/32")), Some(&Route::link(net("10.0.0.1/32"), "tortA")));
+        assert_eq!(
+            set.get(&net("10.0.0.0/26")),
+            Some(&Route::blackhole(net("10.0.0.0/26")))
+        );
+        assert_eq!(
+            set.get(&net("10.0.0.1/32")),
+            Some(&Route::link(net("10.0.0.1/32"), "tortA"))
+        );
     }
 
     #[test]
     fn host_bits_in_a_cidr_are_dropped() {
-        let model = RouteModel { affine_blocks: vec![net("10.0.0.7/26")], ..Default::default() };
+        let model = RouteModel {
+            affine_blocks: vec![net("10.0.0.7/26")],
+            ..Default::default()
+        };
         let set = desired_routes(&model);
         assert!(set.get(&net("10.0.0.0/26")).is_some());
     }

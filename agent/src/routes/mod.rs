@@ -10,5 +10,7 @@ mod reconciler;
 mod state;
 
 pub use desired::{LocalEndpoint, RemoteBlock, RouteModel, RouteSet, desired_routes};
-pub use reconciler::{ReconcilerConfig, ReconcilerError, RouteUpdate, RoutesHandle, spawn_reconciler};
+pub use reconciler::{
+    ReconcilerConfig, ReconcilerError, RouteUpdate, RoutesHandle, spawn_reconciler,
+};
 pub use state::RouteState;

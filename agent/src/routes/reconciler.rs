@@ -35,7 +35,10 @@ pub struct ReconcilerConfig {
 
 impl Default for ReconcilerConfig {
     fn default() -> Self {
-        ReconcilerConfig { resync_interval: Duration::from_secs(90), graceful_restart: false }
+        ReconcilerConfig {
+            resync_interval: Duration::from_secs(90),
+            graceful_restart: false,
+        }
     }
 }
 
@@ -94,8 +97,17 @@ impl RoutesHandle {
 
     /// Adds or changes `upsert` and removes `remove`, without waiting for the kernel.
     /// Consecutive updates are coalesced into one netlink batch.
-    pub async fn update(&self, upsert: Vec<Route>, remove: Vec<IpNet>) -> Result<(), ReconcilerError> {
-        self.send(Command::Update { upsert, remove, reply: None }).await
+    pub async fn update(
+        &self,
+        upsert: Vec<Route>,
+        remove: Vec<IpNet>,
+    ) -> Result<(), ReconcilerError> {
+        self.send(Command::Update {
+            upsert,
+            remove,
+            reply: None,
+        })
+        .await
     }
 
     /// Like [`update`](Self::update), but answers once the routes are in the kernel, with
@@ -106,7 +118,12 @@ impl RoutesHandle {
         remove: Vec<IpNet>,
     ) -> Result<Vec<OpFailure>, ReconcilerError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Update { upsert, remove, reply: Some(tx) }).await?;
+        self.send(Command::Update {
+            upsert,
+            remove,
+            reply: Some(tx),
+        })
+        .await?;
         rx.await.map_err(|_| ReconcilerError::Stopped)
     }
 
@@ -128,7 +145,10 @@ impl RoutesHandle {
     }
 
     async fn send(&self, cmd: Command) -> Result<(), ReconcilerError> {
-        self.tx.send(cmd).await.map_err(|_| ReconcilerError::Stopped)
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| ReconcilerError::Stopped)
     }
 }
 
@@ -146,7 +166,10 @@ pub fn spawn_reconciler<T: RouteTable + 'static>(
         "route reconciler starting"
     );
     let (tx, rx) = mpsc::channel(QUEUE);
-    let mut state = Reconciler { table, state: RouteState::new(kernel, config.graceful_restart) };
+    let mut state = Reconciler {
+        table,
+        state: RouteState::new(kernel, config.graceful_restart),
+    };
     let thread = std::thread::Builder::new()
         .name("tortie-routes".into())
         .spawn(move || state.run(rx, config.resync_interval))
@@ -163,7 +186,10 @@ impl<T: RouteTable> Reconciler<T> {
     fn run(&mut self, mut rx: mpsc::Receiver<Command>, resync_interval: Duration) {
         // A tiny current-thread runtime only provides the timer for waiting on the channel;
         // all the work happens synchronously on this thread.
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::error!(error = %e, "route reconciler cannot start its timer");
@@ -201,7 +227,11 @@ impl<T: RouteTable> Reconciler<T> {
                         early_failures.extend(self.state.set_all(set));
                         full = true;
                     }
-                    Command::Update { upsert, remove, reply } => {
+                    Command::Update {
+                        upsert,
+                        remove,
+                        reply,
+                    } => {
                         let mut keys = Vec::with_capacity(upsert.len() + remove.len());
                         for dst in remove {
                             self.state.unwant(dst);
@@ -241,7 +271,10 @@ impl<T: RouteTable> Reconciler<T> {
                         }
                     }
                     Command::SyncComplete => {
-                        tracing::info!(stale = self.state.stale(), "routes in sync: sweeping stale routes");
+                        tracing::info!(
+                            stale = self.state.stale(),
+                            "routes in sync: sweeping stale routes"
+                        );
                         self.state.sync_complete();
                         full = true;
                     }
@@ -253,12 +286,20 @@ impl<T: RouteTable> Reconciler<T> {
                 }
                 cmd = rx.try_recv().ok();
             }
-            let ops = if full { self.state.ops() } else { self.state.ops_for(&dirty) };
+            let ops = if full {
+                self.state.ops()
+            } else {
+                self.state.ops_for(&dirty)
+            };
             let mut failures = self.apply(&ops);
             failures.extend(early_failures);
             for (keys, reply) in replies {
                 let keys: HashSet<IpNet> = keys.into_iter().collect();
-                let mine = failures.iter().filter(|f| keys.contains(&f.op.route().dst)).cloned().collect();
+                let mine = failures
+                    .iter()
+                    .filter(|f| keys.contains(&f.op.route().dst))
+                    .cloned()
+                    .collect();
                 let _ = reply.send(mine);
             }
             if let Some(reply) = resync_reply {
@@ -277,7 +318,10 @@ impl<T: RouteTable> Reconciler<T> {
         self.state.observe_kernel(self.table.dump()?);
         let ops = self.state.ops();
         if !ops.is_empty() {
-            tracing::info!(changes = ops.len(), "repairing drift in the kernel route table");
+            tracing::info!(
+                changes = ops.len(),
+                "repairing drift in the kernel route table"
+            );
         }
         self.apply(&ops);
         Ok(ops)
@@ -297,7 +341,13 @@ impl<T: RouteTable> Reconciler<T> {
                     Ok(routes) => self.state.observe_kernel(routes),
                     Err(e) => tracing::error!(error = %e, "kernel route dump failed"),
                 }
-                return ops.iter().map(|op| OpFailure { op: op.clone(), errno: libc::EIO }).collect();
+                return ops
+                    .iter()
+                    .map(|op| OpFailure {
+                        op: op.clone(),
+                        errno: libc::EIO,
+                    })
+                    .collect();
             }
         };
         self.state.applied(ops, &failures);
@@ -358,7 +408,10 @@ mod tests {
     }
 
     fn config(gr: bool) -> ReconcilerConfig {
-        ReconcilerConfig { resync_interval: Duration::from_secs(3600), graceful_restart: gr }
+        ReconcilerConfig {
+            resync_interval: Duration::from_secs(3600),
+            graceful_restart: gr,
+        }
     }
 
     #[tokio::test]
@@ -367,7 +420,8 @@ mod tests {
         fake.add_device("tortA");
         fake.insert(Route::blackhole(net("10.0.0.0/26")));
         fake.insert(Route::blackhole(net("10.9.9.0/26"))); // leftover, not desired
-        let (h, _t) = spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
+        let (h, _t) =
+            spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
         let set: RouteSet = [
             Route::blackhole(net("10.0.0.0/26")),
             Route::link(net("10.0.0.5/32"), "tortA"),
@@ -389,9 +443,16 @@ mod tests {
     #[tokio::test]
     async fn repairs_drift_on_resync() {
         let fake = FakeRouteTable::new();
-        let (h, _t) = spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
-        let r = Route::via(net("10.1.0.0/26"), "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()));
-        let failures = h.update_and_wait(vec![r.clone()], vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+        let (h, _t) =
+            spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
+        let r = Route::via(
+            net("10.1.0.0/26"),
+            "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        let failures = h
+            .update_and_wait(vec![r.clone()], vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(failures.is_empty());
         fake.remove(r.dst);
         let ops = h.resync().await.unwrap_or_else(|e| panic!("{e}"));
@@ -403,10 +464,14 @@ mod tests {
     async fn reports_refusals_to_the_waiter() {
         let fake = FakeRouteTable::new();
         fake.add_foreign(net("10.2.0.0/24"));
-        let (h, _t) = spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
+        let (h, _t) =
+            spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
         let failures = h
             .update_and_wait(
-                vec![Route::link(net("10.0.0.9/32"), "nodev"), Route::blackhole(net("10.2.0.0/24"))],
+                vec![
+                    Route::link(net("10.0.0.9/32"), "nodev"),
+                    Route::blackhole(net("10.2.0.0/24")),
+                ],
                 vec![],
             )
             .await
@@ -420,38 +485,64 @@ mod tests {
     #[tokio::test]
     async fn graceful_restart_keeps_stale_routes_until_sync_complete() {
         let fake = FakeRouteTable::new();
-        let kept = Route::via(net("10.3.0.0/26"), "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()));
-        let gone = Route::via(net("10.4.0.0/26"), "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()));
+        let kept = Route::via(
+            net("10.3.0.0/26"),
+            "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        let gone = Route::via(
+            net("10.4.0.0/26"),
+            "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()),
+        );
         fake.insert(kept.clone());
         fake.insert(gone.clone());
-        let (h, _t) = spawn_reconciler(fake.clone(), config(true)).unwrap_or_else(|e| panic!("{e}"));
+        let (h, _t) =
+            spawn_reconciler(fake.clone(), config(true)).unwrap_or_else(|e| panic!("{e}"));
         // A peer re-announces one route, with a new next hop.
-        let moved = Route::via(kept.dst, "192.0.2.2".parse().unwrap_or_else(|_| unreachable!()));
-        h.update_and_wait(vec![moved.clone()], vec![]).await.unwrap_or_else(|e| panic!("{e}"));
+        let moved = Route::via(
+            kept.dst,
+            "192.0.2.2".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        h.update_and_wait(vec![moved.clone()], vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let ops = h.resync().await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(ops.is_empty(), "a stale route was touched before sync: {ops:?}");
+        assert!(
+            ops.is_empty(),
+            "a stale route was touched before sync: {ops:?}"
+        );
         assert_eq!(fake.routes(), vec![moved.clone(), gone.clone()]);
 
         h.sync_complete().await.unwrap_or_else(|e| panic!("{e}"));
         h.resync().await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(fake.routes(), vec![moved]);
-        assert!(fake.batches().iter().flatten().all(|op| op != &RouteOp::Delete(kept.clone())));
+        assert!(
+            fake.batches()
+                .iter()
+                .flatten()
+                .all(|op| op != &RouteOp::Delete(kept.clone()))
+        );
     }
 
     #[tokio::test]
     async fn a_route_learned_and_withdrawn_before_sync_is_deleted() {
         let fake = FakeRouteTable::new();
-        let (h, _t) = spawn_reconciler(fake.clone(), config(true)).unwrap_or_else(|e| panic!("{e}"));
+        let (h, _t) =
+            spawn_reconciler(fake.clone(), config(true)).unwrap_or_else(|e| panic!("{e}"));
         let r = Route::blackhole(net("10.5.0.0/26"));
-        h.update_and_wait(vec![r.clone()], vec![]).await.unwrap_or_else(|e| panic!("{e}"));
-        h.update_and_wait(vec![], vec![r.dst]).await.unwrap_or_else(|e| panic!("{e}"));
+        h.update_and_wait(vec![r.clone()], vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        h.update_and_wait(vec![], vec![r.dst])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(fake.routes().is_empty());
     }
 
     #[tokio::test]
     async fn a_sequence_is_applied_in_order() {
         let fake = FakeRouteTable::new();
-        let (h, _t) = spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
+        let (h, _t) =
+            spawn_reconciler(fake.clone(), config(false)).unwrap_or_else(|e| panic!("{e}"));
         let gw: std::net::IpAddr = "192.0.2.1".parse().unwrap_or_else(|_| unreachable!());
         let (p, q) = (net("10.7.0.0/24"), net("10.8.0.0/24"));
         h.apply_in_order(vec![
@@ -472,7 +563,11 @@ mod tests {
         let want = Route::via(net("10.6.0.0/26"), gw);
         let have = Route {
             dst: want.dst,
-            next_hop: crate::netlink::NextHop::Gateway { gateway: gw, dev: Some("eth0".into()), onlink: false },
+            next_hop: crate::netlink::NextHop::Gateway {
+                gateway: gw,
+                dev: Some("eth0".into()),
+                onlink: false,
+            },
         };
         let mut state = RouteState::new(vec![], false);
         state.want(want.clone()).unwrap_or_else(|f| panic!("{f}"));
@@ -485,7 +580,10 @@ mod tests {
     #[test]
     fn an_ipv6_prefix_via_an_ipv4_gateway_is_refused() {
         let mut state = RouteState::new(vec![], false);
-        let r = Route::via(net("fd00::/64"), "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()));
+        let r = Route::via(
+            net("fd00::/64"),
+            "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()),
+        );
         let f = state.want(r).err().map(|f| f.errno);
         assert_eq!(f, Some(libc::EAFNOSUPPORT));
         assert!(state.ops().is_empty());

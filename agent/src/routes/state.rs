@@ -23,7 +23,11 @@ type DevId = u16;
 enum Hop<A> {
     Blackhole,
     Link(DevId),
-    Gateway { gw: A, dev: Option<DevId>, onlink: bool },
+    Gateway {
+        gw: A,
+        dev: Option<DevId>,
+        onlink: bool,
+    },
 }
 
 /// What the kernel holds at a destination, as far as tortie's routes go.
@@ -99,7 +103,9 @@ struct Table<N: Family> {
 
 impl<N: Family> Default for Table<N> {
     fn default() -> Self {
-        Table { slots: HashMap::new() }
+        Table {
+            slots: HashMap::new(),
+        }
     }
 }
 
@@ -140,12 +146,25 @@ impl RouteState {
     /// stale (kept until [`sync_complete`](Self::sync_complete)); otherwise any of them
     /// not wanted is deleted by the first full pass.
     pub fn new(kernel: Vec<Route>, graceful_restart: bool) -> RouteState {
-        let mut s = RouteState { synced: !graceful_restart, ..RouteState::default() };
-        let state = if graceful_restart { Kernel::Stale } else { Kernel::Differs };
+        let mut s = RouteState {
+            synced: !graceful_restart,
+            ..RouteState::default()
+        };
+        let state = if graceful_restart {
+            Kernel::Stale
+        } else {
+            Kernel::Differs
+        };
         for r in kernel {
             let dst = r.dst.trunc();
             by_family!(s, dst, |t, n| {
-                t.slots.insert(n, Slot { want: None, kernel: state });
+                t.slots.insert(
+                    n,
+                    Slot {
+                        want: None,
+                        kernel: state,
+                    },
+                );
             });
             s.initial.insert(dst, r);
         }
@@ -160,8 +179,17 @@ impl RouteState {
 
     /// How many routes are still waiting for sync to complete.
     pub fn stale(&self) -> usize {
-        self.v4.slots.values().filter(|s| s.kernel == Kernel::Stale).count()
-            + self.v6.slots.values().filter(|s| s.kernel == Kernel::Stale).count()
+        self.v4
+            .slots
+            .values()
+            .filter(|s| s.kernel == Kernel::Stale)
+            .count()
+            + self
+                .v6
+                .slots
+                .values()
+                .filter(|s| s.kernel == Kernel::Stale)
+                .count()
     }
 
     /// Makes `set` the whole desired state.
@@ -172,19 +200,32 @@ impl RouteState {
         for slot in self.v6.slots.values_mut() {
             slot.want = None;
         }
-        set.into_map().into_values().filter_map(|r| self.want(r).err()).collect()
+        set.into_map()
+            .into_values()
+            .filter_map(|r| self.want(r).err())
+            .collect()
     }
 
     /// Wants `route` at its destination. A route tortie cannot express (an IPv6 prefix via
     /// an IPv4 gateway) is refused like the kernel would refuse it.
     pub fn want(&mut self, route: Route) -> Result<(), OpFailure> {
         let dst = route.dst.trunc();
-        let already = self.initial.remove(&dst).is_some_and(|have| route.satisfied_by(&have));
+        let already = self
+            .initial
+            .remove(&dst)
+            .is_some_and(|have| route.satisfied_by(&have));
         let ok = match dst {
             IpNet::V4(n) => want_in(&mut self.v4, &mut self.devices, n, &route.next_hop, already),
             IpNet::V6(n) => want_in(&mut self.v6, &mut self.devices, n, &route.next_hop, already),
         };
-        if ok { Ok(()) } else { Err(OpFailure { op: RouteOp::Add(route), errno: UNSUPPORTED }) }
+        if ok {
+            Ok(())
+        } else {
+            Err(OpFailure {
+                op: RouteOp::Add(route),
+                errno: UNSUPPORTED,
+            })
+        }
     }
 
     /// Wants no route at `dst`.
@@ -213,8 +254,14 @@ impl RouteState {
                 *kernel = Kernel::Differs;
             }
         };
-        self.v4.slots.values_mut().for_each(|s| unstale(&mut s.kernel));
-        self.v6.slots.values_mut().for_each(|s| unstale(&mut s.kernel));
+        self.v4
+            .slots
+            .values_mut()
+            .for_each(|s| unstale(&mut s.kernel));
+        self.v6
+            .slots
+            .values_mut()
+            .for_each(|s| unstale(&mut s.kernel));
     }
 
     /// Replaces our picture of the kernel with a fresh dump of its tortie routes.
@@ -268,9 +315,15 @@ impl RouteState {
     fn push_op<A: Copy + Into<IpAddr>>(&self, ops: &mut Vec<RouteOp>, dst: IpNet, slot: &Slot<A>) {
         match (slot.want, slot.kernel) {
             (Some(h), Kernel::Absent) => ops.push(RouteOp::Add(self.route(dst, h))),
-            (Some(h), Kernel::Differs | Kernel::Stale) => ops.push(RouteOp::Replace(self.route(dst, h))),
-            (None, Kernel::Matches | Kernel::Differs) => ops.push(RouteOp::Delete(Route::blackhole(dst))),
-            (None, Kernel::Stale) if self.synced => ops.push(RouteOp::Delete(Route::blackhole(dst))),
+            (Some(h), Kernel::Differs | Kernel::Stale) => {
+                ops.push(RouteOp::Replace(self.route(dst, h)))
+            }
+            (None, Kernel::Matches | Kernel::Differs) => {
+                ops.push(RouteOp::Delete(Route::blackhole(dst)))
+            }
+            (None, Kernel::Stale) if self.synced => {
+                ops.push(RouteOp::Delete(Route::blackhole(dst)))
+            }
             _ => {}
         }
     }
@@ -278,10 +331,14 @@ impl RouteState {
     fn route<A: Into<IpAddr>>(&self, dst: IpNet, hop: Hop<A>) -> Route {
         let next_hop = match hop {
             Hop::Blackhole => NextHop::Blackhole,
-            Hop::Link(dev) => NextHop::Link { dev: self.devices.name(dev) },
-            Hop::Gateway { gw, dev, onlink } => {
-                NextHop::Gateway { gateway: gw.into(), dev: dev.map(|d| self.devices.name(d)), onlink }
-            }
+            Hop::Link(dev) => NextHop::Link {
+                dev: self.devices.name(dev),
+            },
+            Hop::Gateway { gw, dev, onlink } => NextHop::Gateway {
+                gateway: gw.into(),
+                dev: dev.map(|d| self.devices.name(d)),
+                onlink,
+            },
         };
         Route { dst, next_hop }
     }
@@ -318,11 +375,20 @@ fn deletes_first(ops: &mut [RouteOp]) {
 }
 
 /// Sets the wanted hop of `n`; `already` says the kernel is known to hold exactly it.
-fn want_in<N: Family>(t: &mut Table<N>, devices: &mut Devices, n: N, nh: &NextHop, already: bool) -> bool {
+fn want_in<N: Family>(
+    t: &mut Table<N>,
+    devices: &mut Devices,
+    n: N,
+    nh: &NextHop,
+    already: bool,
+) -> bool {
     let Some(hop) = to_hop(devices, nh, N::addr) else {
         return false;
     };
-    let slot = t.slots.entry(n).or_insert(Slot { want: None, kernel: Kernel::Absent });
+    let slot = t.slots.entry(n).or_insert(Slot {
+        want: None,
+        kernel: Kernel::Absent,
+    });
     if already {
         slot.want = Some(hop);
         slot.kernel = Kernel::Matches;
@@ -335,11 +401,19 @@ fn want_in<N: Family>(t: &mut Table<N>, devices: &mut Devices, n: N, nh: &NextHo
     true
 }
 
-fn to_hop<A>(devices: &mut Devices, nh: &NextHop, addr: impl Fn(IpAddr) -> Option<A>) -> Option<Hop<A>> {
+fn to_hop<A>(
+    devices: &mut Devices,
+    nh: &NextHop,
+    addr: impl Fn(IpAddr) -> Option<A>,
+) -> Option<Hop<A>> {
     Some(match nh {
         NextHop::Blackhole => Hop::Blackhole,
         NextHop::Link { dev } => Hop::Link(devices.intern(dev)?),
-        NextHop::Gateway { gateway, dev, onlink } => Hop::Gateway {
+        NextHop::Gateway {
+            gateway,
+            dev,
+            onlink,
+        } => Hop::Gateway {
             gw: addr(*gateway)?,
             dev: match dev {
                 Some(d) => Some(devices.intern(d)?),
@@ -383,7 +457,14 @@ fn hop_satisfied<A: Copy + Into<IpAddr>>(want: Hop<A>, have: &Route, devices: &D
     match (want, &have.next_hop) {
         (Hop::Blackhole, NextHop::Blackhole) => true,
         (Hop::Link(d), NextHop::Link { dev }) => devices.names.get(usize::from(d)) == Some(dev),
-        (Hop::Gateway { gw, dev, onlink }, NextHop::Gateway { gateway, dev: have_dev, onlink: have_onlink }) => {
+        (
+            Hop::Gateway { gw, dev, onlink },
+            NextHop::Gateway {
+                gateway,
+                dev: have_dev,
+                onlink: have_onlink,
+            },
+        ) => {
             gw.into() == *gateway
                 && onlink == *have_onlink
                 && match dev {

@@ -89,14 +89,19 @@ pub fn install_plugin(plugin: &Path, bin_dir: &Path) -> Result<PathBuf, InstallE
             tracing::warn!(source = %plugin.display(), kept = %dest.display(), "no CNI plugin next to tortie-node; keeping the installed one");
             Ok(dest)
         }
-        Err(_) => Err(InstallError::NoPlugin { path: plugin.to_owned(), dest }),
+        Err(_) => Err(InstallError::NoPlugin {
+            path: plugin.to_owned(),
+            dest,
+        }),
     }
 }
 
 /// The plugin shipped next to the running agent binary.
 pub fn shipped_plugin() -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().ok_or_else(|| io::Error::other("the agent binary has no folder"))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| io::Error::other("the agent binary has no folder"))?;
     Ok(dir.join(PLUGIN_NAME))
 }
 
@@ -110,7 +115,8 @@ mod tests {
     #[test]
     fn conflist_names_the_socket_and_chains_portmap() {
         let dir = tempfile::tempdir().unwrap();
-        let path = install_conflist(&dir.path().join("net.d"), Path::new("/run/n1/agent.sock")).unwrap();
+        let path =
+            install_conflist(&dir.path().join("net.d"), Path::new("/run/n1/agent.sock")).unwrap();
         assert_eq!(path.file_name().unwrap(), "10-tortie.conflist");
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(v["name"], "k8s-pod-network");
@@ -121,7 +127,10 @@ mod tests {
         assert_eq!(v["plugins"][1]["type"], "portmap");
         assert_eq!(v["plugins"][1]["capabilities"]["portMappings"], true);
         // Nothing else left behind in the folder.
-        assert_eq!(std::fs::read_dir(dir.path().join("net.d")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("net.d")).unwrap().count(),
+            1
+        );
     }
 
     #[test]
@@ -132,7 +141,10 @@ mod tests {
         let bin = dir.path().join("bin");
         let dest = install_plugin(&src, &bin).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"v1");
-        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
         std::fs::write(&src, b"v2").unwrap();
         install_plugin(&src, &bin).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"v2");

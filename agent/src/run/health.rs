@@ -23,7 +23,10 @@ pub fn next(failures: u32, probe: Result<(), String>) -> (u32, Health) {
         Err(why) => {
             let failures = failures.saturating_add(1);
             if failures >= FAILURES_BEFORE_DEGRADED {
-                (failures, Health::Degraded(format!("the apiserver is unreachable: {why}")))
+                (
+                    failures,
+                    Health::Degraded(format!("the apiserver is unreachable: {why}")),
+                )
             } else {
                 (failures, Health::Ready)
             }
@@ -70,7 +73,13 @@ mod tests {
         let (f, h) = next(0, Err("timeout".into()));
         assert_eq!((f, h), (1, Health::Ready));
         let (f, h) = next(f, Err("timeout".into()));
-        assert_eq!((f, h), (2, Health::Degraded("the apiserver is unreachable: timeout".into())));
+        assert_eq!(
+            (f, h),
+            (
+                2,
+                Health::Degraded("the apiserver is unreachable: timeout".into())
+            )
+        );
         let (f, h) = next(f, Err("refused".into()));
         assert_eq!(f, 3);
         assert!(matches!(h, Health::Degraded(_)));

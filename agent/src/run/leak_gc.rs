@@ -25,14 +25,20 @@ async fn release_deleted_nodes(nodes: &Api<Node>, ipam: &IpamHandle) {
             return;
         }
     };
-    let existing = list.items.iter().filter_map(|n| n.metadata.name.clone()).collect();
+    let existing = list
+        .items
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
     match ipam.release_deleted_nodes(existing).await {
         Ok(released) => {
             for n in released {
                 tracing::info!(node = %n, "released the blocks of a deleted node");
             }
         }
-        Err(e) => tracing::warn!(error = %e, "releasing deleted nodes' blocks failed; retrying next round"),
+        Err(e) => {
+            tracing::warn!(error = %e, "releasing deleted nodes' blocks failed; retrying next round")
+        }
     }
 }
 
@@ -43,7 +49,13 @@ pub fn interval(grace: Duration) -> Duration {
 }
 
 /// Runs forever; spawn it and drop the handle to stop it.
-pub async fn run(client: kube::Client, node: String, grace: Duration, ipam: IpamHandle, endpoints: EndpointsHandle) {
+pub async fn run(
+    client: kube::Client,
+    node: String,
+    grace: Duration,
+    ipam: IpamHandle,
+    endpoints: EndpointsHandle,
+) {
     let pods: Api<Pod> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client);
     let params = ListParams::default().fields(&format!("spec.nodeName={node}"));
@@ -88,7 +100,10 @@ mod tests {
 
     #[test]
     fn interval_is_half_the_grace_within_bounds() {
-        assert_eq!(interval(Duration::from_secs(15 * 60)), Duration::from_secs(60));
+        assert_eq!(
+            interval(Duration::from_secs(15 * 60)),
+            Duration::from_secs(60)
+        );
         assert_eq!(interval(Duration::from_secs(10)), Duration::from_secs(5));
         assert_eq!(interval(Duration::ZERO), Duration::from_secs(1));
     }

@@ -26,11 +26,11 @@ use tortie_ipam::{Allocator, IpFamily, IpamConfig, Store};
 use crate::config::Config;
 use crate::datastore::KubeStore;
 use crate::endpoints::{self, host_veth_name};
+use crate::ipam_task;
+use crate::mesh;
 use crate::netlink::{self, KernelRouteTable};
 use crate::routes::{ReconcilerConfig, spawn_reconciler};
 use crate::server::{self, CniService, Endpoint, Handle, Health, NodeInfo, PodRef, StatusService};
-use crate::ipam_task;
-use crate::mesh;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -40,9 +40,15 @@ pub enum RunError {
     Node { node: String, source: kube::Error },
     #[error(transparent)]
     Address(#[from] crate::autodetect::DetectError),
-    #[error("registering Node {node} (annotations {}, {}): {source}", node::ANNOTATION_IPV4, node::ANNOTATION_AS)]
+    #[error(
+        "registering Node {node} (annotations {}, {}): {source}",
+        node::ANNOTATION_IPV4,
+        node::ANNOTATION_AS
+    )]
     Register { node: String, source: kube::Error },
-    #[error("creating the default IP pool (are the tortie CRDs installed? `tortie-node crds | kubectl apply -f -`): {0}")]
+    #[error(
+        "creating the default IP pool (are the tortie CRDs installed? `tortie-node crds | kubectl apply -f -`): {0}"
+    )]
     Pool(#[from] pool::PoolSetupError),
     #[error("enabling IP forwarding: {0}")]
     Forwarding(#[source] std::io::Error),
@@ -55,7 +61,10 @@ pub enum RunError {
     #[error("reading this node's allocations: {0}")]
     Ipam(#[from] tortie_ipam::StoreError),
     #[error("binding the agent socket {path}: {source}")]
-    Bind { path: String, source: std::io::Error },
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("serving the agent API: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("starting the BGP mesh speaker: {0}")]
@@ -66,21 +75,36 @@ pub enum RunError {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), RunError> {
-    let client = kube::Client::try_default().await.map_err(RunError::Connect)?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(RunError::Connect)?;
     let nodes: Api<Node> = Api::all(client.clone());
     let name = config.node_name.clone();
 
     let node_obj = node::wait_for_node(&nodes, &name)
         .await
-        .map_err(|source| RunError::Node { node: name.clone(), source })?;
+        .map_err(|source| RunError::Node {
+            node: name.clone(),
+            source,
+        })?;
     let detected = node::node_address(&config, &node_obj)?;
     match &detected {
-        Some(d) => tracing::info!(address = %d.addr, interface = ?d.ifname, method = %config.autodetection, "node address"),
+        Some(d) => {
+            tracing::info!(address = %d.addr, interface = ?d.ifname, method = %config.autodetection, "node address")
+        }
         None => tracing::info!("IP=none: this node has no IPv4 BGP address"),
     }
-    let node_obj = node::register(&nodes, &name, detected.as_ref().map(|d| d.addr), config.as_number)
-        .await
-        .map_err(|source| RunError::Register { node: name.clone(), source })?;
+    let node_obj = node::register(
+        &nodes,
+        &name,
+        detected.as_ref().map(|d| d.addr),
+        config.as_number,
+    )
+    .await
+    .map_err(|source| RunError::Register {
+        node: name.clone(),
+        source,
+    })?;
     tracing::info!(node = %name, as_number = config.as_number, "node registered");
 
     let store = KubeStore::new(client.clone());
@@ -89,10 +113,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let mtu = node::pod_mtu(&config, detected.as_ref().and_then(|d| d.ifname.as_deref()));
     let conflist = cni_install::install_conflist(&config.cni_conf_dir, &config.agent_socket)?;
-    let plugin = cni_install::install_plugin(&cni_install::shipped_plugin().map_err(RunError::PluginPath)?, &config.cni_bin_dir)?;
+    let plugin = cni_install::install_plugin(
+        &cni_install::shipped_plugin().map_err(RunError::PluginPath)?,
+        &config.cni_bin_dir,
+    )?;
     tracing::info!(conflist = %conflist.display(), plugin = %plugin.display(), mtu, "CNI installed");
 
-    let (health_tx, health_rx) = watch::channel(Health::Starting("restoring local endpoints".to_owned()));
+    let (health_tx, health_rx) =
+        watch::channel(Health::Starting("restoring local endpoints".to_owned()));
 
     let table = KernelRouteTable::open().map_err(crate::routes::ReconcilerError::from)?;
     let (routes, _routes_thread) = spawn_reconciler(table, ReconcilerConfig::default())?;
@@ -105,7 +133,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let labels: BTreeMap<String, String> = node_obj.metadata.labels.clone().unwrap_or_default();
     let ipam_config = IpamConfig {
         // `None` (no limit) becomes "as many as the address space has".
-        max_blocks_per_node: config.max_blocks_per_node.map_or(usize::MAX, |n| n as usize),
+        max_blocks_per_node: config
+            .max_blocks_per_node
+            .map_or(usize::MAX, |n| n as usize),
         leak_grace: config.ipam_gc_grace,
         ..IpamConfig::default()
     };
@@ -125,17 +155,40 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 uplink: d.ifname.clone(),
                 resync: mesh::DEFAULT_RESYNC,
             };
-            Some(mesh::start(cfg, nodes.clone(), KubeStore::new(client.clone()), affine.clone(), routes.clone()).await?)
+            Some(
+                mesh::start(
+                    cfg,
+                    nodes.clone(),
+                    KubeStore::new(client.clone()),
+                    affine.clone(),
+                    routes.clone(),
+                )
+                .await?,
+            )
         }
         None => None,
     };
     let (endpoints, _endpoints_task) = endpoints::spawn(routes, seed, affine);
-    let leak_gc = tokio::spawn(leak_gc::run(client.clone(), name.clone(), config.ipam_gc_grace, ipam.clone(), endpoints.clone()));
+    let leak_gc = tokio::spawn(leak_gc::run(
+        client.clone(),
+        name.clone(),
+        config.ipam_gc_grace,
+        ipam.clone(),
+        endpoints.clone(),
+    ));
 
-    let listener = server::bind(&config.agent_socket)
-        .map_err(|source| RunError::Bind { path: config.agent_socket.display().to_string(), source })?;
+    let listener = server::bind(&config.agent_socket).map_err(|source| RunError::Bind {
+        path: config.agent_socket.display().to_string(),
+        source,
+    })?;
     let cni = CniService::new(ipam, endpoints, mtu, health_rx.clone());
-    let mut status = StatusService::new(NodeInfo { node_name: name.clone(), mtu }, health_rx);
+    let mut status = StatusService::new(
+        NodeInfo {
+            node_name: name.clone(),
+            mtu,
+        },
+        health_rx,
+    );
     if let Some((speaker, _)) = &mesh {
         status = status.with_speaker(speaker.clone());
     }
@@ -173,7 +226,10 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
 }
 
 /// This node's pods, from its allocations in the datastore, whose host veth still exists.
-async fn local_endpoints<S: Store>(store: &S, node: &str) -> Result<Vec<Endpoint>, tortie_ipam::StoreError> {
+async fn local_endpoints<S: Store>(
+    store: &S,
+    node: &str,
+) -> Result<Vec<Endpoint>, tortie_ipam::StoreError> {
     let blocks = store.list_blocks().await?;
     let mut by_handle: BTreeMap<String, (PodRef, Vec<IpNet>)> = BTreeMap::new();
     for b in &blocks {
@@ -182,12 +238,18 @@ async fn local_endpoints<S: Store>(store: &S, node: &str) -> Result<Vec<Endpoint
                 continue;
             }
             let Some(pod) = &a.pod else { continue };
-            let entry = by_handle.entry(a.handle.as_str().to_owned()).or_insert_with(|| {
-                (
-                    PodRef { namespace: pod.namespace.clone(), name: pod.name.clone(), uid: pod.uid.clone().unwrap_or_default() },
-                    Vec::new(),
-                )
-            });
+            let entry = by_handle
+                .entry(a.handle.as_str().to_owned())
+                .or_insert_with(|| {
+                    (
+                        PodRef {
+                            namespace: pod.namespace.clone(),
+                            name: pod.name.clone(),
+                            uid: pod.uid.clone().unwrap_or_default(),
+                        },
+                        Vec::new(),
+                    )
+                });
             entry.1.push(IpNet::from(ip as IpAddr));
         }
     }
@@ -199,7 +261,10 @@ async fn local_endpoints<S: Store>(store: &S, node: &str) -> Result<Vec<Endpoint
             nix::net::if_::if_nametoindex(host_ifname.as_str()).ok()?;
             let (network, container_id) = handle.rsplit_once('.')?;
             Some(Endpoint {
-                handle: Handle { network: network.to_owned(), container_id: container_id.to_owned() },
+                handle: Handle {
+                    network: network.to_owned(),
+                    container_id: container_id.to_owned(),
+                },
                 pod,
                 host_ifname,
                 addresses,

@@ -9,7 +9,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::autodetect::{self, Detected, DetectError, Facts, Method};
+use crate::autodetect::{self, DetectError, Detected, Facts, Method};
 use crate::config::{Config, NodeIp, VxlanMode};
 
 /// The node's BGP address with its subnet's prefix length (Calico: `projectcalico.org/IPv4Address`).
@@ -51,17 +51,26 @@ pub fn node_address(config: &Config, node: &Node) -> Result<Option<Detected>, De
     let ifaces = autodetect::local_interfaces()?;
     match &config.ip {
         NodeIp::None => Ok(None),
-        NodeIp::Fixed { addr, prefix: Some(p) } => {
+        NodeIp::Fixed {
+            addr,
+            prefix: Some(p),
+        } => {
             let net = Ipv4Net::new(*addr, *p).unwrap_or_else(|_| Ipv4Net::from(*addr));
             let ifname = autodetect::locate(&ifaces, *addr).and_then(|d| d.ifname);
             Ok(Some(Detected { addr: net, ifname }))
         }
         // Calico takes the prefix from the interface holding the address, else /32.
         NodeIp::Fixed { addr, prefix: None } => Ok(Some(
-            autodetect::locate(&ifaces, *addr).unwrap_or(Detected { addr: Ipv4Net::from(*addr), ifname: None }),
+            autodetect::locate(&ifaces, *addr).unwrap_or(Detected {
+                addr: Ipv4Net::from(*addr),
+                ifname: None,
+            }),
         )),
         NodeIp::Autodetect => {
-            let mut facts = Facts { internal_ips: internal_ips(node), ..Facts::default() };
+            let mut facts = Facts {
+                internal_ips: internal_ips(node),
+                ..Facts::default()
+            };
             if let Method::CanReach(dest) = &config.autodetection {
                 facts.route_source = Some(autodetect::route_source(*dest));
             }
@@ -87,7 +96,9 @@ pub fn pod_mtu(config: &Config, uplink: Option<&str>) -> u32 {
             }
         },
         None => {
-            tracing::warn!("no uplink interface known; assuming MTU {FALLBACK_MTU} (set TORTIE_MTU)");
+            tracing::warn!(
+                "no uplink interface known; assuming MTU {FALLBACK_MTU} (set TORTIE_MTU)"
+            );
             FALLBACK_MTU
         }
     };
@@ -109,7 +120,9 @@ pub async fn wait_for_node(api: &Api<Node>, name: &str) -> Result<Node, kube::Er
             }
             // Not found is retried forever; so are transient errors, but they are logged
             // as warnings so a wrong KUBECONFIG is visible.
-            Err(e) => tracing::warn!(node = %name, error = %e, "reading the Node object failed; retrying"),
+            Err(e) => {
+                tracing::warn!(node = %name, error = %e, "reading the Node object failed; retrying")
+            }
         }
         tokio::time::sleep(delay).await;
         waited += delay;
@@ -118,8 +131,18 @@ pub async fn wait_for_node(api: &Api<Node>, name: &str) -> Result<Node, kube::Er
 }
 
 /// Writes the registration annotations (merge patch: other annotations are left alone).
-pub async fn register(api: &Api<Node>, name: &str, addr: Option<Ipv4Net>, as_number: u32) -> Result<Node, kube::Error> {
-    api.patch(name, &PatchParams::default(), &Patch::Merge(registration_patch(addr, as_number))).await
+pub async fn register(
+    api: &Api<Node>,
+    name: &str,
+    addr: Option<Ipv4Net>,
+    as_number: u32,
+) -> Result<Node, kube::Error> {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(registration_patch(addr, as_number)),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -132,9 +155,15 @@ mod tests {
     #[test]
     fn patch_sets_or_clears_the_address() {
         let p = registration_patch(Some("10.0.0.5/24".parse().unwrap()), 64512);
-        assert_eq!(p, json!({"metadata": {"annotations": {"tortie.dev/ipv4-address": "10.0.0.5/24", "tortie.dev/as-number": "64512"}}}));
+        assert_eq!(
+            p,
+            json!({"metadata": {"annotations": {"tortie.dev/ipv4-address": "10.0.0.5/24", "tortie.dev/as-number": "64512"}}})
+        );
         let p = registration_patch(None, 65001);
-        assert_eq!(p["metadata"]["annotations"]["tortie.dev/ipv4-address"], serde_json::Value::Null);
+        assert_eq!(
+            p["metadata"]["annotations"]["tortie.dev/ipv4-address"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]
@@ -153,17 +182,30 @@ mod tests {
     }
 
     fn config(pairs: &[(&str, &str)]) -> Config {
-        let vars: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_vars(&vars, || Ok("n1".into())).unwrap()
     }
 
     #[test]
     fn mtu_from_config_or_uplink_less_vxlan() {
-        assert_eq!(pod_mtu(&config(&[("TORTIE_MTU", "1400")]), Some("lo")), 1400);
+        assert_eq!(
+            pod_mtu(&config(&[("TORTIE_MTU", "1400")]), Some("lo")),
+            1400
+        );
         // Loopback exists in every namespace; read its real MTU to compare.
-        let lo: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap().trim().parse().unwrap();
+        let lo: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(pod_mtu(&config(&[]), Some("lo")), lo);
-        assert_eq!(pod_mtu(&config(&[("CALICO_IPV4POOL_VXLAN", "Always")]), Some("lo")), lo - 50);
+        assert_eq!(
+            pod_mtu(&config(&[("CALICO_IPV4POOL_VXLAN", "Always")]), Some("lo")),
+            lo - 50
+        );
         assert_eq!(pod_mtu(&config(&[]), None), 1500);
         assert_eq!(pod_mtu(&config(&[]), Some("no-such-if0")), 1500);
     }
@@ -171,11 +213,24 @@ mod tests {
     #[test]
     fn ip_none_and_fixed_addresses() {
         let node = Node::default();
-        assert_eq!(node_address(&config(&[("IP", "none")]), &node).unwrap(), None);
+        assert_eq!(
+            node_address(&config(&[("IP", "none")]), &node).unwrap(),
+            None
+        );
         // An address on no local interface: the given prefix, or /32.
-        let d = node_address(&config(&[("IP", "192.0.2.10")]), &node).unwrap().unwrap();
-        assert_eq!(d, Detected { addr: "192.0.2.10/32".parse().unwrap(), ifname: None });
-        let d = node_address(&config(&[("IP", "192.0.2.10/24")]), &node).unwrap().unwrap();
+        let d = node_address(&config(&[("IP", "192.0.2.10")]), &node)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            d,
+            Detected {
+                addr: "192.0.2.10/32".parse().unwrap(),
+                ifname: None
+            }
+        );
+        let d = node_address(&config(&[("IP", "192.0.2.10/24")]), &node)
+            .unwrap()
+            .unwrap();
         assert_eq!(d.addr, "192.0.2.10/24".parse::<Ipv4Net>().unwrap());
     }
 }

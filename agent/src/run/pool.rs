@@ -29,7 +29,11 @@ pub fn default_pools(config: &Config) -> Result<Vec<IpPool>, PoolError> {
     let mut out = vec![v4];
     if let Some(p6) = &config.ipv6_pool {
         // Calico's IPv6 default pool: no VXLAN, no NAT.
-        out.push(IpPool::new(DEFAULT_IPV6_POOL, IpNet::V6(p6.cidr), p6.block_size)?);
+        out.push(IpPool::new(
+            DEFAULT_IPV6_POOL,
+            IpNet::V6(p6.cidr),
+            p6.block_size,
+        )?);
     }
     Ok(out)
 }
@@ -43,7 +47,10 @@ pub enum PoolSetupError {
 }
 
 /// Creates the default pools whose family has none. Returns the names created by this call.
-pub async fn ensure_default_pools(store: &KubeStore, config: &Config) -> Result<Vec<String>, PoolSetupError> {
+pub async fn ensure_default_pools(
+    store: &KubeStore,
+    config: &Config,
+) -> Result<Vec<String>, PoolSetupError> {
     let mut created = Vec::new();
     for pool in default_pools(config)? {
         if store.create_pool_if_none(&pool).await? {
@@ -64,7 +71,10 @@ mod tests {
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Config {
-        let vars: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_vars(&vars, || Ok("n1".into())).unwrap()
     }
 
@@ -79,7 +89,10 @@ mod tests {
         .unwrap();
         assert_eq!(pools.len(), 1);
         let p = &pools[0];
-        assert_eq!((p.name.as_str(), p.cidr().to_string(), p.block_size()), ("default-ipv4-ippool", "10.244.0.0/16".to_owned(), 24));
+        assert_eq!(
+            (p.name.as_str(), p.cidr().to_string(), p.block_size()),
+            ("default-ipv4-ippool", "10.244.0.0/16".to_owned(), 24)
+        );
         assert_eq!(p.vxlan_mode, VxlanMode::CrossSubnet);
         assert!(!p.nat_outgoing);
         assert!(!p.disabled);
@@ -88,17 +101,34 @@ mod tests {
     #[test]
     fn dual_stack_adds_the_ipv6_pool() {
         let pools = default_pools(&config(&[("CALICO_IPV6POOL_CIDR", "fd00:10::/64")])).unwrap();
-        let got: Vec<(String, String, u8)> = pools.iter().map(|p| (p.name.clone(), p.cidr().to_string(), p.block_size())).collect();
-        assert_eq!(got, vec![
-            ("default-ipv4-ippool".to_owned(), "192.168.0.0/16".to_owned(), 26),
-            ("default-ipv6-ippool".to_owned(), "fd00:10::/64".to_owned(), 122),
-        ]);
+        let got: Vec<(String, String, u8)> = pools
+            .iter()
+            .map(|p| (p.name.clone(), p.cidr().to_string(), p.block_size()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "default-ipv4-ippool".to_owned(),
+                    "192.168.0.0/16".to_owned(),
+                    26
+                ),
+                (
+                    "default-ipv6-ippool".to_owned(),
+                    "fd00:10::/64".to_owned(),
+                    122
+                ),
+            ]
+        );
     }
 
     #[test]
     fn every_block_size_the_config_accepts_the_pool_accepts() {
         for bs in 20..=32u8 {
-            let c = config(&[("CALICO_IPV4POOL_CIDR", "10.0.0.0/8"), ("CALICO_IPV4POOL_BLOCK_SIZE", &bs.to_string())]);
+            let c = config(&[
+                ("CALICO_IPV4POOL_CIDR", "10.0.0.0/8"),
+                ("CALICO_IPV4POOL_BLOCK_SIZE", &bs.to_string()),
+            ]);
             assert!(default_pools(&c).is_ok(), "block size {bs}");
         }
     }

@@ -18,13 +18,13 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use tokio::net::UnixListener;
-use tracing::Instrument;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 use tortie_api::v1 as api;
 use tortie_api::v1::cni_server::{Cni, CniServer};
 use tortie_api::v1::status_server::{Status as StatusApi, StatusServer};
+use tracing::Instrument;
 
 /// The pods' IPv4 gateway: a link-local address nobody holds, answered by proxy ARP on the
 /// host veth (as Calico does).
@@ -109,13 +109,23 @@ impl From<Failure> for Status {
 pub trait Ipam: Send + Sync + 'static {
     /// The handle's addresses (host prefixes), allocating them when it has none. Returns only
     /// once the allocation is durable; a repeated call returns the same addresses.
-    fn allocate(&self, params: AllocateParams) -> impl Future<Output = Result<Vec<IpNet>, Failure>> + Send;
+    fn allocate(
+        &self,
+        params: AllocateParams,
+    ) -> impl Future<Output = Result<Vec<IpNet>, Failure>> + Send;
     /// Releases the handle's addresses; returns how many. An unknown handle is 0, not an error.
     fn release(&self, handle: &Handle) -> impl Future<Output = Result<u32, Failure>> + Send;
     /// The handle's addresses; empty when it holds none.
-    fn addresses(&self, handle: &Handle) -> impl Future<Output = Result<Vec<IpNet>, Failure>> + Send;
+    fn addresses(
+        &self,
+        handle: &Handle,
+    ) -> impl Future<Output = Result<Vec<IpNet>, Failure>> + Send;
     /// Releases every handle of `network` on this node not in `keep`.
-    fn gc(&self, network: &str, keep: &[Handle]) -> impl Future<Output = Result<GcOutcome, Failure>> + Send;
+    fn gc(
+        &self,
+        network: &str,
+        keep: &[Handle],
+    ) -> impl Future<Output = Result<GcOutcome, Failure>> + Send;
 }
 
 /// What a GC released: the attachments (handles), each with all its addresses.
@@ -152,7 +162,8 @@ pub struct NodeInfo {
 /// punctuation (container IDs the same, per the CNI spec's `CNI_CONTAINERID`).
 fn check_cni_name(what: &str, s: &str) -> Result<(), Failure> {
     let ok = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         && s.len() <= 1024;
     if ok {
         Ok(())
@@ -167,12 +178,19 @@ fn handle_of(att: Option<&api::Attachment>) -> Result<Handle, Failure> {
     let att = att.ok_or_else(|| Failure::Invalid("the request has no attachment".to_owned()))?;
     check_cni_name("network name", &att.network)?;
     check_cni_name("container id", &att.container_id)?;
-    Ok(Handle { network: att.network.clone(), container_id: att.container_id.clone() })
+    Ok(Handle {
+        network: att.network.clone(),
+        container_id: att.container_id.clone(),
+    })
 }
 
 fn pod_of(pod: Option<&api::Pod>) -> PodRef {
-    pod.map(|p| PodRef { namespace: p.namespace.clone(), name: p.name.clone(), uid: p.uid.clone() })
-        .unwrap_or_default()
+    pod.map(|p| PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+    })
+    .unwrap_or_default()
 }
 
 fn ip_config(addr: &IpNet) -> api::IpConfig {
@@ -180,7 +198,10 @@ fn ip_config(addr: &IpNet) -> api::IpConfig {
         IpAddr::V4(_) => IPV4_GATEWAY,
         IpAddr::V6(_) => IPV6_GATEWAY,
     };
-    api::IpConfig { address: addr.to_string(), gateway: gateway.to_owned() }
+    api::IpConfig {
+        address: addr.to_string(),
+        gateway: gateway.to_owned(),
+    }
 }
 
 /// A Linux interface name: 1 to 15 bytes, no '/', no whitespace, not `.` or `..`.
@@ -190,7 +211,13 @@ fn check_ifname(s: &str) -> Result<(), Failure> {
         && s != "."
         && s != ".."
         && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if ok { Ok(()) } else { Err(Failure::Invalid(format!("host interface name {s:?} is not a valid interface name"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Invalid(format!(
+            "host interface name {s:?} is not a valid interface name"
+        )))
+    }
 }
 
 /// The `Cni` service.
@@ -203,7 +230,12 @@ pub struct CniService<I, E> {
 
 impl<I: Ipam, E: Endpoints> CniService<I, E> {
     pub fn new(ipam: I, endpoints: E, mtu: u32, health: watch::Receiver<Health>) -> Self {
-        CniService { ipam, endpoints, mtu, health }
+        CniService {
+            ipam,
+            endpoints,
+            mtu,
+            health,
+        }
     }
 
     /// Refuses work until the agent is ready: an allocation before the datastore is synced
@@ -211,23 +243,37 @@ impl<I: Ipam, E: Endpoints> CniService<I, E> {
     fn check_ready(&self) -> Result<(), Failure> {
         match &*self.health.borrow() {
             Health::Ready => Ok(()),
-            Health::Starting(why) => Err(Failure::Unavailable(format!("tortie-node is starting: {why}"))),
-            Health::Degraded(why) => Err(Failure::Unavailable(format!("tortie-node is not ready: {why}"))),
+            Health::Starting(why) => Err(Failure::Unavailable(format!(
+                "tortie-node is starting: {why}"
+            ))),
+            Health::Degraded(why) => Err(Failure::Unavailable(format!(
+                "tortie-node is not ready: {why}"
+            ))),
         }
     }
 }
 
 #[tonic::async_trait]
 impl<I: Ipam, E: Endpoints> Cni for CniService<I, E> {
-    async fn allocate(&self, req: Request<api::AllocateRequest>) -> Result<Response<api::AllocateReply>, Status> {
+    async fn allocate(
+        &self,
+        req: Request<api::AllocateRequest>,
+    ) -> Result<Response<api::AllocateReply>, Status> {
         let req = req.into_inner();
         let handle = handle_of(req.attachment.as_ref())?;
         self.check_ready()?;
         let pod = pod_of(req.pod.as_ref());
         let span = tracing::info_span!("pod", container_id = %handle.container_id, pod = %format_args!("{}/{}", pod.namespace, pod.name));
-        let addrs = self.ipam.allocate(AllocateParams { handle, pod }).instrument(span.clone()).await?;
+        let addrs = self
+            .ipam
+            .allocate(AllocateParams { handle, pod })
+            .instrument(span.clone())
+            .await?;
         span.in_scope(|| tracing::info!(addresses = ?addrs, "allocated"));
-        Ok(Response::new(api::AllocateReply { ips: addrs.iter().map(ip_config).collect(), mtu: self.mtu }))
+        Ok(Response::new(api::AllocateReply {
+            ips: addrs.iter().map(ip_config).collect(),
+            mtu: self.mtu,
+        }))
     }
 
     async fn endpoint_ready(
@@ -240,9 +286,11 @@ impl<I: Ipam, E: Endpoints> Cni for CniService<I, E> {
         check_ifname(&req.host_ifname)?;
         let mut addresses = Vec::with_capacity(req.addresses.len());
         for a in &req.addresses {
-            let net: IpNet = a
-                .parse()
-                .map_err(|_| Failure::Invalid(format!("address {a:?} is not an address with a prefix length")))?;
+            let net: IpNet = a.parse().map_err(|_| {
+                Failure::Invalid(format!(
+                    "address {a:?} is not an address with a prefix length"
+                ))
+            })?;
             addresses.push(net);
         }
         if addresses.is_empty() {
@@ -257,12 +305,20 @@ impl<I: Ipam, E: Endpoints> Cni for CniService<I, E> {
             ))
             .into());
         }
-        let endpoint = Endpoint { handle, pod: pod_of(req.pod.as_ref()), host_ifname: req.host_ifname, addresses };
+        let endpoint = Endpoint {
+            handle,
+            pod: pod_of(req.pod.as_ref()),
+            host_ifname: req.host_ifname,
+            addresses,
+        };
         self.endpoints.ready(endpoint).await?;
         Ok(Response::new(api::EndpointReadyReply {}))
     }
 
-    async fn release(&self, req: Request<api::ReleaseRequest>) -> Result<Response<api::ReleaseReply>, Status> {
+    async fn release(
+        &self,
+        req: Request<api::ReleaseRequest>,
+    ) -> Result<Response<api::ReleaseReply>, Status> {
         let handle = handle_of(req.into_inner().attachment.as_ref())?;
         self.check_ready()?;
         // The route goes first: a released address may be handed to a new pod at once, and
@@ -273,11 +329,16 @@ impl<I: Ipam, E: Endpoints> Cni for CniService<I, E> {
         Ok(Response::new(api::ReleaseReply { released }))
     }
 
-    async fn check(&self, req: Request<api::CheckRequest>) -> Result<Response<api::CheckReply>, Status> {
+    async fn check(
+        &self,
+        req: Request<api::CheckRequest>,
+    ) -> Result<Response<api::CheckReply>, Status> {
         let handle = handle_of(req.into_inner().attachment.as_ref())?;
         self.check_ready()?;
         let addrs = self.ipam.addresses(&handle).await?;
-        Ok(Response::new(api::CheckReply { addresses: addrs.iter().map(ToString::to_string).collect() }))
+        Ok(Response::new(api::CheckReply {
+            addresses: addrs.iter().map(ToString::to_string).collect(),
+        }))
     }
 
     async fn gc(&self, req: Request<api::GcRequest>) -> Result<Response<api::GcReply>, Status> {
@@ -303,7 +364,9 @@ impl<I: Ipam, E: Endpoints> Cni for CniService<I, E> {
         }
         tracing::info!(network = %req.network, kept = keep.len(), released = ?outcome.handles, "gc");
         // `released` counts attachments: an attachment's addresses go together.
-        Ok(Response::new(api::GcReply { released: outcome.handles.len() as u32 }))
+        Ok(Response::new(api::GcReply {
+            released: outcome.handles.len() as u32,
+        }))
     }
 }
 
@@ -316,7 +379,11 @@ pub struct StatusService {
 
 impl StatusService {
     pub fn new(info: NodeInfo, health: watch::Receiver<Health>) -> Self {
-        StatusService { info, health, bgp: None }
+        StatusService {
+            info,
+            health,
+            bgp: None,
+        }
     }
 
     /// Reports `speaker`'s peers (the node-to-node mesh) in `bgp_peers`.
@@ -328,7 +395,10 @@ impl StatusService {
 
 #[tonic::async_trait]
 impl StatusApi for StatusService {
-    async fn get_status(&self, _req: Request<api::StatusRequest>) -> Result<Response<api::StatusReply>, Status> {
+    async fn get_status(
+        &self,
+        _req: Request<api::StatusRequest>,
+    ) -> Result<Response<api::StatusReply>, Status> {
         let (ready, reason) = match &*self.health.borrow() {
             Health::Ready => (true, String::new()),
             Health::Starting(why) => (false, format!("starting: {why}")),

@@ -89,13 +89,18 @@ const CONVERGENCE: Duration = Duration::from_secs(30);
 /// Pings from each node's first pod to the next node's first pod (the last to the first),
 /// retrying until routes have converged. Prints one line per pair; true when all answered.
 fn show_cross_node(lab: &Lab, config: &LabConfig, progress: &Progress) -> anyhow::Result<bool> {
-    let pods: Vec<String> = config.nodes.iter().map(|n| format!("default/pod-{}-1", n.name)).collect();
+    let pods: Vec<String> = config
+        .nodes
+        .iter()
+        .map(|n| format!("default/pod-{}-1", n.name))
+        .collect();
     let deadline = Instant::now() + CONVERGENCE;
     let mut all_ok = true;
     for (i, from) in pods.iter().enumerate() {
         let to = &pods[(i + 1) % pods.len()];
         let ok = loop {
-            let out = crate::pod::ping(lab, from, to, 1).with_context(|| format!("ping {from} → {to}"))?;
+            let out = crate::pod::ping(lab, from, to, 1)
+                .with_context(|| format!("ping {from} → {to}"))?;
             if out.status.success() {
                 break true;
             }
@@ -104,7 +109,10 @@ fn show_cross_node(lab: &Lab, config: &LabConfig, progress: &Progress) -> anyhow
             }
             std::thread::sleep(Duration::from_millis(500));
         };
-        progress.say(&format!("ping {from} → {to}: {}", if ok { "ok" } else { "FAILED" }));
+        progress.say(&format!(
+            "ping {from} → {to}: {}",
+            if ok { "ok" } else { "FAILED" }
+        ));
         all_ok &= ok;
     }
     Ok(all_ok)
