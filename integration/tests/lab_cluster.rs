@@ -21,8 +21,16 @@ fn up_serves_nodes_rbac_and_custom_resources_then_down_leaves_nothing() {
 
     let start = Instant::now();
     let out = t.output(
-        t.cmd(&["up", "--nodes", &NODES.to_string(), "--agent-timeout", "1"])
-            .env("TORTIE_NODE_BIN", &agent),
+        t.cmd(&[
+            "up",
+            "--nodes",
+            &NODES.to_string(),
+            "--agent-timeout",
+            "1",
+            "--pods-per-node",
+            "0",
+        ])
+        .env("TORTIE_NODE_BIN", &agent),
     );
     assert!(
         out.status.success(),
@@ -373,7 +381,15 @@ fn second_up_changes_nothing(t: &TestLab) {
     let before: Value =
         serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
     let start = Instant::now();
-    t.ok(&["up", "--nodes", &NODES.to_string(), "--agent-timeout", "1"]);
+    t.ok(&[
+        "up",
+        "--nodes",
+        &NODES.to_string(),
+        "--agent-timeout",
+        "1",
+        "--pods-per-node",
+        "0",
+    ]);
     let again = start.elapsed();
     let after: Value =
         serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));

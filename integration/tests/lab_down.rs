@@ -13,7 +13,7 @@ fn down_cleans_up_after_an_up_killed_half_way() {
     let t = TestLab::new("d");
     let agent = recording_agent(t.scratch());
     let mut up = t
-        .cmd(&["up", "--nodes", "2"])
+        .cmd(&["up", "--nodes", "2", "--pods-per-node", "0"])
         .env("TORTIE_NODE_BIN", &agent)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -48,8 +48,16 @@ fn down_kills_processes_even_without_pid_files_or_namespaces() {
     let t = TestLab::new("m");
     let agent = recording_agent(t.scratch());
     let out = t.output(
-        t.cmd(&["up", "--nodes", "1", "--agent-timeout", "1"])
-            .env("TORTIE_NODE_BIN", &agent),
+        t.cmd(&[
+            "up",
+            "--nodes",
+            "1",
+            "--agent-timeout",
+            "1",
+            "--pods-per-node",
+            "0",
+        ])
+        .env("TORTIE_NODE_BIN", &agent),
     );
     assert!(
         out.status.success(),

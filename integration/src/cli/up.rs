@@ -55,7 +55,15 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
     if missing > 0 {
         summary.push_str("; agents not started (tortie-node not built)");
     }
-    if args.pods_per_node > 0 {
+    let all_ready = report
+        .agents
+        .iter()
+        .all(|(_, o)| matches!(o, Outcome::Ready { .. }));
+    if args.pods_per_node > 0 && !all_ready {
+        // Pods need every agent; the control plane stays up to debug them.
+        summary.push_str("; no pods added: not every agent is ready");
+    }
+    if args.pods_per_node > 0 && all_ready {
         let added = crate::pod::ensure_per_node(lab, &report.config, args.pods_per_node)
             .context("up --pods-per-node")?;
         for record in &added {
@@ -70,7 +78,7 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
         summary.push_str(&format!(", {} pods added", added.len()));
     }
     println!("{summary}");
-    if args.pods_per_node > 0 && report.config.nodes.len() > 1 && failed == 0 && missing == 0 {
+    if args.pods_per_node > 0 && all_ready && report.config.nodes.len() > 1 {
         let pings_ok = show_cross_node(lab, &report.config, &progress)?;
         show_node_status(lab, &report.config.nodes[0])?;
         if !pings_ok {
