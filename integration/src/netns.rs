@@ -119,3 +119,48 @@ pub fn run_checked(cmd: &mut Command) -> io::Result<Output> {
     }
     Ok(out)
 }
+
+/// A bridged LAN for tests: `n` member namespaces, each with `eth0` on one bridge, member
+/// `i` (from 1) holding `<v4_net>.i/24` and `<v6_net>i/64`. Everything is removed on drop.
+#[derive(Debug)]
+pub struct Lan {
+    pub members: Vec<NetNs>,
+    _bridge: NetNs,
+}
+
+impl Lan {
+    /// `prefix` names the namespaces; `v4_net` is the first three octets ("10.98.0") and
+    /// `v6_net` the /64 with its trailing colons ("fd98::").
+    pub fn create(prefix: &str, n: u8, v4_net: &str, v6_net: &str) -> io::Result<Lan> {
+        let bridge = NetNs::create(&format!("{prefix}-lan"))?;
+        bridge.run("ip", &["link", "add", "br0", "type", "bridge"])?;
+        bridge.run("ip", &["link", "set", "br0", "up"])?;
+        let mut members = Vec::new();
+        for i in 1..=n {
+            let member = NetNs::create(&format!("{prefix}-m{i}"))?;
+            let port = format!("p{i}");
+            veth_pair(&member, "eth0", &bridge, &port)?;
+            bridge.run("ip", &["link", "set", &port, "master", "br0"])?;
+            member.run(
+                "ip",
+                &["addr", "add", &format!("{v4_net}.{i}/24"), "dev", "eth0"],
+            )?;
+            member.run(
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{v6_net}{i}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            members.push(member);
+        }
+        Ok(Lan {
+            members,
+            _bridge: bridge,
+        })
+    }
+}

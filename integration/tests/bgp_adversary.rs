@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tortie_lab::netns::{NetNs, veth_pair};
+use tortie_lab::netns::Lan;
 use tortie_lab::routers::{Kind, PeerSpec, Router, RouterSpec, wait_for};
 
 const T: Duration = Duration::from_secs(40);
@@ -26,8 +26,7 @@ struct Setup {
     attacker: Router,
     observer: Router,
     bird: Router,
-    _members: Vec<NetNs>,
-    _bridge: NetNs,
+    _lan: Lan,
 }
 
 fn spec(i: u8, peers: &[(u8, bool)], passive: bool, originate: &[&str]) -> RouterSpec {
@@ -59,40 +58,8 @@ fn spec(i: u8, peers: &[(u8, bool)], passive: bool, originate: &[&str]) -> Route
 }
 
 fn setup() -> Setup {
-    let bridge = NetNs::create("trt-adv-lan").unwrap_or_else(|e| panic!("{e}"));
-    bridge
-        .run("ip", &["link", "add", "br0", "type", "bridge"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    bridge
-        .run("ip", &["link", "set", "br0", "up"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut members = Vec::new();
-    for i in 1..=4u8 {
-        let m = NetNs::create(&format!("trt-adv-m{i}")).unwrap_or_else(|e| panic!("{e}"));
-        let port = format!("p{i}");
-        veth_pair(&m, "eth0", &bridge, &port).unwrap_or_else(|e| panic!("{e}"));
-        bridge
-            .run("ip", &["link", "set", &port, "master", "br0"])
-            .unwrap_or_else(|e| panic!("{e}"));
-        m.run(
-            "ip",
-            &["addr", "add", &format!("10.97.0.{i}/24"), "dev", "eth0"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        m.run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("fd97::{i}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        members.push(m);
-    }
+    let lan = Lan::create("trt-adv", 4, "10.97.0", "fd97::").unwrap_or_else(|e| panic!("{e}"));
+    let members = &lan.members;
     let bird = Router::start(
         Kind::Bird,
         &members[3],
@@ -135,8 +102,7 @@ fn setup() -> Setup {
         attacker,
         observer,
         bird,
-        _members: members,
-        _bridge: bridge,
+        _lan: lan,
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tortie_lab::netns::{NetNs, veth_pair};
+use tortie_lab::netns::{Lan, NetNs, veth_pair};
 use tortie_lab::routers::{Kind, PeerSpec, Router, RouterSpec};
 
 const T: Duration = Duration::from_secs(40);
@@ -422,50 +422,8 @@ fn frr_graceful_restart_of_tortie() {
 
 /// A LAN: a bridge in its own namespace and `n` member namespaces on it, member `i`
 /// (1-based) at 10.98.0.i/24 and fd98::i/64. Members come first so they drop first.
-struct Lan {
-    members: Vec<NetNs>,
-    _bridge: NetNs,
-}
-
 fn lan(n: u8) -> Lan {
-    let bridge = NetNs::create("trt-bgp-lan").unwrap_or_else(|e| panic!("{e}"));
-    bridge
-        .run("ip", &["link", "add", "br0", "type", "bridge"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    bridge
-        .run("ip", &["link", "set", "br0", "up"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut members = Vec::new();
-    for i in 1..=n {
-        let m = NetNs::create(&format!("trt-bgp-m{i}")).unwrap_or_else(|e| panic!("{e}"));
-        let port = format!("p{i}");
-        veth_pair(&m, "eth0", &bridge, &port).unwrap_or_else(|e| panic!("{e}"));
-        bridge
-            .run("ip", &["link", "set", &port, "master", "br0"])
-            .unwrap_or_else(|e| panic!("{e}"));
-        m.run(
-            "ip",
-            &["addr", "add", &format!("10.98.0.{i}/24"), "dev", "eth0"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        m.run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("fd98::{i}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        members.push(m);
-    }
-    Lan {
-        members,
-        _bridge: bridge,
-    }
+    Lan::create("trt-bgp", n, "10.98.0", "fd98::").unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// LAN member `i` peering with `peers` (address index, is an RR client of ours),
