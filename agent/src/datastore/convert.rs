@@ -99,22 +99,13 @@ pub fn block_from_crd(b: &crd::IPAMBlock) -> Result<Versioned<ipam::Block>, Stor
             cidr.object_name()
         )));
     }
-    let allocations = b.spec.allocations.iter().map(|a| {
-        let pod = a.pod.as_ref().map(|p| ipam::PodRef {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            uid: p.uid.clone(),
-        });
-        (
-            a.ordinal,
-            ipam::Allocation {
-                handle: ipam::Handle::from_raw(a.handle.clone()),
-                node: a.node.clone(),
-                pod,
-                sequence: a.sequence,
-            },
-        )
-    });
+    let allocations = b
+        .spec
+        .allocations
+        .iter()
+        .map(|r| ipam::record::decode(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
     let block = ipam::Block::from_parts(
         cidr,
         b.spec.affinity.clone(),
@@ -138,17 +129,7 @@ pub fn block_to_crd(b: &ipam::Block, revision: Option<&Revision>) -> crd::IPAMBl
             affinity: b.affinity.clone(),
             allocations: b
                 .allocations()
-                .map(|(ordinal, a)| crd::BlockAllocation {
-                    ordinal,
-                    handle: a.handle.as_str().to_owned(),
-                    node: a.node.clone(),
-                    pod: a.pod.as_ref().map(|p| crd::PodRef {
-                        namespace: p.namespace.clone(),
-                        name: p.name.clone(),
-                        uid: p.uid.clone(),
-                    }),
-                    sequence: a.sequence,
-                })
+                .map(|(ordinal, a)| ipam::record::encode(ordinal, a))
                 .collect(),
             sequence_number: b.sequence(),
             cursor: b.cursor(),
@@ -225,7 +206,7 @@ mod tests {
         let back = block_from_crd(&obj).unwrap();
         assert_eq!(back.value, b);
         assert_eq!(back.revision, Revision("7".into()));
-        obj.spec.allocations[0].ordinal = 64;
+        obj.spec.allocations[0] = obj.spec.allocations[0].replacen("0 ", "64 ", 1);
         let err = block_from_crd(&obj).unwrap_err().to_string();
         assert!(
             err.contains("10-244-1-64-26") && err.contains("ordinal 64"),

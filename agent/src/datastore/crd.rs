@@ -52,31 +52,6 @@ pub struct IPPoolSpec {
     pub strict_affinity: bool,
 }
 
-/// Who holds one address of a block.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BlockAllocation {
-    /// Position of the address in the block.
-    pub ordinal: u32,
-    /// `<network>.<containerID>`.
-    pub handle: String,
-    /// The node whose agent allocated it.
-    pub node: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodRef>,
-    /// The block's sequence number when the address was allocated.
-    pub sequence: u64,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PodRef {
-    pub namespace: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-}
-
 /// A block of addresses and, inside it, every allocation: the handle lives in the block so
 /// that one write takes an address and records its owner.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -94,8 +69,12 @@ pub struct IPAMBlockSpec {
     /// The node the block belongs to; unset once that node was deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<String>,
+    /// One record per allocated address, by ordinal:
+    /// `ORDINAL SEQUENCE HANDLE NODE [NAMESPACE NAME [UID]]` (the address's position in the
+    /// block, the block's sequence number when it was taken, `<network>.<containerID>`, the
+    /// node whose agent took it, and its pod).
     #[serde(default)]
-    pub allocations: Vec<BlockAllocation>,
+    pub allocations: Vec<String>,
     #[serde(default)]
     pub sequence_number: u64,
     /// Next ordinal to try (allocation is next-fit).

@@ -135,22 +135,52 @@ impl KernelRouteTable {
         Ok(())
     }
 
+    /// The ifindex of `dev`; an unknown name is asked for alone, not with a dump of every
+    /// link: on a node with a hundred pods that dump was most of a pod's route install.
     fn ifindex(&mut self, dev: &str) -> Result<Option<u32>, NetlinkError> {
         if let Some(i) = self.links_by_name.get(dev) {
             return Ok(Some(*i));
         }
-        self.refresh_links()?;
-        Ok(self.links_by_name.get(dev).copied())
+        let mut by_name = LinkMessage::default();
+        by_name
+            .attributes
+            .push(LinkAttribute::IfName(dev.to_owned()));
+        let index = match self.query(RouteNetlinkMessage::GetLink(by_name), false) {
+            Ok(answer) => answer.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(link.header.index),
+                _ => None,
+            }),
+            Err(NetlinkError::Refused(e)) if e.raw_os_error() == Some(libc::ENODEV) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(index) = index {
+            self.links_by_name.insert(dev.to_owned(), index);
+            self.links_by_index.insert(index, dev.to_owned());
+        }
+        Ok(index)
     }
 
-    /// Sends one dump request and collects every message of the multipart answer.
     fn dump_request(
         &mut self,
         request: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        self.query(request, true)
+    }
+
+    /// Sends one request and collects its answer: every message of a dump's multipart
+    /// answer, or the one message a plain GET gets.
+    fn query(
+        &mut self,
+        request: RouteNetlinkMessage,
+        dump: bool,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         let seq = self.next_seq();
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.flags = if dump {
+            NLM_F_REQUEST | NLM_F_DUMP
+        } else {
+            NLM_F_REQUEST
+        };
         header.sequence_number = seq;
         let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
         msg.finalize();
@@ -169,10 +199,13 @@ impl KernelRouteTable {
                     return Ok(()); // a late ACK from an abandoned batch
                 }
                 match msg.payload {
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        done |= !dump;
+                    }
                     NetlinkPayload::Done(_) => done = true,
                     NetlinkPayload::Error(e) => {
-                        return Err(NetlinkError::Dump(e.to_io()));
+                        return Err(NetlinkError::Refused(e.to_io()));
                     }
                     _ => {}
                 }

@@ -181,8 +181,8 @@ pub enum NetlinkError {
     Timeout(std::time::Duration),
     #[error("netlink: cannot parse the kernel's answer: {0}")]
     Decode(String),
-    #[error("netlink dump failed: {0}")]
-    Dump(std::io::Error),
+    #[error("netlink: the kernel refused the request: {0}")]
+    Refused(std::io::Error),
     #[error("entering network namespace {path}: {source}")]
     Netns {
         path: String,

@@ -147,18 +147,18 @@ fn allocations_from_json(text: &str) -> Result<BTreeMap<String, Vec<IpAddr>>, Po
         let cidr: IpNet = cidr_text
             .parse()
             .map_err(|_| PodError::Invalid(format!("IPAMBlock with cidr {cidr_text:?}")))?;
-        for a in block["spec"]["allocations"]
+        for record in block["spec"]["allocations"]
             .as_array()
             .into_iter()
             .flatten()
         {
-            let (Some(handle), Some(ordinal)) = (a["handle"].as_str(), a["ordinal"].as_u64())
-            else {
-                return Err(PodError::Invalid(format!(
-                    "allocation without handle or ordinal in block {cidr}: {a}"
-                )));
-            };
-            let addr = nth(cidr, ordinal).ok_or_else(|| {
+            let (ordinal, allocation) = record
+                .as_str()
+                .ok_or_else(|| format!("{record} is not a string"))
+                .and_then(|r| tortie_ipam::record::decode(r).map_err(|e| e.to_string()))
+                .map_err(|e| PodError::Invalid(format!("block {cidr}: {e}")))?;
+            let handle = allocation.handle.as_str();
+            let addr = nth(cidr, u64::from(ordinal)).ok_or_else(|| {
                 PodError::Invalid(format!("ordinal {ordinal} outside block {cidr}"))
             })?;
             out.entry(handle.to_owned()).or_default().push(addr);
@@ -188,10 +188,8 @@ mod tests {
     fn allocations_are_read_by_handle_and_ordinal() {
         let text = json!({"items": [
             {"spec": {"cidr": "10.244.0.64/26", "allocations": [
-                {"handle": "k8s-pod-network.a", "node": "node-1", "ordinal": 0, "sequence": 1},
-                {"handle": "k8s-pod-network.b", "node": "node-1", "ordinal": 5, "sequence": 2}]}},
-            {"spec": {"cidr": "fd00::/122", "allocations": [
-                {"handle": "k8s-pod-network.a", "node": "node-1", "ordinal": 3, "sequence": 1}]}},
+                "0 1 k8s-pod-network.a node-1", "5 2 k8s-pod-network.b node-1 ns p"]}},
+            {"spec": {"cidr": "fd00::/122", "allocations": ["3 1 k8s-pod-network.a node-1"]}},
         ]})
         .to_string();
         let got = allocations_from_json(&text).unwrap_or_else(|e| panic!("{e}"));
@@ -201,7 +199,7 @@ mod tests {
             vec![ip("10.244.0.64"), ip("fd00::3")]
         );
         assert_eq!(got["k8s-pod-network.b"], vec![ip("10.244.0.69")]);
-        let outside = json!({"items": [{"spec": {"cidr": "10.0.0.0/30", "allocations": [{"handle": "h", "ordinal": 4}]}}]});
+        let outside = json!({"items": [{"spec": {"cidr": "10.0.0.0/30", "allocations": ["4 1 h node-1"]}}]});
         assert!(allocations_from_json(&outside.to_string()).is_err());
     }
 }
