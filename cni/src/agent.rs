@@ -37,10 +37,13 @@ impl AgentError {
     }
 }
 
-// The binary runs a current-thread runtime and never moves these futures between threads,
-// so the futures need not be Send.
+// The binary polls these futures only inside `block_on` on its main thread (its one worker
+// thread runs tonic's own tasks), never moving them between threads: no Send needed.
 #[allow(async_fn_in_trait)]
 pub trait Agent {
+    /// Opens the connection ahead of the first call, so ADD can pay for it while it looks
+    /// at the pod; an unreachable agent shows here, before anything is changed.
+    async fn connect(&mut self) -> Result<(), AgentError>;
     async fn allocate(&mut self, req: AllocateRequest) -> Result<AllocateReply, AgentError>;
     async fn endpoint_ready(&mut self, req: EndpointReadyRequest) -> Result<(), AgentError>;
     /// Returns how many addresses were released (0 for an unknown attachment).
@@ -127,6 +130,10 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Agent for GrpcAgent {
+    async fn connect(&mut self) -> Result<(), AgentError> {
+        self.channel().await.map(|_| ())
+    }
+
     async fn allocate(&mut self, req: AllocateRequest) -> Result<AllocateReply, AgentError> {
         let mut client = CniClient::new(self.channel().await?);
         self.call("Allocate", client.allocate(req)).await

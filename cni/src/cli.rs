@@ -80,9 +80,13 @@ pub fn run(
     };
     init_logging(conf.log_level);
 
-    // One thread is enough: the plugin makes a handful of sequential calls, and netns work
-    // runs on its own dedicated thread anyway.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // One worker thread besides this one. ADD makes the veth pair with blocking netlink
+    // calls on this thread while Allocate is in flight, and tonic drives the request onto
+    // the socket (and its reply back) in tasks it spawns. On a current-thread runtime those
+    // tasks would run only when this thread yields, i.e. after the blocking work, and the
+    // overlap would be lost; the worker runs them meanwhile. Netns work has its own thread.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_io()
         .enable_time()
         .build()

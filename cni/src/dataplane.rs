@@ -46,7 +46,27 @@ pub struct HostState {
     pub proxy_arp: bool,
 }
 
-/// What `create` made that the result reports.
+/// A veth pair before the allocation is known: names, namespace and a provisional MTU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairSpec {
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub host_ifname: String,
+    pub mtu: u32,
+}
+
+impl PairSpec {
+    pub fn for_plan(plan: &PodPlan) -> PairSpec {
+        PairSpec {
+            netns: plan.netns.clone(),
+            ifname: plan.ifname.clone(),
+            host_ifname: plan.host_ifname.clone(),
+            mtu: plan.mtu,
+        }
+    }
+}
+
+/// What the wiring made that the result reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
     pub pod_mac: String,
@@ -70,7 +90,8 @@ impl DataplaneError {
 }
 
 // Async so that pod-namespace work (on its own thread) can overlap agent calls, as DEL's
-// link deletion and Release do. The binary's runtime is single-threaded: no Send needed.
+// link deletion and Release do. The binary polls them only inside `block_on` on its main
+// thread: no Send needed.
 #[allow(async_fn_in_trait)]
 pub trait Dataplane {
     /// The pod-side link `ifname` in `netns`, or `None` when the namespace has no such link.
@@ -86,10 +107,28 @@ pub trait Dataplane {
     /// The host-side link `name` in the plugin's own namespace.
     async fn host_state(&mut self, name: &str) -> Result<Option<HostState>, DataplaneError>;
 
-    /// Wires the pod as `plan` says: the veth pair (peer created inside the pod netns in the
-    /// same request), the host sysctls, the pod's addresses and routes. On error it may
-    /// leave a partial pair behind; the caller removes it with [`Dataplane::delete_host_link`].
-    async fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError>;
+    /// The part of the wiring that needs no allocation, so ADD can do it while Allocate is
+    /// in flight: the veth pair in one request (the peer created inside `pair.netns`), with
+    /// `pair.mtu` on both ends and both ends down, and the host side's IPv4 sysctls. On
+    /// error it may leave a partial pair behind; the caller removes it with
+    /// [`Dataplane::delete_host_link`].
+    async fn create_pair(&mut self, pair: &PairSpec) -> Result<(), DataplaneError>;
+
+    /// The rest, once the allocation is known: the IPv6 host sysctls when `plan` has IPv6,
+    /// the host side up, the pod's link up with its addresses and routes; both ends get
+    /// `plan.mtu` when it differs from `pair_mtu`, the MTU [`Dataplane::create_pair`] used.
+    /// Same cleanup contract as `create_pair`.
+    async fn configure_pod(
+        &mut self,
+        plan: &PodPlan,
+        pair_mtu: u32,
+    ) -> Result<Created, DataplaneError>;
+
+    /// Both steps one after the other, for when there is nothing to overlap them with.
+    async fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
+        self.create_pair(&PairSpec::for_plan(plan)).await?;
+        self.configure_pod(plan, plan.mtu).await
+    }
 
     /// Deletes a host-side link (and with it its veth peer). `Ok(false)` if absent.
     async fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError>;
@@ -112,7 +151,9 @@ pub mod fake {
     pub enum Call {
         PodState(PathBuf, String),
         HostState(String),
-        Create(PodPlan),
+        CreatePair(PairSpec),
+        /// The plan, and the MTU the pair was created with.
+        ConfigurePod(PodPlan, u32),
         DeleteHostLink(String),
         DeletePodLink(PathBuf, String),
     }
@@ -125,7 +166,11 @@ pub mod fake {
         pub netns: PathBuf,
         pub ifname: String,
         pub pod_index: u32,
+        /// The pod end's MTU.
         pub mtu: u32,
+        pub host_mtu: u32,
+        /// Whether `configure_pod` brought both ends up.
+        pub up: bool,
         pub addresses: Vec<IpNet>,
         pub routes: Vec<PodRouteState>,
         pub proxy_arp: bool,
@@ -138,8 +183,10 @@ pub mod fake {
         pub pairs: Vec<Pair>,
         /// Links in pod namespaces that are not ours (e.g. a dummy "eth0").
         pub foreign: BTreeMap<(PathBuf, String), u32>,
-        /// Makes `create` make the pair and then fail, as when a route add is refused.
-        pub fail_create_after_veth: bool,
+        /// Makes `create_pair` make the pair and then fail, as when a sysctl write is refused.
+        pub fail_create_pair: bool,
+        /// Makes `configure_pod` configure and then fail, as when a route add is refused.
+        pub fail_configure: bool,
         next_index: u32,
     }
 
@@ -209,7 +256,7 @@ pub mod fake {
                         kind: Some("veth".into()),
                         mac: Some(mac_for(p.pod_index)),
                         mtu: p.mtu,
-                        up: true,
+                        up: p.up,
                         peer_index: Some(p.host_index),
                     },
                     addresses: if detail { p.addresses.clone() } else { vec![] },
@@ -224,27 +271,27 @@ pub mod fake {
                     index: p.host_index,
                     kind: Some("veth".into()),
                     mac: Some(crate::plan::format_mac(&HOST_MAC)),
-                    mtu: p.mtu,
-                    up: true,
+                    mtu: p.host_mtu,
+                    up: p.up,
                     peer_index: Some(p.pod_index),
                 },
                 proxy_arp: p.proxy_arp,
             }))
         }
 
-        async fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
-            self.calls.push(Call::Create(plan.clone()));
-            if !self.netns.contains(&plan.netns) {
-                return Err(DataplaneError::NetnsMissing(plan.netns.clone()));
+        async fn create_pair(&mut self, pair: &PairSpec) -> Result<(), DataplaneError> {
+            self.calls.push(Call::CreatePair(pair.clone()));
+            if !self.netns.contains(&pair.netns) {
+                return Err(DataplaneError::NetnsMissing(pair.netns.clone()));
             }
-            if self.pair(&plan.host_ifname).is_some()
+            if self.pair(&pair.host_ifname).is_some()
                 || self
                     .foreign
-                    .contains_key(&(plan.netns.clone(), plan.ifname.clone()))
+                    .contains_key(&(pair.netns.clone(), pair.ifname.clone()))
                 || self
                     .pairs
                     .iter()
-                    .any(|p| p.netns == plan.netns && p.ifname == plan.ifname)
+                    .any(|p| p.netns == pair.netns && p.ifname == pair.ifname)
             {
                 return Err(DataplaneError::failed(
                     "create veth",
@@ -252,7 +299,49 @@ pub mod fake {
                 ));
             }
             let (host_index, pod_index) = (self.index(), self.index());
-            let routes = plan
+            self.pairs.push(Pair {
+                host: pair.host_ifname.clone(),
+                host_index,
+                netns: pair.netns.clone(),
+                ifname: pair.ifname.clone(),
+                pod_index,
+                mtu: pair.mtu,
+                host_mtu: pair.mtu,
+                up: false,
+                addresses: vec![],
+                routes: vec![],
+                proxy_arp: true,
+            });
+            if self.fail_create_pair {
+                return Err(DataplaneError::failed(
+                    "write 1 to /proc/sys/net/ipv4/conf/x/proxy_arp",
+                    "Permission denied (os error 13)",
+                ));
+            }
+            Ok(())
+        }
+
+        async fn configure_pod(
+            &mut self,
+            plan: &PodPlan,
+            pair_mtu: u32,
+        ) -> Result<Created, DataplaneError> {
+            self.calls.push(Call::ConfigurePod(plan.clone(), pair_mtu));
+            let fail = self.fail_configure;
+            let Some(pair) = self.pairs.iter_mut().find(|p| p.host == plan.host_ifname) else {
+                return Err(DataplaneError::failed(
+                    format!("set {} up", plan.host_ifname),
+                    "No such device (os error 19)",
+                ));
+            };
+            if pair.mtu != pair_mtu {
+                return Err(DataplaneError::failed(
+                    "configure",
+                    format!("the pair has MTU {}, the caller says {pair_mtu}", pair.mtu),
+                ));
+            }
+            let pod_index = pair.pod_index;
+            pair.routes = plan
                 .routes
                 .iter()
                 .map(|r| match *r {
@@ -270,18 +359,11 @@ pub mod fake {
                     },
                 })
                 .collect();
-            self.pairs.push(Pair {
-                host: plan.host_ifname.clone(),
-                host_index,
-                netns: plan.netns.clone(),
-                ifname: plan.ifname.clone(),
-                pod_index,
-                mtu: plan.mtu,
-                addresses: plan.addresses.clone(),
-                routes,
-                proxy_arp: true,
-            });
-            if self.fail_create_after_veth {
+            pair.mtu = plan.mtu;
+            pair.host_mtu = plan.mtu;
+            pair.up = true;
+            pair.addresses = plan.addresses.clone();
+            if fail {
                 return Err(DataplaneError::failed(
                     "add route",
                     "Network is unreachable (os error 101)",

@@ -266,6 +266,71 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
     assert!(calls.iter().any(|c| c.starts_with("Release")), "{calls:?}");
 }
 
+/// The MTU of `name` as `ip -j link` reports it in `ns`.
+fn mtu_of(ns: &NetNs, name: &str) -> u64 {
+    let out = ns.ip(&["-j", "link", "show", "dev", name]);
+    let links: Value = serde_json::from_str(&out).unwrap();
+    links[0]["mtu"].as_u64().unwrap()
+}
+
+/// The pair is made while Allocate is in flight, before the agent's MTU is known; both ends
+/// must still end with the agent's MTU (above and below the provisional 1500), or with the
+/// config's when it has one.
+#[test]
+fn both_ends_get_the_agents_mtu_when_it_differs_from_the_provisional_one() {
+    let node = node_ns();
+    let agent = TestAgent::start(&node);
+    for (agent_mtu, config_mtu, want) in [
+        (1450, None, 1450),
+        (9000, None, 9000),
+        (1450, Some(1400), 1400),
+    ] {
+        agent.state.lock().unwrap().mtu = Some(agent_mtu);
+        let pod = NetNs::new("cni-pod");
+        let name = unique("web");
+        let inv = Invocation::kubelet(&name, &unique("cid"), &pod.path());
+        let c = match config_mtu {
+            Some(m) => with(conf("1.0.0", &agent.socket), json!({ "mtu": m })),
+            None => conf("1.0.0", &agent.socket).to_string(),
+        };
+        let result = exec(&node, &tortie(), "ADD", &inv, &c).ok().json();
+        let host_if = expected_host_ifname(&name);
+        assert_eq!(
+            (mtu_of(&pod, "eth0"), mtu_of(&node, &host_if)),
+            (want, want),
+            "agent {agent_mtu}, config {config_mtu:?}"
+        );
+        assert!(node.ping(&address_of(&result)));
+        let prev = with(conf("1.0.0", &agent.socket), json!({ "prevResult": result }));
+        exec(&node, &tortie(), "CHECK", &inv, &prev).ok();
+        exec(&node, &tortie(), "DEL", &inv, &c).ok();
+    }
+}
+
+/// The pair made during a refused Allocate is gone again, and nothing was released (nothing
+/// was allocated) or readied.
+#[test]
+fn refused_allocate_removes_the_pair_made_meanwhile() {
+    let node = node_ns();
+    let agent = TestAgent::start(&node);
+    agent.state.lock().unwrap().fail_allocate = true;
+    let pod = NetNs::new("cni-pod");
+    let inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
+    let err = exec(
+        &node,
+        &tortie(),
+        "ADD",
+        &inv,
+        &conf("1.0.0", &agent.socket).to_string(),
+    )
+    .error(103);
+    assert!(err["msg"].as_str().unwrap().contains("Allocate"), "{err}");
+    assert!(tort_links(&node).is_empty(), "{:?}", tort_links(&node));
+    assert!(!pod.has_link("eth0"));
+    let calls = agent.state.lock().unwrap().calls.clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+}
+
 #[test]
 fn error_paths_print_cni_errors_with_the_spec_codes() {
     let node = node_ns();

@@ -7,7 +7,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::{Agent, AgentError};
 use crate::config::NetConf;
-use crate::dataplane::{Dataplane, DataplaneError};
+use crate::dataplane::{Dataplane, DataplaneError, PairSpec};
 use crate::env::{CniEnv, Command};
 use crate::error::{CniError, Code};
 use crate::plan;
@@ -103,12 +103,15 @@ async fn add<A: Agent, D: Dataplane>(
     let host_if = host_ifname(env);
 
     // Look before touching anything: a CNI_IFNAME that is not our own earlier wiring of this
-    // pod is someone else's, and ADD must fail without changing it (or allocating).
-    let existing = dp
-        .pod_state(&netns, &env.ifname, false)
-        .await
-        .map_err(dataplane_error)?;
-    let host = dp.host_state(&host_if).await.map_err(dataplane_error)?;
+    // pod is someone else's, and ADD must fail without changing it (or allocating). The
+    // agent's connection is opened meanwhile, so an unreachable agent also fails the ADD
+    // before anything is changed, and Allocate below pays only for its own round trip.
+    let (connected, looked) = tokio::join!(agent.connect(), async {
+        let existing = dp.pod_state(&netns, &env.ifname, false).await?;
+        let host = dp.host_state(&host_if).await?;
+        Ok::<_, DataplaneError>((existing, host))
+    });
+    let (existing, host) = looked.map_err(dataplane_error)?;
     if let Some(pod_link) = &existing
         && !plan::is_our_pair(pod_link, host.as_ref())
     {
@@ -118,6 +121,7 @@ async fn add<A: Agent, D: Dataplane>(
         )
         .with_details("tortie does not take over an interface it did not create; pick another CNI_IFNAME or remove it"));
     }
+    connected.map_err(|e| agent_error("connect", e))?;
 
     debug!(
         exists = existing.is_some(),
@@ -125,14 +129,10 @@ async fn add<A: Agent, D: Dataplane>(
         "looked before wiring"
     );
     let att = attachment(env, conf);
-    let reply = agent
-        .allocate(AllocateRequest {
-            attachment: Some(att.clone()),
-            pod: pod(env),
-        })
-        .await
-        .map_err(|e| agent_error("Allocate", e))?;
-    debug!(?reply, "allocated");
+    let request = AllocateRequest {
+        attachment: Some(att.clone()),
+        pod: pod(env),
+    };
 
     let undo = async |agent: &mut A, dp: &mut D, err: CniError| -> CniError {
         if let Err(e) = dp.delete_host_link(&host_if).await {
@@ -145,24 +145,62 @@ async fn add<A: Agent, D: Dataplane>(
         err
     };
 
-    let plan = match plan::plan_add(netns, &env.ifname, host_if.clone(), conf.mtu, &reply) {
-        Ok(p) => p,
-        Err(e) => return Err(undo(agent, dp, e).await),
-    };
-
-    // A host veth with our name is an earlier wiring of this pod: a repeated ADD of this
-    // sandbox (then `existing` is its peer) or a previous sandbox of the same pod. The
-    // allocation is the same either way, so wire afresh rather than trust a half-made pair.
-    if host.is_some() {
+    let (reply, plan, created) = if host.is_some() {
+        // A host veth with our name is an earlier wiring of this pod: a repeated ADD of this
+        // sandbox (then `existing` is its peer) or a previous sandbox of the same pod. The
+        // allocation is the same either way, so wire afresh rather than trust a half-made
+        // pair; but only once Allocate has answered, so a failing Allocate never destroys
+        // a wiring that works. Rare, so no overlap here.
+        let reply = agent
+            .allocate(request)
+            .await
+            .map_err(|e| agent_error("Allocate", e))?;
+        debug!(?reply, "allocated");
+        let plan = match plan::plan_add(netns, &env.ifname, host_if.clone(), conf.mtu, &reply) {
+            Ok(p) => p,
+            Err(e) => return Err(undo(agent, dp, e).await),
+        };
         info!(host_if, "replacing an earlier veth of this pod");
         if let Err(e) = dp.delete_host_link(&host_if).await {
             return Err(undo(agent, dp, dataplane_error(e)).await);
         }
-    }
-
-    let created = match dp.create(&plan).await {
-        Ok(c) => c,
-        Err(e) => return Err(undo(agent, dp, dataplane_error(e)).await),
+        match dp.create(&plan).await {
+            Ok(c) => (reply, plan, c),
+            Err(e) => return Err(undo(agent, dp, dataplane_error(e)).await),
+        }
+    } else {
+        // The pair needs no allocation, so it is made while Allocate is in flight (the
+        // datastore write is most of an ADD). Its MTU can only be provisional: the agent's
+        // comes with the reply, and `configure_pod` corrects both ends when it differs.
+        let pair = PairSpec {
+            netns: netns.clone(),
+            ifname: env.ifname.clone(),
+            host_ifname: host_if.clone(),
+            mtu: conf.mtu.unwrap_or(plan::DEFAULT_MTU),
+        };
+        let (allocated, paired) = tokio::join!(agent.allocate(request), dp.create_pair(&pair));
+        let reply = match allocated {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing was allocated: only the pair (whole or partial) is to be undone.
+                if let Err(e) = dp.delete_host_link(&host_if).await {
+                    warn!(error = %e, host_if, "cleanup after a failed Allocate could not delete the veth");
+                }
+                return Err(agent_error("Allocate", e));
+            }
+        };
+        debug!(?reply, "allocated");
+        if let Err(e) = paired {
+            return Err(undo(agent, dp, dataplane_error(e)).await);
+        }
+        let plan = match plan::plan_add(netns, &env.ifname, host_if.clone(), conf.mtu, &reply) {
+            Ok(p) => p,
+            Err(e) => return Err(undo(agent, dp, e).await),
+        };
+        match dp.configure_pod(&plan, pair.mtu).await {
+            Ok(c) => (reply, plan, c),
+            Err(e) => return Err(undo(agent, dp, dataplane_error(e)).await),
+        }
     };
 
     debug!("veth and pod side configured");

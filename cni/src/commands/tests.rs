@@ -39,6 +39,8 @@ struct FakeAgent {
     next: u8,
     mtu: u32,
     unavailable: bool,
+    /// Allocate alone fails with this (the connection works).
+    fail_allocate: Option<AgentError>,
     not_ready: bool,
     fail_endpoint_ready: bool,
 }
@@ -66,9 +68,17 @@ impl FakeAgent {
 }
 
 impl Agent for FakeAgent {
+    async fn connect(&mut self) -> Result<(), AgentError> {
+        // Not recorded: it changes nothing the tests look at.
+        self.gate()
+    }
+
     async fn allocate(&mut self, req: AllocateRequest) -> Result<AllocateReply, AgentError> {
         self.calls.push(AgentCall::Allocate(req.clone()));
         self.gate()?;
+        if let Some(e) = self.fail_allocate.clone() {
+            return Err(e);
+        }
         let k = key(req
             .attachment
             .as_ref()
@@ -339,9 +349,179 @@ fn a_new_sandbox_of_the_same_pod_replaces_the_old_host_veth() {
 }
 
 #[test]
-fn failed_create_leaves_no_veth_and_no_allocation() {
+fn fresh_add_makes_the_pair_with_a_provisional_mtu_and_corrects_it() {
+    // No MTU in the config: the pair is made before the agent's 1450 is known, with the
+    // plugin's default, and configure_pod gets told so it can set 1450 on both ends.
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
-    dp.fail_create_after_veth = true;
+    exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, json!({})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap();
+    let mutating: Vec<Call> = dp.mutating_calls().into_iter().cloned().collect();
+    let [Call::CreatePair(pair), Call::ConfigurePod(plan, pair_mtu)] = mutating.as_slice() else {
+        panic!("one pair, then its configuration: {mutating:?}");
+    };
+    assert_eq!(pair.mtu, crate::plan::DEFAULT_MTU);
+    assert_eq!((plan.mtu, *pair_mtu), (1450, crate::plan::DEFAULT_MTU));
+    let p = dp.pair(&host_if()).unwrap();
+    assert_eq!((p.mtu, p.host_mtu, p.up), (1450, 1450, true));
+}
+
+#[test]
+fn config_mtu_is_the_pairs_mtu_from_the_start() {
+    let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
+    exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, json!({"mtu": 1380})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap();
+    assert!(
+        dp.calls
+            .iter()
+            .any(|c| matches!(c, Call::CreatePair(p) if p.mtu == 1380)),
+        "{:?}",
+        dp.calls
+    );
+    assert!(
+        dp.calls
+            .iter()
+            .any(|c| matches!(c, Call::ConfigurePod(p, 1380) if p.mtu == 1380)),
+        "{:?}",
+        dp.calls
+    );
+}
+
+#[test]
+fn failed_allocate_deletes_the_pair_made_meanwhile() {
+    for (err, code) in [
+        (
+            AgentError::Rejected("pool exhausted".into()),
+            Code::AgentRejected,
+        ),
+        (
+            AgentError::Unavailable("Aborted: lost a CAS race".into()),
+            Code::TryAgainLater,
+        ),
+    ] {
+        let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
+        agent.fail_allocate = Some(err);
+        let got = exec(
+            "ADD",
+            "c1",
+            &conf(Version::V1_0_0, json!({})),
+            &mut agent,
+            &mut dp,
+        )
+        .unwrap_err();
+        assert_eq!(got.code, code, "{got}");
+        assert!(
+            dp.calls.iter().any(|c| matches!(c, Call::CreatePair(_))),
+            "the pair was made during Allocate: {:?}",
+            dp.calls
+        );
+        assert!(dp.calls.contains(&Call::DeleteHostLink(host_if())));
+        assert!(dp.pairs.is_empty(), "{:?}", dp.pairs);
+        assert!(
+            !dp.calls.iter().any(|c| matches!(c, Call::ConfigurePod(..))),
+            "{:?}",
+            dp.calls
+        );
+        // Nothing was allocated, so nothing to release, and the pod was never ready.
+        assert!(
+            agent
+                .calls
+                .iter()
+                .all(|c| matches!(c, AgentCall::Allocate(_))),
+            "{:?}",
+            agent.calls
+        );
+    }
+}
+
+#[test]
+fn failed_pair_releases_the_allocation() {
+    let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
+    dp.fail_create_pair = true;
+    let err = exec(
+        "ADD",
+        "c1",
+        &conf(Version::V1_0_0, json!({})),
+        &mut agent,
+        &mut dp,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, Code::Dataplane, "{err}");
+    assert!(dp.pairs.is_empty(), "the partial pair is deleted: {:?}", dp.pairs);
+    assert!(agent.held.is_empty(), "{:?}", agent.held);
+    assert!(
+        agent.calls.iter().any(|c| matches!(c, AgentCall::Release(_))),
+        "{:?}",
+        agent.calls
+    );
+    assert!(
+        !agent
+            .calls
+            .iter()
+            .any(|c| matches!(c, AgentCall::EndpointReady(_))),
+        "{:?}",
+        agent.calls
+    );
+    assert!(
+        !dp.calls.iter().any(|c| matches!(c, Call::ConfigurePod(..))),
+        "{:?}",
+        dp.calls
+    );
+}
+
+#[test]
+fn failed_allocate_on_a_re_add_keeps_the_working_wiring() {
+    let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
+    let c = conf(Version::V1_0_0, json!({}));
+    exec("ADD", "c1", &c, &mut agent, &mut dp).unwrap();
+    let before = dp.pairs.clone();
+    dp.calls.clear();
+    agent.fail_allocate = Some(AgentError::Unavailable("DeadlineExceeded".into()));
+    let err = exec("ADD", "c1", &c, &mut agent, &mut dp).unwrap_err();
+    assert_eq!(err.code, Code::TryAgainLater, "{err}");
+    assert!(dp.mutating_calls().is_empty(), "{:?}", dp.calls);
+    assert_eq!(dp.pairs, before);
+}
+
+#[test]
+fn re_add_allocates_before_it_replaces_the_old_pair() {
+    let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
+    let c = conf(Version::V1_0_0, json!({}));
+    exec("ADD", "c1", &c, &mut agent, &mut dp).unwrap();
+    dp.calls.clear();
+    agent.calls.clear();
+    exec("ADD", "c1", &c, &mut agent, &mut dp).unwrap();
+    let mutating: Vec<Call> = dp.mutating_calls().into_iter().cloned().collect();
+    // Sequential and with the final MTU from the start: nothing to correct afterwards.
+    let [
+        Call::DeleteHostLink(h),
+        Call::CreatePair(pair),
+        Call::ConfigurePod(plan, pair_mtu),
+    ] = mutating.as_slice()
+    else {
+        panic!("{mutating:?}");
+    };
+    assert_eq!(h, &host_if());
+    assert_eq!((pair.mtu, plan.mtu, *pair_mtu), (1450, 1450, 1450));
+    assert!(matches!(agent.calls[0], AgentCall::Allocate(_)));
+    assert_eq!(dp.pair(&host_if()).unwrap().mtu, 1450);
+}
+
+#[test]
+fn failed_configure_leaves_no_veth_and_no_allocation() {
+    let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
+    dp.fail_configure = true;
     let err = exec(
         "ADD",
         "c1",

@@ -24,7 +24,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use self::netlink::Netlink;
 use self::worker::PodNetns;
 use crate::dataplane::{
-    Created, Dataplane, DataplaneError, HostState, LinkState, PodRouteState, PodState,
+    Created, Dataplane, DataplaneError, HostState, LinkState, PairSpec, PodRouteState, PodState,
 };
 use crate::plan::{HOST_MAC, PodPlan, PodRoute, format_mac};
 
@@ -244,21 +244,22 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), DataplaneError> {
         .map_err(|e| DataplaneError::failed(format!("write {value} to {path}"), e))
 }
 
-/// The host side's sysctls (DESIGN.md "Dataplane"): answer ARP for the gateway by proxy, at
-/// once, and forward; for IPv6, answer NDP by proxy and skip DAD so the link-local gateway
-/// works as soon as the link is up.
-fn host_sysctls(ifname: &str, ipv6: bool) -> Result<(), DataplaneError> {
+/// The host side's IPv4 sysctls (DESIGN.md "Dataplane"): answer ARP for the gateway by
+/// proxy, at once, and forward.
+fn host_sysctls_v4(ifname: &str) -> Result<(), DataplaneError> {
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/proxy_arp"), "1")?;
     write_sysctl(
         &format!("/proc/sys/net/ipv4/neigh/{ifname}/proxy_delay"),
         "0",
     )?;
-    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "1")?;
-    if ipv6 {
-        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/proxy_ndp"), "1")?;
-        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0")?;
-    }
-    Ok(())
+    write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "1")
+}
+
+/// For IPv6: answer NDP by proxy, and skip DAD so the link-local gateway works as soon as
+/// the link is up (so this must precede the host side coming up).
+fn host_sysctls_v6(ifname: &str) -> Result<(), DataplaneError> {
+    write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/proxy_ndp"), "1")?;
+    write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0")
 }
 
 fn up_flags(msg: &mut LinkMessage, up: bool) {
@@ -309,29 +310,28 @@ impl Dataplane for KernelDataplane {
         Ok(Some(HostState { link, proxy_arp }))
     }
 
-    async fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
-        let ipv6 = plan.has_ipv6();
+    async fn create_pair(&mut self, pair: &PairSpec) -> Result<(), DataplaneError> {
         // One request makes both ends: the peer message carries the pod namespace's fd
-        // (IFLA_NET_NS_FD), so the pod end is born inside the pod and never moves. The host
-        // end comes up with it (for IPv6 only after accept_dad=0). The pod end cannot: the
-        // kernel configures the peer before it pairs the two, so IFF_UP there fails with
-        // ENOTCONN (veth_open finds no peer); the pod-side batch below brings it up.
+        // (IFLA_NET_NS_FD), so the pod end is born inside the pod and never moves. Both ends
+        // stay down until `configure_pod`: the host end because, with IPv6, accept_dad=0
+        // must precede it coming up, and whether there is IPv6 is not known yet; the pod end
+        // because it cannot come up here anyway: the kernel configures the peer before it
+        // pairs the two, so IFF_UP there fails with ENOTCONN (veth_open finds no peer).
         let mut peer = LinkMessage::default();
         peer.attributes
-            .push(LinkAttribute::IfName(plan.ifname.clone()));
-        peer.attributes.push(LinkAttribute::Mtu(plan.mtu));
+            .push(LinkAttribute::IfName(pair.ifname.clone()));
+        peer.attributes.push(LinkAttribute::Mtu(pair.mtu));
         {
-            let pod = self.pod(&plan.netns)?;
+            let pod = self.pod(&pair.netns)?;
             peer.attributes
                 .push(LinkAttribute::NetNsFd(std::os::fd::AsRawFd::as_raw_fd(
                     &pod.fd(),
                 )));
         }
         let mut host = LinkMessage::default();
-        up_flags(&mut host, !ipv6);
         host.attributes
-            .push(LinkAttribute::IfName(plan.host_ifname.clone()));
-        host.attributes.push(LinkAttribute::Mtu(plan.mtu));
+            .push(LinkAttribute::IfName(pair.host_ifname.clone()));
+        host.attributes.push(LinkAttribute::Mtu(pair.mtu));
         host.attributes
             .push(LinkAttribute::Address(HOST_MAC.to_vec()));
         host.attributes.push(LinkAttribute::LinkInfo(vec![
@@ -345,21 +345,33 @@ impl Dataplane for KernelDataplane {
             )
             .map_err(|e| {
                 DataplaneError::failed(
-                    format!("create veth {} / {}", plan.host_ifname, plan.ifname),
+                    format!("create veth {} / {}", pair.host_ifname, pair.ifname),
                     e,
                 )
             })?;
+        host_sysctls_v4(&pair.host_ifname)
+    }
 
-        host_sysctls(&plan.host_ifname, ipv6)?;
-        if ipv6 {
-            let mut up = LinkMessage::default();
-            up_flags(&mut up, true);
-            up.attributes
-                .push(LinkAttribute::IfName(plan.host_ifname.clone()));
-            self.host()?
-                .request(RouteNetlinkMessage::SetLink(up), 0)
-                .map_err(|e| DataplaneError::failed(format!("set {} up", plan.host_ifname), e))?;
+    async fn configure_pod(
+        &mut self,
+        plan: &PodPlan,
+        pair_mtu: u32,
+    ) -> Result<Created, DataplaneError> {
+        // Only when the allocation differs from what `create_pair` guessed.
+        let mtu = (plan.mtu != pair_mtu).then_some(plan.mtu);
+        if plan.has_ipv6() {
+            host_sysctls_v6(&plan.host_ifname)?;
         }
+        let mut up = LinkMessage::default();
+        up_flags(&mut up, true);
+        up.attributes
+            .push(LinkAttribute::IfName(plan.host_ifname.clone()));
+        if let Some(mtu) = mtu {
+            up.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.host()?
+            .request(RouteNetlinkMessage::SetLink(up), 0)
+            .map_err(|e| DataplaneError::failed(format!("set {} up", plan.host_ifname), e))?;
 
         let (ifname, addresses, routes) = (
             plan.ifname.clone(),
@@ -379,12 +391,15 @@ impl Dataplane for KernelDataplane {
                 })?;
             // Each request with what it is, for the error message.
             let mut batch: Vec<(RouteNetlinkMessage, u16, String)> = Vec::new();
-            if !link.up {
-                let mut up = LinkMessage::default();
-                up.header.index = link.index;
-                up_flags(&mut up, true);
+            if !link.up || mtu.is_some() {
+                let mut set = LinkMessage::default();
+                set.header.index = link.index;
+                up_flags(&mut set, true);
+                if let Some(mtu) = mtu {
+                    set.attributes.push(LinkAttribute::Mtu(mtu));
+                }
                 batch.push((
-                    RouteNetlinkMessage::SetLink(up),
+                    RouteNetlinkMessage::SetLink(set),
                     0,
                     format!("set {ifname} up"),
                 ));

@@ -147,6 +147,10 @@ pub struct AgentState {
     pub next: u8,
     pub ready: bool,
     pub fail_endpoint_ready: bool,
+    /// Refuse every Allocate, as an agent with an exhausted pool does.
+    pub fail_allocate: bool,
+    /// The MTU Allocate reports, when not the default 1450.
+    pub mtu: Option<u32>,
     /// Hand out an IPv6 address (fd00:99::x/128) next to each IPv4 one.
     pub dual_stack: bool,
     /// Skip installing the host route (the timing harness: `ip` exec costs would swamp it).
@@ -180,6 +184,9 @@ impl Cni for TestAgentSvc {
         let k = key(&req.attachment)?;
         let mut st = self.state.lock().unwrap();
         st.calls.push(format!("Allocate {}", k.1));
+        if st.fail_allocate {
+            return Err(Status::resource_exhausted("the pool has no free address"));
+        }
         let addrs = match st.held.get(&k) {
             Some(a) => a.clone(),
             None => {
@@ -200,7 +207,8 @@ impl Cni for TestAgentSvc {
                 gateway: String::new(),
             })
             .collect();
-        Ok(Response::new(AllocateReply { ips, mtu: 1450 }))
+        let mtu = st.mtu.unwrap_or(1450);
+        Ok(Response::new(AllocateReply { ips, mtu }))
     }
 
     async fn endpoint_ready(
