@@ -3,8 +3,9 @@
 //!
 //! For every destination it keeps what we want there and what the kernel holds there, in
 //! one compact slot: a full BGP table is hundreds of thousands of routes, so the layout is
-//! chosen for memory. Keys and gateways are per family (an IPv4 slot is ~18 bytes, not
-//! the ~100 a `Route` in two maps would take) and device names are interned.
+//! chosen for memory. Keys and gateways are per family and every field is byte-aligned (an
+//! IPv4 entry is 15 bytes, not the ~100 a `Route` in two maps would take), and device names
+//! are interned.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -15,8 +16,16 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use super::RouteSet;
 use crate::netlink::{NextHop, OpFailure, Route, RouteOp};
 
-/// An interned device name.
-type DevId = u16;
+/// An interned device name: an index stored as bytes, so that it does not raise a slot's
+/// alignment (a `u16` would pad every IPv4 entry from 15 to 20 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DevId([u8; 2]);
+
+impl DevId {
+    fn index(self) -> usize {
+        usize::from(u16::from_ne_bytes(self.0))
+    }
+}
 
 /// A next hop as stored: like [`NextHop`], with the gateway in the family's own type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,14 +95,14 @@ impl Devices {
         if let Some(id) = self.ids.get(name) {
             return Some(*id);
         }
-        let id = DevId::try_from(self.names.len()).ok()?;
+        let id = DevId(u16::try_from(self.names.len()).ok()?.to_ne_bytes());
         self.names.push(name.to_owned());
         self.ids.insert(name.to_owned(), id);
         Some(id)
     }
 
     fn name(&self, id: DevId) -> String {
-        self.names.get(usize::from(id)).cloned().unwrap_or_default()
+        self.names.get(id.index()).cloned().unwrap_or_default()
     }
 }
 
@@ -456,7 +465,7 @@ fn observe<N: Family>(
 fn hop_satisfied<A: Copy + Into<IpAddr>>(want: Hop<A>, have: &Route, devices: &Devices) -> bool {
     match (want, &have.next_hop) {
         (Hop::Blackhole, NextHop::Blackhole) => true,
-        (Hop::Link(d), NextHop::Link { dev }) => devices.names.get(usize::from(d)) == Some(dev),
+        (Hop::Link(d), NextHop::Link { dev }) => devices.names.get(d.index()) == Some(dev),
         (
             Hop::Gateway { gw, dev, onlink },
             NextHop::Gateway {
@@ -469,9 +478,26 @@ fn hop_satisfied<A: Copy + Into<IpAddr>>(want: Hop<A>, have: &Route, devices: &D
                 && onlink == *have_onlink
                 && match dev {
                     None => true,
-                    Some(d) => have_dev.as_ref() == devices.names.get(usize::from(d)),
+                    Some(d) => have_dev.as_ref() == devices.names.get(d.index()),
                 }
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full table is half a million of these; a field that raises the alignment pads every
+    /// one of them (`scripts/lab bench bgp` reports the RSS per route).
+    #[test]
+    fn an_ipv4_entry_stays_byte_packed() {
+        assert_eq!(std::mem::align_of::<Slot<Ipv4Addr>>(), 1);
+        assert!(
+            std::mem::size_of::<(Ipv4Net, Slot<Ipv4Addr>)>() <= 15,
+            "{} bytes",
+            std::mem::size_of::<(Ipv4Net, Slot<Ipv4Addr>)>()
+        );
     }
 }
