@@ -107,6 +107,8 @@ pub struct Router {
     dir: PathBuf,
     child: Option<Child>,
     spec: RouterSpec,
+    /// The next start is a graceful restart's (see [`Router::restart_recovering`]).
+    recovering: bool,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -130,6 +132,7 @@ impl Router {
             dir,
             child: None,
             spec,
+            recovering: false,
         };
         router.spawn()?;
         router.wait_ready()?;
@@ -178,8 +181,11 @@ impl Router {
         let conf = match self.kind {
             Kind::Bird => {
                 let conf = dir.join("bird.conf");
-                cmd.arg("bird")
-                    .arg("-f")
+                cmd.arg("bird");
+                if self.recovering {
+                    cmd.arg("-R");
+                }
+                cmd.arg("-f")
                     .arg("-c")
                     .arg(&conf)
                     .arg("-s")
@@ -327,6 +333,23 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// Starts the router again the way a graceful restart does (after [`kill`](Self::kill)):
+    /// BIRD with `-R`, so that its OPEN says it restarted and kept its forwarding state
+    /// (RFC 4724 §3) and it waits for its peers' End-of-RIB. Only BIRD offers that mode from
+    /// its command line.
+    pub fn restart_recovering(&mut self) -> Result<(), Error> {
+        if self.kind != Kind::Bird {
+            return Err(Error::Invalid(format!(
+                "{:?} cannot be started in graceful-restart recovery mode",
+                self.kind
+            )));
+        }
+        self.recovering = true;
+        let restarted = self.restart();
+        self.recovering = false;
+        restarted
     }
 
     /// Whether the session with `peer` is Established.
@@ -570,9 +593,13 @@ impl Router {
         }
     }
 
-    /// Stops announcing `prefix`.
+    /// Stops originating `prefix`. While the router is down (after [`kill`](Self::kill)) only
+    /// its next start changes.
     pub fn withdraw(&mut self, prefix: IpNet) -> Result<(), Error> {
         self.spec.originate.retain(|p| *p != prefix);
+        if self.child.is_none() {
+            return Ok(());
+        }
         match self.kind {
             Kind::Bird => self.bird_reconfigure(),
             Kind::Frr => {

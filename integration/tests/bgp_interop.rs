@@ -420,6 +420,58 @@ fn frr_graceful_restart_of_tortie() {
     graceful_restart(Kind::Frr);
 }
 
+/// RFC 4724 with tortie as the helper of a real router: BIRD dies (SIGKILL: no
+/// NOTIFICATION) and comes back in recovery mode (`bird -R`). tortie's kernel keeps BIRD's
+/// routes while it is gone, the re-sent ones replace the stale ones without a withdrawal,
+/// and the one route BIRD no longer has after its restart is swept after its End-of-RIB.
+#[test]
+fn tortie_helps_bird_through_a_graceful_restart() {
+    let mut pr = pair(Kind::Bird, &PLAIN_ACTIVE);
+    pr.tortie
+        .wait_established(ip(PEER), T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.peer
+        .announce(net("10.23.0.0/24"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let all = has_all(&["10.2.0.0/24", "fd02::/64", "10.23.0.0/24"]);
+    pr.tortie
+        .wait_learned(T, "tortie installs BIRD's prefixes", &all)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let monitor = RouteMonitor::start(&pr._ns.0);
+
+    pr.peer.kill();
+    tortie_lab::routers::wait_for(T, "tortie to see the session drop", || {
+        Ok(!pr.tortie.established(ip(PEER))?)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    // BIRD is down: this only changes what it announces once it is back.
+    pr.peer
+        .withdraw(net("10.23.0.0/24"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..10 {
+        let kernel = pr.tortie.learned().unwrap_or_else(|e| panic!("{e}"));
+        assert!(all(&kernel), "kernel lost BIRD's routes: {kernel:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    pr.peer
+        .restart_recovering()
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_established(ip(PEER), T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.tortie
+        .wait_learned(T, "the route BIRD dropped to be swept after End-of-RIB", |s| {
+            !s.contains(&net("10.23.0.0/24")) && has_all(&["10.2.0.0/24", "fd02::/64"])(s)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deleted = monitor.deleted();
+    assert!(
+        deleted.len() == 1 && deleted.iter().all(|l| l.contains("10.23.0.0/24")),
+        "only the dropped route may leave the kernel during BIRD's restart: {deleted:?}"
+    );
+}
+
 /// A LAN: a bridge in its own namespace and `n` member namespaces on it, member `i`
 /// (1-based) at 10.98.0.i/24 and fd98::i/64. Members come first so they drop first.
 fn lan(n: u8) -> Lan {
