@@ -141,21 +141,7 @@ impl Lan {
             let port = format!("p{i}");
             veth_pair(&member, "eth0", &bridge, &port)?;
             bridge.run("ip", &["link", "set", &port, "master", "br0"])?;
-            member.run(
-                "ip",
-                &["addr", "add", &format!("{v4_net}.{i}/24"), "dev", "eth0"],
-            )?;
-            member.run(
-                "ip",
-                &[
-                    "addr",
-                    "add",
-                    &format!("{v6_net}{i}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            )?;
+            address_eth0(&member, i, v4_net, v6_net)?;
             members.push(member);
         }
         Ok(Lan {
@@ -163,4 +149,36 @@ impl Lan {
             _bridge: bridge,
         })
     }
+}
+
+/// Two namespaces on one veth link (`eth0` in each): the first at `{v4_net}.1/24` and
+/// `{v6_net}1/64`, the second at `.2` and `2`. Field order of the tuple is drop order.
+pub fn linked_pair(prefix: &str, v4_net: &str, v6_net: &str) -> io::Result<(NetNs, NetNs)> {
+    let a = NetNs::create(&format!("{prefix}-a"))?;
+    let b = NetNs::create(&format!("{prefix}-b"))?;
+    veth_pair(&a, "eth0", &b, "eth0")?;
+    address_eth0(&a, 1, v4_net, v6_net)?;
+    address_eth0(&b, 2, v4_net, v6_net)?;
+    Ok((a, b))
+}
+
+/// Host `i` of `{v4_net}.0/24` and `{v6_net}/64` on `eth0` (IPv6 without duplicate address
+/// detection, so it is usable at once).
+fn address_eth0(ns: &NetNs, i: u8, v4_net: &str, v6_net: &str) -> io::Result<()> {
+    ns.run(
+        "ip",
+        &["addr", "add", &format!("{v4_net}.{i}/24"), "dev", "eth0"],
+    )?;
+    ns.run(
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("{v6_net}{i}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    )?;
+    Ok(())
 }

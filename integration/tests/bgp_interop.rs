@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tortie_lab::netns::{Lan, NetNs, veth_pair};
+use tortie_lab::netns::{self, Lan, NetNs};
 use tortie_lab::routers::{Kind, PeerSpec, Router, RouterSpec};
 
 const T: Duration = Duration::from_secs(40);
@@ -77,28 +77,8 @@ fn spec(n: u8, passive: bool, password: Option<&str>) -> RouterSpec {
 }
 
 fn pair(kind: Kind, o: &Options) -> Pair {
-    let t = NetNs::create("trt-bgp-t").unwrap_or_else(|e| panic!("{e}"));
-    let p = NetNs::create("trt-bgp-p").unwrap_or_else(|e| panic!("{e}"));
-    veth_pair(&t, "eth0", &p, "eth0").unwrap_or_else(|e| panic!("{e}"));
-    for (ns, n) in [(&t, 1), (&p, 2)] {
-        ns.run(
-            "ip",
-            &["addr", "add", &format!("10.99.0.{n}/24"), "dev", "eth0"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        ns.run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("fd99::{n}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
+    let (t, p) =
+        netns::linked_pair("trt-bgp", "10.99.0", "fd99::").unwrap_or_else(|e| panic!("{e}"));
     let peer = Router::start(kind, &p, spec(2, !o.tortie_passive, o.peer_password))
         .unwrap_or_else(|e| panic!("{e}"));
     let tortie = Router::start(

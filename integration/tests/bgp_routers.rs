@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tortie_lab::netns::{NetNs, veth_pair};
+use tortie_lab::netns::{self, NetNs};
 use tortie_lab::routers::{Kind, PeerSpec, Router, RouterSpec};
 
 const T: Duration = Duration::from_secs(30);
@@ -19,29 +19,7 @@ fn net(s: &str) -> IpNet {
 
 /// Two namespaces on one link: 10.99.0.1 / fd99::1 and 10.99.0.2 / fd99::2.
 fn link() -> (NetNs, NetNs) {
-    let a = NetNs::create("trt-rt-a").unwrap_or_else(|e| panic!("{e}"));
-    let b = NetNs::create("trt-rt-b").unwrap_or_else(|e| panic!("{e}"));
-    veth_pair(&a, "eth0", &b, "eth0").unwrap_or_else(|e| panic!("{e}"));
-    for (ns, n) in [(&a, 1), (&b, 2)] {
-        ns.run(
-            "ip",
-            &["addr", "add", &format!("10.99.0.{n}/24"), "dev", "eth0"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        ns.run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("fd99::{n}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
-    (a, b)
+    netns::linked_pair("trt-rt", "10.99.0", "fd99::").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn spec(n: u8, originate: &[&str], passive: bool) -> RouterSpec {
