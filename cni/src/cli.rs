@@ -108,6 +108,9 @@ pub fn run(
     let mut dataplane = KernelDataplane::new();
     let result = runtime
         .block_on(crate::commands::run(&env, &conf, &mut agent, &mut dataplane).instrument(span));
+    // The answer is in hand and the process exits right after: waiting for the worker to
+    // wind down the agent's connection would only delay the runtime reading our stdout.
+    runtime.shutdown_background();
     match result {
         Ok(out) => Outcome {
             stdout: out.unwrap_or_default(),

@@ -301,7 +301,10 @@ fn both_ends_get_the_agents_mtu_when_it_differs_from_the_provisional_one() {
             "agent {agent_mtu}, config {config_mtu:?}"
         );
         assert!(node.ping(&address_of(&result)));
-        let prev = with(conf("1.0.0", &agent.socket), json!({ "prevResult": result }));
+        let prev = with(
+            conf("1.0.0", &agent.socket),
+            json!({ "prevResult": result }),
+        );
         exec(&node, &tortie(), "CHECK", &inv, &prev).ok();
         exec(&node, &tortie(), "DEL", &inv, &c).ok();
     }

@@ -178,7 +178,18 @@ async fn add<A: Agent, D: Dataplane>(
             host_ifname: host_if.clone(),
             mtu: conf.mtu.unwrap_or(plan::DEFAULT_MTU),
         };
-        let (allocated, paired) = tokio::join!(agent.allocate(request), dp.create_pair(&pair));
+        let (allocated, paired) = tokio::join!(
+            async {
+                let r = agent.allocate(request).await;
+                debug!(ok = r.is_ok(), "Allocate answered");
+                r
+            },
+            async {
+                let r = dp.create_pair(&pair).await;
+                debug!(ok = r.is_ok(), "veth pair made");
+                r
+            }
+        );
         let reply = match allocated {
             Ok(r) => r,
             Err(e) => {

@@ -458,10 +458,17 @@ fn failed_pair_releases_the_allocation() {
     )
     .unwrap_err();
     assert_eq!(err.code, Code::Dataplane, "{err}");
-    assert!(dp.pairs.is_empty(), "the partial pair is deleted: {:?}", dp.pairs);
+    assert!(
+        dp.pairs.is_empty(),
+        "the partial pair is deleted: {:?}",
+        dp.pairs
+    );
     assert!(agent.held.is_empty(), "{:?}", agent.held);
     assert!(
-        agent.calls.iter().any(|c| matches!(c, AgentCall::Release(_))),
+        agent
+            .calls
+            .iter()
+            .any(|c| matches!(c, AgentCall::Release(_))),
         "{:?}",
         agent.calls
     );

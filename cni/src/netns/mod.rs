@@ -8,7 +8,7 @@ mod worker;
 
 use std::io;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -34,6 +34,15 @@ use crate::plan::{HOST_MAC, PodPlan, PodRoute, format_mac};
 pub struct KernelDataplane {
     host: Option<Netlink>,
     pod: Option<PodNetns>,
+    /// The pod end as read right after `create_pair` made it, so `configure_pod` need not
+    /// read it again after the allocation arrives.
+    made: Option<MadePodEnd>,
+}
+
+struct MadePodEnd {
+    netns: PathBuf,
+    ifname: String,
+    link: LinkState,
 }
 
 impl KernelDataplane {
@@ -349,7 +358,22 @@ impl Dataplane for KernelDataplane {
                     e,
                 )
             })?;
-        host_sysctls_v4(&pair.host_ifname)
+        // The pod thread reads the new end (its index and MAC) while this thread writes the
+        // sysctls; polled first, the read is already on its way when the writes block.
+        self.made = None;
+        let name = pair.ifname.clone();
+        let read = self.pod(&pair.netns)?.run(move |nl| get_link(nl, &name));
+        let (read, sysctls) = tokio::join!(read, async { host_sysctls_v4(&pair.host_ifname) });
+        sysctls?;
+        // A failed read is not fatal here: `configure_pod` reads again and reports it.
+        if let Ok(Ok(Some(link))) = read {
+            self.made = Some(MadePodEnd {
+                netns: pair.netns.clone(),
+                ifname: pair.ifname.clone(),
+                link,
+            });
+        }
+        Ok(())
     }
 
     async fn configure_pod(
@@ -369,26 +393,41 @@ impl Dataplane for KernelDataplane {
         if let Some(mtu) = mtu {
             up.attributes.push(LinkAttribute::Mtu(mtu));
         }
-        self.host()?
-            .request(RouteNetlinkMessage::SetLink(up), 0)
-            .map_err(|e| DataplaneError::failed(format!("set {} up", plan.host_ifname), e))?;
-
+        let known = self
+            .made
+            .take()
+            .filter(|m| m.netns == plan.netns && m.ifname == plan.ifname)
+            .map(|m| m.link);
         let (ifname, addresses, routes) = (
             plan.ifname.clone(),
             plan.addresses.clone(),
             plan.routes.clone(),
         );
-        let pod = self.pod(&plan.netns)?;
+        self.host()?;
+        self.pod(&plan.netns)?;
+        let (Some(host), Some(pod)) = (self.host.as_mut(), self.pod.as_ref()) else {
+            return Err(DataplaneError::failed(
+                "configure",
+                "netlink sockets unavailable",
+            ));
+        };
         let netns = plan.netns.display().to_string();
-        pod.run(move |nl| -> Result<String, DataplaneError> {
-            let link = get_link(nl, &ifname)
-                .map_err(|e| DataplaneError::failed(format!("read {ifname}"), e))?
-                .ok_or_else(|| {
-                    DataplaneError::failed(
-                        format!("find {ifname} in {netns}"),
-                        "the new veth end is missing",
-                    )
-                })?;
+        // The pod side and the host side at once, on their two threads: the pod job is sent
+        // when first polled, before this thread blocks on the host's request. Neither waits
+        // for the other: the pod end can come up while the host end is still down (it then
+        // has no carrier until the host end follows), and its routes need only its own IFF_UP.
+        let configure = pod.run(move |nl| -> Result<String, DataplaneError> {
+            let link = match known {
+                Some(link) => link,
+                None => get_link(nl, &ifname)
+                    .map_err(|e| DataplaneError::failed(format!("read {ifname}"), e))?
+                    .ok_or_else(|| {
+                        DataplaneError::failed(
+                            format!("find {ifname} in {netns}"),
+                            "the new veth end is missing",
+                        )
+                    })?,
+            };
             // Each request with what it is, for the error message.
             let mut batch: Vec<(RouteNetlinkMessage, u16, String)> = Vec::new();
             if !link.up || mtu.is_some() {
@@ -430,9 +469,15 @@ impl Dataplane for KernelDataplane {
                 })?;
             link.mac
                 .ok_or_else(|| DataplaneError::failed(format!("read {ifname}"), "no MAC address"))
-        })
-        .await?
-        .map(|pod_mac| Created { pod_mac })
+        });
+        let host_ifname = &plan.host_ifname;
+        let host_up = async {
+            host.request(RouteNetlinkMessage::SetLink(up), 0)
+                .map_err(|e| DataplaneError::failed(format!("set {host_ifname} up"), e))
+        };
+        let (configured, host_up) = tokio::join!(configure, host_up);
+        host_up?;
+        configured?.map(|pod_mac| Created { pod_mac })
     }
 
     async fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
