@@ -294,6 +294,7 @@ pub async fn run_with(
                 graceful_restart: true,
             },
         )?;
+        crate::routes::watch_route_deletions(&handle);
         Some(handle)
     } else {
         None

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use tortie_node::netlink::{KernelRouteTable, Route, RouteOp, RouteTable};
+use tortie_node::netlink::{KernelRouteTable, Route, RouteDeletions, RouteOp, RouteTable};
 use tortie_node::routes::{ReconcilerConfig, RouteSet, spawn_reconciler};
 
 /// A namespace removed on drop. tortie-node must not depend on the lab crate, so this is a
@@ -45,9 +45,12 @@ impl Ns {
         run("ip", &full)
     }
 
+    fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/run/netns").join(&self.0)
+    }
+
     fn table(&self) -> KernelRouteTable {
-        KernelRouteTable::open_in_netns(&std::path::Path::new("/run/netns").join(&self.0))
-            .unwrap_or_else(|e| panic!("open table: {e}"))
+        KernelRouteTable::open_in_netns(&self.path()).unwrap_or_else(|e| panic!("open table: {e}"))
     }
 
     /// `ip route show proto 116` lines, IPv4 then IPv6, sorted.
@@ -149,6 +152,65 @@ async fn writes_every_route_kind_and_reads_it_back() {
     for (w, d) in want.iter().zip(&dumped) {
         assert!(w.satisfied_by(d), "wrote {w}, read back {d}");
     }
+}
+
+/// `ip route del` of a pod's route: the kernel announces it and the route is back at once,
+/// with no resync (the periodic one is an hour away here). Deleting a foreign route, or one
+/// of ours that we no longer want, writes nothing.
+#[tokio::test]
+async fn a_route_deleted_by_hand_is_put_back_at_once() {
+    let ns = Ns::new();
+    ns.ip(&["route", "add", "10.77.0.0/16", "dev", "up0", "proto", "dhcp"]);
+    let (h, _t) = spawn_reconciler(ns.table(), gr(false)).unwrap_or_else(|e| panic!("{e}"));
+    let deletions = RouteDeletions::open_in_netns(&ns.path()).unwrap_or_else(|e| panic!("{e}"));
+    let _watch = h
+        .repair_deletions(deletions)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pod = "10.244.1.5 dev tortpod scope link".to_string();
+    let block = "blackhole 10.244.1.0/26".to_string();
+    let failures = h
+        .update_and_wait(
+            vec![
+                Route::link(net("10.244.1.5/32"), "tortpod"),
+                Route::blackhole(net("10.244.1.0/26")),
+                Route::link(net("fd00:244:1::5/128"), "tortpod"),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(failures.is_empty(), "{failures:?}");
+
+    let back_within = |want: &[&String], secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            let ours = ns.ours();
+            if want.iter().all(|w| ours.contains(w)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    ns.ip(&["route", "del", "10.244.1.5/32"]);
+    ns.ip(&["route", "del", "blackhole", "10.244.1.0/26"]);
+    ns.ip(&["-6", "route", "del", "fd00:244:1::5/128"]);
+    assert!(back_within(&[&pod, &block], 5), "{:?}", ns.ours());
+    assert!(
+        ns.ours().iter().any(|l| l.starts_with("fd00:244:1::5 dev tortpod")),
+        "{:?}",
+        ns.ours()
+    );
+
+    // A route we gave up stays deleted; a foreign one is none of our business.
+    h.update_and_wait(vec![], vec![net("10.244.1.0/26")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ns.ip(&["route", "del", "10.77.0.0/16"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!back_within(&[&block], 1), "{:?}", ns.ours());
+    assert!(!ns.ip(&["route", "show"]).contains("10.77.0.0/16"));
+    assert!(ns.ours().contains(&pod), "{:?}", ns.ours());
 }
 
 #[tokio::test]

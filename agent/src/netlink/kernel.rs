@@ -68,18 +68,7 @@ impl KernelRouteTable {
         socket.connect(&SocketAddr::new(0, 0))?;
         // Short error messages: the kernel need not echo our request back in each NACK.
         socket.set_cap_ack(true)?;
-        setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &RCVBUF)
-            .map_err(std::io::Error::from)
-            .or_else(|_| socket.set_rx_buf_sz(RCVBUF))?;
-        setsockopt(
-            &socket.as_fd(),
-            sockopt::ReceiveTimeout,
-            &TimeVal::from(libc::timeval {
-                tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-                tv_usec: 0,
-            }),
-        )
-        .map_err(std::io::Error::from)?;
+        set_buffer_and_timeout(&mut socket, RCVBUF, RECV_TIMEOUT)?;
         Ok(KernelRouteTable {
             socket,
             seq: 1,
@@ -95,20 +84,7 @@ impl KernelRouteTable {
     /// The socket is created on a short-lived thread that entered the namespace; a socket
     /// stays in the namespace it was created in, so the caller's thread never moves.
     pub fn open_in_netns(netns: &Path) -> Result<KernelRouteTable, NetlinkError> {
-        let path = netns.to_owned();
-        let netns_err = |source: std::io::Error| NetlinkError::Netns {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::File::open(&path).map_err(netns_err)?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            KernelRouteTable::open().map_err(|e| std::io::Error::other(e.to_string()))
-        })
-        .join()
-        .map_err(|_| netns_err(std::io::Error::other("netns thread panicked")))?
-        .map_err(netns_err)
+        in_netns(netns, KernelRouteTable::open)
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -287,32 +263,17 @@ impl KernelRouteTable {
     }
 
     fn parse_route(&mut self, msg: RouteMessage) -> Option<Route> {
+        let dst = tortie_destination(&msg)?;
         let h = &msg.header;
-        if h.protocol != RouteProtocol::Other(TORTIE_PROTO) {
-            return None;
-        }
-        let mut table = u32::from(h.table);
-        let mut dst = None;
         let mut gateway = None;
         let mut oif = None;
         for attr in &msg.attributes {
             match attr {
-                RouteAttribute::Table(t) => table = *t,
-                RouteAttribute::Destination(a) => dst = ip_of(a),
                 RouteAttribute::Gateway(a) => gateway = ip_of(a),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 _ => {}
             }
         }
-        if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-            return None;
-        }
-        let dst = match (h.address_family, dst) {
-            (_, Some(a)) => IpNet::new(a, h.destination_prefix_length).ok()?,
-            (AddressFamily::Inet, None) => IpNet::new(IpAddr::from([0u8; 4]), 0).ok()?,
-            (AddressFamily::Inet6, None) => IpNet::new(IpAddr::from([0u16; 8]), 0).ok()?,
-            _ => return None,
-        };
         let dev = oif.and_then(|i| self.links_by_index.get(&i).cloned());
         let next_hop = if h.kind == RouteType::BlackHole {
             NextHop::Blackhole
@@ -490,6 +451,76 @@ fn route_address(ip: IpAddr) -> RouteAddress {
     }
 }
 
+/// A receive buffer of `rcvbuf` bytes (beyond the sysctl limit where we may), and receives
+/// that give up after `timeout` (as `WouldBlock`).
+pub(super) fn set_buffer_and_timeout(
+    socket: &mut Socket,
+    rcvbuf: usize,
+    timeout: Duration,
+) -> Result<(), NetlinkError> {
+    setsockopt(&socket.as_fd(), sockopt::RcvBufForce, &rcvbuf)
+        .map_err(std::io::Error::from)
+        .or_else(|_| socket.set_rx_buf_sz(rcvbuf))?;
+    setsockopt(
+        &socket.as_fd(),
+        sockopt::ReceiveTimeout,
+        &TimeVal::from(libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: 0,
+        }),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+/// Runs `open` on a short-lived thread inside the network namespace bound at `netns`: a
+/// socket stays in the namespace it was created in, so the caller's thread never moves.
+pub(super) fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    open: fn() -> Result<T, NetlinkError>,
+) -> Result<T, NetlinkError> {
+    let path = netns.to_owned();
+    let netns_err = |source: std::io::Error| NetlinkError::Netns {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(&path).map_err(netns_err)?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        open().map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .join()
+    .map_err(|_| netns_err(std::io::Error::other("netns thread panicked")))?
+    .map_err(netns_err)
+}
+
+/// The destination of `msg` if it is one of tortie's routes (our protocol, main table).
+pub(super) fn tortie_destination(msg: &RouteMessage) -> Option<IpNet> {
+    let h = &msg.header;
+    if h.protocol != RouteProtocol::Other(TORTIE_PROTO) {
+        return None;
+    }
+    let mut table = u32::from(h.table);
+    let mut dst = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => dst = ip_of(a),
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    match (h.address_family, dst) {
+        (_, Some(a)) => IpNet::new(a, h.destination_prefix_length).ok(),
+        (AddressFamily::Inet, None) => IpNet::new(IpAddr::from([0u8; 4]), 0).ok(),
+        (AddressFamily::Inet6, None) => IpNet::new(IpAddr::from([0u16; 8]), 0).ok(),
+        _ => None,
+    }
+}
+
 fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
@@ -499,7 +530,7 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
 }
 
 /// Calls `f` on each netlink message in a received datagram.
-fn for_each_message(
+pub(super) fn for_each_message(
     datagram: &[u8],
     mut f: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
 ) -> Result<(), NetlinkError> {

@@ -5,6 +5,7 @@
 //! over a netlink socket, and writes batches pipelined (see `kernel.rs`); [`FakeRouteTable`]
 //! records what it is asked so the reconciler can be unit-tested without root.
 
+mod deletions;
 mod fake;
 mod kernel;
 pub mod sysctl;
@@ -14,6 +15,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub use deletions::RouteDeletions;
 pub use fake::FakeRouteTable;
 pub use kernel::KernelRouteTable;
 

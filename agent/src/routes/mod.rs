@@ -12,5 +12,6 @@ mod state;
 pub use desired::{LocalEndpoint, RemoteBlock, RouteModel, RouteSet, desired_routes};
 pub use reconciler::{
     ReconcilerConfig, ReconcilerError, RouteUpdate, RoutesHandle, spawn_reconciler,
+    watch_route_deletions,
 };
 pub use state::RouteState;

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{RouteSet, RouteState};
-use crate::netlink::{NetlinkError, OpFailure, Route, RouteOp, RouteTable};
+use crate::netlink::{NetlinkError, OpFailure, Route, RouteDeletions, RouteOp, RouteTable};
 
 /// Commands waiting for the reconciler; bounded so producers feel backpressure. Small:
 /// a command can carry thousands of routes, and a backlog here is memory a full table
@@ -71,6 +71,8 @@ enum Command {
     /// Changes applied in their order (a later change of a prefix wins).
     Sequence(Vec<RouteUpdate>),
     SyncComplete,
+    /// The kernel announced that someone deleted these routes of ours.
+    Deleted(Vec<IpNet>),
     /// Dump the kernel now and repair; replies with the operations that were needed.
     Resync(oneshot::Sender<Result<Vec<RouteOp>, NetlinkError>>),
 }
@@ -142,6 +144,35 @@ impl RoutesHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Resync(tx)).await?;
         Ok(rx.await.map_err(|_| ReconcilerError::Stopped)??)
+    }
+
+    /// Puts back, at once, any route of ours that someone else deletes, as the kernel
+    /// announces it on `deletions` (the periodic resync would take minutes). The watching
+    /// thread does not keep the reconciler alive: it ends once every handle is gone.
+    pub fn repair_deletions(
+        &self,
+        mut deletions: RouteDeletions,
+    ) -> Result<std::thread::JoinHandle<()>, ReconcilerError> {
+        let tx = self.tx.downgrade();
+        std::thread::Builder::new()
+            .name("tortie-route-watch".into())
+            .spawn(move || {
+                loop {
+                    let deleted = match deletions.wait() {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "watching route deletions failed; relying on the periodic resync");
+                            return;
+                        }
+                    };
+                    let Some(tx) = tx.upgrade() else { return };
+                    if !deleted.is_empty() && tx.blocking_send(Command::Deleted(deleted)).is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+            .map_err(ReconcilerError::Spawn)
     }
 
     async fn send(&self, cmd: Command) -> Result<(), ReconcilerError> {
@@ -270,6 +301,22 @@ impl<T: RouteTable> Reconciler<T> {
                             }
                         }
                     }
+                    Command::Deleted(dsts) => {
+                        let lost: Vec<IpNet> = dsts
+                            .into_iter()
+                            .filter(|dst| self.state.kernel_lost(*dst))
+                            .collect();
+                        if !lost.is_empty() {
+                            tracing::info!(
+                                routes = lost.len(),
+                                first = %lost[0],
+                                "routes of ours were deleted from the kernel: putting them back"
+                            );
+                        }
+                        if !full {
+                            dirty.extend(lost);
+                        }
+                    }
                     Command::SyncComplete => {
                         tracing::info!(
                             stale = self.state.stale(),
@@ -358,6 +405,18 @@ impl<T: RouteTable> Reconciler<T> {
             tracing::warn!(more = failures.len() - 10, "kernel refused more routes");
         }
         failures
+    }
+}
+
+/// Has `routes` repair deletions of our routes as soon as the kernel announces them, in
+/// the calling thread's network namespace. Without the watch the periodic resync still
+/// repairs them, later, so a failure to subscribe is only a warning.
+pub fn watch_route_deletions(routes: &RoutesHandle) {
+    let watching = RouteDeletions::open()
+        .map_err(ReconcilerError::from)
+        .and_then(|d| routes.repair_deletions(d));
+    if let Err(e) = watching {
+        tracing::warn!(error = %e, "cannot watch route deletions; the periodic resync repairs them");
     }
 }
 

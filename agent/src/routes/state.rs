@@ -254,6 +254,26 @@ impl RouteState {
         })
     }
 
+    /// The kernel no longer holds our route at `dst` (someone deleted it). Returns whether
+    /// we want one there, i.e. whether it must be written again.
+    pub fn kernel_lost(&mut self, dst: IpNet) -> bool {
+        let dst = dst.trunc();
+        by_family!(self, dst, |t, n| {
+            let Some(slot) = t.slots.get_mut(&n) else {
+                return false;
+            };
+            if slot.want.is_some() {
+                // Differs, not Absent: the repair is a replace, harmless if an announcement
+                // arrives late for a route we already wrote again.
+                slot.kernel = Kernel::Differs;
+                true
+            } else {
+                t.slots.remove(&n);
+                false
+            }
+        })
+    }
+
     /// Sync is complete (End-of-RIB): stale routes nobody wants become deletable.
     pub fn sync_complete(&mut self) {
         self.synced = true;

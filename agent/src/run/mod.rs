@@ -29,7 +29,7 @@ use crate::endpoints::{self, host_veth_name};
 use crate::ipam_task;
 use crate::mesh;
 use crate::netlink::{self, KernelRouteTable};
-use crate::routes::{ReconcilerConfig, spawn_reconciler};
+use crate::routes::{ReconcilerConfig, spawn_reconciler, watch_route_deletions};
 use crate::server::{self, CniService, Endpoint, Handle, Health, NodeInfo, PodRef, StatusService};
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +124,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let table = KernelRouteTable::open().map_err(crate::routes::ReconcilerError::from)?;
     let (routes, _routes_thread) = spawn_reconciler(table, ReconcilerConfig::default())?;
+    watch_route_deletions(&routes);
 
     // Pods that outlived a restart of the agent keep their host routes: without them, the
     // reconciler's first resync would delete those routes as leftovers.
