@@ -452,6 +452,50 @@ fn tortie_helps_bird_through_a_graceful_restart() {
     );
 }
 
+/// The BGP protocol of the peer's BIRD (its only neighbor, tortie).
+const BIRD_SESSION: &str = "peer0";
+
+/// The updates BIRD's session with tortie has received, over its IPv4 and IPv6 channels
+/// ("Import updates", first column).
+fn bird_updates_received(bird: &Router) -> u64 {
+    let out = bird
+        .birdc(&["show", "protocols", "all", BIRD_SESSION])
+        .unwrap_or_else(|e| panic!("{e}"));
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Import updates:"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// RFC 2918 with a real router: `birdc reload in` makes BIRD send ROUTE-REFRESH, and tortie
+/// answers with its whole table again, which BIRD counts as received updates.
+#[test]
+fn tortie_answers_birds_route_refresh() {
+    let pr = pair(Kind::Bird, &PLAIN_ACTIVE);
+    pr.tortie
+        .wait_established(ip(PEER), T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    pr.peer
+        .wait_learned(
+            T,
+            "BIRD learns tortie's prefixes",
+            has_all(&["10.1.0.0/24", "fd01::/64"]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Nothing else changes from here on: every new update is the answer to the refresh.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = bird_updates_received(&pr.peer);
+    assert!(before >= 2, "BIRD counted {before} updates from tortie");
+    pr.peer
+        .birdc(&["reload", "in", BIRD_SESSION])
+        .unwrap_or_else(|e| panic!("{e}"));
+    tortie_lab::routers::wait_for(T, "BIRD to receive tortie's table again", || {
+        Ok(bird_updates_received(&pr.peer) >= before + 2)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", pr.peer.log_tail()));
+    assert!(pr.tortie.established(ip(PEER)).unwrap_or(false));
+}
+
 /// A LAN: a bridge in its own namespace and `n` member namespaces on it, member `i`
 /// (1-based) at 10.98.0.i/24 and fd98::i/64. Members come first so they drop first.
 fn lan(n: u8) -> Lan {
