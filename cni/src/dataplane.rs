@@ -114,19 +114,24 @@ pub trait Dataplane {
     /// [`Dataplane::delete_host_link`].
     async fn create_pair(&mut self, pair: &PairSpec) -> Result<(), DataplaneError>;
 
-    /// The rest, once the allocation is known: the IPv6 host sysctls when `plan` has IPv6,
-    /// the host side up, the pod's link up with its addresses and routes; both ends get
-    /// `plan.mtu` when it differs from `pair_mtu`, the MTU [`Dataplane::create_pair`] used.
-    /// Same cleanup contract as `create_pair`.
+    /// Once the allocation is known, the host side: the IPv6 sysctls when `plan` has IPv6
+    /// (before the link is up, as DAD needs), then the link up, with `plan.mtu` when it
+    /// differs from `pair_mtu`, the MTU [`Dataplane::create_pair`] used. The agent's route to
+    /// the pod needs the host side up. Same cleanup contract as `create_pair`.
+    async fn host_up(&mut self, plan: &PodPlan, pair_mtu: u32) -> Result<(), DataplaneError>;
+
+    /// The pod side: its link up (with `plan.mtu` when it differs from `pair_mtu`), its
+    /// addresses and routes. Same cleanup contract as `create_pair`.
     async fn configure_pod(
         &mut self,
         plan: &PodPlan,
         pair_mtu: u32,
     ) -> Result<Created, DataplaneError>;
 
-    /// Both steps one after the other, for when there is nothing to overlap them with.
+    /// Every step one after the other, for when there is nothing to overlap them with.
     async fn create(&mut self, plan: &PodPlan) -> Result<Created, DataplaneError> {
         self.create_pair(&PairSpec::for_plan(plan)).await?;
+        self.host_up(plan, plan.mtu).await?;
         self.configure_pod(plan, plan.mtu).await
     }
 
@@ -152,7 +157,8 @@ pub mod fake {
         PodState(PathBuf, String),
         HostState(String),
         CreatePair(PairSpec),
-        /// The plan, and the MTU the pair was created with.
+        /// The plan, and the MTU the pair was created with (also for `ConfigurePod`).
+        HostUp(PodPlan, u32),
         ConfigurePod(PodPlan, u32),
         DeleteHostLink(String),
         DeletePodLink(PathBuf, String),
@@ -169,7 +175,9 @@ pub mod fake {
         /// The pod end's MTU.
         pub mtu: u32,
         pub host_mtu: u32,
-        /// Whether `configure_pod` brought both ends up.
+        /// Whether `host_up` brought the host end up.
+        pub host_up: bool,
+        /// Whether `configure_pod` brought the pod end up.
         pub up: bool,
         pub addresses: Vec<IpNet>,
         pub routes: Vec<PodRouteState>,
@@ -207,6 +215,24 @@ pub mod fake {
                 .iter()
                 .filter(|c| !matches!(c, Call::PodState(..) | Call::HostState(..)))
                 .collect()
+        }
+
+        /// The pair `create_pair` made for `plan`, checked against the MTU it was made with.
+        fn made_pair(&mut self, plan: &PodPlan, pair_mtu: u32) -> Result<&mut Pair, DataplaneError> {
+            let Some(pair) = self.pairs.iter_mut().find(|p| p.host == plan.host_ifname) else {
+                return Err(DataplaneError::failed(
+                    format!("set {} up", plan.host_ifname),
+                    "No such device (os error 19)",
+                ));
+            };
+            // The pod end keeps create_pair's MTU until configure_pod.
+            if pair.mtu != pair_mtu {
+                return Err(DataplaneError::failed(
+                    "configure",
+                    format!("the pair has MTU {}, the caller says {pair_mtu}", pair.mtu),
+                ));
+            }
+            Ok(pair)
         }
 
         fn index(&mut self) -> u32 {
@@ -272,7 +298,7 @@ pub mod fake {
                     kind: Some("veth".into()),
                     mac: Some(crate::plan::format_mac(&HOST_MAC)),
                     mtu: p.host_mtu,
-                    up: p.up,
+                    up: p.host_up,
                     peer_index: Some(p.pod_index),
                 },
                 proxy_arp: p.proxy_arp,
@@ -307,6 +333,7 @@ pub mod fake {
                 pod_index,
                 mtu: pair.mtu,
                 host_mtu: pair.mtu,
+                host_up: false,
                 up: false,
                 addresses: vec![],
                 routes: vec![],
@@ -321,6 +348,14 @@ pub mod fake {
             Ok(())
         }
 
+        async fn host_up(&mut self, plan: &PodPlan, pair_mtu: u32) -> Result<(), DataplaneError> {
+            self.calls.push(Call::HostUp(plan.clone(), pair_mtu));
+            let pair = self.made_pair(plan, pair_mtu)?;
+            pair.host_mtu = plan.mtu;
+            pair.host_up = true;
+            Ok(())
+        }
+
         async fn configure_pod(
             &mut self,
             plan: &PodPlan,
@@ -328,18 +363,7 @@ pub mod fake {
         ) -> Result<Created, DataplaneError> {
             self.calls.push(Call::ConfigurePod(plan.clone(), pair_mtu));
             let fail = self.fail_configure;
-            let Some(pair) = self.pairs.iter_mut().find(|p| p.host == plan.host_ifname) else {
-                return Err(DataplaneError::failed(
-                    format!("set {} up", plan.host_ifname),
-                    "No such device (os error 19)",
-                ));
-            };
-            if pair.mtu != pair_mtu {
-                return Err(DataplaneError::failed(
-                    "configure",
-                    format!("the pair has MTU {}, the caller says {pair_mtu}", pair.mtu),
-                ));
-            }
+            let pair = self.made_pair(plan, pair_mtu)?;
             let pod_index = pair.pod_index;
             pair.routes = plan
                 .routes
@@ -360,7 +384,6 @@ pub mod fake {
                 })
                 .collect();
             pair.mtu = plan.mtu;
-            pair.host_mtu = plan.mtu;
             pair.up = true;
             pair.addresses = plan.addresses.clone();
             if fail {

@@ -2,7 +2,9 @@
 //! to undo when a step fails. Generic over [`Agent`] and [`Dataplane`] so every path runs in
 //! unit tests without root.
 
-use tortie_api::v1::{AllocateRequest, Attachment, EndpointReadyRequest, GcRequest, Pod};
+use tortie_api::v1::{
+    AllocateReply, AllocateRequest, Attachment, EndpointReadyRequest, GcRequest, Pod,
+};
 use tracing::{debug, info, warn};
 
 use crate::agent::{Agent, AgentError};
@@ -145,7 +147,15 @@ async fn add<A: Agent, D: Dataplane>(
         err
     };
 
-    let (reply, plan, created) = if host.is_some() {
+    let ready_request = |reply: &AllocateReply| EndpointReadyRequest {
+        attachment: Some(att.clone()),
+        pod: pod(env),
+        host_ifname: host_if.clone(),
+        // Verbatim as Allocate returned them (the API's contract): the agent matches them
+        // against what it holds, whatever prefix length it chose to send.
+        addresses: reply.ips.iter().map(|ip| ip.address.clone()).collect(),
+    };
+    let (plan, created) = if host.is_some() {
         // A host veth with our name is an earlier wiring of this pod: a repeated ADD of this
         // sandbox (then `existing` is its peer) or a previous sandbox of the same pod. The
         // allocation is the same either way, so wire afresh rather than trust a half-made
@@ -164,14 +174,19 @@ async fn add<A: Agent, D: Dataplane>(
         if let Err(e) = dp.delete_host_link(&host_if).await {
             return Err(undo(agent, dp, dataplane_error(e)).await);
         }
-        match dp.create(&plan).await {
-            Ok(c) => (reply, plan, c),
+        let created = match dp.create(&plan).await {
+            Ok(c) => c,
             Err(e) => return Err(undo(agent, dp, dataplane_error(e)).await),
+        };
+        if let Err(e) = agent.endpoint_ready(ready_request(&reply)).await {
+            return Err(undo(agent, dp, agent_error("EndpointReady", e)).await);
         }
+        (plan, created)
     } else {
         // The pair needs no allocation, so it is made while Allocate is in flight (the
         // datastore write is most of an ADD). Its MTU can only be provisional: the agent's
-        // comes with the reply, and `configure_pod` corrects both ends when it differs.
+        // comes with the reply, and `host_up` and `configure_pod` correct the two ends when
+        // it differs.
         let pair = PairSpec {
             netns: netns.clone(),
             ifname: env.ifname.clone(),
@@ -208,24 +223,25 @@ async fn add<A: Agent, D: Dataplane>(
             Ok(p) => p,
             Err(e) => return Err(undo(agent, dp, e).await),
         };
-        match dp.configure_pod(&plan, pair.mtu).await {
-            Ok(c) => (reply, plan, c),
-            Err(e) => return Err(undo(agent, dp, dataplane_error(e)).await),
+        if let Err(e) = dp.host_up(&plan, pair.mtu).await {
+            return Err(undo(agent, dp, dataplane_error(e)).await);
         }
+        // With the host end up, the agent can route to the pod while its side is configured
+        // (a packet that arrives first finds no address and is dropped; the runtime starts
+        // nothing until ADD returns).
+        let (configured, ready) = tokio::join!(
+            dp.configure_pod(&plan, pair.mtu),
+            agent.endpoint_ready(ready_request(&reply))
+        );
+        let created = match configured {
+            Ok(c) => c,
+            Err(e) => return Err(undo(agent, dp, dataplane_error(e)).await),
+        };
+        if let Err(e) = ready {
+            return Err(undo(agent, dp, agent_error("EndpointReady", e)).await);
+        }
+        (plan, created)
     };
-
-    debug!("veth and pod side configured");
-    let ready = EndpointReadyRequest {
-        attachment: Some(att.clone()),
-        pod: pod(env),
-        host_ifname: host_if.clone(),
-        // Verbatim as Allocate returned them (the API's contract): the agent matches them
-        // against what it holds, whatever prefix length it chose to send.
-        addresses: reply.ips.iter().map(|ip| ip.address.clone()).collect(),
-    };
-    if let Err(e) = agent.endpoint_ready(ready).await {
-        return Err(undo(agent, dp, agent_error("EndpointReady", e)).await);
-    }
 
     info!(host_if, addresses = ?plan.addresses, mtu = plan.mtu, "pod wired");
     let ours = plan::add_result(&plan, &created.pod_mac);

@@ -226,7 +226,7 @@ fn add_wires_the_pod_and_reports_in_each_versions_shape() {
             "MTU comes from the agent when the config has none"
         );
         assert_eq!(pair.addresses, vec!["10.244.0.5/32".parse().unwrap()]);
-        // EndpointReady comes after the wiring, with the host veth and the address.
+        // EndpointReady comes with the host veth and the address.
         let ready = agent.calls.iter().find_map(|c| match c {
             AgentCall::EndpointReady(r) => Some(r.clone()),
             _ => None,
@@ -362,13 +362,19 @@ fn fresh_add_makes_the_pair_with_a_provisional_mtu_and_corrects_it() {
     )
     .unwrap();
     let mutating: Vec<Call> = dp.mutating_calls().into_iter().cloned().collect();
-    let [Call::CreatePair(pair), Call::ConfigurePod(plan, pair_mtu)] = mutating.as_slice() else {
-        panic!("one pair, then its configuration: {mutating:?}");
+    let [
+        Call::CreatePair(pair),
+        Call::HostUp(host_plan, host_pair_mtu),
+        Call::ConfigurePod(plan, pair_mtu),
+    ] = mutating.as_slice()
+    else {
+        panic!("one pair, then its host end up, then its pod end: {mutating:?}");
     };
     assert_eq!(pair.mtu, crate::plan::DEFAULT_MTU);
     assert_eq!((plan.mtu, *pair_mtu), (1450, crate::plan::DEFAULT_MTU));
+    assert_eq!((host_plan, host_pair_mtu), (plan, pair_mtu));
     let p = dp.pair(&host_if()).unwrap();
-    assert_eq!((p.mtu, p.host_mtu, p.up), (1450, 1450, true));
+    assert_eq!((p.mtu, p.host_mtu, p.up, p.host_up), (1450, 1450, true, true));
 }
 
 #[test]
@@ -514,6 +520,7 @@ fn re_add_allocates_before_it_replaces_the_old_pair() {
     let [
         Call::DeleteHostLink(h),
         Call::CreatePair(pair),
+        Call::HostUp(_, _),
         Call::ConfigurePod(plan, pair_mtu),
     ] = mutating.as_slice()
     else {

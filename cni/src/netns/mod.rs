@@ -376,13 +376,7 @@ impl Dataplane for KernelDataplane {
         Ok(())
     }
 
-    async fn configure_pod(
-        &mut self,
-        plan: &PodPlan,
-        pair_mtu: u32,
-    ) -> Result<Created, DataplaneError> {
-        // Only when the allocation differs from what `create_pair` guessed.
-        let mtu = (plan.mtu != pair_mtu).then_some(plan.mtu);
+    async fn host_up(&mut self, plan: &PodPlan, pair_mtu: u32) -> Result<(), DataplaneError> {
         if plan.has_ipv6() {
             host_sysctls_v6(&plan.host_ifname)?;
         }
@@ -390,9 +384,21 @@ impl Dataplane for KernelDataplane {
         up_flags(&mut up, true);
         up.attributes
             .push(LinkAttribute::IfName(plan.host_ifname.clone()));
-        if let Some(mtu) = mtu {
-            up.attributes.push(LinkAttribute::Mtu(mtu));
+        // Only when the allocation differs from what `create_pair` guessed.
+        if plan.mtu != pair_mtu {
+            up.attributes.push(LinkAttribute::Mtu(plan.mtu));
         }
+        self.host()?
+            .request(RouteNetlinkMessage::SetLink(up), 0)
+            .map_err(|e| DataplaneError::failed(format!("set {} up", plan.host_ifname), e))
+    }
+
+    async fn configure_pod(
+        &mut self,
+        plan: &PodPlan,
+        pair_mtu: u32,
+    ) -> Result<Created, DataplaneError> {
+        let mtu = (plan.mtu != pair_mtu).then_some(plan.mtu);
         let known = self
             .made
             .take()
@@ -403,81 +409,65 @@ impl Dataplane for KernelDataplane {
             plan.addresses.clone(),
             plan.routes.clone(),
         );
-        self.host()?;
-        self.pod(&plan.netns)?;
-        let (Some(host), Some(pod)) = (self.host.as_mut(), self.pod.as_ref()) else {
-            return Err(DataplaneError::failed(
-                "configure",
-                "netlink sockets unavailable",
-            ));
-        };
         let netns = plan.netns.display().to_string();
-        // The pod side and the host side at once, on their two threads: the pod job is sent
-        // when first polled, before this thread blocks on the host's request. Neither waits
-        // for the other: the pod end can come up while the host end is still down (it then
-        // has no carrier until the host end follows), and its routes need only its own IFF_UP.
-        let configure = pod.run(move |nl| -> Result<String, DataplaneError> {
-            let link = match known {
-                Some(link) => link,
-                None => get_link(nl, &ifname)
-                    .map_err(|e| DataplaneError::failed(format!("read {ifname}"), e))?
-                    .ok_or_else(|| {
-                        DataplaneError::failed(
-                            format!("find {ifname} in {netns}"),
-                            "the new veth end is missing",
-                        )
-                    })?,
-            };
-            // Each request with what it is, for the error message.
-            let mut batch: Vec<(RouteNetlinkMessage, u16, String)> = Vec::new();
-            if !link.up || mtu.is_some() {
-                let mut set = LinkMessage::default();
-                set.header.index = link.index;
-                up_flags(&mut set, true);
-                if let Some(mtu) = mtu {
-                    set.attributes.push(LinkAttribute::Mtu(mtu));
-                }
-                batch.push((
-                    RouteNetlinkMessage::SetLink(set),
-                    0,
-                    format!("set {ifname} up"),
-                ));
-            }
-            for a in &addresses {
-                batch.push((
-                    new_address(link.index, *a),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                    format!("add address {a}"),
-                ));
-            }
-            // In order: the link route to the gateway precedes the default route via it.
-            // EXCL, as Calico does: the link is brand new, so an existing route of the same
-            // key belongs to someone else (another interface's default) and must not be
-            // silently taken over.
-            for r in &routes {
-                let what = match r {
-                    PodRoute::Link { dst } => format!("add route {dst} scope link"),
-                    PodRoute::Via { dst, gw } => format!("add route {dst} via {gw}"),
+        // On the pod's thread, so this one is free meanwhile (ADD sends EndpointReady).
+        let pod_mac = self.pod(&plan.netns)?
+            .run(move |nl| -> Result<String, DataplaneError> {
+                let link = match known {
+                    Some(link) => link,
+                    None => get_link(nl, &ifname)
+                        .map_err(|e| DataplaneError::failed(format!("read {ifname}"), e))?
+                        .ok_or_else(|| {
+                            DataplaneError::failed(
+                                format!("find {ifname} in {netns}"),
+                                "the new veth end is missing",
+                            )
+                        })?,
                 };
-                batch.push((new_route(link.index, *r), NLM_F_CREATE | NLM_F_EXCL, what));
-            }
-            let what: Vec<String> = batch.iter().map(|b| b.2.clone()).collect();
-            nl.batch(batch.into_iter().map(|(m, f, _)| (m, f)).collect())
-                .map_err(|(i, e)| {
-                    let step = what.get(i).map_or("configure", String::as_str);
-                    DataplaneError::failed(format!("{step} on {ifname} in {netns}"), e)
-                })?;
-            link.mac
-                .ok_or_else(|| DataplaneError::failed(format!("read {ifname}"), "no MAC address"))
-        });
-        let host_ifname = &plan.host_ifname;
-        let host_up = async {
-            host.request(RouteNetlinkMessage::SetLink(up), 0)
-                .map_err(|e| DataplaneError::failed(format!("set {host_ifname} up"), e))
-        };
-        let (configured, host_up) = tokio::join!(configure, host_up);
-        host_up?;
-        configured?.map(|pod_mac| Created { pod_mac })
+                // Each request with what it is, for the error message.
+                let mut batch: Vec<(RouteNetlinkMessage, u16, String)> = Vec::new();
+                if !link.up || mtu.is_some() {
+                    let mut set = LinkMessage::default();
+                    set.header.index = link.index;
+                    up_flags(&mut set, true);
+                    if let Some(mtu) = mtu {
+                        set.attributes.push(LinkAttribute::Mtu(mtu));
+                    }
+                    batch.push((
+                        RouteNetlinkMessage::SetLink(set),
+                        0,
+                        format!("set {ifname} up"),
+                    ));
+                }
+                for a in &addresses {
+                    batch.push((
+                        new_address(link.index, *a),
+                        NLM_F_CREATE | NLM_F_EXCL,
+                        format!("add address {a}"),
+                    ));
+                }
+                // In order: the link route to the gateway precedes the default route via it.
+                // EXCL, as Calico does: the link is brand new, so an existing route of the same
+                // key belongs to someone else (another interface's default) and must not be
+                // silently taken over.
+                for r in &routes {
+                    let what = match r {
+                        PodRoute::Link { dst } => format!("add route {dst} scope link"),
+                        PodRoute::Via { dst, gw } => format!("add route {dst} via {gw}"),
+                    };
+                    batch.push((new_route(link.index, *r), NLM_F_CREATE | NLM_F_EXCL, what));
+                }
+                let what: Vec<String> = batch.iter().map(|b| b.2.clone()).collect();
+                nl.batch(batch.into_iter().map(|(m, f, _)| (m, f)).collect())
+                    .map_err(|(i, e)| {
+                        let step = what.get(i).map_or("configure", String::as_str);
+                        DataplaneError::failed(format!("{step} on {ifname} in {netns}"), e)
+                    })?;
+                link.mac
+                    .ok_or_else(|| DataplaneError::failed(format!("read {ifname}"), "no MAC address"))
+            })
+            .await??;
+        Ok(Created { pod_mac })
     }
 
     async fn delete_host_link(&mut self, name: &str) -> Result<bool, DataplaneError> {
