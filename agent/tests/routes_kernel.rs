@@ -160,7 +160,15 @@ async fn writes_every_route_kind_and_reads_it_back() {
 #[tokio::test]
 async fn a_route_deleted_by_hand_is_put_back_at_once() {
     let ns = Ns::new();
-    ns.ip(&["route", "add", "10.77.0.0/16", "dev", "up0", "proto", "dhcp"]);
+    ns.ip(&[
+        "route",
+        "add",
+        "10.77.0.0/16",
+        "dev",
+        "up0",
+        "proto",
+        "dhcp",
+    ]);
     let (h, _t) = spawn_reconciler(ns.table(), gr(false)).unwrap_or_else(|e| panic!("{e}"));
     let deletions = RouteDeletions::open_in_netns(&ns.path()).unwrap_or_else(|e| panic!("{e}"));
     let _watch = h
@@ -197,7 +205,9 @@ async fn a_route_deleted_by_hand_is_put_back_at_once() {
     ns.ip(&["-6", "route", "del", "fd00:244:1::5/128"]);
     assert!(back_within(&[&pod, &block], 5), "{:?}", ns.ours());
     assert!(
-        ns.ours().iter().any(|l| l.starts_with("fd00:244:1::5 dev tortpod")),
+        ns.ours()
+            .iter()
+            .any(|l| l.starts_with("fd00:244:1::5 dev tortpod")),
         "{:?}",
         ns.ours()
     );

@@ -218,7 +218,11 @@ pub mod fake {
         }
 
         /// The pair `create_pair` made for `plan`, checked against the MTU it was made with.
-        fn made_pair(&mut self, plan: &PodPlan, pair_mtu: u32) -> Result<&mut Pair, DataplaneError> {
+        fn made_pair(
+            &mut self,
+            plan: &PodPlan,
+            pair_mtu: u32,
+        ) -> Result<&mut Pair, DataplaneError> {
             let Some(pair) = self.pairs.iter_mut().find(|p| p.host == plan.host_ifname) else {
                 return Err(DataplaneError::failed(
                     format!("set {} up", plan.host_ifname),

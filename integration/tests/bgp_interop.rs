@@ -441,9 +441,11 @@ fn tortie_helps_bird_through_a_graceful_restart() {
         .wait_established(ip(PEER), T)
         .unwrap_or_else(|e| panic!("{e}"));
     pr.tortie
-        .wait_learned(T, "the route BIRD dropped to be swept after End-of-RIB", |s| {
-            !s.contains(&net("10.23.0.0/24")) && has_all(&["10.2.0.0/24", "fd02::/64"])(s)
-        })
+        .wait_learned(
+            T,
+            "the route BIRD dropped to be swept after End-of-RIB",
+            |s| !s.contains(&net("10.23.0.0/24")) && has_all(&["10.2.0.0/24", "fd02::/64"])(s),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let deleted = monitor.deleted();
     assert!(

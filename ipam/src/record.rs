@@ -182,7 +182,10 @@ mod tests {
             ("30 189 %FF node-1", "not UTF-8"),
         ] {
             let err = decode(record).expect_err(record).to_string();
-            assert!(err.contains(says) && err.contains(record), "{record}: {err}");
+            assert!(
+                err.contains(says) && err.contains(record),
+                "{record}: {err}"
+            );
         }
     }
 }

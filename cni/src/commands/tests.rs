@@ -374,7 +374,10 @@ fn fresh_add_makes_the_pair_with_a_provisional_mtu_and_corrects_it() {
     assert_eq!((plan.mtu, *pair_mtu), (1450, crate::plan::DEFAULT_MTU));
     assert_eq!((host_plan, host_pair_mtu), (plan, pair_mtu));
     let p = dp.pair(&host_if()).unwrap();
-    assert_eq!((p.mtu, p.host_mtu, p.up, p.host_up), (1450, 1450, true, true));
+    assert_eq!(
+        (p.mtu, p.host_mtu, p.up, p.host_up),
+        (1450, 1450, true, true)
+    );
 }
 
 #[test]

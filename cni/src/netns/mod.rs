@@ -411,7 +411,8 @@ impl Dataplane for KernelDataplane {
         );
         let netns = plan.netns.display().to_string();
         // On the pod's thread, so this one is free meanwhile (ADD sends EndpointReady).
-        let pod_mac = self.pod(&plan.netns)?
+        let pod_mac = self
+            .pod(&plan.netns)?
             .run(move |nl| -> Result<String, DataplaneError> {
                 let link = match known {
                     Some(link) => link,
@@ -463,8 +464,9 @@ impl Dataplane for KernelDataplane {
                         let step = what.get(i).map_or("configure", String::as_str);
                         DataplaneError::failed(format!("{step} on {ifname} in {netns}"), e)
                     })?;
-                link.mac
-                    .ok_or_else(|| DataplaneError::failed(format!("read {ifname}"), "no MAC address"))
+                link.mac.ok_or_else(|| {
+                    DataplaneError::failed(format!("read {ifname}"), "no MAC address")
+                })
             })
             .await??;
         Ok(Created { pod_mac })

@@ -199,7 +199,8 @@ mod tests {
             vec![ip("10.244.0.64"), ip("fd00::3")]
         );
         assert_eq!(got["k8s-pod-network.b"], vec![ip("10.244.0.69")]);
-        let outside = json!({"items": [{"spec": {"cidr": "10.0.0.0/30", "allocations": ["4 1 h node-1"]}}]});
+        let outside =
+            json!({"items": [{"spec": {"cidr": "10.0.0.0/30", "allocations": ["4 1 h node-1"]}}]});
         assert!(allocations_from_json(&outside.to_string()).is_err());
     }
 }
