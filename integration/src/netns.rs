@@ -138,6 +138,11 @@ impl Lan {
         let mut members = Vec::new();
         for i in 1..=n {
             let member = NetNs::create(&format!("{prefix}-m{i}"))?;
+            // No IPv6 link-local addresses on the LAN. BIRD adds its link-local to an IPv6
+            // next hop once the address exists, which races the session's start, and FRR's
+            // bgpd without zebra cannot resolve one: it answered with a NOTIFICATION (Invalid
+            // Network Field), so the BIRD-FRR session of a test came up or not by chance.
+            member.run("sysctl", &["-qw", "net.ipv6.conf.default.addr_gen_mode=1"])?;
             let port = format!("p{i}");
             veth_pair(&member, "eth0", &bridge, &port)?;
             bridge.run("ip", &["link", "set", &port, "master", "br0"])?;
