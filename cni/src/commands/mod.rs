@@ -95,6 +95,18 @@ fn netns_of(env: &CniEnv) -> Result<std::path::PathBuf, CniError> {
     })
 }
 
+/// Code 1 when the config's version predates `command` (which needs cniVersion `needs`).
+fn allowed(conf: &NetConf, ok: bool, command: &str, needs: &str) -> Result<(), CniError> {
+    if ok {
+        return Ok(());
+    }
+    Err(CniError::new(
+        Code::IncompatibleVersion,
+        format!("config version {} does not allow {command}", conf.version),
+    )
+    .with_details(format!("{command} needs cniVersion {needs}")))
+}
+
 async fn add<A: Agent, D: Dataplane>(
     env: &CniEnv,
     conf: &NetConf,
@@ -304,13 +316,7 @@ async fn check<A: Agent, D: Dataplane>(
     agent: &mut A,
     dp: &mut D,
 ) -> Result<(), CniError> {
-    if !conf.version.has_check() {
-        return Err(CniError::new(
-            Code::IncompatibleVersion,
-            format!("config version {} does not allow CHECK", conf.version),
-        )
-        .with_details("CHECK needs cniVersion 0.4.0 or later"));
-    }
+    allowed(conf, conf.version.has_check(), "CHECK", "0.4.0 or later")?;
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
             Code::InvalidNetworkConfig,
@@ -346,13 +352,7 @@ async fn check<A: Agent, D: Dataplane>(
 }
 
 async fn status<A: Agent>(conf: &NetConf, agent: &mut A) -> Result<(), CniError> {
-    if !conf.version.has_status_and_gc() {
-        return Err(CniError::new(
-            Code::IncompatibleVersion,
-            format!("config version {} does not allow STATUS", conf.version),
-        )
-        .with_details("STATUS needs cniVersion 1.1.0"));
-    }
+    allowed(conf, conf.version.has_status_and_gc(), "STATUS", "1.1.0")?;
     match agent.status().await {
         Ok(s) if s.ready => Ok(()),
         Ok(s) => Err(
@@ -367,13 +367,7 @@ async fn status<A: Agent>(conf: &NetConf, agent: &mut A) -> Result<(), CniError>
 }
 
 async fn gc<A: Agent>(conf: &NetConf, agent: &mut A) -> Result<(), CniError> {
-    if !conf.version.has_status_and_gc() {
-        return Err(CniError::new(
-            Code::IncompatibleVersion,
-            format!("config version {} does not allow GC", conf.version),
-        )
-        .with_details("GC needs cniVersion 1.1.0"));
-    }
+    allowed(conf, conf.version.has_status_and_gc(), "GC", "1.1.0")?;
     // Without the list every allocation would look stale: refuse rather than release all.
     let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
         CniError::new(
