@@ -185,6 +185,11 @@ fn exec(
     block_on(run(&env(cmd, cid), c, agent, dp))
 }
 
+/// The plain ADD most tests make: container c1, cniVersion 1.0.0, no extra config.
+fn add_v1(agent: &mut FakeAgent, dp: &mut FakeDataplane) -> Result<Option<String>, CniError> {
+    exec("ADD", "c1", &conf(Version::V1_0_0, json!({})), agent, dp)
+}
+
 fn host_if() -> String {
     crate::plan::host_ifname(Some(("default", "web-0")), "")
 }
@@ -246,14 +251,7 @@ fn endpoint_ready_echoes_the_allocation_verbatim() {
         ("k8s-pod-network".into(), "c1".into(), "eth0".into()),
         "10.244.0.9/26".into(),
     );
-    exec(
-        "ADD",
-        "c1",
-        &conf(Version::V1_0_0, json!({})),
-        &mut agent,
-        &mut dp,
-    )
-    .unwrap();
+    add_v1(&mut agent, &mut dp).unwrap();
     assert_eq!(
         dp.pair(&host_if()).unwrap().addresses,
         vec!["10.244.0.9/32".parse().unwrap()]
@@ -303,14 +301,7 @@ fn add_appends_to_an_earlier_plugins_result() {
 fn add_refuses_an_interface_it_did_not_make_and_changes_nothing() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     dp.foreign.insert((PathBuf::from(NETNS), "eth0".into()), 3);
-    let err = exec(
-        "ADD",
-        "c1",
-        &conf(Version::V1_0_0, json!({})),
-        &mut agent,
-        &mut dp,
-    )
-    .unwrap_err();
+    let err = add_v1(&mut agent, &mut dp).unwrap_err();
     assert_eq!(err.code, Code::InterfaceExists, "{err}");
     assert!(dp.mutating_calls().is_empty(), "{:?}", dp.calls);
     assert!(
@@ -353,14 +344,7 @@ fn fresh_add_makes_the_pair_with_a_provisional_mtu_and_corrects_it() {
     // No MTU in the config: the pair is made before the agent's 1450 is known, with the
     // plugin's default, and configure_pod gets told so it can set 1450 on both ends.
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
-    exec(
-        "ADD",
-        "c1",
-        &conf(Version::V1_0_0, json!({})),
-        &mut agent,
-        &mut dp,
-    )
-    .unwrap();
+    add_v1(&mut agent, &mut dp).unwrap();
     let mutating: Vec<Call> = dp.mutating_calls().into_iter().cloned().collect();
     let [
         Call::CreatePair(pair),
@@ -421,14 +405,7 @@ fn failed_allocate_deletes_the_pair_made_meanwhile() {
     ] {
         let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
         agent.fail_allocate = Some(err);
-        let got = exec(
-            "ADD",
-            "c1",
-            &conf(Version::V1_0_0, json!({})),
-            &mut agent,
-            &mut dp,
-        )
-        .unwrap_err();
+        let got = add_v1(&mut agent, &mut dp).unwrap_err();
         assert_eq!(got.code, code, "{got}");
         assert!(
             dp.calls.iter().any(|c| matches!(c, Call::CreatePair(_))),
@@ -458,14 +435,7 @@ fn failed_allocate_deletes_the_pair_made_meanwhile() {
 fn failed_pair_releases_the_allocation() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     dp.fail_create_pair = true;
-    let err = exec(
-        "ADD",
-        "c1",
-        &conf(Version::V1_0_0, json!({})),
-        &mut agent,
-        &mut dp,
-    )
-    .unwrap_err();
+    let err = add_v1(&mut agent, &mut dp).unwrap_err();
     assert_eq!(err.code, Code::Dataplane, "{err}");
     assert!(
         dp.pairs.is_empty(),
@@ -539,14 +509,7 @@ fn re_add_allocates_before_it_replaces_the_old_pair() {
 fn failed_configure_leaves_no_veth_and_no_allocation() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     dp.fail_configure = true;
-    let err = exec(
-        "ADD",
-        "c1",
-        &conf(Version::V1_0_0, json!({})),
-        &mut agent,
-        &mut dp,
-    )
-    .unwrap_err();
+    let err = add_v1(&mut agent, &mut dp).unwrap_err();
     assert_eq!(err.code, Code::Dataplane, "{err}");
     assert!(dp.pairs.is_empty(), "{:?}", dp.pairs);
     assert!(agent.held.is_empty(), "{:?}", agent.held);
@@ -556,14 +519,7 @@ fn failed_configure_leaves_no_veth_and_no_allocation() {
 fn failed_endpoint_ready_leaves_no_veth_and_no_allocation() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::with_netns(NETNS));
     agent.fail_endpoint_ready = true;
-    let err = exec(
-        "ADD",
-        "c1",
-        &conf(Version::V1_0_0, json!({})),
-        &mut agent,
-        &mut dp,
-    )
-    .unwrap_err();
+    let err = add_v1(&mut agent, &mut dp).unwrap_err();
     assert_eq!(err.code, Code::AgentRejected, "{err}");
     assert!(dp.pairs.is_empty());
     assert!(agent.held.is_empty());
@@ -572,14 +528,7 @@ fn failed_endpoint_ready_leaves_no_veth_and_no_allocation() {
 #[test]
 fn add_into_a_missing_netns_is_code_3_and_allocates_nothing() {
     let (mut agent, mut dp) = (FakeAgent::new(), FakeDataplane::default());
-    let err = exec(
-        "ADD",
-        "c1",
-        &conf(Version::V1_0_0, json!({})),
-        &mut agent,
-        &mut dp,
-    )
-    .unwrap_err();
+    let err = add_v1(&mut agent, &mut dp).unwrap_err();
     assert_eq!(err.code, Code::UnknownContainer);
     assert!(agent.calls.is_empty());
 }
