@@ -992,20 +992,23 @@ impl Rib {
         }
     }
 
+    /// The best path of every prefix in one family's table, to advertise from.
+    fn best_paths<P: Prefix>(&self) -> Vec<(IpNet, Path)>
+    where
+        Self: TableOf<P>,
+    {
+        self.table()
+            .iter()
+            .filter_map(|(k, p)| self.best(p.as_slice()).map(|b| ((*k).into(), b.clone())))
+            .collect()
+    }
+
     /// Fills a peer's Adj-RIB-Out with the whole table and End-of-RIB markers.
     fn fill_out(&mut self, to: PeerId) {
         let mut queued: Vec<(IpNet, Arc<Attrs>)> = Vec::new();
-        let v4: Vec<(IpNet, Path)> = self
-            .v4
-            .iter()
-            .filter_map(|(k, p)| self.best(p.as_slice()).map(|b| (IpNet::V4(*k), b.clone())))
-            .collect();
-        let v6: Vec<(IpNet, Path)> = self
-            .v6
-            .iter()
-            .filter_map(|(k, p)| self.best(p.as_slice()).map(|b| (IpNet::V6(*k), b.clone())))
-            .collect();
-        for (prefix, best) in v4.into_iter().chain(v6) {
+        let mut bests = self.best_paths::<Ipv4Net>();
+        bests.extend(self.best_paths::<Ipv6Net>());
+        for (prefix, best) in bests {
             if let Some(attrs) = self.export_attrs(to, prefix, &best) {
                 queued.push((prefix, attrs));
             }
@@ -1030,16 +1033,10 @@ impl Rib {
         if !self.slot(id).is_some_and(|s| s.advertising) {
             return;
         }
-        let prefixes: Vec<(IpNet, Path)> = if family == Family::IPV4_UNICAST {
-            self.v4
-                .iter()
-                .filter_map(|(k, p)| self.best(p.as_slice()).map(|b| (IpNet::V4(*k), b.clone())))
-                .collect()
+        let prefixes = if family == Family::IPV4_UNICAST {
+            self.best_paths::<Ipv4Net>()
         } else if family == Family::IPV6_UNICAST {
-            self.v6
-                .iter()
-                .filter_map(|(k, p)| self.best(p.as_slice()).map(|b| (IpNet::V6(*k), b.clone())))
-                .collect()
+            self.best_paths::<Ipv6Net>()
         } else {
             Vec::new()
         };
