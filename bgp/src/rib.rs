@@ -489,13 +489,7 @@ impl Rib {
             self.change(
                 prefix,
                 &mut changes,
-                |paths, accepted| {
-                    let before = paths.len();
-                    paths.retain(|p| !(p.peer == id && drop(p)));
-                    if paths.len() < before {
-                        *accepted = accepted.saturating_sub(1);
-                    }
-                },
+                |paths, accepted| remove_matching(paths, accepted, |p| p.peer == id && drop(p)),
                 id,
             );
         }
@@ -688,13 +682,13 @@ impl Rib {
             IpNet::V4(p) => self.change(
                 p,
                 changes,
-                |paths, accepted| remove_peer_path(paths, id, accepted),
+                |paths, accepted| remove_matching(paths, accepted, |p| p.peer == id),
                 id,
             ),
             IpNet::V6(p) => self.change(
                 p,
                 changes,
-                |paths, accepted| remove_peer_path(paths, id, accepted),
+                |paths, accepted| remove_matching(paths, accepted, |p| p.peer == id),
                 id,
             ),
         }
@@ -1132,9 +1126,11 @@ impl Rib {
     }
 }
 
-fn remove_peer_path(paths: &mut Vec<Path>, id: PeerId, accepted: &mut usize) {
+/// Drops the paths `drop` picks (at most one: a prefix holds one path per peer), and
+/// with it one from the peer's accepted count.
+fn remove_matching(paths: &mut Vec<Path>, accepted: &mut usize, drop: impl Fn(&Path) -> bool) {
     let before = paths.len();
-    paths.retain(|x| x.peer != id);
+    paths.retain(|x| !drop(x));
     if paths.len() < before {
         *accepted = accepted.saturating_sub(1);
     }
