@@ -337,17 +337,17 @@ impl Owner {
             }
             Command::Originate(prefix, reply) => {
                 let changes = self.rib.originate(prefix);
-                self.publish(changes).await;
+                self.publish(changes);
                 let _ = reply.send(());
             }
             Command::Withdraw(prefix, reply) => {
                 let changes = self.rib.withdraw_local(prefix);
-                self.publish(changes).await;
+                self.publish(changes);
                 let _ = reply.send(());
             }
             Command::SetImportAllow(allow, reply) => {
                 let changes = self.rib.set_import_allow(allow);
-                self.publish(changes).await;
+                self.publish(changes);
                 for entry in self.peers.values() {
                     if entry.negotiated.is_some()
                         && entry.session.tx.try_send(ToSession::Refresh).is_err()
@@ -494,7 +494,7 @@ impl Owner {
             }
         }
         let changes = self.rib.remove_peer(id);
-        self.publish(changes).await;
+        self.publish(changes);
         info!(peer = %address, "peer removed");
         self.check_sync().await;
         Ok(())
@@ -540,7 +540,7 @@ impl Owner {
                     // Its End-of-RIB has this long to come (RFC 4724 §4.2).
                     entry.stale_deadline = Some(Instant::now() + stale_time);
                 }
-                self.publish(changes).await;
+                self.publish(changes);
             }
             ToOwner::Down {
                 key,
@@ -568,14 +568,14 @@ impl Owner {
                     info!(peer = %entry.cfg.address, restart_time = secs, "keeping routes as stale");
                 }
                 let changes = self.rib.peer_down(key.id, keep);
-                self.publish(changes).await;
+                self.publish(changes);
             }
             ToOwner::Routes { key, routes } => {
                 if self.current(key).is_none() {
                     return;
                 }
                 let changes = self.rib.update(key.id, routes);
-                self.publish(changes).await;
+                self.publish(changes);
             }
             ToOwner::EndOfRib { key, family } => {
                 let Some(entry) = self.current(key) else {
@@ -591,7 +591,7 @@ impl Owner {
                 {
                     entry.stale_deadline = None;
                 }
-                self.publish(changes).await;
+                self.publish(changes);
                 self.check_sync().await;
             }
             ToOwner::RouteRefresh { key, family } => {
@@ -648,7 +648,7 @@ impl Owner {
                 info!(peer = %entry.cfg.address, "restart timer expired; sweeping stale routes");
             }
             let changes = self.rib.sweep_stale(id);
-            self.publish(changes).await;
+            self.publish(changes);
         }
         if !self.sync_done && self.sync_deadline <= now {
             info!("deferral timer expired; initial sync done without every End-of-RIB");
@@ -682,7 +682,7 @@ impl Owner {
     }
 
     /// Queues Loc-RIB changes for the subscribers; [`Owner::flush`] sends them.
-    async fn publish(&mut self, changes: Vec<RouteChange>) {
+    fn publish(&mut self, changes: Vec<RouteChange>) {
         if self.pending.is_empty() {
             self.pending = changes;
         } else {
