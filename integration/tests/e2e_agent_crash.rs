@@ -120,17 +120,7 @@ fn sigkill_during_a_burst_of_adds_loses_no_allocation_and_duplicates_none() {
     }
 
     // The restart, as `up` does it.
-    let config = tortie_lab::LabConfig::load(&t.lab)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("no lab.json"));
-    let started = tortie_lab::agents::ensure_all(&t.lab, &config).unwrap_or_else(|e| panic!("{e}"));
-    let outcomes = tortie_lab::agents::settle(&t.lab, started, Duration::from_secs(30));
-    assert!(
-        outcomes
-            .iter()
-            .all(|(_, o)| matches!(o, tortie_lab::agents::Outcome::Ready { .. })),
-        "restart: {outcomes:?}"
-    );
+    t.restart_agents();
 
     // Finish: the kubelet retries each failed sandbox until it is up.
     for p in &failed {

@@ -129,19 +129,7 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
     }
 
     // The route to node-2's pod is a BGP route: protocol 116, via node-2, onlink.
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "-j",
-        "-4",
-        "-n",
-        &t.lab.node_netns("node-1"),
-        "route",
-        "show",
-        "proto",
-        "116",
-    ]);
-    let routes: Value =
-        serde_json::from_str(&text(&t.output(&mut cmd).stdout)).unwrap_or_else(|e| panic!("{e}"));
+    let routes = proto_116_routes(&t, "node-1");
     let via_node2 = routes.as_array().into_iter().flatten().any(|r| {
         r["gateway"] == others[0].as_str()
             && r["flags"]
@@ -154,29 +142,8 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
     );
 
     // node-2's agent restarts: the sessions come back and so does the path between pods.
-    let pid = tortie_lab::process::running(&t.lab, &t.lab.agent_pid_file("node-2"))
-        .unwrap_or_else(|| panic!("no agent pid for node-2"));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tortie_lab::process::is_alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "node-2's agent did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let config = tortie_lab::LabConfig::load(&t.lab)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("no lab.json"));
-    let started = tortie_lab::agents::ensure_all(&t.lab, &config).unwrap_or_else(|e| panic!("{e}"));
-    let outcomes = tortie_lab::agents::settle(&t.lab, started, Duration::from_secs(30));
-    assert!(
-        outcomes
-            .iter()
-            .all(|(_, o)| matches!(o, tortie_lab::agents::Outcome::Ready { .. })),
-        "agent restart: {outcomes:?}"
-    );
+    t.stop_agent("node-2");
+    t.restart_agents();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = node_status(&t, "node-1");
@@ -216,8 +183,8 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
     }
 }
 
-/// The gateways of node's protocol-116 IPv4 routes.
-fn proto_116_gateways(t: &TestLab, node: &str) -> Vec<String> {
+/// Node's protocol-116 (BGP) IPv4 routes, as `ip -j` prints them.
+fn proto_116_routes(t: &TestLab, node: &str) -> Value {
     let mut cmd = Command::new("ip");
     cmd.args([
         "-j",
@@ -229,9 +196,12 @@ fn proto_116_gateways(t: &TestLab, node: &str) -> Vec<String> {
         "proto",
         "116",
     ]);
-    let routes: Value =
-        serde_json::from_str(&text(&t.output(&mut cmd).stdout)).unwrap_or_else(|e| panic!("{e}"));
-    routes
+    serde_json::from_str(&text(&t.output(&mut cmd).stdout)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The gateways of node's protocol-116 IPv4 routes.
+fn proto_116_gateways(t: &TestLab, node: &str) -> Vec<String> {
+    proto_116_routes(t, node)
         .as_array()
         .into_iter()
         .flatten()

@@ -540,23 +540,12 @@ fn chaining_drift_repeats_gc_and_status() {
     // STATUS: ready while the agent runs, 50 once it is stopped, ready again after a restart.
     rt11.status()
         .unwrap_or_else(|e| panic!("STATUS with the agent up: {e}"));
-    let pid = tortie_lab::process::running(&t.lab, &t.lab.agent_pid_file(NODE))
-        .unwrap_or_else(|| panic!("no agent pid"));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tortie_lab::process::is_alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    t.stop_agent(NODE);
     match rt11.status() {
         Err(e) => assert_eq!(e.cni_code(), Some(50), "STATUS with the agent stopped: {e}"),
         Ok(()) => panic!("STATUS said ready with the agent stopped"),
     }
-    restart_agent(&t);
+    t.restart_agents();
     rt11.status()
         .unwrap_or_else(|e| panic!("STATUS after the restart: {e}"));
     pod::check(&t.lab, &drift.pod).unwrap_or_else(|e| panic!("CHECK after the restart: {e}"));
@@ -564,20 +553,5 @@ fn chaining_drift_repeats_gc_and_status() {
         same_reachable,
         "after a repeated ADD the node cannot reach the pod: the new veth has no host route ({same_route:?}); \
          the agent must reinstall a known endpoint's /32, which the kernel dropped with the old veth"
-    );
-}
-
-/// Starts the node's agent again, as `up` does, and waits for it to be ready.
-fn restart_agent(t: &TestLab) {
-    let config = tortie_lab::LabConfig::load(&t.lab)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("no lab.json"));
-    let started = tortie_lab::agents::ensure_all(&t.lab, &config).unwrap_or_else(|e| panic!("{e}"));
-    let outcomes = tortie_lab::agents::settle(&t.lab, started, Duration::from_secs(30));
-    assert!(
-        outcomes
-            .iter()
-            .all(|(_, o)| matches!(o, tortie_lab::agents::Outcome::Ready { .. })),
-        "agent restart: {outcomes:?}"
     );
 }

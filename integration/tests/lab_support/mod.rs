@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use tortie_lab::Lab;
 use tortie_lab::lab::{PREFIX_ENV, STATE_ENV};
@@ -76,6 +77,39 @@ impl TestLab {
 
     fn cache_dir(&self) -> PathBuf {
         self._dir.path().join("kubectl-cache")
+    }
+
+    /// Stops `node`'s agent with SIGTERM and waits (up to 15 s) until it is gone; returns its pid.
+    pub fn stop_agent(&self, node: &str) -> i32 {
+        let pid = tortie_lab::process::running(&self.lab, &self.lab.agent_pid_file(node))
+            .unwrap_or_else(|| panic!("no agent pid for {node}"));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tortie_lab::process::is_alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{node}'s agent did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pid
+    }
+
+    /// Starts every stopped agent again, as `up` does, and fails unless all become ready.
+    pub fn restart_agents(&self) {
+        let config = tortie_lab::LabConfig::load(&self.lab)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no lab.json"));
+        let started =
+            tortie_lab::agents::ensure_all(&self.lab, &config).unwrap_or_else(|e| panic!("{e}"));
+        let outcomes = tortie_lab::agents::settle(&self.lab, started, Duration::from_secs(30));
+        assert!(
+            outcomes
+                .iter()
+                .all(|(_, o)| matches!(o, tortie_lab::agents::Outcome::Ready { .. })),
+            "agent restart: {outcomes:?}"
+        );
     }
 }
 
