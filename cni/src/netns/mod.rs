@@ -271,11 +271,9 @@ fn host_sysctls_v6(ifname: &str) -> Result<(), DataplaneError> {
     write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/accept_dad"), "0")
 }
 
-fn up_flags(msg: &mut LinkMessage, up: bool) {
-    if up {
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-    }
+fn set_up(msg: &mut LinkMessage) {
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
 }
 
 impl Dataplane for KernelDataplane {
@@ -381,7 +379,7 @@ impl Dataplane for KernelDataplane {
             host_sysctls_v6(&plan.host_ifname)?;
         }
         let mut up = LinkMessage::default();
-        up_flags(&mut up, true);
+        set_up(&mut up);
         up.attributes
             .push(LinkAttribute::IfName(plan.host_ifname.clone()));
         // Only when the allocation differs from what `create_pair` guessed.
@@ -430,7 +428,7 @@ impl Dataplane for KernelDataplane {
                 if !link.up || mtu.is_some() {
                     let mut set = LinkMessage::default();
                     set.header.index = link.index;
-                    up_flags(&mut set, true);
+                    set_up(&mut set);
                     if let Some(mtu) = mtu {
                         set.attributes.push(LinkAttribute::Mtu(mtu));
                     }
