@@ -15,11 +15,10 @@
 mod common;
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -36,9 +35,6 @@ fn timed(
     let mut cmd = Command::new(plugin);
     cmd.env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
     let fd = node.try_clone().unwrap();
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
@@ -50,21 +46,13 @@ fn timed(
         });
     }
     let start = Instant::now();
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let reply = exec_with(cmd, stdin);
     let took = start.elapsed();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (took, out.status.code().unwrap_or(-1), text)
+    (
+        took,
+        reply.code,
+        format!("{}{}", reply.stdout, reply.stderr),
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
