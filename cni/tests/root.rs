@@ -24,6 +24,17 @@ fn with(mut base: Value, extra: Value) -> String {
     base.to_string()
 }
 
+/// `tortie` ADD of `inv` with the plain 1.0.0 config, against `agent`.
+fn add_v1(node: &NetNs, inv: &Invocation, agent: &TestAgent) -> Reply {
+    exec(
+        node,
+        &tortie(),
+        "ADD",
+        inv,
+        &conf("1.0.0", &agent.socket).to_string(),
+    )
+}
+
 fn tort_links(node: &NetNs) -> Vec<String> {
     node.ip(&["-o", "link", "show"])
         .lines()
@@ -227,14 +238,7 @@ fn add_over_a_foreign_ifname_fails_and_changes_nothing() {
     pod.ip(&["addr", "add", "192.0.2.9/24", "dev", "eth0"]);
     let before = pod.ip(&["addr", "show", "dev", "eth0"]);
     let inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
-    let err = exec(
-        &node,
-        &tortie(),
-        "ADD",
-        &inv,
-        &conf("1.0.0", &agent.socket).to_string(),
-    )
-    .error(100);
+    let err = add_v1(&node, &inv, &agent).error(100);
     assert!(err["msg"].as_str().unwrap().contains("eth0"), "{err}");
     assert_eq!(pod.ip(&["addr", "show", "dev", "eth0"]), before);
     assert!(tort_links(&node).is_empty());
@@ -251,14 +255,7 @@ fn failed_add_leaves_no_veth_and_no_allocation() {
     agent.state.lock().unwrap().fail_endpoint_ready = true;
     let pod = NetNs::new("cni-pod");
     let inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
-    exec(
-        &node,
-        &tortie(),
-        "ADD",
-        &inv,
-        &conf("1.0.0", &agent.socket).to_string(),
-    )
-    .error(103);
+    add_v1(&node, &inv, &agent).error(103);
     assert!(tort_links(&node).is_empty(), "{:?}", tort_links(&node));
     assert!(!pod.has_link("eth0"));
     assert!(agent.held().is_empty(), "{:?}", agent.held());
@@ -319,14 +316,7 @@ fn refused_allocate_removes_the_pair_made_meanwhile() {
     agent.state.lock().unwrap().fail_allocate = true;
     let pod = NetNs::new("cni-pod");
     let inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
-    let err = exec(
-        &node,
-        &tortie(),
-        "ADD",
-        &inv,
-        &conf("1.0.0", &agent.socket).to_string(),
-    )
-    .error(103);
+    let err = add_v1(&node, &inv, &agent).error(103);
     assert!(err["msg"].as_str().unwrap().contains("Allocate"), "{err}");
     assert!(tort_links(&node).is_empty(), "{:?}", tort_links(&node));
     assert!(!pod.has_link("eth0"));
@@ -758,14 +748,7 @@ fn an_existing_default_route_is_not_taken_over() {
     ]);
     let mut inv = Invocation::kubelet(&unique("web"), &unique("cid"), &pod.path());
     inv.ifname = "net1".into();
-    let err = exec(
-        &node,
-        &tortie(),
-        "ADD",
-        &inv,
-        &conf("1.0.0", &agent.socket).to_string(),
-    )
-    .error(101);
+    let err = add_v1(&node, &inv, &agent).error(101);
     assert!(err["msg"].as_str().unwrap().contains("0.0.0.0/0"), "{err}");
     assert!(
         pod.ip(&["route", "show", "default"])
