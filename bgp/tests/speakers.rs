@@ -95,6 +95,16 @@ fn net(s: &str) -> IpNet {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
+async fn add_peer(s: &Speaker, cfg: PeerConfig) {
+    s.add_peer(cfg).await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+async fn originate(s: &Speaker, prefix: &str) {
+    s.originate(net(prefix))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 async fn speaker(router_id: [u8; 4], listen: &str, restarting: bool) -> Speaker {
     let mut cfg = SpeakerConfig::new(Ipv4Addr::from(router_id), ASN);
     cfg.listen = Some(SocketAddr::new(addr(listen), PORT));
@@ -212,17 +222,13 @@ fn two_speakers_exchange_ipv4_and_ipv6_routes_and_withdrawals() {
         let mut wa = Watch::new(&a).await;
         let mut wb = Watch::new(&b).await;
         // The mesh rule: the higher address is passive.
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&a, peer("127.0.0.2", "127.0.0.1", false)).await;
+        add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
         for p in ["192.168.1.0/26", "fd00:1::/122"] {
-            a.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+            originate(&a, p).await;
         }
         for p in ["192.168.2.0/26", "192.168.3.0/26", "fd00:2::/122"] {
-            b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+            originate(&b, p).await;
         }
 
         wa.until("B's routes on A", |w| {
@@ -371,18 +377,10 @@ fn a_peer_sending_garbage_loses_only_its_own_session() {
         let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
         let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
         let mut wa = Watch::new(&a).await;
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        a.add_peer(peer("127.0.0.3", "127.0.0.1", true))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        b.originate(net("192.168.2.0/26"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&a, peer("127.0.0.2", "127.0.0.1", false)).await;
+        add_peer(&a, peer("127.0.0.3", "127.0.0.1", true)).await;
+        add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
+        originate(&b, "192.168.2.0/26").await;
         wa.until("B's route", |w| w.has("192.168.2.0/26", "127.0.0.2"))
             .await;
 
@@ -487,9 +485,7 @@ fn a_peer_sending_garbage_loses_only_its_own_session() {
             "{c_status:?}"
         );
         assert!(wa.has("192.168.2.0/26", "127.0.0.2"));
-        b.originate(net("192.168.4.0/26"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        originate(&b, "192.168.4.0/26").await;
         wa.until("B's later route", |w| w.has("192.168.4.0/26", "127.0.0.2"))
             .await;
         let _ = a.shutdown().await;
@@ -504,19 +500,13 @@ fn graceful_restart_keeps_routes_through_a_peer_restart() {
     ns.run(|| async {
         let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
         let mut wa = Watch::new(&a).await;
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        a.originate(net("192.168.1.0/26"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&a, peer("127.0.0.2", "127.0.0.1", false)).await;
+        originate(&a, "192.168.1.0/26").await;
 
         let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
         for p in ["192.168.2.0/26", "192.168.3.0/26", "fd00:2::/122"] {
-            b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+            originate(&b, p).await;
         }
         wa.until("B's routes", |w| w.routes.len() == 3).await;
 
@@ -537,11 +527,9 @@ fn graceful_restart_keeps_routes_through_a_peer_restart() {
         // B comes back, knowing it restarted. It no longer has 192.168.3.0/26.
         let b = speaker([10, 0, 0, 2], "127.0.0.2", true).await;
         let mut wb = Watch::new(&b).await;
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
         for p in ["192.168.2.0/26", "fd00:2::/122"] {
-            b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+            originate(&b, p).await;
         }
         // B waits for A's End-of-RIB before it advertises (RFC 4724 §4.1) ...
         wb.until("B's initial sync", |w| {
@@ -571,26 +559,16 @@ fn route_reflector_passes_routes_between_clients() {
         for client in ["127.0.0.2", "127.0.0.3"] {
             let mut p = peer(client, "127.0.0.1", true);
             p.route_reflector_client = true;
-            rr.add_peer(p).await.unwrap_or_else(|e| panic!("{e}"));
+            add_peer(&rr, p).await;
         }
         let mut wb = Watch::new(&b).await;
         let mut wc = Watch::new(&c).await;
         // The clients peer only with the reflector, not with each other.
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", false))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        c.add_peer(peer("127.0.0.1", "127.0.0.3", false))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        b.originate(net("192.168.2.0/26"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        c.originate(net("192.168.3.0/26"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        c.originate(net("fd00:3::/122"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&b, peer("127.0.0.1", "127.0.0.2", false)).await;
+        add_peer(&c, peer("127.0.0.1", "127.0.0.3", false)).await;
+        originate(&b, "192.168.2.0/26").await;
+        originate(&c, "192.168.3.0/26").await;
+        originate(&c, "fd00:3::/122").await;
         // Reflected routes keep the originating client's next hop.
         wc.until("B's route on C", |w| w.has("192.168.2.0/26", "127.0.0.2"))
             .await;
@@ -621,22 +599,18 @@ fn md5_passwords_must_match() {
         };
         // A waits for both; B knows the password, C does not.
         for (p, pw) in [("127.0.0.2", "s3cret"), ("127.0.0.3", "s3cret")] {
-            a.add_peer(with_password(peer(p, "127.0.0.1", true), pw))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            add_peer(&a, with_password(peer(p, "127.0.0.1", true), pw)).await;
         }
-        b.add_peer(with_password(
-            peer("127.0.0.1", "127.0.0.2", false),
-            "s3cret",
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        c.add_peer(with_password(
-            peer("127.0.0.1", "127.0.0.3", false),
-            "wrong",
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(
+            &b,
+            with_password(peer("127.0.0.1", "127.0.0.2", false), "s3cret"),
+        )
+        .await;
+        add_peer(
+            &c,
+            with_password(peer("127.0.0.1", "127.0.0.3", false), "wrong"),
+        )
+        .await;
         wait_state(&a, "127.0.0.2", State::Established).await;
         // The kernel drops C's unsigned-with-the-wrong-key SYNs: no session, ever.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -676,9 +650,7 @@ fn two_active_speakers_settle_on_one_session() {
         );
         ra.unwrap_or_else(|e| panic!("{e}"));
         rb.unwrap_or_else(|e| panic!("{e}"));
-        b.originate(net("192.168.2.0/26"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        originate(&b, "192.168.2.0/26").await;
         wa.until("B's route", |w| w.has("192.168.2.0/26", "127.0.0.2"))
             .await;
         wait_state(&a, "127.0.0.2", State::Established).await;
@@ -720,9 +692,7 @@ fn connection_collision_keeps_the_connection_of_the_higher_identifier() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
-        a.add_peer(peer("127.0.0.3", "127.0.0.1", false))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&a, peer("127.0.0.3", "127.0.0.1", false)).await;
         let (mut from_a, _) = tokio::time::timeout(WAIT, c_listener.accept())
             .await
             .unwrap_or_else(|e| panic!("{e}"))
@@ -785,7 +755,7 @@ fn a_silent_peer_times_out_and_its_routes_go_after_its_restart_time() {
         let mut wa = Watch::new(&a).await;
         let mut p = peer("127.0.0.3", "127.0.0.1", true);
         p.hold_time = 3;
-        a.add_peer(p).await.unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&a, p).await;
 
         // C offers graceful restart with a 2-second restart time.
         let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
@@ -873,18 +843,10 @@ fn two_restarting_speakers_do_not_wait_for_each_other() {
         let b = speaker([10, 0, 0, 2], "127.0.0.2", true).await;
         let mut wa = Watch::new(&a).await;
         let mut wb = Watch::new(&b).await;
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        a.originate(net("192.168.1.0/26"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        b.originate(net("192.168.2.0/26"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&a, peer("127.0.0.2", "127.0.0.1", false)).await;
+        add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
+        originate(&a, "192.168.1.0/26").await;
+        originate(&b, "192.168.2.0/26").await;
         let started = tokio::time::Instant::now();
         wa.until("sync on A", |w| {
             w.sync_done && w.has("192.168.2.0/26", "127.0.0.2")
@@ -915,14 +877,10 @@ fn changing_the_import_pools_refreshes_routes_from_peers() {
         let a = Speaker::start(cfg).await.unwrap_or_else(|e| panic!("{e}"));
         let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
         let mut wa = Watch::new(&a).await;
-        a.add_peer(peer("127.0.0.2", "127.0.0.1", false))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        b.add_peer(peer("127.0.0.1", "127.0.0.2", true))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&a, peer("127.0.0.2", "127.0.0.1", false)).await;
+        add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
         for p in ["192.168.2.0/26", "10.244.2.0/26"] {
-            b.originate(net(p)).await.unwrap_or_else(|e| panic!("{e}"));
+            originate(&b, p).await;
         }
         wa.until("B's pool route", |w| w.has("192.168.2.0/26", "127.0.0.2"))
             .await;
@@ -961,9 +919,7 @@ fn many_small_updates_reach_the_subscriber_in_few_batches() {
     let ns = Netns::new("flap");
     ns.run(|| async {
         let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
-        a.add_peer(peer("127.0.0.3", "127.0.0.1", true))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        add_peer(&a, peer("127.0.0.3", "127.0.0.1", true)).await;
         let mut rx = a.subscribe().await.unwrap_or_else(|e| panic!("{e}"));
         let (mut c, _buf) = raw_peer([10, 0, 0, 3]).await;
         wait_state(&a, "127.0.0.3", State::Established).await;
