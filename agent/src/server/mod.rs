@@ -41,13 +41,7 @@ pub struct Handle {
     pub container_id: String,
 }
 
-impl Handle {
-    /// The handle ID as stored in the datastore.
-    pub fn id(&self) -> String {
-        format!("{}.{}", self.network, self.container_id)
-    }
-}
-
+/// Shown as the handle ID the datastore stores: `<network>.<containerID>`.
 impl fmt::Display for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.network, self.container_id)
