@@ -481,29 +481,16 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
         .enable_all()
         .build()
         .unwrap();
-    let cni = || async { CniClient::new(tortie_api::connect_unix(tree.socket()).await.unwrap()) };
-    let att = Some(api::Attachment {
-        network: "k8s-pod-network".into(),
-        container_id: "c1".into(),
-        ifname: "eth0".into(),
-    });
-    let pod = Some(api::Pod {
-        namespace: "default".into(),
-        name: "p1".into(),
-        uid: "u1".into(),
-    });
-    let reply = rt
-        .block_on(async {
-            cni()
-                .await
-                .allocate(api::AllocateRequest {
-                    attachment: att.clone(),
-                    pod: pod.clone(),
-                })
-                .await
+    let sock = tree.socket();
+    let (att, pod) = (attachment("c1"), pod("p1", "u1"));
+    let allocate_c1 = async |c: &mut Cni| {
+        c.allocate(api::AllocateRequest {
+            attachment: att.clone(),
+            pod: pod.clone(),
         })
-        .unwrap()
-        .into_inner();
+        .await
+    };
+    let reply = cni(&rt, &sock, allocate_c1).unwrap();
     assert_eq!(reply.mtu, 1460);
     assert_eq!(reply.ips.len(), 1);
     let addr: ipnet::Ipv4Net = reply.ips[0].address.parse().unwrap();
@@ -519,18 +506,7 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     // Durable: the block holding it is in the apiserver.
     let blocks = cp.kubectl(&ns, &["get", "ipamblocks.crd.tortie.dev", "-o", "name"]);
     assert_eq!(blocks.lines().count(), 1, "{blocks}");
-    let again = rt
-        .block_on(async {
-            cni()
-                .await
-                .allocate(api::AllocateRequest {
-                    attachment: att.clone(),
-                    pod: pod.clone(),
-                })
-                .await
-        })
-        .unwrap()
-        .into_inner();
+    let again = cni(&rt, &sock, allocate_c1).unwrap();
     assert_eq!(again.ips, reply.ips);
 
     // The CNI plugin's part, done by hand: the host veth (peer stays here: no pod netns needed
@@ -540,16 +516,14 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
         "link", "add", &veth, "type", "veth", "peer", "name", "p1peer",
     ]);
     ns.ip(&["link", "set", &veth, "up"]);
-    rt.block_on(async {
-        cni()
-            .await
-            .endpoint_ready(api::EndpointReadyRequest {
-                attachment: att.clone(),
-                pod: pod.clone(),
-                host_ifname: veth.clone(),
-                addresses: vec![addr.to_string()],
-            })
-            .await
+    cni(&rt, &sock, async |c| {
+        c.endpoint_ready(api::EndpointReadyRequest {
+            attachment: att.clone(),
+            pod: pod.clone(),
+            host_ifname: veth.clone(),
+            addresses: vec![addr.to_string()],
+        })
+        .await
     })
     .unwrap();
     let host_route = format!("{} dev {veth} scope link", addr.addr());
@@ -572,31 +546,17 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     );
 
     // Release: the route goes, then the address; CHECK sees nothing.
-    let released = rt
-        .block_on(async {
-            cni()
-                .await
-                .release(api::ReleaseRequest {
-                    attachment: att.clone(),
-                })
-                .await
+    let released = cni(&rt, &sock, async |c| {
+        c.release(api::ReleaseRequest {
+            attachment: att.clone(),
         })
-        .unwrap()
-        .into_inner();
+        .await
+    })
+    .unwrap();
     assert_eq!(released.released, 1);
     let ours = ns.ip(&["route", "show", "proto", "116"]);
     assert!(!ours.contains(&host_route), "{ours}");
-    let check = rt
-        .block_on(async {
-            cni()
-                .await
-                .check(api::CheckRequest {
-                    attachment: att.clone(),
-                })
-                .await
-        })
-        .unwrap();
-    assert!(check.into_inner().addresses.is_empty());
+    assert!(held(&rt, &sock, "c1").is_empty());
 
     // The same pod recreated (new sandbox, same namespace/name): its veth comes back under the
     // same name with a new ifindex, and its route must still go in.
@@ -605,34 +565,15 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
         "link", "add", &veth, "type", "veth", "peer", "name", "p1peer",
     ]);
     ns.ip(&["link", "set", &veth, "up"]);
-    let att2 = Some(api::Attachment {
-        network: "k8s-pod-network".into(),
-        container_id: "c2".into(),
-        ifname: "eth0".into(),
-    });
-    let reply = rt
-        .block_on(async {
-            cni()
-                .await
-                .allocate(api::AllocateRequest {
-                    attachment: att2.clone(),
-                    pod: pod.clone(),
-                })
-                .await
+    let addr2 = allocate(&rt, &sock, "c2", "p1", "u1").remove(0);
+    cni(&rt, &sock, async |c| {
+        c.endpoint_ready(api::EndpointReadyRequest {
+            attachment: attachment("c2"),
+            pod: pod.clone(),
+            host_ifname: veth.clone(),
+            addresses: vec![addr2.clone()],
         })
-        .unwrap()
-        .into_inner();
-    let addr2 = reply.ips[0].address.clone();
-    rt.block_on(async {
-        cni()
-            .await
-            .endpoint_ready(api::EndpointReadyRequest {
-                attachment: att2.clone(),
-                pod: pod.clone(),
-                host_ifname: veth.clone(),
-                addresses: vec![addr2.clone()],
-            })
-            .await
+        .await
     })
     .unwrap_or_else(|e| panic!("EndpointReady for a recreated veth: {e}\n{}", tree.log()));
     let ours = ns.ip(&["route", "show", "proto", "116"]);
@@ -672,52 +613,66 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     );
 }
 
+type Cni = CniClient<tonic::transport::Channel>;
+
+/// One call on the agent's Cni service, over a fresh connection: the plugin makes one per
+/// invocation.
+fn cni<T>(
+    rt: &tokio::runtime::Runtime,
+    sock: &Path,
+    call: impl AsyncFnOnce(&mut Cni) -> Result<tonic::Response<T>, tonic::Status>,
+) -> Result<T, tonic::Status> {
+    rt.block_on(async {
+        let mut c = CniClient::new(tortie_api::connect_unix(sock).await.unwrap());
+        call(&mut c).await.map(tonic::Response::into_inner)
+    })
+}
+
+/// Container `cid`'s attachment to the default pod network.
+fn attachment(cid: &str) -> Option<api::Attachment> {
+    Some(api::Attachment {
+        network: "k8s-pod-network".into(),
+        container_id: cid.into(),
+        ifname: "eth0".into(),
+    })
+}
+
+/// Pod `name` in namespace `default`.
+fn pod(name: &str, uid: &str) -> Option<api::Pod> {
+    Some(api::Pod {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: uid.into(),
+    })
+}
+
 fn allocate(
     rt: &tokio::runtime::Runtime,
     sock: &Path,
     cid: &str,
-    pod: &str,
+    name: &str,
     uid: &str,
 ) -> Vec<String> {
-    rt.block_on(async {
-        let mut c = CniClient::new(tortie_api::connect_unix(sock).await.unwrap());
+    let reply = cni(rt, sock, async |c| {
         c.allocate(api::AllocateRequest {
-            attachment: Some(api::Attachment {
-                network: "k8s-pod-network".into(),
-                container_id: cid.into(),
-                ifname: "eth0".into(),
-            }),
-            pod: Some(api::Pod {
-                namespace: "default".into(),
-                name: pod.into(),
-                uid: uid.into(),
-            }),
+            attachment: attachment(cid),
+            pod: pod(name, uid),
         })
         .await
-        .unwrap()
-        .into_inner()
-        .ips
-        .into_iter()
-        .map(|i| i.address)
-        .collect()
     })
+    .unwrap();
+    reply.ips.into_iter().map(|i| i.address).collect()
 }
 
 fn held(rt: &tokio::runtime::Runtime, sock: &Path, cid: &str) -> Vec<String> {
-    rt.block_on(async {
-        let mut c = CniClient::new(tortie_api::connect_unix(sock).await.unwrap());
+    cni(rt, sock, async |c| {
         c.check(api::CheckRequest {
-            attachment: Some(api::Attachment {
-                network: "k8s-pod-network".into(),
-                container_id: cid.into(),
-                ifname: "eth0".into(),
-            }),
+            attachment: attachment(cid),
         })
         .await
-        .unwrap()
-        .into_inner()
-        .addresses
     })
+    .unwrap()
+    .addresses
 }
 
 #[test]
@@ -800,20 +755,14 @@ fn leaks_go_after_the_grace_period_live_ones_never_and_a_lost_apiserver_means_no
         "{}",
         status.reason
     );
-    let err = rt
-        .block_on(async {
-            let mut c = CniClient::new(tortie_api::connect_unix(&sock).await.unwrap());
-            c.allocate(api::AllocateRequest {
-                attachment: Some(api::Attachment {
-                    network: "k8s-pod-network".into(),
-                    container_id: "c-late".into(),
-                    ifname: "eth0".into(),
-                }),
-                pod: None,
-            })
-            .await
+    let err = cni(&rt, &sock, async |c| {
+        c.allocate(api::AllocateRequest {
+            attachment: attachment("c-late"),
+            pod: None,
         })
-        .unwrap_err();
+        .await
+    })
+    .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     drop(agent);
 }
