@@ -887,15 +887,19 @@ impl Rib {
     fn export(&mut self, prefix: IpNet, old: Option<&Path>, new: Option<&Path>) {
         for to in 1..self.peers.len() {
             let Ok(to) = PeerId::try_from(to) else { break };
+            // Restarting: a peer gets the full table once, after initial sync. Checked
+            // first, so that a table loading before then builds no export attributes.
+            if !self
+                .slot(to)
+                .is_some_and(|s| s.session.is_some() && s.advertising)
+            {
+                continue;
+            }
             let announce = new.and_then(|p| self.export_attrs(to, prefix, p));
             let was = old.is_some_and(|p| self.exportable(to, prefix, p));
             let Some(slot) = self.slot_mut(to) else {
                 continue;
             };
-            // Restarting: a peer gets the full table once, after initial sync.
-            if slot.session.is_none() || !slot.advertising {
-                continue;
-            }
             match announce {
                 Some(attrs) => slot.out.push(prefix, Some(attrs)),
                 None if was => slot.out.push(prefix, None),
