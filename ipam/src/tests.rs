@@ -32,6 +32,15 @@ fn v4(a: &mut Allocator<MemStore>, handle: &Handle) -> Result<Allocated, IpamErr
 
 /// The invariants that must hold whatever happened: no address twice, no overlapping
 /// blocks, and every owned block has exactly one affinity, its owner's.
+/// Every address the store holds, with the handle it is allocated to.
+fn stored_handles(store: &MemStore) -> impl Iterator<Item = (IpAddr, Handle)> {
+    store.blocks().into_iter().flat_map(|b| {
+        b.addresses()
+            .map(|(ip, a)| (ip, a.handle.clone()))
+            .collect::<Vec<_>>()
+    })
+}
+
 fn assert_consistent(store: &MemStore) {
     let blocks = store.blocks();
     let mut seen: HashMap<IpAddr, Handle> = HashMap::new();
@@ -323,14 +332,7 @@ fn a_lost_write_that_landed_is_found_again() {
         Err(IpamError::Store(StoreError::Backend(_)))
     ));
     let retried = v4(&mut a, &h(1)).unwrap();
-    let holders: Vec<_> = store
-        .blocks()
-        .iter()
-        .flat_map(|b| {
-            b.addresses()
-                .map(|(ip, al)| (ip, al.handle.clone()))
-                .collect::<Vec<_>>()
-        })
+    let holders: Vec<_> = stored_handles(&store)
         .filter(|(_, hd)| *hd == h(1))
         .collect();
     assert_eq!(
@@ -748,15 +750,7 @@ fn ten_nodes_racing_never_duplicate() {
     }
     assert_eq!(got.len(), 10 * per_node);
     assert_consistent(&store);
-    let stored: HashMap<IpAddr, Handle> = store
-        .blocks()
-        .iter()
-        .flat_map(|b| {
-            b.addresses()
-                .map(|(ip, a)| (ip, a.handle.clone()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let stored: HashMap<IpAddr, Handle> = stored_handles(&store).collect();
     assert_eq!(stored, got, "what was returned is exactly what is stored");
     // 16 blocks for 10 nodes of 24 addresses: every block was claimed, and some nodes had to
     // borrow, so the race went through claims, lost claims and borrowing.
