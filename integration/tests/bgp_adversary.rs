@@ -2,22 +2,17 @@
 //! reflects between an attacking ExaBGP, an observing ExaBGP and a BIRD that must never
 //! notice anything.
 
+mod bgp_support;
+
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::Duration;
 
+use bgp_support::{ip, member_spec, net};
 use ipnet::IpNet;
 use tortie_lab::netns::Lan;
-use tortie_lab::routers::{Kind, PeerSpec, Router, RouterSpec, wait_for};
+use tortie_lab::routers::{Kind, Router, RouterSpec, wait_for};
 
 const T: Duration = Duration::from_secs(40);
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
 
 /// tortie (1) reflects for the attacker (2), the observer (3) and BIRD (4) on one LAN.
 /// Field order is drop order.
@@ -30,30 +25,8 @@ struct Setup {
 }
 
 fn spec(i: u8, peers: &[(u8, bool)], passive: bool, originate: &[&str]) -> RouterSpec {
-    let mut s = RouterSpec::new(
-        format!("10.97.0.{i}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-        64512,
-    );
-    for &(j, rr_client) in peers {
-        let mut p = PeerSpec::new(ip(&format!("10.97.0.{j}")), 64512);
-        p.rr_client = rr_client;
-        p.passive = passive;
-        p.local_address = Some(ip(&format!("10.97.0.{i}")));
-        s.peers.push(p);
-    }
+    let mut s = member_spec("10.97.0", "fd97::", i, peers, passive);
     s.originate = originate.iter().map(|p| net(p)).collect();
-    s.next_hop_v4 = Some(
-        format!("10.97.0.{i}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-    );
-    s.next_hop_v6 = Some(
-        format!("fd97::{i}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-    );
     s
 }
 

@@ -4,24 +4,19 @@
 //! Build the binaries first: `cargo build -p tortie-node` (the tests find `tortie-node`
 //! and `tortiectl` in the target folder, or through TORTIE_NODE_BIN / TORTIECTL_BIN).
 
+mod bgp_support;
+
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::Duration;
 
+use bgp_support::{ip, member_spec, net};
 use ipnet::IpNet;
 use tortie_lab::netns::{self, Lan, NetNs};
-use tortie_lab::routers::{Kind, PeerSpec, Router, RouterSpec};
+use tortie_lab::routers::{Kind, Router, RouterSpec};
 
 const T: Duration = Duration::from_secs(40);
 const TORTIE: &str = "10.99.0.1";
 const PEER: &str = "10.99.0.2";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
 
 /// The two namespaces and the routers in them. Field order is drop order: routers first.
 struct Pair {
@@ -50,29 +45,9 @@ const PLAIN_PASSIVE: Options = Options {
 /// Router `n` (1 = tortie, 2 = peer) on 10.99.0.n / fd99::n, originating 10.n.0.0/24 and
 /// fdn::/64 (with next hops on the link, for IPv6 over the IPv4 session).
 fn spec(n: u8, passive: bool, password: Option<&str>) -> RouterSpec {
-    let other = 3 - n;
-    let mut s = RouterSpec::new(
-        format!("10.99.0.{n}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-        64512,
-    );
-    let mut p = PeerSpec::new(ip(&format!("10.99.0.{other}")), 64512);
-    p.passive = passive;
-    p.password = password.map(str::to_owned);
-    p.local_address = Some(ip(&format!("10.99.0.{n}")));
-    s.peers.push(p);
+    let mut s = member_spec("10.99.0", "fd99::", n, &[(3 - n, false)], passive);
+    s.peers[0].password = password.map(str::to_owned);
     s.originate = vec![net(&format!("10.{n}.0.0/24")), net(&format!("fd0{n}::/64"))];
-    s.next_hop_v4 = Some(
-        format!("10.99.0.{n}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-    );
-    s.next_hop_v6 = Some(
-        format!("fd99::{n}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-    );
     s
 }
 
@@ -507,30 +482,8 @@ fn lan(n: u8) -> Lan {
 /// LAN member `i` peering with `peers` (address index, is an RR client of ours),
 /// originating 10.i.0.0/24 and fd0i::/64.
 fn lan_spec(i: u8, peers: &[(u8, bool)], passive: bool) -> RouterSpec {
-    let mut s = RouterSpec::new(
-        format!("10.98.0.{i}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-        64512,
-    );
-    for &(j, rr_client) in peers {
-        let mut p = PeerSpec::new(ip(&format!("10.98.0.{j}")), 64512);
-        p.rr_client = rr_client;
-        p.passive = passive;
-        p.local_address = Some(ip(&format!("10.98.0.{i}")));
-        s.peers.push(p);
-    }
+    let mut s = member_spec("10.98.0", "fd98::", i, peers, passive);
     s.originate = vec![net(&format!("10.{i}.0.0/24")), net(&format!("fd0{i}::/64"))];
-    s.next_hop_v4 = Some(
-        format!("10.98.0.{i}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-    );
-    s.next_hop_v6 = Some(
-        format!("fd98::{i}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-    );
     s
 }
 

@@ -1,21 +1,16 @@
 //! Root tests of the router harness itself: the real routers peer with each other, so a
 //! failing tortie interop test can be told apart from a broken harness.
 
-use std::net::IpAddr;
+mod bgp_support;
+
 use std::time::Duration;
 
+use bgp_support::{ip, member_spec, net};
 use ipnet::IpNet;
 use tortie_lab::netns::{self, NetNs};
-use tortie_lab::routers::{Kind, PeerSpec, Router, RouterSpec};
+use tortie_lab::routers::{Kind, Router, RouterSpec};
 
 const T: Duration = Duration::from_secs(30);
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
 
 /// Two namespaces on one link: 10.99.0.1 / fd99::1 and 10.99.0.2 / fd99::2.
 fn link() -> (NetNs, NetNs) {
@@ -23,28 +18,8 @@ fn link() -> (NetNs, NetNs) {
 }
 
 fn spec(n: u8, originate: &[&str], passive: bool) -> RouterSpec {
-    let peer_n = 3 - n;
-    let mut s = RouterSpec::new(
-        format!("10.99.0.{n}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-        64512,
-    );
-    let mut p = PeerSpec::new(ip(&format!("10.99.0.{peer_n}")), 64512);
-    p.passive = passive;
-    p.local_address = Some(ip(&format!("10.99.0.{n}")));
-    s.peers.push(p);
+    let mut s = member_spec("10.99.0", "fd99::", n, &[(3 - n, false)], passive);
     s.originate = originate.iter().map(|p| net(p)).collect();
-    s.next_hop_v4 = Some(
-        format!("10.99.0.{n}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-    );
-    s.next_hop_v6 = Some(
-        format!("fd99::{n}")
-            .parse()
-            .unwrap_or_else(|_| unreachable!()),
-    );
     s
 }
 
