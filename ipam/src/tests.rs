@@ -30,8 +30,6 @@ fn v4(a: &mut Allocator<MemStore>, handle: &Handle) -> Result<Allocated, IpamErr
     block_on(a.allocate(handle, IpFamily::V4, None))
 }
 
-/// The invariants that must hold whatever happened: no address twice, no overlapping
-/// blocks, and every owned block has exactly one affinity, its owner's.
 /// Every address the store holds, with the handle it is allocated to.
 fn stored_handles(store: &MemStore) -> impl Iterator<Item = (IpAddr, Handle)> {
     store.blocks().into_iter().flat_map(|b| {
@@ -41,6 +39,8 @@ fn stored_handles(store: &MemStore) -> impl Iterator<Item = (IpAddr, Handle)> {
     })
 }
 
+/// The invariants that must hold whatever happened: no address twice, no overlapping
+/// blocks, and every owned block has exactly one affinity, its owner's.
 fn assert_consistent(store: &MemStore) {
     let blocks = store.blocks();
     let mut seen: HashMap<IpAddr, Handle> = HashMap::new();
