@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnixListenerStream;
-use tortie_api::v1::status_server::{Status as StatusApi, StatusServer};
-use tortie_api::v1::{StatusReply, StatusRequest};
+use tortie_api::v1::status_server::StatusServer;
 use tortie_bgp::{Password, PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig};
 
 use crate::netlink::{KernelRouteTable, Route};
 use crate::routes::{ReconcilerConfig, RouteUpdate, RoutesHandle, spawn_reconciler};
+use crate::server::{Health, NodeInfo, StatusService};
 
 /// Where the daemon serves its status API unless the config says otherwise.
 pub const DEFAULT_API_SOCKET: &str = "/var/run/tortie/bgp.sock";
@@ -330,10 +330,16 @@ pub async fn run_with(
             path: cfg.api_socket.clone(),
             source,
         })?;
-    let status = BgpStatus {
-        speaker: speaker.clone(),
-        node_name: node_name(&cfg),
-    };
+    // The agent's Status service: always ready (nothing here waits on a datastore), no pod
+    // MTU, the speaker's peers.
+    let status = StatusService::new(
+        NodeInfo {
+            node_name: node_name(&cfg),
+            mtu: 0,
+        },
+        watch::channel(Health::Ready).1,
+    )
+    .with_speaker(speaker.clone());
     let served = tonic::transport::Server::builder()
         .add_service(StatusServer::new(status))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
@@ -399,34 +405,6 @@ fn to_update(change: RouteChange) -> RouteUpdate {
             prefix, next_hop, ..
         } => RouteUpdate::Want(Route::via(prefix, next_hop)),
         RouteChange::Remove { prefix } => RouteUpdate::Unwant(prefix),
-    }
-}
-
-/// The `tortie.v1.Status` service over the speaker's peer table.
-struct BgpStatus {
-    speaker: Speaker,
-    node_name: String,
-}
-
-#[tonic::async_trait]
-impl StatusApi for BgpStatus {
-    async fn get_status(
-        &self,
-        _request: tonic::Request<StatusRequest>,
-    ) -> Result<tonic::Response<StatusReply>, tonic::Status> {
-        let peers = self
-            .speaker
-            .peer_status()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        Ok(tonic::Response::new(StatusReply {
-            ready: true,
-            node_name: self.node_name.clone(),
-            mtu: 0,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            bgp_peers: peers.iter().map(crate::node_status::api_peer).collect(),
-            reason: String::new(),
-        }))
     }
 }
 
