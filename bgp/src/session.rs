@@ -508,8 +508,15 @@ impl Session {
         }
     }
 
+    /// The connection the session is Established on, if it is.
+    fn established_conn(&self) -> Option<ConnId> {
+        self.fsm
+            .conn()
+            .filter(|_| self.fsm.state() == State::Established)
+    }
+
     fn established_on(&self, id: ConnId) -> bool {
-        self.fsm.state() == State::Established && self.fsm.conn() == Some(id)
+        self.established_conn() == Some(id)
     }
 
     async fn update(&mut self, update: Update) {
@@ -570,11 +577,7 @@ impl Session {
 
     /// Packs a batch from the Adj-RIB-Out into UPDATEs and hands it to the writer.
     async fn send_batch(&mut self, batch: OutBatch) {
-        let Some(id) = self
-            .fsm
-            .conn()
-            .filter(|_| self.fsm.state() == State::Established)
-        else {
+        let Some(id) = self.established_conn() else {
             // The session went down meanwhile; the speaker learns that from `Down` and
             // resets its credit then.
             return;
@@ -610,11 +613,7 @@ impl Session {
     }
 
     fn request_refresh(&mut self) {
-        let Some(id) = self
-            .fsm
-            .conn()
-            .filter(|_| self.fsm.state() == State::Established)
-        else {
+        let Some(id) = self.established_conn() else {
             return;
         };
         if !self.fsm.negotiated().is_some_and(|n| n.route_refresh) {
