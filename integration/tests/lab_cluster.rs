@@ -9,7 +9,7 @@ mod lab_support;
 
 use std::time::{Duration, Instant};
 
-use lab_support::{TestLab, assert_nothing_left, recording_agent, text};
+use lab_support::{TestLab, assert_nothing_left, text};
 use serde_json::Value;
 
 const NODES: u32 = 3;
@@ -17,32 +17,13 @@ const NODES: u32 = 3;
 #[test]
 fn up_serves_nodes_rbac_and_custom_resources_then_down_leaves_nothing() {
     let t = TestLab::new("c");
-    let agent = recording_agent(t.scratch());
-
     let start = Instant::now();
-    let out = t.output(
-        t.cmd(&[
-            "up",
-            "--nodes",
-            &NODES.to_string(),
-            "--agent-timeout",
-            "1",
-            "--pods-per-node",
-            "0",
-        ])
-        .env("TORTIE_NODE_BIN", &agent),
-    );
-    assert!(
-        out.status.success(),
-        "up failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    let up_out = t.up_with_recording_agent(NODES);
     let up_time = start.elapsed();
     eprintln!(
         "up --nodes {NODES}: {:.1}s\n{}",
         up_time.as_secs_f64(),
-        text(&out.stdout)
+        up_out
     );
 
     nodes_are_registered(&t);

@@ -46,25 +46,7 @@ fn down_cleans_up_after_an_up_killed_half_way() {
 #[test]
 fn down_kills_processes_even_without_pid_files_or_namespaces() {
     let t = TestLab::new("m");
-    let agent = recording_agent(t.scratch());
-    let out = t.output(
-        t.cmd(&[
-            "up",
-            "--nodes",
-            "1",
-            "--agent-timeout",
-            "1",
-            "--pods-per-node",
-            "0",
-        ])
-        .env("TORTIE_NODE_BIN", &agent),
-    );
-    assert!(
-        out.status.success(),
-        "up failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    t.up_with_recording_agent(1);
 
     // A second lab with the same prefix must not adopt this one's namespaces.
     let other_state = t.scratch().join("other-state");

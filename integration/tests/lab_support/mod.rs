@@ -58,6 +58,31 @@ impl TestLab {
             .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
     }
 
+    /// `up --nodes NODES` with the recording agent standing in for tortie-node (given 1 s to
+    /// be ready, no demo pods); fails the test unless it succeeds. Returns what it printed.
+    pub fn up_with_recording_agent(&self, nodes: u32) -> String {
+        let agent = recording_agent(self.scratch());
+        let out = self.output(
+            self.cmd(&[
+                "up",
+                "--nodes",
+                &nodes.to_string(),
+                "--agent-timeout",
+                "1",
+                "--pods-per-node",
+                "0",
+            ])
+            .env("TORTIE_NODE_BIN", &agent),
+        );
+        assert!(
+            out.status.success(),
+            "up failed:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
     /// kubectl as node `node`'s agent would be: from inside its namespace, with its kubeconfig.
     pub fn kubectl_as_node(&self, node: &str, args: &[&str]) -> Output {
         let mut cmd = Command::new("ip");
