@@ -168,6 +168,14 @@ impl Task {
             )));
         }
         tracing::info!(handle = %ep.handle, ifname = %ep.host_ifname, "endpoint routes installed");
+        // An address released by GC is free at once, while its old endpoint is forgotten
+        // only after: when a new pod got it in between, the route is the new pod's now, and
+        // forgetting the old endpoint must not take it along.
+        for (handle, routes) in &mut self.endpoints {
+            if *handle != ep.handle {
+                routes.retain(|r| !want.iter().any(|w| w.dst == r.dst));
+            }
+        }
         self.endpoints.insert(ep.handle, want);
         Ok(())
     }
@@ -247,6 +255,35 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    /// GC releases an address, a new pod gets it and its route, and only then is the old
+    /// endpoint forgotten: the new pod's route must stay.
+    #[tokio::test]
+    async fn forgetting_an_endpoint_keeps_a_route_its_address_moved_to() {
+        let table = FakeRouteTable::new();
+        table.add_device("tortA");
+        table.add_device("tortB");
+        let probe = table.clone();
+        let (routes, _thread) = spawn_reconciler(table, ReconcilerConfig::default()).unwrap();
+        let (_affine_tx, affine_rx) = watch::channel(Vec::new());
+        let (eps, _join) = spawn(routes, Vec::new(), affine_rx);
+
+        eps.ready(ep("old", "tortA", "10.9.0.5/32")).await.unwrap();
+        eps.ready(ep("new", "tortB", "10.9.0.5/32")).await.unwrap();
+        eps.removed(&ep("old", "", "10.9.0.5/32").handle)
+            .await
+            .unwrap();
+        assert_eq!(
+            probe.routes(),
+            vec![Route::link(net("10.9.0.5/32"), "tortB")]
+        );
+
+        // The address is still the new endpoint's to give back.
+        eps.removed(&ep("new", "", "10.9.0.5/32").handle)
+            .await
+            .unwrap();
+        assert_eq!(probe.routes(), Vec::new());
     }
 
     #[tokio::test]
