@@ -519,7 +519,7 @@ impl Session {
         self.established_conn() == Some(id)
     }
 
-    async fn update(&mut self, update: Update) {
+    async fn update(&mut self, mut update: Update) {
         match &update.status {
             UpdateStatus::Ok => {}
             UpdateStatus::AttributeDiscard(issues) => {
@@ -545,6 +545,8 @@ impl Session {
         let negotiated = |p: &IpNet| self.families.contains(&Family::of(p));
         let withdrawn: Vec<IpNet> = update.withdrawals().filter(negotiated).collect();
         let mut announced = Vec::new();
+        // Taken, not cloned: its NLRI moves on into `Routes` as it is.
+        let mp_reach = update.attributes.mp_reach.take();
         let attrs = &update.attributes;
         if !update.nlri.is_empty()
             && self.families.contains(&Family::IPV4_UNICAST)
@@ -553,11 +555,11 @@ impl Session {
             let prefixes = update.nlri.iter().map(|p| IpNet::V4(*p)).collect();
             announced.push((Attrs::from_wire(attrs, NextHop::V4(nh)), prefixes));
         }
-        if let Some(reach) = &attrs.mp_reach
+        if let Some(reach) = mp_reach
             && !reach.nlri.is_empty()
             && self.families.contains(&reach.family)
         {
-            announced.push((Attrs::from_wire(attrs, reach.next_hop), reach.nlri.clone()));
+            announced.push((Attrs::from_wire(attrs, reach.next_hop), reach.nlri));
         }
         if withdrawn.is_empty() && announced.is_empty() {
             return;
