@@ -1065,10 +1065,6 @@ impl Rib {
         }
     }
 
-    pub fn is_sync_done(&self) -> bool {
-        self.sync_done
-    }
-
     /// Whether the peer has something queued to send.
     pub fn has_output(&self, id: PeerId) -> bool {
         self.slot(id).is_some_and(|s| !s.out.is_empty())
