@@ -12,7 +12,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -160,7 +160,6 @@ impl Drop for Sandboxes {
 }
 
 /// One plugin as the bench runs it: program, config on stdin, CNI_PATH.
-#[derive(Clone)]
 struct Plugin {
     program: PathBuf,
     conf: Vec<u8>,
@@ -308,97 +307,72 @@ pub fn run(
     let t_boxes = Sandboxes::create(lab, (0..n).map(|i| format!("t{i}")))?;
     let p_boxes = Sandboxes::create(lab, (0..n).map(|i| format!("p{i}")))?;
     let c_boxes = Sandboxes::create(lab, (0..opts.concurrent).map(|i| format!("c{i}")))?;
-    let t_boxes = Arc::new(t_boxes);
-    let p_boxes = Arc::new(p_boxes);
 
     progress(&format!(
         "{n} sequential ADDs each, tortie and ptp + host-local alternating"
     ));
-    let (tortie_add, ptp_add, results) = {
-        let (tortie, ptp, t_boxes, p_boxes) = (
-            tortie.clone(),
-            ptp.clone(),
-            t_boxes.clone(),
-            p_boxes.clone(),
-        );
-        crate::kube_netns::in_netns(&rt.netns, move || {
-            let (mut ts, mut ps, mut results) = (Series::default(), Series::default(), Vec::new());
-            for i in 0..n {
-                let out = tortie.run("ADD", &t_boxes, i, None);
-                ts.record(&out);
-                results.push(
-                    out.ok()
-                        .filter(|o| o.code == 0)
-                        .and_then(|o| serde_json::from_str::<Value>(&o.stdout).ok()),
-                );
-                ps.record(&ptp.run("ADD", &p_boxes, i, None));
-            }
-            (ts, ps, results)
-        })?
-    };
+    let (tortie_add, ptp_add, results) = crate::kube_netns::in_netns(&rt.netns, || {
+        let (mut ts, mut ps, mut results) = (Series::default(), Series::default(), Vec::new());
+        for i in 0..n {
+            let out = tortie.run("ADD", &t_boxes, i, None);
+            ts.record(&out);
+            results.push(
+                out.ok()
+                    .filter(|o| o.code == 0)
+                    .and_then(|o| serde_json::from_str::<Value>(&o.stdout).ok()),
+            );
+            ps.record(&ptp.run("ADD", &p_boxes, i, None));
+        }
+        (ts, ps, results)
+    })?;
 
     progress(&format!("{n} DELs, then {n} repeated DELs"));
-    let (tortie_del, tortie_del_again, ptp_del) = {
-        let (tortie, ptp, t_boxes, p_boxes) = (
-            tortie.clone(),
-            ptp.clone(),
-            t_boxes.clone(),
-            p_boxes.clone(),
-        );
-        crate::kube_netns::in_netns(&rt.netns, move || {
-            let (mut del, mut again, mut pdel) =
-                (Series::default(), Series::default(), Series::default());
-            for (i, prev) in results.iter().enumerate() {
-                del.record(&tortie.run("DEL", &t_boxes, i, prev.as_ref()));
-            }
-            for (i, prev) in results.iter().enumerate() {
-                again.record(&tortie.run("DEL", &t_boxes, i, prev.as_ref()));
-            }
-            for i in 0..n {
-                pdel.record(&ptp.run("DEL", &p_boxes, i, None));
-            }
-            (del, again, pdel)
-        })?
-    };
+    let (tortie_del, tortie_del_again, ptp_del) = crate::kube_netns::in_netns(&rt.netns, || {
+        let (mut del, mut again, mut pdel) =
+            (Series::default(), Series::default(), Series::default());
+        for (i, prev) in results.iter().enumerate() {
+            del.record(&tortie.run("DEL", &t_boxes, i, prev.as_ref()));
+        }
+        for (i, prev) in results.iter().enumerate() {
+            again.record(&tortie.run("DEL", &t_boxes, i, prev.as_ref()));
+        }
+        for i in 0..n {
+            pdel.record(&ptp.run("DEL", &p_boxes, i, None));
+        }
+        (del, again, pdel)
+    })?;
 
     progress(&format!("{} concurrent ADDs", opts.concurrent));
-    let c_boxes = Arc::new(c_boxes);
-    let barrier = Arc::new(Barrier::new(opts.concurrent));
-    let threads: Vec<_> = (0..opts.concurrent)
-        .map(|i| {
-            let (tortie, boxes, barrier, netns) = (
-                tortie.clone(),
-                c_boxes.clone(),
-                barrier.clone(),
-                rt.netns.clone(),
-            );
-            std::thread::spawn(move || {
-                crate::kube_netns::in_netns(&netns, move || {
-                    barrier.wait();
-                    tortie.run("ADD", &boxes, i, None)
+    let barrier = Barrier::new(opts.concurrent);
+    let mut concurrent_add = Series::default();
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..opts.concurrent)
+            .map(|i| {
+                let (tortie, boxes, barrier, netns) = (&tortie, &c_boxes, &barrier, &rt.netns);
+                scope.spawn(move || {
+                    crate::kube_netns::in_netns(netns, || {
+                        barrier.wait();
+                        tortie.run("ADD", boxes, i, None)
+                    })
                 })
             })
-        })
-        .collect();
-    let mut concurrent_add = Series::default();
-    for t in threads {
-        match t.join() {
-            Ok(Ok(out)) => concurrent_add.record(&out),
-            Ok(Err(e)) => concurrent_add.fail(e.to_string()),
-            Err(_) => concurrent_add.fail("a bench thread panicked".into()),
-        }
-    }
-    // Release what the concurrent ADDs took; not timed.
-    {
-        let (tortie, boxes, count) = (tortie.clone(), c_boxes.clone(), opts.concurrent);
-        crate::kube_netns::in_netns(&rt.netns, move || {
-            for i in 0..count {
-                if let Err(e) = tortie.run("DEL", &boxes, i, None) {
-                    tracing::warn!(error = %e, "bench cleanup DEL");
-                }
+            .collect();
+        for t in threads {
+            match t.join() {
+                Ok(Ok(out)) => concurrent_add.record(&out),
+                Ok(Err(e)) => concurrent_add.fail(e.to_string()),
+                Err(_) => concurrent_add.fail("a bench thread panicked".into()),
             }
-        })?;
-    }
+        }
+    });
+    // Release what the concurrent ADDs took; not timed.
+    crate::kube_netns::in_netns(&rt.netns, || {
+        for i in 0..opts.concurrent {
+            if let Err(e) = tortie.run("DEL", &c_boxes, i, None) {
+                tracing::warn!(error = %e, "bench cleanup DEL");
+            }
+        }
+    })?;
     let _ = std::fs::remove_dir_all(&ipam_dir);
 
     Ok(BenchReport {

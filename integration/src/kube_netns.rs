@@ -12,28 +12,31 @@ use nix::sched::CloneFlags;
 
 use crate::Error;
 
-/// Runs `f` on a fresh OS thread that has joined network namespace `netns`.
+/// Runs `f` on a fresh OS thread that has joined network namespace `netns`. The thread is
+/// scoped, so `f` may borrow from the caller.
 pub fn in_netns<T, F>(netns: &str, f: F) -> Result<T, Error>
 where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
+    T: Send,
+    F: FnOnce() -> T + Send,
 {
     let path = Path::new("/run/netns").join(netns);
     let file =
         std::fs::File::open(&path).map_err(Error::io(format!("opening {}", path.display())))?;
-    let thread = std::thread::Builder::new()
-        .name(format!("netns-{netns}"))
-        .spawn(move || -> Result<T, Error> {
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
-                what: "setns".into(),
-                source: e.into(),
-            })?;
-            Ok(f())
-        })
-        .map_err(Error::io("spawning a thread"))?;
-    thread
-        .join()
-        .map_err(|_| Error::Invalid(format!("the thread working in netns {netns} panicked")))?
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name(format!("netns-{netns}"))
+            .spawn_scoped(scope, move || -> Result<T, Error> {
+                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
+                    what: "setns".into(),
+                    source: e.into(),
+                })?;
+                Ok(f())
+            })
+            .map_err(Error::io("spawning a thread"))?;
+        thread
+            .join()
+            .map_err(|_| Error::Invalid(format!("the thread working in netns {netns} panicked")))?
+    })
 }
 
 /// Runs the future `f()` makes to completion on a single-threaded runtime inside `netns`.
