@@ -100,6 +100,19 @@ impl RouterSpec {
     }
 }
 
+/// The prefixes of a `{prefix: [path, ...]}` RIB dump (FRR's and GoBGP's JSON) that have a
+/// path `learned` accepts: one a neighbor sent, not one the router originated itself.
+fn prefixes_with_a_path(
+    rib: &serde_json::Value,
+    learned: impl Fn(&serde_json::Value) -> bool,
+) -> impl Iterator<Item = IpNet> {
+    rib.as_object()
+        .into_iter()
+        .flatten()
+        .filter(move |(_, paths)| paths.as_array().is_some_and(|ps| ps.iter().any(&learned)))
+        .filter_map(|(prefix, _)| prefix.parse().ok())
+}
+
 /// A running router. Killed, and its folder removed, on drop.
 pub struct Router {
     kind: Kind,
@@ -444,18 +457,9 @@ impl Router {
                 for af in ["ipv4", "ipv6"] {
                     let text = self.vtysh(&[&format!("show bgp {af} unicast json")])?;
                     let v: serde_json::Value = parse_json(&text)?;
-                    if let Some(routes) = v["routes"].as_object() {
-                        for (prefix, paths) in routes {
-                            let from_peer = paths.as_array().is_some_and(|ps| {
-                                ps.iter().any(|p| {
-                                    p["peerId"].as_str().is_some_and(|id| id != "(unspec)")
-                                })
-                            });
-                            if from_peer && let Ok(net) = prefix.parse() {
-                                out.insert(net);
-                            }
-                        }
-                    }
+                    out.extend(prefixes_with_a_path(&v["routes"], |p| {
+                        p["peerId"].as_str().is_some_and(|id| id != "(unspec)")
+                    }));
                 }
                 Ok(out)
             }
@@ -464,20 +468,11 @@ impl Router {
                 for af in ["ipv4", "ipv6"] {
                     let text = self.gobgp(&["global", "rib", "-a", af, "-j"])?;
                     let v: serde_json::Value = parse_json(&text)?;
-                    if let Some(routes) = v.as_object() {
-                        for (prefix, paths) in routes {
-                            let from_peer = paths.as_array().is_some_and(|ps| {
-                                ps.iter().any(|p| {
-                                    p["source-id"]
-                                        .as_str()
-                                        .is_some_and(|s| s != "<nil>" && !s.is_empty())
-                                })
-                            });
-                            if from_peer && let Ok(net) = prefix.parse() {
-                                out.insert(net);
-                            }
-                        }
-                    }
+                    out.extend(prefixes_with_a_path(&v, |p| {
+                        p["source-id"]
+                            .as_str()
+                            .is_some_and(|s| s != "<nil>" && !s.is_empty())
+                    }));
                 }
                 Ok(out)
             }
