@@ -487,30 +487,31 @@ fn lan_spec(i: u8, peers: &[(u8, bool)], passive: bool) -> RouterSpec {
     s
 }
 
+/// On a 3-member LAN: a route reflector (member 1, passive) and its two clients (members 2
+/// and 3, which open the sessions), started in that order and returned in that order.
+fn reflector_and_clients(lan: &Lan, kinds: [Kind; 3]) -> [Router; 3] {
+    let mut routers = Vec::with_capacity(3);
+    for (i, kind) in (1..=3).zip(kinds) {
+        let spec = if i == 1 {
+            lan_spec(1, &[(2, true), (3, true)], true)
+        } else {
+            lan_spec(i, &[(1, false)], false)
+        };
+        let ns = &lan.members[usize::from(i - 1)];
+        routers.push(Router::start(kind, ns, spec).unwrap_or_else(|e| panic!("{e}")));
+    }
+    routers
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("three routers were started"))
+}
+
 /// RFC 4456 with tortie as the reflector: an FRR client and a tortie client learn each
 /// other's routes through it, with the originator's next hop and the RR's loop-check
 /// attributes.
 #[test]
 fn tortie_reflects_between_frr_and_tortie_clients() {
     let lan = lan(3);
-    let rr = Router::start(
-        Kind::Tortie,
-        &lan.members[0],
-        lan_spec(1, &[(2, true), (3, true)], true),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let frr = Router::start(
-        Kind::Frr,
-        &lan.members[1],
-        lan_spec(2, &[(1, false)], false),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let client = Router::start(
-        Kind::Tortie,
-        &lan.members[2],
-        lan_spec(3, &[(1, false)], false),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let [rr, frr, client] = reflector_and_clients(&lan, [Kind::Tortie, Kind::Frr, Kind::Tortie]);
 
     client
         .wait_learned(
@@ -556,24 +557,7 @@ fn tortie_reflects_between_frr_and_tortie_clients() {
 #[test]
 fn tortie_as_client_of_an_frr_reflector() {
     let lan = lan(3);
-    let _rr = Router::start(
-        Kind::Frr,
-        &lan.members[0],
-        lan_spec(1, &[(2, true), (3, true)], true),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let tortie = Router::start(
-        Kind::Tortie,
-        &lan.members[1],
-        lan_spec(2, &[(1, false)], false),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let bird = Router::start(
-        Kind::Bird,
-        &lan.members[2],
-        lan_spec(3, &[(1, false)], false),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let [_rr, tortie, bird] = reflector_and_clients(&lan, [Kind::Frr, Kind::Tortie, Kind::Bird]);
 
     tortie
         .wait_learned(
