@@ -17,6 +17,7 @@ use std::time::Duration;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::autodetect::Method;
+use crate::policy::apply::BackendSetting;
 
 /// `CALICO_IPV4POOL_VXLAN` / an IPPool's `vxlanMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,8 @@ pub struct Config {
     pub ipam_gc_grace: Duration,
     /// Most blocks one node may hold affine; `None` means no limit (Calico's 0).
     pub max_blocks_per_node: Option<u32>,
+    /// `FELIX_IPTABLESBACKEND`: the iptables the policy and NAT rules go into.
+    pub iptables_backend: BackendSetting,
 }
 
 /// One bad variable: its name, its value and why it is wrong.
@@ -302,6 +305,11 @@ impl Config {
             Ok((n != 0).then_some(n))
         })?;
 
+        let iptables_backend = v.parse("FELIX_IPTABLESBACKEND", BackendSetting::Auto, |s| {
+            s.parse()
+                .map_err(|_| "must be Legacy, NFT or Auto (which picks the one the host uses)".to_owned())
+        })?;
+
         Ok(Config {
             ipv4_pool: Ipv4Pool {
                 cidr,
@@ -321,7 +329,58 @@ impl Config {
             mtu,
             ipam_gc_grace,
             max_blocks_per_node,
+            iptables_backend,
         })
+    }
+}
+
+impl Config {
+    /// Refuses the settings this version parses but cannot carry out yet, so nobody believes
+    /// a tunnel or a backend is there when it is not. The parser above already knows their
+    /// meaning; each check goes once its feature works.
+    pub fn refuse_unimplemented(&self) -> Result<(), ConfigError> {
+        let not_yet = |var: &'static str, value: &str, why: &str| ConfigError {
+            var,
+            value: value.to_owned(),
+            why: why.to_owned(),
+        };
+        match self.backend {
+            Backend::Bgp => {}
+            Backend::Vxlan => {
+                return Err(not_yet(
+                    "CALICO_NETWORKING_BACKEND",
+                    "vxlan",
+                    "the vxlan backend is not implemented yet: tortie routes pods over BGP only (use bird)",
+                ));
+            }
+            Backend::None => {
+                return Err(not_yet(
+                    "CALICO_NETWORKING_BACKEND",
+                    "none",
+                    "the policy-only mode is not implemented yet: tortie always runs its BGP mesh (use bird)",
+                ));
+            }
+        }
+        if self.ipv4_pool.vxlan != VxlanMode::Never {
+            return Err(not_yet(
+                "CALICO_IPV4POOL_VXLAN",
+                self.ipv4_pool.vxlan.as_str(),
+                "VXLAN is not implemented yet: pods are routed over BGP without a tunnel (use Never)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Settings that work only in part, each with what is missing; the agent logs them.
+    pub fn partial_support(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.ipv6_pool {
+            out.push(format!(
+                "CALICO_IPV6POOL_CIDR={}: pods get IPv6 addresses and host routes on their own node, but the BGP mesh does not carry IPv6 yet, so IPv6 pod traffic between nodes is not routed",
+                p.cidr
+            ));
+        }
+        out
     }
 }
 
@@ -529,6 +588,34 @@ mod tests {
 
     fn err(pairs: &[(&str, &str)]) -> String {
         parse(pairs).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn settings_not_implemented_yet_are_refused_by_name() {
+        assert!(parse(&[]).unwrap().refuse_unimplemented().is_ok());
+        let refused = |pairs: &[(&str, &str)]| {
+            parse(pairs)
+                .unwrap()
+                .refuse_unimplemented()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            refused(&[("CALICO_NETWORKING_BACKEND", "vxlan")])
+                .starts_with(r#"CALICO_NETWORKING_BACKEND="vxlan": the vxlan backend is not implemented yet"#)
+        );
+        assert!(
+            refused(&[("CALICO_NETWORKING_BACKEND", "none")])
+                .starts_with(r#"CALICO_NETWORKING_BACKEND="none": the policy-only mode"#)
+        );
+        assert!(
+            refused(&[("CALICO_IPV4POOL_VXLAN", "CrossSubnet")])
+                .starts_with(r#"CALICO_IPV4POOL_VXLAN="CrossSubnet": VXLAN is not implemented yet"#)
+        );
+        let v6 = parse(&[("CALICO_IPV6POOL_CIDR", "fd00:10::/64")]).unwrap();
+        assert!(v6.refuse_unimplemented().is_ok());
+        assert!(v6.partial_support()[0].starts_with("CALICO_IPV6POOL_CIDR=fd00:10::/64: pods get IPv6"));
+        assert!(parse(&[]).unwrap().partial_support().is_empty());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! tortie-node: the per-node agent. One task owns each piece of state; the modules below
 //! are its parts, each split into a pure "decide" half and a thin "do" half.
 
+/// The cluster cache: one owner of the watched model of the cluster (Pods, Namespaces,
+/// NetworkPolicies, IPPools, Nodes), published as snapshots.
+pub mod cache;
 /// Node IP autodetection (`IP`, `IP_AUTODETECTION_METHOD`).
 pub mod autodetect;
 /// Agent configuration from the environment (calico-node compatible names).
@@ -15,6 +18,8 @@ pub mod ipam_task;
 pub mod mesh;
 /// The kernel: routes and links over rtnetlink, sysctls. The only module that sees rtnetlink.
 pub mod netlink;
+/// NetworkPolicy and NAT outgoing: compiler, applier and owner task (docs/policy.md).
+pub mod policy;
 /// `tortiectl node status` rendering (Calico's table and `-o json`).
 pub mod node_status;
 /// Desired kernel routes from the model, and the reconciler that applies them.

@@ -88,6 +88,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run() -> anyhow::Result<()> {
     // Any bad variable stops the agent before it touches anything.
     let config = Config::from_env()?;
+    config.refuse_unimplemented()?;
+    for partial in config.partial_support() {
+        tracing::warn!("{partial}");
+    }
     tracing::info!(node = %config.node_name, pool = %config.ipv4_pool.cidr, "starting tortie-node");
     runtime()?.block_on(tortie_node::run::run(config))?;
     Ok(())

@@ -7,8 +7,8 @@
 //!
 //! Routes flow: IPAM's affine blocks → originate; peers → Loc-RIB → `<block> via <node IP>
 //! dev <uplink> onlink` (protocol 116) through the route reconciler, as Calico writes them.
-//! Nodes and pools are re-listed periodically: a missed watch event costs one period, and a
-//! list cannot fall into the "watch silently stopped" hole.
+//! Peers follow the Nodes and the import filter follows the IP pools, both as the cluster
+//! cache (agent/src/cache) sees them: a new node is peered as soon as its Node is watched.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -16,21 +16,16 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use kube::Api;
 use tokio::sync::{mpsc, watch};
 use tortie_bgp::{PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig};
-use tortie_ipam::Store;
 
-use crate::datastore::KubeStore;
+use crate::cache::{Kind, Snapshot};
 use crate::netlink::Route;
 use crate::routes::RoutesHandle;
 use crate::run::node::{ANNOTATION_AS, ANNOTATION_IPV4};
 
 /// Calico's name for these peers in `node status`.
 pub const PEER_TYPE: &str = "node-to-node mesh";
-
-/// How often Nodes and pools are re-listed.
-pub const DEFAULT_RESYNC: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
@@ -40,7 +35,6 @@ pub struct MeshConfig {
     /// The interface the node address is on: learned routes go out of it `onlink`.
     /// `None` lets the kernel resolve the next hop.
     pub uplink: Option<String>,
-    pub resync: Duration,
 }
 
 /// What a mesh peer is, for telling whether an existing session must be replaced.
@@ -66,11 +60,11 @@ impl MeshPeer {
 /// without an AS annotation (or an unreadable one) is taken to be in our AS (iBGP mesh).
 /// A Node whose annotation is our own address is skipped: a duplicate is a misconfiguration
 /// the peer table cannot express.
-pub fn mesh_peers(
+pub fn mesh_peers<'a>(
     own_name: &str,
     own_ip: Ipv4Addr,
     own_asn: u32,
-    nodes: &[Node],
+    nodes: impl IntoIterator<Item = &'a Node>,
 ) -> BTreeMap<Ipv4Addr, MeshPeer> {
     let mut out = BTreeMap::new();
     for n in nodes {
@@ -161,8 +155,7 @@ pub fn fold_changes(
 /// Starts the speaker and the mesh's tasks. The speaker is returned for the Status API.
 pub async fn start(
     cfg: MeshConfig,
-    nodes: Api<Node>,
-    store: KubeStore,
+    cluster: watch::Receiver<Snapshot>,
     affine: watch::Receiver<Vec<IpNet>>,
     routes: RoutesHandle,
 ) -> Result<(Speaker, tokio::task::JoinHandle<()>), tortie_bgp::Error> {
@@ -183,8 +176,7 @@ pub async fn start(
         cfg,
         speaker.clone(),
         events,
-        nodes,
-        store,
+        cluster,
         affine,
         routes,
     ));
@@ -195,17 +187,17 @@ async fn run(
     cfg: MeshConfig,
     speaker: Speaker,
     mut events: mpsc::Receiver<RibEvent>,
-    nodes: Api<Node>,
-    store: KubeStore,
+    mut cluster: watch::Receiver<Snapshot>,
     mut affine: watch::Receiver<Vec<IpNet>>,
     routes: RoutesHandle,
 ) {
     let mut originated: BTreeSet<IpNet> = BTreeSet::new();
     let mut peers: BTreeMap<Ipv4Addr, MeshPeer> = BTreeMap::new();
     let mut allow: Option<Vec<IpNet>> = None;
-    let mut tick = tokio::time::interval(cfg.resync);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut affine_open = true;
+    let mut cluster_open = true;
+    // The first snapshot counts as a change, so peers and filter are set from it.
+    cluster.mark_changed();
     // Originate what IPAM already holds before the first peer is added.
     let blocks = affine.borrow_and_update().clone();
     set_originated(&speaker, &mut originated, blocks).await;
@@ -234,9 +226,19 @@ async fn run(
                 let blocks = affine.borrow_and_update().clone();
                 set_originated(&speaker, &mut originated, blocks).await;
             }
-            _ = tick.tick() => {
-                refresh_allow(&speaker, &store, &mut allow).await;
-                refresh_peers(&cfg, &speaker, &nodes, &mut peers).await;
+            changed = cluster.changed(), if cluster_open => {
+                if changed.is_err() {
+                    // The cache is gone (the agent is stopping): keep what we have.
+                    cluster_open = false;
+                    continue;
+                }
+                let snapshot = cluster.borrow_and_update().clone();
+                if snapshot.is_synced(Kind::IPPool) {
+                    refresh_allow(&speaker, &snapshot, &mut allow).await;
+                }
+                if snapshot.is_synced(Kind::Node) {
+                    refresh_peers(&cfg, &speaker, &snapshot, &mut peers).await;
+                }
             }
         }
     }
@@ -264,15 +266,18 @@ async fn set_originated(speaker: &Speaker, originated: &mut BTreeSet<IpNet>, blo
     }
 }
 
-async fn refresh_allow(speaker: &Speaker, store: &KubeStore, allow: &mut Option<Vec<IpNet>>) {
-    let pools = match store.list_pools().await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing IP pools for the BGP import filter; keeping the last one");
-            return;
-        }
-    };
-    let mut want: Vec<IpNet> = pools.iter().map(|p| p.cidr()).collect();
+async fn refresh_allow(speaker: &Speaker, snapshot: &Snapshot, allow: &mut Option<Vec<IpNet>>) {
+    let mut want: Vec<IpNet> = snapshot
+        .pools
+        .values()
+        .filter_map(|p| match crate::datastore::pool_from_crd(p) {
+            Ok(pool) => Some(pool.cidr()),
+            Err(e) => {
+                tracing::warn!(pool = ?p.metadata.name, error = %e, "IP pool left out of the BGP import filter");
+                None
+            }
+        })
+        .collect();
     want.sort();
     want.dedup();
     if allow.as_ref() == Some(&want) {
@@ -290,17 +295,15 @@ async fn refresh_allow(speaker: &Speaker, store: &KubeStore, allow: &mut Option<
 async fn refresh_peers(
     cfg: &MeshConfig,
     speaker: &Speaker,
-    nodes: &Api<Node>,
+    snapshot: &Snapshot,
     peers: &mut BTreeMap<Ipv4Addr, MeshPeer>,
 ) {
-    let list = match nodes.list(&Default::default()).await {
-        Ok(l) => l.items,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing Nodes for the BGP mesh; keeping the current peers");
-            return;
-        }
-    };
-    let want = mesh_peers(&cfg.node_name, cfg.node_ip, cfg.asn, &list);
+    let want = mesh_peers(
+        &cfg.node_name,
+        cfg.node_ip,
+        cfg.asn,
+        snapshot.nodes.values().map(|n| n.as_ref()),
+    );
     for (addr, have) in peers.clone() {
         if want.get(&addr) == Some(&have) {
             continue;

@@ -5,6 +5,7 @@
 //! and tokens), [`network`] (LAN and node namespaces), [`control`] (etcd and kube-apiserver),
 //! [`objects`] (what gets applied to the apiserver), [`agents`] (one `tortie-node` per node).
 //! [`teardown`] undoes all of it; [`status`] reports on it; [`cli`] is the command line.
+//! [`pod`] plays kubelet for pods, and [`traffic`] serves and probes inside them.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub mod routers;
 pub mod status;
 /// `down`: removes everything a lab made.
 pub mod teardown;
+/// Servers and probes inside pods, and truth tables of who reaches whom.
+pub mod traffic;
 /// `up`: builds the lab, phase by phase.
 pub mod up;
 

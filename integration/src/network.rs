@@ -91,7 +91,9 @@ pub fn ensure_node(lab: &Lab, index: u32, netns: &str, ip: Ipv4Addr) -> Result<(
 }
 
 /// Gives `netns` an `eth0` with address `addr`, plugged into the LAN bridge as `port`.
-fn attach(lab: &Lab, netns: &str, port: &str, addr: Ipv4Addr) -> Result<(), Error> {
+/// Tests use it for hosts on the LAN outside every pool; `port` names the bridge port in
+/// the LAN namespace and must not collide with the lab's own (`ctl`, `n<i>`).
+pub fn attach(lab: &Lab, netns: &str, port: &str, addr: Ipv4Addr) -> Result<(), Error> {
     let lan = lab.lan_netns();
     if !link_exists(netns, "eth0") {
         if link_exists(&lan, port) {

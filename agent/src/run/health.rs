@@ -9,6 +9,7 @@ use kube::api::{Api, ListParams};
 use tokio::sync::watch;
 
 use crate::datastore::IPPool;
+use crate::policy::task::DataplaneHealth;
 use crate::server::Health;
 
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(3);
@@ -64,9 +65,65 @@ pub async fn run(client: kube::Client, health: watch::Sender<Health>) {
     }
 }
 
+/// The agent's health as the API reports it: the apiserver's reachability (`agent`), and
+/// then whether the policy dataplane is written. A pod must not be added before its policy
+/// can be enforced, so the agent is not ready until the first apply.
+pub fn combined(agent: &Health, dataplane: &DataplaneHealth) -> Health {
+    match (agent, dataplane) {
+        (Health::Ready, DataplaneHealth::InSync) => Health::Ready,
+        (Health::Ready, DataplaneHealth::Starting) => {
+            Health::Starting("waiting for the cluster cache to write the policy dataplane".to_owned())
+        }
+        (Health::Ready, DataplaneHealth::Failing(why)) => Health::Degraded(why.clone()),
+        (other, _) => other.clone(),
+    }
+}
+
+/// Follows both receivers and publishes [`combined`] on the one returned.
+pub fn with_dataplane(
+    mut agent: watch::Receiver<Health>,
+    mut dataplane: watch::Receiver<DataplaneHealth>,
+) -> watch::Receiver<Health> {
+    let first = combined(&agent.borrow_and_update(), &dataplane.borrow_and_update());
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = agent.changed() => if r.is_err() { return },
+                r = dataplane.changed() => if r.is_err() { return },
+                _ = tx.closed() => return,
+            }
+            let now = combined(&agent.borrow_and_update(), &dataplane.borrow_and_update());
+            tx.send_if_modified(|cur| {
+                if *cur == now {
+                    return false;
+                }
+                *cur = now;
+                true
+            });
+        }
+    });
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_only_when_both_are() {
+        let starting = Health::Starting("x".into());
+        assert_eq!(combined(&Health::Ready, &DataplaneHealth::InSync), Health::Ready);
+        assert!(matches!(
+            combined(&Health::Ready, &DataplaneHealth::Starting),
+            Health::Starting(_)
+        ));
+        assert_eq!(
+            combined(&Health::Ready, &DataplaneHealth::Failing("iptables".into())),
+            Health::Degraded("iptables".into())
+        );
+        assert_eq!(combined(&starting, &DataplaneHealth::InSync), starting);
+    }
 
     #[test]
     fn degrades_after_repeated_failures_and_recovers_at_once() {

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::ListParams;
 
-use crate::endpoints::EndpointsHandle;
 use crate::ipam_task::{IpamHandle, LivePods};
 use crate::server::Endpoints;
 
@@ -49,12 +48,12 @@ pub fn interval(grace: Duration) -> Duration {
 }
 
 /// Runs forever; spawn it and drop the handle to stop it.
-pub async fn run(
+pub async fn run<E: Endpoints>(
     client: kube::Client,
     node: String,
     grace: Duration,
     ipam: IpamHandle,
-    endpoints: EndpointsHandle,
+    endpoints: E,
 ) {
     let pods: Api<Pod> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client);

@@ -1,9 +1,10 @@
 //! `tortie-node run`: the agent's start-up sequence and its tasks.
 //!
 //! In order: connect to the apiserver; wait for this node's Node object; find the node's
-//! address and register it; create the default pools if none exist; turn on forwarding;
-//! install the CNI config and plugin; start the route reconciler, the IPAM task and the
-//! endpoint task; then serve the API until SIGTERM or SIGINT.
+//! address and register it; start the cluster cache's watches; create the default pools if
+//! none exist; turn on forwarding; install the CNI config and plugin; start the route
+//! reconciler, the IPAM task, the endpoint task and the policy task; then serve the API
+//! until SIGTERM or SIGINT. The agent answers ready once the policy dataplane is written.
 //!
 //! The socket is bound last, so the CNI plugin sees "agent unreachable" (try again later)
 //! rather than an agent that might hand out addresses before it knows its blocks.
@@ -23,12 +24,15 @@ use kube::Api;
 use tokio::sync::watch;
 use tortie_ipam::{Allocator, IpFamily, IpamConfig, Store};
 
+use crate::cache;
 use crate::config::Config;
 use crate::datastore::KubeStore;
 use crate::endpoints::{self, host_veth_name};
 use crate::ipam_task;
 use crate::mesh;
 use crate::netlink::{self, KernelRouteTable};
+use crate::policy::model::Family;
+use crate::policy::task::{self as policy, Enforced};
 use crate::routes::{ReconcilerConfig, spawn_reconciler, watch_route_deletions};
 use crate::server::{self, CniService, Endpoint, Handle, Health, NodeInfo, PodRef, StatusService};
 
@@ -69,6 +73,8 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     #[error("starting the BGP mesh speaker: {0}")]
     Bgp(#[from] tortie_bgp::Error),
+    #[error("setting up the policy dataplane: {0}")]
+    Policy(#[from] crate::policy::apply::ApplyError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -108,6 +114,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     tracing::info!(node = %name, as_number = config.as_number, "node registered");
 
     let store = KubeStore::new(client.clone());
+    let cluster = cache::spawn(client.clone());
     pool::ensure_default_pools(&store, &config).await?;
     netlink::sysctl::enable_forwarding(config.ipv6_pool.is_some()).map_err(RunError::Forwarding)?;
 
@@ -145,7 +152,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         families.push(IpFamily::V6);
     }
     let allocator = Allocator::new(store, name.clone(), labels, ipam_config);
-    let (ipam, affine, _ipam_task) = ipam_task::spawn(allocator, families);
+    let (ipam, affine, _ipam_task) = ipam_task::spawn(allocator, families.clone());
     // The mesh needs the node's IPv4 address: with IP=none this node runs no BGP.
     let mesh = match &detected {
         Some(d) => {
@@ -154,22 +161,29 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 node_ip: d.addr.addr(),
                 asn: config.as_number,
                 uplink: d.ifname.clone(),
-                resync: mesh::DEFAULT_RESYNC,
             };
-            Some(
-                mesh::start(
-                    cfg,
-                    nodes.clone(),
-                    KubeStore::new(client.clone()),
-                    affine.clone(),
-                    routes.clone(),
-                )
-                .await?,
-            )
+            Some(mesh::start(cfg, cluster.clone(), affine.clone(), routes.clone()).await?)
         }
         None => None,
     };
-    let (endpoints, _endpoints_task) = endpoints::spawn(routes, seed, affine);
+    let (routes_of_endpoints, _endpoints_task) = endpoints::spawn(routes, seed.clone(), affine);
+    let policy_families: Vec<Family> = families
+        .iter()
+        .map(|f| match f {
+            IpFamily::V4 => Family::V4,
+            IpFamily::V6 => Family::V6,
+        })
+        .collect();
+    let (policy, dataplane_health, _policy_task) = policy::spawn(
+        policy::Timing::default(),
+        policy::appliers(&policy_families, config.iptables_backend)?,
+        cluster.clone(),
+        seed,
+    );
+    let endpoints = Enforced {
+        inner: routes_of_endpoints,
+        policy,
+    };
     let leak_gc = tokio::spawn(leak_gc::run(
         client.clone(),
         name.clone(),
@@ -182,6 +196,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         path: config.agent_socket.display().to_string(),
         source,
     })?;
+    let health_rx = health::with_dataplane(health_rx, dataplane_health);
     let cni = CniService::new(ipam, endpoints, mtu, health_rx.clone());
     let mut status = StatusService::new(
         NodeInfo {

@@ -13,6 +13,8 @@ pub mod exec;
 pub mod kubectl;
 pub mod ping;
 pub mod pod;
+pub mod probe;
+pub mod serve;
 pub mod status;
 pub mod up;
 
@@ -45,6 +47,12 @@ pub enum Command {
     Ping(ping::Args),
     /// Run a benchmark scenario (`cni`).
     Bench(bench::Args),
+    /// Serve TCP and UDP in this namespace, answering with an identity (`pod add --serve`).
+    #[command(hide = true)]
+    Serve(serve::Args),
+    /// Probe a TCP or UDP server from this namespace or a lab target's; exit 0 on an answer.
+    #[command(hide = true)]
+    Probe(probe::Args),
 }
 
 /// Runs the parsed command line against the lab the environment names.
@@ -59,6 +67,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pod(args) => pod::run(&lab, args),
         Command::Ping(args) => ping::run(&lab, args),
         Command::Bench(args) => bench::run(&lab, args),
+        Command::Serve(args) => serve::run(args),
+        Command::Probe(args) => probe::run(&lab, args),
     }
 }
 

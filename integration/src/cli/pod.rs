@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use crate::lab::Lab;
-use crate::pod::{self, AddOptions, PodRef, PortMapping};
+use crate::pod::{self, AddOptions, ContainerPort, PodRef, PortMapping};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +27,14 @@ pub enum Action {
         /// A hostPort mapping for portmap, `HOST:CONTAINER[/tcp|/udp]` (repeatable).
         #[arg(long = "port")]
         ports: Vec<PortMapping>,
+        /// A named container port, `NAME:PORT[/tcp|/udp|/sctp]` (repeatable): the Pod's
+        /// `spec.containers[0].ports`, what NetworkPolicy's named ports resolve against.
+        #[arg(long = "container-port")]
+        container_ports: Vec<ContainerPort>,
+        /// Serve on every TCP and UDP container port, answering with the pod's name and the
+        /// client's address, from before CNI ADD until the pod is deleted.
+        #[arg(long)]
+        serve: bool,
     },
     /// Delete a pod: CNI DEL (plugins in reverse order), its netns, its Pod object.
     Del {
@@ -70,11 +78,15 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
             node,
             labels,
             ports,
+            container_ports,
+            serve,
         } => {
             let opts = AddOptions {
                 node,
                 labels: parse_labels(&labels)?,
                 ports,
+                container_ports,
+                serve,
                 conflist: None,
             };
             let record = pod::add(lab, &pod, &opts).with_context(|| format!("pod add {pod}"))?;
@@ -102,6 +114,62 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn pod_add_takes_container_ports() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "tortie-lab",
+            "pod",
+            "add",
+            "x/a",
+            "--node",
+            "node-1",
+            "--container-port",
+            "serve-80-tcp:80",
+            "--container-port",
+            "serve-80-udp:80/udp",
+            "--container-port",
+            "serve-81-sctp:81/sctp",
+            "--serve",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let crate::cli::Command::Pod(Args {
+            action:
+                Action::Add {
+                    container_ports,
+                    serve,
+                    ..
+                },
+        }) = cli.command
+        else {
+            panic!("not pod add: {cli:?}")
+        };
+        assert!(serve);
+        let got: Vec<(String, u16, pod::Protocol)> = container_ports
+            .into_iter()
+            .map(|p| (p.name, p.port, p.protocol))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("serve-80-tcp".into(), 80, pod::Protocol::Tcp),
+                ("serve-80-udp".into(), 80, pod::Protocol::Udp),
+                ("serve-81-sctp".into(), 81, pod::Protocol::Sctp),
+            ]
+        );
+        let bad = crate::cli::Cli::try_parse_from([
+            "tortie-lab",
+            "pod",
+            "add",
+            "x/a",
+            "--node",
+            "node-1",
+            "--container-port",
+            "80:serve",
+        ]);
+        assert!(bad.is_err());
+    }
 
     #[test]
     fn labels_parse() {

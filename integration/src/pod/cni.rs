@@ -122,11 +122,48 @@ pub struct PortMapping {
     pub protocol: Protocol,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A transport protocol as Kubernetes names them in ports (lowercase in CNI's
+/// `portMappings`). portmap takes TCP and UDP only; SCTP exists for container ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The name in a Pod or NetworkPolicy object: `TCP`, `UDP`, `SCTP`.
+    pub fn kube_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        })
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    /// `tcp`, `udp` or `sctp`, in any case.
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "sctp" => Ok(Protocol::Sctp),
+            _ => Err(format!("protocol {s:?} is not tcp, udp or sctp")),
+        }
+    }
 }
 
 impl std::str::FromStr for PortMapping {

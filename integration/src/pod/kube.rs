@@ -5,29 +5,93 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, ContainerPort as KubePort, Namespace, Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{PodError, PodRef};
+use super::{PodError, PodRef, Protocol};
 use crate::kube_netns::with_admin_client;
 use crate::lab::Lab;
 
 /// The image a pod's only container names; nothing pulls it, the lab has no container runtime.
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.9";
 
+/// A named port of the pod's container (`spec.containers[0].ports[]`), what NetworkPolicy's
+/// named ports resolve against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl ContainerPort {
+    fn to_kube(&self) -> KubePort {
+        KubePort {
+            name: Some(self.name.clone()),
+            container_port: i32::from(self.port),
+            protocol: Some(self.protocol.kube_name().to_owned()),
+            ..Default::default()
+        }
+    }
+}
+
+impl std::str::FromStr for ContainerPort {
+    type Err = String;
+    /// `NAME:PORT[/tcp|/udp|/sctp]`, TCP when no protocol is given (the API's default).
+    fn from_str(s: &str) -> Result<ContainerPort, String> {
+        let (rest, protocol) = match s.split_once('/') {
+            Some((rest, proto)) => (rest, proto.parse().map_err(|e| format!("{s:?}: {e}"))?),
+            None => (s, Protocol::Tcp),
+        };
+        let (name, port) = rest
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: a container port is NAME:PORT[/tcp|/udp|/sctp]"))?;
+        if !is_port_name(name) {
+            return Err(format!(
+                "{s:?}: port name {name:?} must be 1-15 lowercase letters, digits and '-', \
+                 with at least one letter, no '-' at either end and no '--' (IANA_SVC_NAME)"
+            ));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{s:?}: {port:?} is not a port (1-65535)"))?;
+        Ok(ContainerPort {
+            name: name.to_owned(),
+            port,
+            protocol,
+        })
+    }
+}
+
+/// A port name as the apiserver validates it (IANA_SVC_NAME, RFC 6335 section 5.1).
+fn is_port_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
 fn kube_err(what: String) -> impl FnOnce(kube::Error) -> PodError {
     move |e| PodError::Lab(crate::Error::Kube(format!("{what}: {e}")))
 }
 
 /// Creates the pod's Namespace when missing, then the Pod, bound to `node` (as the scheduler
-/// would have done). Returns the Pod's UID. A Pod that already exists is an error: it belongs
-/// to someone else's `pod add`.
+/// would have done), its one container declaring `ports`. Returns the Pod's UID. A Pod that
+/// already exists is an error: it belongs to someone else's `pod add`.
 pub fn create_pod(
     lab: &Lab,
     pod: &PodRef,
     node: &str,
     labels: &BTreeMap<String, String>,
+    ports: &[ContainerPort],
 ) -> Result<String, PodError> {
     let (ns, name, node, labels) = (
         pod.namespace.clone(),
@@ -35,6 +99,7 @@ pub fn create_pod(
         node.to_owned(),
         labels.clone(),
     );
+    let ports: Vec<KubePort> = ports.iter().map(ContainerPort::to_kube).collect();
     with_admin_client(lab, move |client| async move {
         let namespaces = Api::<Namespace>::all(client.clone());
         let wanted = Namespace {
@@ -61,6 +126,7 @@ pub fn create_pod(
                 containers: vec![Container {
                     name: "pause".into(),
                     image: Some(PAUSE_IMAGE.into()),
+                    ports: (!ports.is_empty()).then_some(ports),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -183,6 +249,56 @@ fn nth(net: IpNet, n: u64) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ports_parse() {
+        let p = |s: &str| s.parse::<ContainerPort>();
+        assert_eq!(
+            p("serve-80-tcp:80"),
+            Ok(ContainerPort {
+                name: "serve-80-tcp".into(),
+                port: 80,
+                protocol: Protocol::Tcp
+            })
+        );
+        assert_eq!(
+            p("serve-81-udp:81/udp").map(|c| (c.port, c.protocol)),
+            Ok((81, Protocol::Udp))
+        );
+        assert_eq!(p("dns:53/UDP").map(|c| c.protocol), Ok(Protocol::Udp));
+        assert_eq!(p("s:9/sctp").map(|c| c.protocol), Ok(Protocol::Sctp));
+        for bad in [
+            "serve",
+            "serve:",
+            ":80",
+            "serve:0",
+            "serve:65536",
+            "serve:80/icmp",
+            "Serve:80",
+            "-serve:80",
+            "serve-:80",
+            "se--rve:80",
+            "8080:80",
+            "a-name-too-long-x:80",
+            "web_1:80",
+        ] {
+            assert!(p(bad).is_err(), "{bad} parsed");
+        }
+        assert!(p("a-name-15-chars:80").is_ok());
+    }
+
+    #[test]
+    fn container_ports_become_the_containers_ports() {
+        let port = ContainerPort {
+            name: "serve-80-udp".into(),
+            port: 80,
+            protocol: Protocol::Udp,
+        };
+        assert_eq!(
+            serde_json::to_value(port.to_kube()).unwrap_or_default(),
+            json!({"name": "serve-80-udp", "containerPort": 80, "protocol": "UDP"})
+        );
+    }
 
     #[test]
     fn allocations_are_read_by_handle_and_ordinal() {

@@ -19,9 +19,11 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use cni::{Attachment, Conflist, PortMapping, Runtime};
+pub use cni::{Attachment, Conflist, PortMapping, Protocol, Runtime};
+pub use kube::ContainerPort;
 
 use crate::lab::{Lab, LabConfig};
+use crate::traffic::serve::{self, Listener};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -202,9 +204,39 @@ pub fn runtime(lab: &Lab, node: &str, conflist: Option<&Path>) -> Result<Runtime
 pub struct AddOptions {
     pub node: String,
     pub labels: BTreeMap<String, String>,
+    /// hostPort mappings, for portmap.
     pub ports: Vec<PortMapping>,
+    /// The container's named ports (`spec.containers[0].ports`).
+    pub container_ports: Vec<ContainerPort>,
+    /// Start a `serve` server in the sandbox on every TCP and UDP container port, before
+    /// CNI ADD: it listens from the moment the pod gets its address, so a probe finds any
+    /// window in which the pod is reachable before its policy is in place.
+    pub serve: bool,
     /// A conflist other than the node's installed one (tests use one per spec version).
     pub conflist: Option<PathBuf>,
+}
+
+impl AddOptions {
+    /// What `serve` listens on: the container ports, each port and protocol once.
+    pub fn listeners(&self) -> Result<Vec<Listener>, PodError> {
+        let mut out: Vec<Listener> = self
+            .container_ports
+            .iter()
+            .filter(|p| p.protocol != Protocol::Sctp)
+            .map(|p| Listener {
+                protocol: p.protocol,
+                port: p.port,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        if out.is_empty() {
+            return Err(PodError::Invalid(
+                "serving needs at least one TCP or UDP container port".into(),
+            ));
+        }
+        Ok(out)
+    }
 }
 
 /// A container ID as containerd makes them: 64 hex digits.
@@ -284,7 +316,12 @@ pub fn add(lab: &Lab, pod: &PodRef, opts: &AddOptions) -> Result<PodRecord, PodE
         )));
     }
     let rt = runtime(lab, &node.name, opts.conflist.as_deref())?;
-    let uid = kube::create_pod(lab, pod, &node.name, &opts.labels)?;
+    let listeners = if opts.serve {
+        opts.listeners()?
+    } else {
+        Vec::new()
+    };
+    let uid = kube::create_pod(lab, pod, &node.name, &opts.labels, &opts.container_ports)?;
     let attachment = Attachment {
         container_id: new_container_id()?,
         netns: Some(pod.netns_path(lab)),
@@ -302,10 +339,20 @@ pub fn add(lab: &Lab, pod: &PodRef, opts: &AddOptions) -> Result<PodRecord, PodE
         }
         return Err(e);
     }
+    if !listeners.is_empty() {
+        let netns = lab.pod_netns(&pod.namespace, &pod.name);
+        let log = pod_dir(lab, pod).join("serve.log");
+        if let Err(e) = serve::spawn(lab, &netns, &pod.to_string(), &listeners, &log) {
+            undo(lab, &rt, pod, &attachment);
+            let _ = std::fs::remove_dir_all(pod_dir(lab, pod));
+            return Err(e.into());
+        }
+    }
     let result = match rt.add(&attachment) {
         Ok(r) => r,
         Err(e) => {
             undo(lab, &rt, pod, &attachment);
+            let _ = std::fs::remove_dir_all(pod_dir(lab, pod));
             return Err(e);
         }
     };

@@ -83,6 +83,27 @@ impl TestLab {
         text(&out.stdout)
     }
 
+    /// Waits until every node's agent answers ready (`status -o json`), failing the test
+    /// with the last status after `timeout`. `up` returns after `--agent-timeout` whether
+    /// they are ready or not.
+    pub fn wait_agents_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output(&mut self.cmd(&["status", "-o", "json"]));
+            let status: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+            if !nodes.is_empty() && nodes.iter().all(|n| n["health"] == "ready") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agents not ready after {timeout:?}: {status:#}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// kubectl as node `node`'s agent would be: from inside its namespace, with its kubeconfig.
     pub fn kubectl_as_node(&self, node: &str, args: &[&str]) -> Output {
         let mut cmd = Command::new("ip");
