@@ -112,6 +112,10 @@ pub const NOT_RUNNING: &str = "tortie process is not running.\n";
 /// Calico's text output.
 pub fn render_table(status: &NodeStatus) -> String {
     let mut out = String::from("tortie process is running.\n");
+    // Calico's output has no such line; a healthy node prints exactly what calicoctl does.
+    if !status.ready {
+        out.push_str(&format!("tortie is not ready: {}\n", status.reason));
+    }
     for (family, rows) in [("IPv4", &status.ipv4_peers), ("IPv6", &status.ipv6_peers)] {
         out.push_str(&format!("\n{family} BGP status\n"));
         if rows.is_empty() {
@@ -281,10 +285,29 @@ mod tests {
 
     #[test]
     fn no_peers_at_all() {
-        let status = render(&StatusReply::default());
+        let status = render(&StatusReply {
+            ready: true,
+            ..Default::default()
+        });
         assert_eq!(
             render_table(&status),
             "tortie process is running.\n\nIPv4 BGP status\nNo IPv4 peers found.\n\nIPv6 BGP status\nNo IPv6 peers found.\n"
+        );
+    }
+
+    #[test]
+    fn a_node_that_is_not_ready_says_why_before_its_peers() {
+        let status = render(&StatusReply {
+            ready: false,
+            reason: "policy dataplane failing, pods isolated (fail closed): iptables-restore: exit 1".into(),
+            ..Default::default()
+        });
+        assert!(
+            render_table(&status).starts_with(
+                "tortie process is running.\ntortie is not ready: policy dataplane failing, pods isolated (fail closed): iptables-restore: exit 1\n\nIPv4 BGP status\n"
+            ),
+            "{}",
+            render_table(&status)
         );
     }
 }

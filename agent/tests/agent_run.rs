@@ -509,6 +509,12 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     let again = cni(&rt, &sock, allocate_c1).unwrap();
     assert_eq!(again.ips, reply.ips);
 
+    // The kubelet's part: the Pod exists before its sandbox is wired (EndpointReady waits
+    // for it, to know the pod's labels and so its policy).
+    cp.apply(
+        &ns,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: default}\nspec:\n  nodeName: node-a\n  containers: [{name: c, image: pause}]\n",
+    );
     // The CNI plugin's part, done by hand: the host veth (peer stays here: no pod netns needed
     // to see the host route).
     let veth = tortie_node::endpoints::host_veth_name("default", "p1");

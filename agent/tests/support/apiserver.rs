@@ -28,7 +28,10 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub struct Apiserver {
     netns: String,
     dir: tempfile::TempDir,
+    /// etcd, then kube-apiserver.
     children: Vec<Child>,
+    /// kube-apiserver's command line, to start it again after [`Apiserver::stop_apiserver`].
+    apiserver_args: Vec<String>,
 }
 
 /// The kube-apiserver binary: `TORTIE_APISERVER`, else where `scripts/deps` caches it.
@@ -157,6 +160,7 @@ impl Apiserver {
             netns,
             dir,
             children: Vec::new(),
+            apiserver_args: Vec::new(),
         };
         me.exec("ip", &["link", "set", "lo", "up"])?;
         make_pki(me.dir.path())?;
@@ -177,10 +181,8 @@ impl Apiserver {
                 "--logger=zap".into(),
             ],
         )?;
-        me.spawn(
-            &binary.display().to_string(),
-            "apiserver.log",
-            &[
+        me.apiserver_args = vec![
+                binary.display().to_string(),
                 "--etcd-servers=http://127.0.0.1:2379".into(),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -200,10 +202,29 @@ impl Apiserver {
                 "--disable-admission-plugins=ServiceAccount".into(),
                 format!("--cert-dir={}", p("apiserver-certs")),
                 "--profiling=false".into(),
-            ],
-        )?;
-        me.wait_ready(Duration::from_secs(90))?;
+        ];
+        me.start_apiserver()?;
         Ok(me)
+    }
+
+    /// Kills kube-apiserver (etcd keeps the data); [`start_apiserver`](Self::start_apiserver)
+    /// brings it back at the same address.
+    pub fn stop_apiserver(&mut self) {
+        if self.children.len() > 1 {
+            let mut c = self.children.remove(1);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts kube-apiserver and waits until it answers as admin.
+    pub fn start_apiserver(&mut self) -> Result<(), Error> {
+        let args = self.apiserver_args.clone();
+        let Some((program, rest)) = args.split_first() else {
+            return Err("no kube-apiserver command line".into());
+        };
+        self.spawn(program, "apiserver.log", rest)?;
+        self.wait_ready(Duration::from_secs(90))
     }
 
     /// etcd's data lives in memory (/dev/shm): etcd fsyncs every commit, and on this
@@ -219,7 +240,10 @@ impl Apiserver {
     }
 
     fn spawn(&mut self, program: &str, log: &str, args: &[String]) -> Result<(), Error> {
-        let out = fs::File::create(self.dir.path().join(log))?;
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.netns, program])
             .args(args)
