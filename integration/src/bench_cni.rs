@@ -117,22 +117,34 @@ impl BenchReport {
     }
 }
 
-/// Sandbox namespaces of one run, deleted when dropped, so a failed run leaves none.
+/// Sandbox namespaces of one run, and for tortie's the Pod objects a kubelet would find
+/// (the agent reads each pod's labels for its policy), deleted when dropped, so a failed run
+/// leaves none. Made before the timed execs, for both plugins alike.
 struct Sandboxes {
     lab: Lab,
     pods: Vec<PodRef>,
+    with_objects: bool,
 }
 
 impl Sandboxes {
-    fn create(lab: &Lab, names: impl Iterator<Item = String>) -> Result<Sandboxes, PodError> {
+    fn create(
+        lab: &Lab,
+        names: impl Iterator<Item = String>,
+        pod_objects_on: Option<&str>,
+    ) -> Result<Sandboxes, PodError> {
         let mut s = Sandboxes {
             lab: lab.clone(),
             pods: Vec::new(),
+            with_objects: false,
         };
         for name in names {
             let pod = PodRef::new(BENCH_NAMESPACE, &name)?;
             crate::pod::create_netns(lab, &pod)?;
             s.pods.push(pod);
+        }
+        if let Some(node) = pod_objects_on {
+            s.with_objects = true;
+            crate::pod::kube::create_pods(lab, &s.pods, node, &Default::default(), &[])?;
         }
         Ok(s)
     }
@@ -147,6 +159,9 @@ impl Sandboxes {
 
 impl Drop for Sandboxes {
     fn drop(&mut self) {
+        if self.with_objects {
+            let _ = crate::pod::kube::delete_pods(&self.lab, &self.pods);
+        }
         for pod in &self.pods {
             let _ = std::process::Command::new("ip")
                 .args([
@@ -304,9 +319,14 @@ pub fn run(
         "making {} sandbox namespaces",
         2 * n + opts.concurrent
     ));
-    let t_boxes = Sandboxes::create(lab, (0..n).map(|i| format!("t{i}")))?;
-    let p_boxes = Sandboxes::create(lab, (0..n).map(|i| format!("p{i}")))?;
-    let c_boxes = Sandboxes::create(lab, (0..opts.concurrent).map(|i| format!("c{i}")))?;
+    let node = Some(opts.node.as_str());
+    let t_boxes = Sandboxes::create(lab, (0..n).map(|i| format!("t{i}")), node)?;
+    let p_boxes = Sandboxes::create(lab, (0..n).map(|i| format!("p{i}")), None)?;
+    let c_boxes = Sandboxes::create(
+        lab,
+        (0..opts.concurrent).map(|i| format!("c{i}")),
+        node,
+    )?;
 
     progress(&format!(
         "{n} sequential ADDs each, tortie and ptp + host-local alternating"

@@ -89,20 +89,24 @@ impl Program for Applier {
     }
 }
 
-/// One program per address family the node serves, each on the iptables backend that
-/// `setting` resolves to for that family.
+/// One program per address family the node serves, all on the one iptables backend that
+/// `setting` resolves to (for dual stack the count includes ip6tables, so both families can
+/// never end up on different backends).
 pub fn appliers(
     families: &[Family],
     setting: BackendSetting,
 ) -> Result<Vec<(Family, Applier)>, ApplyError> {
-    families
+    let widest = if families.contains(&Family::V6) {
+        Family::V6
+    } else {
+        Family::V4
+    };
+    let backend = Backend::detect(setting, widest)?;
+    tracing::info!(%backend, %setting, "iptables backend");
+    Ok(families
         .iter()
-        .map(|f| {
-            let backend = Backend::detect(setting, *f)?;
-            tracing::info!(family = ?f, %backend, %setting, "iptables backend");
-            Ok((*f, Applier::new(*f, backend)))
-        })
-        .collect()
+        .map(|f| (*f, Applier::new(*f, backend)))
+        .collect())
 }
 
 enum Command {
@@ -212,9 +216,11 @@ impl<P: Program> Task<P> {
         drift.reset();
         let mut snapshots_open = true;
         loop {
-            // Fold everything already queued into this apply.
+            // Fold everything already queued (also what came in during the last apply) into
+            // the next apply.
             while let Ok(cmd) = rx.try_recv() {
                 self.command(cmd);
+                dirty = true;
             }
             if dirty && retry_at.is_none() && is_ready(&snapshot) {
                 dirty = false;
@@ -597,6 +603,40 @@ mod tests {
             .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!has_chain(&rec.last().unwrap(), "tort-tw-tort0000000000a"));
+    }
+
+    /// Records like [`Recorder`], but each apply takes a while, so that ADDs queue up behind it.
+    #[derive(Clone, Default)]
+    struct Slow(Recorder);
+
+    impl Program for Slow {
+        fn apply(&mut self, desired: &Dataplane) -> Result<(), ApplyError> {
+            std::thread::sleep(Duration::from_millis(30));
+            self.0.apply(desired)
+        }
+        fn repair(&mut self, desired: &Dataplane) -> Result<Vec<String>, ApplyError> {
+            self.0.repair(desired)
+        }
+    }
+
+    #[tokio::test]
+    async fn adds_that_arrive_during_an_apply_are_answered_by_the_next_one() {
+        let names = ["a", "b", "c", "d", "e"];
+        let (_snap_tx, snap_rx) = watch::channel(synced(&names));
+        let (handle, _health, _t) =
+            spawn(fast(), vec![(Family::V4, Slow::default())], snap_rx, Vec::new());
+        let ups: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let handle = handle.clone();
+                let ep = endpoint(n, &format!("tort000000000{i:02}"), &format!("10.0.0.{}", i + 1));
+                tokio::spawn(async move { handle.endpoint_up(ep).await })
+            })
+            .collect();
+        for up in ups {
+            up.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]

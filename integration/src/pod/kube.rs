@@ -93,59 +93,78 @@ pub fn create_pod(
     labels: &BTreeMap<String, String>,
     ports: &[ContainerPort],
 ) -> Result<String, PodError> {
-    let (ns, name, node, labels) = (
-        pod.namespace.clone(),
-        pod.name.clone(),
-        node.to_owned(),
-        labels.clone(),
-    );
+    let mut uids = create_pods(lab, std::slice::from_ref(pod), node, labels, ports)?;
+    uids.pop()
+        .ok_or_else(|| PodError::Invalid(format!("pod {pod} was not created")))
+}
+
+/// [`create_pod`] for many pods alike, over one client (the CNI bench creates hundreds, as
+/// a kubelet finds them created). Returns their UIDs in order.
+pub fn create_pods(
+    lab: &Lab,
+    pods: &[PodRef],
+    node: &str,
+    labels: &BTreeMap<String, String>,
+    ports: &[ContainerPort],
+) -> Result<Vec<String>, PodError> {
+    let (pods, node, labels) = (pods.to_vec(), node.to_owned(), labels.clone());
     let ports: Vec<KubePort> = ports.iter().map(ContainerPort::to_kube).collect();
     with_admin_client(lab, move |client| async move {
-        let namespaces = Api::<Namespace>::all(client.clone());
-        let wanted = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.clone()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match namespaces.create(&PostParams::default(), &wanted).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-            Err(e) => return Err(kube_err(format!("creating namespace {ns}"))(e)),
-        }
-        let object = Pod {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                labels: (!labels.is_empty()).then_some(labels),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some(node),
-                containers: vec![Container {
-                    name: "pause".into(),
-                    image: Some(PAUSE_IMAGE.into()),
-                    ports: (!ports.is_empty()).then_some(ports),
+        let mut made_namespaces: Vec<String> = Vec::new();
+        let mut uids = Vec::with_capacity(pods.len());
+        for pod in &pods {
+            let (ns, name) = (pod.namespace.clone(), pod.name.clone());
+            if !made_namespaces.contains(&ns) {
+                let wanted = Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(ns.clone()),
+                        ..Default::default()
+                    },
                     ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            status: None,
-        };
-        let created = Api::<Pod>::namespaced(client, &ns)
-            .create(&PostParams::default(), &object)
-            .await
-            .map_err(|e| match e {
-                kube::Error::Api(s) if s.is_already_exists() => PodError::Invalid(format!(
-                    "pod {ns}/{name} already exists in the apiserver (`pod del {ns}/{name}` first)"
-                )),
-                e => kube_err(format!("creating pod {ns}/{name}"))(e),
-            })?;
-        created
-            .metadata
-            .uid
-            .ok_or_else(|| PodError::Invalid(format!("the apiserver gave pod {ns}/{name} no UID")))
+                };
+                match Api::<Namespace>::all(client.clone())
+                    .create(&PostParams::default(), &wanted)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+                    Err(e) => return Err(kube_err(format!("creating namespace {ns}"))(e)),
+                }
+                made_namespaces.push(ns.clone());
+            }
+            let object = Pod {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: (!labels.is_empty()).then(|| labels.clone()),
+                    ..Default::default()
+                },
+                spec: Some(PodSpec {
+                    node_name: Some(node.clone()),
+                    containers: vec![Container {
+                        name: "pause".into(),
+                        image: Some(PAUSE_IMAGE.into()),
+                        ports: (!ports.is_empty()).then(|| ports.clone()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                status: None,
+            };
+            let created = Api::<Pod>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &object)
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) if s.is_already_exists() => PodError::Invalid(format!(
+                        "pod {ns}/{name} already exists in the apiserver (`pod del {ns}/{name}` first)"
+                    )),
+                    e => kube_err(format!("creating pod {ns}/{name}"))(e),
+                })?;
+            uids.push(created.metadata.uid.ok_or_else(|| {
+                PodError::Invalid(format!("the apiserver gave pod {ns}/{name} no UID"))
+            })?);
+        }
+        Ok(uids)
     })?
 }
 
@@ -175,20 +194,29 @@ pub fn set_running(
 /// Deletes the Pod at once. Grace period 0: there is no kubelet to confirm a graceful one,
 /// and the object would stay Terminating forever. A Pod already gone is fine.
 pub fn delete_pod(lab: &Lab, pod: &PodRef) -> Result<(), PodError> {
-    let (ns, name) = (pod.namespace.clone(), pod.name.clone());
+    delete_pods(lab, std::slice::from_ref(pod))
+}
+
+/// [`delete_pod`] for many pods, over one client.
+pub fn delete_pods(lab: &Lab, pods: &[PodRef]) -> Result<(), PodError> {
+    let pods = pods.to_vec();
     with_admin_client(lab, move |client| async move {
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             ..Default::default()
         };
-        match Api::<Pod>::namespaced(client, &ns)
-            .delete(&name, &params)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-            Err(e) => Err(kube_err(format!("deleting pod {ns}/{name}"))(e)),
+        for pod in &pods {
+            let (ns, name) = (&pod.namespace, &pod.name);
+            match Api::<Pod>::namespaced(client.clone(), ns)
+                .delete(name, &params)
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => return Err(kube_err(format!("deleting pod {ns}/{name}"))(e)),
+            }
         }
+        Ok(())
     })?
 }
 
