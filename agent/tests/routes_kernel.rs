@@ -2,53 +2,35 @@
 //! namespace of its own.
 
 use std::net::IpAddr;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use ipnet::IpNet;
+use support::netns::Netns;
 use tortie_node::netlink::{KernelRouteTable, Route, RouteDeletions, RouteOp, RouteTable};
 use tortie_node::routes::{ReconcilerConfig, RouteSet, spawn_reconciler};
 
-/// A namespace removed on drop. tortie-node must not depend on the lab crate, so this is a
-/// small copy of its guard.
-struct Ns(String);
+/// A namespace with `lo` up, an uplink `up0` (192.0.2.10/24, 2001:db8::10/64) and a pod
+/// link `tortpod`: veth pairs with both ends here, the lab kernel has no dummy driver.
+fn node_ns() -> Netns {
+    let ns = Netns::new("trt-routes");
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
+    ns.ip(&["link", "set", "up0p", "up"]);
+    ns.ip(&["link", "set", "up0", "up"]);
+    ns.ip(&["addr", "add", "192.0.2.10/24", "dev", "up0"]);
+    ns.ip(&["addr", "add", "2001:db8::10/64", "dev", "up0", "nodad"]);
+    ns.ip(&[
+        "link", "add", "tortpod", "type", "veth", "peer", "name", "tortpodp",
+    ]);
+    ns.ip(&["link", "set", "tortpodp", "up"]);
+    ns.ip(&["link", "set", "tortpod", "up"]);
+    ns
+}
 
-impl Ns {
-    fn new() -> Ns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "trt-routes-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name]);
-        let ns = Ns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        // veth pairs with both ends here: the lab kernel has no dummy driver.
-        ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"]);
-        ns.ip(&["link", "set", "up0p", "up"]);
-        ns.ip(&["link", "set", "up0", "up"]);
-        ns.ip(&["addr", "add", "192.0.2.10/24", "dev", "up0"]);
-        ns.ip(&["addr", "add", "2001:db8::10/64", "dev", "up0", "nodad"]);
-        ns.ip(&[
-            "link", "add", "tortpod", "type", "veth", "peer", "name", "tortpodp",
-        ]);
-        ns.ip(&["link", "set", "tortpodp", "up"]);
-        ns.ip(&["link", "set", "tortpod", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", self.0.as_str()];
-        full.extend_from_slice(args);
-        run("ip", &full)
-    }
-
-    fn path(&self) -> std::path::PathBuf {
-        std::path::Path::new("/run/netns").join(&self.0)
-    }
-
+/// What these tests read from a namespace.
+impl Netns {
     fn table(&self) -> KernelRouteTable {
         KernelRouteTable::open_in_netns(&self.path()).unwrap_or_else(|e| panic!("open table: {e}"))
     }
@@ -70,25 +52,6 @@ impl Ns {
         lines.sort();
         lines
     }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn run(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog}: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn net(s: &str) -> IpNet {
@@ -122,7 +85,7 @@ fn every_kind() -> RouteSet {
 
 #[tokio::test]
 async fn writes_every_route_kind_and_reads_it_back() {
-    let ns = Ns::new();
+    let ns = node_ns();
     let (h, _t) = spawn_reconciler(ns.table(), gr(false)).unwrap_or_else(|e| panic!("{e}"));
     h.set_desired(every_kind())
         .await
@@ -159,7 +122,7 @@ async fn writes_every_route_kind_and_reads_it_back() {
 /// of ours that we no longer want, writes nothing.
 #[tokio::test]
 async fn a_route_deleted_by_hand_is_put_back_at_once() {
-    let ns = Ns::new();
+    let ns = node_ns();
     ns.ip(&[
         "route",
         "add",
@@ -225,7 +188,7 @@ async fn a_route_deleted_by_hand_is_put_back_at_once() {
 
 #[tokio::test]
 async fn a_deleted_route_comes_back_and_foreign_routes_stay() {
-    let ns = Ns::new();
+    let ns = node_ns();
     // Foreign routes: one on a prefix we want too, one we never mention.
     ns.ip(&[
         "route",
@@ -289,7 +252,7 @@ async fn a_deleted_route_comes_back_and_foreign_routes_stay() {
 
 #[tokio::test]
 async fn graceful_restart_sweeps_stale_routes_only_after_sync() {
-    let ns = Ns::new();
+    let ns = node_ns();
     // What a previous run left in the kernel.
     ns.ip(&[
         "route",
@@ -339,7 +302,7 @@ async fn graceful_restart_sweeps_stale_routes_only_after_sync() {
 
 #[test]
 fn pipelined_batch_of_100k_routes() {
-    let ns = Ns::new();
+    let ns = node_ns();
     let mut table = ns.table();
     let ops: Vec<RouteOp> = (0..100_000u32)
         .map(|i| {
@@ -384,26 +347,14 @@ fn pipelined_batch_of_100k_routes() {
 /// Sysctls are per namespace: a thread that entered the test namespace writes them there.
 #[test]
 fn sysctls_are_written_in_the_namespace() {
-    let ns = Ns::new();
-    let path = std::path::Path::new("/run/netns").join(&ns.0);
-    let result = std::thread::spawn(move || -> Result<(), String> {
-        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-        // If entering the namespace fails we must not write: that would be the host.
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| e.to_string())?;
-        tortie_node::netlink::sysctl::enable_forwarding(true).map_err(|e| e.to_string())?;
+    let ns = node_ns();
+    ns.enter(|| {
+        tortie_node::netlink::sysctl::enable_forwarding(true)
+            .unwrap_or_else(|e| panic!("enable_forwarding: {e}"));
         tortie_node::netlink::sysctl::configure_host_veth("tortpod", true)
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    })
-    .join()
-    .unwrap_or_else(|_| Err("sysctl thread panicked".into()));
-    result.unwrap_or_else(|e| panic!("{e}"));
-    let read = |key: &str| {
-        run("ip", &["netns", "exec", &ns.0, "sysctl", "-n", key])
-            .trim()
-            .to_owned()
-    };
+            .unwrap_or_else(|e| panic!("configure_host_veth: {e}"));
+    });
+    let read = |key: &str| ns.exec("sysctl", &["-n", key]).trim().to_owned();
     assert_eq!(read("net.ipv4.ip_forward"), "1");
     assert_eq!(read("net.ipv6.conf.all.forwarding"), "1");
     assert_eq!(read("net.ipv4.conf.tortpod.proxy_arp"), "1");
@@ -418,7 +369,7 @@ fn sysctls_are_written_in_the_namespace() {
 /// still go in (the table caches names → indexes).
 #[test]
 fn a_recreated_device_gets_its_route() {
-    let ns = Ns::new();
+    let ns = node_ns();
     let mut table = ns.table();
     let r = Route::link(net("10.244.9.9/32"), "tortre");
     let make = || {

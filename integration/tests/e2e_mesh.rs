@@ -65,22 +65,7 @@ fn established_mesh_peers(status: &Value) -> Vec<String> {
 
 #[test]
 fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
-    let agent = tortie_lab::agents::agent_binary().filter(|p| p.is_file());
-    assert!(
-        agent.is_some(),
-        "tortie-node is not built: cargo build -p tortie-node -p tortie-cni"
-    );
-    let t = TestLab::new("m");
-    let out = t.ok(&[
-        "up",
-        "--nodes",
-        &NODES.to_string(),
-        "--agent-timeout",
-        "30",
-        "--pods-per-node",
-        "1",
-    ]);
-    assert!(out.contains("lab up"), "{out}");
+    let t = TestLab::up_with_real_agents("m", NODES, 1);
 
     let others: Vec<String> = (2..=NODES)
         .map(|i| {

@@ -210,22 +210,7 @@ fn indent(text: &str) -> String {
 
 /// A three-node lab with its real agents ready and no pods.
 fn lab() -> TestLab {
-    let agent = tortie_lab::agents::agent_binary().filter(|p| p.is_file());
-    assert!(
-        agent.is_some(),
-        "tortie-node is not built: cargo build -p tortie-node -p tortie-cni"
-    );
-    let t = TestLab::new("np");
-    let out = t.ok(&[
-        "up",
-        "--nodes",
-        "3",
-        "--agent-timeout",
-        "30",
-        "--pods-per-node",
-        "0",
-    ]);
-    assert!(out.contains("lab up"), "{out}");
+    let t = TestLab::up_with_real_agents("np", 3, 0);
     t.wait_agents_ready(Duration::from_secs(90));
     t
 }

@@ -32,22 +32,7 @@ use tortie_lab::traffic::serve::{self, Listener};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn lab(tag: &str, nodes: u32) -> TestLab {
-    let agent = tortie_lab::agents::agent_binary().filter(|p| p.is_file());
-    assert!(
-        agent.is_some(),
-        "tortie-node is not built: cargo build -p tortie-node -p tortie-cni"
-    );
-    let t = TestLab::new(tag);
-    let out = t.ok(&[
-        "up",
-        "--nodes",
-        &nodes.to_string(),
-        "--agent-timeout",
-        "30",
-        "--pods-per-node",
-        "0",
-    ]);
-    assert!(out.contains("lab up"), "{out}");
+    let t = TestLab::up_with_real_agents(tag, nodes, 0);
     t.wait_agents_ready(Duration::from_secs(90));
     t
 }

@@ -20,22 +20,7 @@ const NETWORK: &str = "k8s-pod-network";
 
 /// A one-node lab with its real agent ready, and `pods_per_node` pods from `up`.
 fn lab(tag: &str, pods_per_node: u32) -> TestLab {
-    let agent = tortie_lab::agents::agent_binary().filter(|p| p.is_file());
-    assert!(
-        agent.is_some(),
-        "tortie-node is not built: cargo build -p tortie-node -p tortie-cni"
-    );
-    let t = TestLab::new(tag);
-    let out = t.ok(&[
-        "up",
-        "--nodes",
-        "1",
-        "--agent-timeout",
-        "30",
-        "--pods-per-node",
-        &pods_per_node.to_string(),
-    ]);
-    assert!(out.contains("lab up"), "{out}");
+    let t = TestLab::up_with_real_agents(tag, 1, pods_per_node);
     let status: Value =
         serde_json::from_str(&t.ok(&["status", "-o", "json"])).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(

@@ -451,6 +451,14 @@ trait Runner {
     ) -> Result<String, ApplyError>;
 }
 
+/// `program args` joined by spaces: how errors, logs and the test fake name a command.
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 struct SystemRunner;
 
 impl Runner for SystemRunner {
@@ -460,10 +468,7 @@ impl Runner for SystemRunner {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<String, ApplyError> {
-        let command = std::iter::once(program)
-            .chain(args.iter().copied())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let command = command_line(program, args);
         tracing::debug!(%command, "running");
         if let Some(input) = stdin {
             tracing::trace!(%command, "input:\n{input}");
@@ -626,26 +631,36 @@ fn set_kind(set_type: &str) -> Option<SetKind> {
         .find(|k| k.as_str() == set_type)
 }
 
-/// A member as the kernel keys it, and its flags. `ipset save` prints a hash:net /32 (/128)
-/// as a bare address and masks host bits; addresses are compared in their canonical text.
+/// A member as the kernel keys it, and its `nomatch` flag. `ipset save` prints a hash:net
+/// /32 (/128) as a bare address, masks host bits, prints a port without protocol as
+/// `tcp:N`, and lists counters or comments of sets made with them: those are not members'
+/// identity and are dropped. Addresses compare in their canonical text.
 fn normalize_member(kind: Option<SetKind>, member: &str) -> (String, String) {
     let mut words = member.split_whitespace();
     let element = words.next().unwrap_or_default();
-    let flags = words.collect::<Vec<_>>().join(" ");
+    let flags = if words.any(|w| w == "nomatch") {
+        "nomatch"
+    } else {
+        ""
+    };
     let element = match kind {
         Some(SetKind::HashIp) => normalize_address(element, false),
         Some(SetKind::HashNet) => normalize_address(element, true),
         Some(SetKind::HashIpPort) => match element.split_once(',') {
-            Some((addr, port)) => format!(
-                "{},{}",
-                normalize_address(addr, false),
-                port.to_ascii_lowercase()
-            ),
+            Some((addr, port)) => {
+                let port = port.to_ascii_lowercase();
+                let port = if port.chars().all(|c| c.is_ascii_digit()) {
+                    format!("tcp:{port}")
+                } else {
+                    port
+                };
+                format!("{},{port}", normalize_address(addr, false))
+            }
             None => element.to_owned(),
         },
         None => element.to_owned(),
     };
-    (element, flags)
+    (element, flags.to_owned())
 }
 
 fn normalize_address(s: &str, mask: bool) -> String {
@@ -1327,6 +1342,14 @@ add tort-s6-z fd00::1
             ("10.0.0.1".into(), "".into())
         );
         assert_eq!(
+            normalize_member(net, "10.1.0.0/16 packets 0 bytes 0 nomatch"),
+            ("10.1.0.0/16".into(), "nomatch".into())
+        );
+        assert_eq!(
+            normalize_member(Some(SetKind::HashIpPort), "10.0.0.1,53"),
+            ("10.0.0.1,tcp:53".into(), "".into())
+        );
+        assert_eq!(
             normalize_member(Some(SetKind::HashIpPort), "FD00:0::1,TCP:80"),
             ("fd00::1,tcp:80".into(), "".into())
         );
@@ -1643,11 +1666,14 @@ add tort-s6-z fd00::1
         ));
     }
 
+    /// A command line and its stdin.
+    type Call = (String, Option<String>);
+
     /// Answers save commands from a table and records every restore.
     #[derive(Clone, Default)]
     struct Fake {
         outputs: Arc<Mutex<BTreeMap<String, String>>>,
-        calls: Arc<Mutex<Vec<(String, Option<String>)>>>,
+        calls: Arc<Mutex<Vec<Call>>>,
         fail: Arc<Mutex<Option<String>>>,
     }
 
@@ -1658,7 +1684,7 @@ add tort-s6-z fd00::1
                 .unwrap()
                 .insert(command.into(), out.into());
         }
-        fn take_calls(&self) -> Vec<(String, Option<String>)> {
+        fn take_calls(&self) -> Vec<Call> {
             std::mem::take(&mut *self.calls.lock().unwrap())
         }
     }
@@ -1670,10 +1696,7 @@ add tort-s6-z fd00::1
             args: &[&str],
             stdin: Option<&str>,
         ) -> Result<String, ApplyError> {
-            let command = std::iter::once(program)
-                .chain(args.iter().copied())
-                .collect::<Vec<_>>()
-                .join(" ");
+            let command = command_line(program, args);
             self.calls
                 .lock()
                 .unwrap()
@@ -1701,7 +1724,7 @@ add tort-s6-z fd00::1
         }
     }
 
-    fn commands(calls: &[(String, Option<String>)]) -> Vec<&str> {
+    fn commands(calls: &[Call]) -> Vec<&str> {
         calls.iter().map(|(c, _)| c.as_str()).collect()
     }
 

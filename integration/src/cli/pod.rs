@@ -118,13 +118,11 @@ mod tests {
 
     #[test]
     fn pod_add_takes_container_ports() {
-        let cli = crate::cli::Cli::try_parse_from([
-            "tortie-lab",
-            "pod",
-            "add",
-            "x/a",
-            "--node",
-            "node-1",
+        let pod_add = |args: &[&str]| {
+            let argv = ["tortie-lab", "pod", "add", "x/a", "--node", "node-1"];
+            crate::cli::Cli::try_parse_from(argv.iter().chain(args))
+        };
+        let cli = pod_add(&[
             "--container-port",
             "serve-80-tcp:80",
             "--container-port",
@@ -158,17 +156,7 @@ mod tests {
                 ("serve-81-sctp".into(), 81, pod::Protocol::Sctp),
             ]
         );
-        let bad = crate::cli::Cli::try_parse_from([
-            "tortie-lab",
-            "pod",
-            "add",
-            "x/a",
-            "--node",
-            "node-1",
-            "--container-port",
-            "80:serve",
-        ]);
-        assert!(bad.is_err());
+        assert!(pod_add(&["--container-port", "80:serve"]).is_err());
     }
 
     #[test]

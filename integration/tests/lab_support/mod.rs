@@ -27,6 +27,29 @@ impl TestLab {
         TestLab { lab, _dir: dir }
     }
 
+    /// A lab `up` with `nodes` nodes, each running the real tortie-node (given 30 s to be
+    /// ready: `up` goes on whether it is or not), and `pods_per_node` demo pods; fails the
+    /// test unless `up` succeeds. Needs `cargo build -p tortie-node -p tortie-cni` first.
+    pub fn up_with_real_agents(tag: &str, nodes: u32, pods_per_node: u32) -> TestLab {
+        let agent = tortie_lab::agents::agent_binary().filter(|p| p.is_file());
+        assert!(
+            agent.is_some(),
+            "tortie-node is not built: cargo build -p tortie-node -p tortie-cni"
+        );
+        let t = TestLab::new(tag);
+        let out = t.ok(&[
+            "up",
+            "--nodes",
+            &nodes.to_string(),
+            "--agent-timeout",
+            "30",
+            "--pods-per-node",
+            &pods_per_node.to_string(),
+        ]);
+        assert!(out.contains("lab up"), "{out}");
+        t
+    }
+
     pub fn state(&self) -> &Path {
         self.lab.state_dir()
     }
