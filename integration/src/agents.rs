@@ -39,6 +39,17 @@ pub fn agent_binary() -> Option<PathBuf> {
     sibling_binary("tortie-node", "TORTIE_NODE_BIN")
 }
 
+/// Why [`agent_binary`] gives nothing to start, for `up`'s report.
+pub fn missing_binary_reason() -> String {
+    match std::env::var_os("TORTIE_NODE_BIN") {
+        Some(p) => format!("TORTIE_NODE_BIN={} is not a file", Path::new(&p).display()),
+        None => "tortie-node is not built next to tortie-lab (cargo build -p tortie-node)".into(),
+    }
+}
+
+/// How much of an agent's log `up` shows for an agent that is not ready.
+pub const LOG_TAIL_LINES: usize = 10;
+
 /// Where Debian's containernetworking-plugins puts the reference plugins.
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
@@ -113,6 +124,12 @@ pub enum Outcome {
     Running { pid: i32, health: Health },
     /// It exited; `tail` is the end of its log.
     Exited { status: String, tail: String },
+}
+
+impl Outcome {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Outcome::Ready { .. })
+    }
 }
 
 /// Health as the agent reports it over its socket.
@@ -221,7 +238,7 @@ pub fn settle(
                 Started::Running(pid) => (!process::is_alive(*pid)).then(|| "exited".to_string()),
             };
             if let Some(status) = exited {
-                let tail = process::log_tail(&lab.agent_log(&node), 5);
+                let tail = process::log_tail(&lab.agent_log(&node), LOG_TAIL_LINES);
                 done.push((node, Outcome::Exited { status, tail }));
                 continue;
             }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
 use crate::lab::{Lab, MEMBER_ENV};
@@ -116,8 +117,11 @@ pub fn members(lab: &Lab) -> Vec<i32> {
         .collect()
 }
 
-/// SIGKILLs `pids` and waits until all are gone (or zombies). Nothing in the lab holds
-/// state worth a graceful stop: `down` deletes the state folder right after.
+/// SIGKILLs `pids` and waits until all have exited, then reaps those that are our own
+/// children: a caller that started lab processes itself (a test restarting an agent) is left
+/// no zombie. The others are zombies of their own parent (init, once `up` has exited), which
+/// reaps them. Nothing in the lab holds state worth a graceful stop: `down` deletes the
+/// state folder right after.
 pub fn kill_all(pids: &[i32], timeout: Duration) -> Result<(), Error> {
     for pid in pids {
         // ESRCH: it exited on its own meanwhile, which is what we want.
@@ -127,6 +131,9 @@ pub fn kill_all(pids: &[i32], timeout: Duration) -> Result<(), Error> {
     loop {
         let left: Vec<i32> = pids.iter().copied().filter(|p| is_alive(*p)).collect();
         if left.is_empty() {
+            for pid in pids {
+                reap_if_child(*pid);
+            }
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -136,6 +143,24 @@ pub fn kill_all(pids: &[i32], timeout: Duration) -> Result<(), Error> {
             });
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The parent of `pid` (field 4 of `/proc/PID/stat`), while `pid` exists.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields follow the parenthesised command name, which may itself hold spaces.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Reaps `pid` if it is an exited child of ours; does nothing otherwise (not ours, gone, or
+/// still running: WNOHANG).
+fn reap_if_child(pid: i32) {
+    let me = i32::try_from(std::process::id()).ok();
+    if me.is_some() && parent_of(pid) == me {
+        // ECHILD: a `Child::wait` elsewhere in this process reaped it first, which is as good.
+        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
     }
 }
 
@@ -156,6 +181,24 @@ mod tests {
         assert!(is_alive(me));
         assert!(!is_member(&Lab::new("/nonexistent/lab", ""), me));
         assert!(!is_alive(i32::MAX));
+    }
+
+    #[test]
+    fn killing_a_child_of_ours_leaves_no_zombie() {
+        let child = Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning sleep: {e}"));
+        let pid = i32::try_from(child.id()).unwrap_or_else(|e| panic!("{e}"));
+        let me = i32::try_from(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parent_of(pid), Some(me));
+        // Dropped unwaited, as `up` drops the agents it started.
+        drop(child);
+        kill_all(&[pid], Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} is left as a zombie of ours"
+        );
     }
 
     #[test]

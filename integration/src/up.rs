@@ -17,7 +17,8 @@ use crate::{Error, network, objects, pki, write_file};
 pub struct UpOptions {
     pub nodes: u32,
     pub pool: Ipv4Net,
-    /// How long to wait for agents to report ready before `up` returns anyway.
+    /// How long to wait for agents to report ready. `up` returns the control plane up
+    /// either way; [`not_ready`] says which agents are not and why.
     pub agent_timeout: Duration,
 }
 
@@ -26,7 +27,7 @@ impl Default for UpOptions {
         UpOptions {
             nodes: 3,
             pool: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
-            agent_timeout: Duration::from_secs(10),
+            agent_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -174,25 +175,7 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
     let started = agents::ensure_all(lab, &config)?;
     let outcomes = agents::settle(lab, started, opts.agent_timeout);
     for (node, outcome) in &outcomes {
-        progress.say(&match outcome {
-            Outcome::NotBuilt => format!(
-                "agent {node}: tortie-node is not built (cargo build -p tortie-node); not started"
-            ),
-            Outcome::Ready { pid } => format!("agent {node}: ready (pid {pid})"),
-            Outcome::Running { pid, health } => format!(
-                "agent {node}: running (pid {pid}) but {}{}",
-                health.word(),
-                health
-                    .reason()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ),
-            Outcome::Exited { status, tail } => format!(
-                "agent {node}: EXITED ({status}); log {}:\n{}",
-                lab.agent_log(node).display(),
-                indent(tail)
-            ),
-        });
+        progress.say(&format!("agent {node}: {}", outcome_line(outcome)));
     }
     Ok(UpReport {
         config,
@@ -228,9 +211,48 @@ fn check_no_foreign_netns(lab: &Lab, old: Option<&LabConfig>) -> Result<(), Erro
     )))
 }
 
+/// One line on an agent's outcome, for `up`'s progress.
+fn outcome_line(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::NotBuilt => format!("NOT STARTED: {}", agents::missing_binary_reason()),
+        Outcome::Ready { pid } => format!("ready (pid {pid})"),
+        Outcome::Running { pid, health } => format!(
+            "running (pid {pid}) but {}{}",
+            health.word(),
+            health
+                .reason()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        Outcome::Exited { status, .. } => format!("EXITED ({status})"),
+    }
+}
+
+/// Why `node`'s agent is not ready, with the last lines of its log when it was started;
+/// `None` when it is ready. One entry of `up`'s failure message.
+pub fn not_ready(lab: &Lab, node: &str, outcome: &Outcome) -> Option<String> {
+    let log = lab.agent_log(node);
+    let tail = match outcome {
+        Outcome::Ready { .. } => return None,
+        Outcome::NotBuilt => return Some(format!("  {node}: {}", outcome_line(outcome))),
+        Outcome::Exited { tail, .. } => tail.clone(),
+        Outcome::Running { .. } => crate::process::log_tail(&log, agents::LOG_TAIL_LINES),
+    };
+    let tail = if tail.trim().is_empty() {
+        "    | (empty)".to_string()
+    } else {
+        indent(&tail)
+    };
+    Some(format!(
+        "  {node}: {}; last lines of {}:\n{tail}",
+        outcome_line(outcome),
+        log.display()
+    ))
+}
+
 fn indent(text: &str) -> String {
     text.lines()
-        .map(|l| format!("           | {l}"))
+        .map(|l| format!("    | {l}"))
         .collect::<Vec<_>>()
         .join("\n")
 }

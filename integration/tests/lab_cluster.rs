@@ -368,6 +368,7 @@ fn second_up_changes_nothing(t: &TestLab) {
         &NODES.to_string(),
         "--agent-timeout",
         "1",
+        "--agents-may-be-unready",
         "--pods-per-node",
         "0",
     ]);

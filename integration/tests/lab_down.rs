@@ -1,9 +1,11 @@
 //! Root, real parts: `down` cleans up after an `up` that died half way (SIGKILL) or lost its
-//! records, a second lab cannot adopt the first one's namespaces, and bad input is refused
-//! before anything is made.
+//! records, returns only once every lab process has exited (and reaped those it is the
+//! parent of), a second lab cannot adopt the first one's namespaces, and bad input is
+//! refused before anything is made.
 
 mod lab_support;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lab_support::{TestLab, assert_nothing_left, recording_agent, text};
@@ -90,6 +92,50 @@ fn down_kills_processes_even_without_pid_files_or_namespaces() {
     assert_nothing_left(&t.lab);
 }
 
+/// `scripts/lab down` is never the parent of a lab process (`up` started them and exited), but
+/// a caller of the library's `down` may be: a test that restarts an agent, as
+/// `TestLab::restart_agents` does. Either way, once `down` returns no lab process runs, and
+/// none is left as a zombie of the caller.
+#[test]
+fn down_returns_once_every_process_exited_and_reaps_its_own_children() {
+    let t = TestLab::new("w");
+    t.up_with_recording_agent(2);
+    let config = tortie_lab::LabConfig::load(&t.lab)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no lab.json"));
+
+    // node-2's agent again, started by this process.
+    t.stop_agent("node-2");
+    let agent = recording_agent(t.scratch());
+    let child = tortie_lab::process::spawn(
+        &t.lab,
+        &tortie_lab::agents::spec(&t.lab, &config, &config.nodes[1], &agent),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ours = i32::try_from(child.id()).unwrap_or_else(|e| panic!("{e}"));
+    // Not waited for, as `up` leaves the agents it starts.
+    drop(child);
+
+    let before = tortie_lab::teardown::lab_processes(&t.lab);
+    assert!(before.contains(&ours), "{ours} not among {before:?}");
+    // etcd, the apiserver, two agents at least.
+    assert!(before.len() >= 4, "{before:?}");
+
+    // node-1's agent, etcd and the apiserver are children of init since `up` exited.
+    tortie_lab::teardown::down(&t.lab).unwrap_or_else(|e| panic!("{e}"));
+    let alive: Vec<i32> = before
+        .iter()
+        .copied()
+        .filter(|p| tortie_lab::process::is_alive(*p))
+        .collect();
+    assert!(alive.is_empty(), "down returned while {alive:?} still ran");
+    assert!(
+        !Path::new(&format!("/proc/{ours}")).exists(),
+        "down left {ours}, a child of this process, as a zombie"
+    );
+    assert_nothing_left(&t.lab);
+}
+
 #[test]
 fn bad_input_is_refused_before_anything_is_made() {
     let t = TestLab::new("r");
@@ -105,6 +151,10 @@ fn bad_input_is_refused_before_anything_is_made() {
         (
             vec!["up", "--pool", "10.244.0.0/33"],
             "invalid value '10.244.0.0/33'",
+        ),
+        (
+            vec!["up", "--agents-may-be-unready"],
+            "--agents-may-be-unready needs --pods-per-node 0",
         ),
         (
             vec!["exec", "node-1", "--", "true"],

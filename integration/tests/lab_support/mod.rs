@@ -27,8 +27,8 @@ impl TestLab {
         TestLab { lab, _dir: dir }
     }
 
-    /// A lab `up` with `nodes` nodes, each running the real tortie-node (given 30 s to be
-    /// ready: `up` goes on whether it is or not), and `pods_per_node` demo pods; fails the
+    /// A lab `up` with `nodes` nodes, each running the real tortie-node (given 90 s to be
+    /// ready: `up` fails unless every agent is), and `pods_per_node` demo pods; fails the
     /// test unless `up` succeeds. Needs `cargo build -p tortie-node -p tortie-cni` first.
     pub fn up_with_real_agents(tag: &str, nodes: u32, pods_per_node: u32) -> TestLab {
         let agent = tortie_lab::agents::agent_binary().filter(|p| p.is_file());
@@ -42,7 +42,7 @@ impl TestLab {
             "--nodes",
             &nodes.to_string(),
             "--agent-timeout",
-            "30",
+            "90",
             "--pods-per-node",
             &pods_per_node.to_string(),
         ]);
@@ -81,8 +81,10 @@ impl TestLab {
             .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
     }
 
-    /// `up --nodes NODES` with the recording agent standing in for tortie-node (given 1 s to
-    /// be ready, no demo pods); fails the test unless it succeeds. Returns what it printed.
+    /// `up --nodes NODES` with the recording agent standing in for tortie-node, no demo pods;
+    /// fails the test unless it succeeds. The stand-in serves no status, so it never answers
+    /// ready: `--agents-may-be-unready` (after 1 s), which still fails `up` if it exits.
+    /// Returns what `up` printed.
     pub fn up_with_recording_agent(&self, nodes: u32) -> String {
         let agent = recording_agent(self.scratch());
         let out = self.output(
@@ -92,6 +94,7 @@ impl TestLab {
                 &nodes.to_string(),
                 "--agent-timeout",
                 "1",
+                "--agents-may-be-unready",
                 "--pods-per-node",
                 "0",
             ])
@@ -107,8 +110,7 @@ impl TestLab {
     }
 
     /// Waits until every node's agent answers ready (`status -o json`), failing the test
-    /// with the last status after `timeout`. `up` returns after `--agent-timeout` whether
-    /// they are ready or not.
+    /// with the last status after `timeout`.
     pub fn wait_agents_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
