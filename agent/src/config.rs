@@ -306,8 +306,9 @@ impl Config {
         })?;
 
         let iptables_backend = v.parse("FELIX_IPTABLESBACKEND", BackendSetting::Auto, |s| {
-            s.parse()
-                .map_err(|_| "must be Legacy, NFT or Auto (which picks the one the host uses)".to_owned())
+            s.parse().map_err(|_| {
+                "must be Legacy, NFT or Auto (which picks the one the host uses)".to_owned()
+            })
         })?;
 
         Ok(Config {
@@ -601,20 +602,24 @@ mod tests {
                 .to_string()
         };
         assert!(
-            refused(&[("CALICO_NETWORKING_BACKEND", "vxlan")])
-                .starts_with(r#"CALICO_NETWORKING_BACKEND="vxlan": the vxlan backend is not implemented yet"#)
+            refused(&[("CALICO_NETWORKING_BACKEND", "vxlan")]).starts_with(
+                r#"CALICO_NETWORKING_BACKEND="vxlan": the vxlan backend is not implemented yet"#
+            )
         );
         assert!(
             refused(&[("CALICO_NETWORKING_BACKEND", "none")])
                 .starts_with(r#"CALICO_NETWORKING_BACKEND="none": the policy-only mode"#)
         );
         assert!(
-            refused(&[("CALICO_IPV4POOL_VXLAN", "CrossSubnet")])
-                .starts_with(r#"CALICO_IPV4POOL_VXLAN="CrossSubnet": VXLAN is not implemented yet"#)
+            refused(&[("CALICO_IPV4POOL_VXLAN", "CrossSubnet")]).starts_with(
+                r#"CALICO_IPV4POOL_VXLAN="CrossSubnet": VXLAN is not implemented yet"#
+            )
         );
         let v6 = parse(&[("CALICO_IPV6POOL_CIDR", "fd00:10::/64")]).unwrap();
         assert!(v6.refuse_unimplemented().is_ok());
-        assert!(v6.partial_support()[0].starts_with("CALICO_IPV6POOL_CIDR=fd00:10::/64: pods get IPv6"));
+        assert!(
+            v6.partial_support()[0].starts_with("CALICO_IPV6POOL_CIDR=fd00:10::/64: pods get IPv6")
+        );
         assert!(parse(&[]).unwrap().partial_support().is_empty());
     }
 

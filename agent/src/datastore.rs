@@ -1,5 +1,6 @@
 //! The Kubernetes datastore: tortie's CRD types (group `crd.tortie.dev`, version `v1`), the
-//! manifest they render to, and the IPAM [`Store`](tortie_ipam::Store) over the apiserver.
+//! manifest they render to, the IPAM [`Store`](tortie_ipam::Store) over the apiserver, and
+//! the Node annotations through which nodes find their BGP peers.
 //!
 //! `manifests/crds.yaml` is [`crds_yaml`]'s output; a unit test fails when the two differ
 //! (`TORTIE_BLESS=1 cargo test -p tortie-node datastore` rewrites the file).
@@ -18,7 +19,13 @@ use kube::{Client, CustomResourceExt};
 pub use cluster::{ClusterError, NodeGc, PodIndex};
 pub use convert::pool_from_crd;
 pub use crd::{BGPConfiguration, BGPPeer, BlockAffinity, IPAMBlock, IPPool};
-pub use kube_store::KubeStore;
+pub use kube_store::{KubeStore, StoredPool};
+
+/// A node's BGP address with its subnet's prefix length, on its Node object (Calico:
+/// `projectcalico.org/IPv4Address`). The agent writes its own; the mesh reads the others'.
+pub const ANNOTATION_IPV4: &str = "tortie.dev/ipv4-address";
+/// A node's AS number, on its Node object (Calico: `projectcalico.org/ASNumber`).
+pub const ANNOTATION_AS: &str = "tortie.dev/as-number";
 
 /// Every tortie CRD.
 pub fn crds() -> Vec<CustomResourceDefinition> {

@@ -1,7 +1,7 @@
 //! The one task that owns this node's route model: local pods (their `/32 dev tortX`) and
 //! the blocks affine to this node (their blackholes). It turns changes into route updates
 //! for the reconciler, the only owner of the kernel table. The gRPC layer reaches it
-//! through [`EndpointsHandle`], which implements [`server::Endpoints`](crate::server::Endpoints).
+//! through [`EndpointsHandle`], which implements [`Endpoints`](crate::attachment::Endpoints).
 //!
 //! An `EndpointReady` is answered only once its route is in the kernel (docs/decisions.md,
 //! "Who installs a pod's host route").
@@ -9,23 +9,13 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
-use sha1::{Digest, Sha1};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::attachment::{Endpoint, Endpoints, Failure, Handle};
 use crate::netlink::Route;
 use crate::routes::RoutesHandle;
-use crate::server::{Endpoint, Endpoints, Failure, Handle};
 
 const QUEUE: usize = 256;
-
-/// The host-side veth of a pod: `tort` + the first 11 hex digits of SHA-1(`<ns>.<pod>`)
-/// (DESIGN.md, Dataplane). The CNI plugin names it; the agent recomputes it at start to
-/// find the endpoints of pods that survived an agent restart.
-pub fn host_veth_name(namespace: &str, pod: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let hex = hex::encode(digest);
-    format!("tort{}", &hex[..11])
-}
 
 enum Command {
     Ready(Endpoint, oneshot::Sender<Result<(), Failure>>),
@@ -215,31 +205,9 @@ impl Task {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::attachment::PodRef;
     use crate::netlink::{FakeRouteTable, RouteTable};
     use crate::routes::{ReconcilerConfig, spawn_reconciler};
-    use crate::server::PodRef;
-
-    #[test]
-    fn veth_names_follow_the_design() {
-        let n = host_veth_name("default", "web-0");
-        assert_eq!(n.len(), 15);
-        assert!(n.starts_with("tort"));
-        // SHA-1("default.web-0"), computed independently with sha1sum.
-        let expect = {
-            let out = std::process::Command::new("sha1sum")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .and_then(|mut c| {
-                    use std::io::Write;
-                    c.stdin.take().unwrap().write_all(b"default.web-0")?;
-                    c.wait_with_output()
-                })
-                .unwrap();
-            format!("tort{}", &String::from_utf8(out.stdout).unwrap()[..11])
-        };
-        assert_eq!(n, expect);
-    }
 
     fn ep(cid: &str, ifname: &str, addr: &str) -> Endpoint {
         Endpoint {

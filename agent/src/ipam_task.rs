@@ -1,5 +1,5 @@
 //! The one task that owns this node's IPAM allocator. The gRPC layer reaches it through
-//! [`IpamHandle`] (which implements [`server::Ipam`](crate::server::Ipam)) over a bounded
+//! [`IpamHandle`] (which implements [`Ipam`](crate::attachment::Ipam)) over a bounded
 //! channel; requests are served one at a time, which is what the allocator's `&mut self`
 //! asks for and what keeps its cache coherent.
 //!
@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot, watch};
 use tortie_ipam::{AllocRequest, Allocator, GcScope, IpFamily, IpamError, Store, StoreError};
 
-use crate::server::{AllocateParams, Failure, GcOutcome, Handle, Ipam};
+use crate::attachment::{AllocateParams, Failure, GcOutcome, Handle, Ipam, PodRef};
 
 /// Requests waiting for the allocator; bounded so a flood of ADDs feels backpressure.
 const QUEUE: usize = 256;
@@ -107,7 +107,7 @@ pub fn failure(e: IpamError) -> Failure {
 }
 
 /// The pod an allocation records, for leak GC; none when the runtime did not say.
-fn ipam_pod(pod: &crate::server::PodRef) -> Option<tortie_ipam::PodRef> {
+fn ipam_pod(pod: &PodRef) -> Option<tortie_ipam::PodRef> {
     (!pod.name.is_empty()).then(|| tortie_ipam::PodRef {
         namespace: pod.namespace.clone(),
         name: pod.name.clone(),
@@ -421,7 +421,6 @@ mod tests {
     use tortie_ipam::{IpPool, IpamConfig, MemStore};
 
     use super::*;
-    use crate::server::PodRef;
 
     fn params(cid: &str) -> AllocateParams {
         AllocateParams {

@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use tokio::sync::{mpsc, watch};
-use tortie_bgp::{PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig};
+use tokio::sync::watch;
+use tortie_bgp::{PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig, Subscription};
 
 use crate::cache::{Kind, Snapshot};
+use crate::datastore::{ANNOTATION_AS, ANNOTATION_IPV4};
 use crate::netlink::Route;
 use crate::routes::RoutesHandle;
-use crate::run::node::{ANNOTATION_AS, ANNOTATION_IPV4};
 
 /// Calico's name for these peers in `node status`.
 pub const PEER_TYPE: &str = "node-to-node mesh";
@@ -152,6 +152,26 @@ pub fn fold_changes(
     (upsert, remove)
 }
 
+/// What a `Resync` (the whole Loc-RIB) asks of the route reconciler, which the mesh
+/// shares with the endpoint routes: write every route of the table, and remove the ones
+/// the mesh installed before that the table no longer has (never one of our own blocks,
+/// whose blackhole is not the mesh's).
+fn resync_routes(
+    table: &[RouteChange],
+    uplink: Option<&str>,
+    own: &BTreeSet<IpNet>,
+    installed: &BTreeSet<IpNet>,
+) -> (Vec<Route>, Vec<IpNet>) {
+    let (upsert, _) = fold_changes(table, uplink, own);
+    let keep: BTreeSet<IpNet> = upsert.iter().map(|r| r.dst).collect();
+    let remove = installed
+        .iter()
+        .filter(|p| !keep.contains(p) && !own.contains(p))
+        .copied()
+        .collect();
+    (upsert, remove)
+}
+
 /// Starts the speaker and the mesh's tasks. The speaker is returned for the Status API.
 pub async fn start(
     cfg: MeshConfig,
@@ -172,21 +192,14 @@ pub async fn start(
     // Subscribe before any peer exists, so that no change is missed.
     let events = speaker.subscribe().await?;
     tracing::info!(router_id = %cfg.node_ip, asn = cfg.asn, uplink = ?cfg.uplink, "BGP mesh speaker started");
-    let task = tokio::spawn(run(
-        cfg,
-        speaker.clone(),
-        events,
-        cluster,
-        affine,
-        routes,
-    ));
+    let task = tokio::spawn(run(cfg, speaker.clone(), events, cluster, affine, routes));
     Ok((speaker, task))
 }
 
 async fn run(
     cfg: MeshConfig,
     speaker: Speaker,
-    mut events: mpsc::Receiver<RibEvent>,
+    mut events: Subscription,
     mut cluster: watch::Receiver<Snapshot>,
     mut affine: watch::Receiver<Vec<IpNet>>,
     routes: RoutesHandle,
@@ -194,6 +207,9 @@ async fn run(
     let mut originated: BTreeSet<IpNet> = BTreeSet::new();
     let mut peers: BTreeMap<Ipv4Addr, MeshPeer> = BTreeMap::new();
     let mut allow: Option<Vec<IpNet>> = None;
+    // The learned routes handed to the reconciler, so that a resync can take back the ones
+    // the table no longer has.
+    let mut installed: BTreeSet<IpNet> = BTreeSet::new();
     let mut affine_open = true;
     let mut cluster_open = true;
     // The first snapshot counts as a change, so peers and filter are set from it.
@@ -203,20 +219,40 @@ async fn run(
     set_originated(&speaker, &mut originated, blocks).await;
     loop {
         tokio::select! {
-            event = events.recv() => match event {
-                Some(RibEvent::Changes(changes)) => {
-                    let (upsert, remove) = fold_changes(&changes, cfg.uplink.as_deref(), &originated);
-                    if let Err(e) = routes.update(upsert, remove).await {
-                        tracing::error!(error = %e, "route reconciler stopped: mesh routes are no longer installed");
+            event = events.recv() => {
+                let (upsert, remove) = match event {
+                    Some(RibEvent::Changes(changes)) => {
+                        fold_changes(&changes, cfg.uplink.as_deref(), &originated)
+                    }
+                    // The first event, or we fell behind: the whole table replaces ours.
+                    Some(RibEvent::Resync(table)) => {
+                        let (upsert, remove) =
+                            resync_routes(&table, cfg.uplink.as_deref(), &originated, &installed);
+                        tracing::info!(
+                            routes = upsert.len(),
+                            gone = remove.len(),
+                            "BGP mesh routes set from the whole Loc-RIB"
+                        );
+                        (upsert, remove)
+                    }
+                    Some(RibEvent::InitialSyncDone) => {
+                        tracing::info!("BGP mesh initial sync done");
+                        continue;
+                    }
+                    None => {
+                        tracing::warn!("BGP speaker stopped: mesh stopped");
                         return;
                     }
+                };
+                for p in &remove {
+                    installed.remove(p);
                 }
-                Some(RibEvent::InitialSyncDone) => tracing::info!("BGP mesh initial sync done"),
-                None => {
-                    tracing::warn!("BGP speaker stopped: mesh stopped");
+                installed.extend(upsert.iter().map(|r| r.dst));
+                if let Err(e) = routes.update(upsert, remove).await {
+                    tracing::error!(error = %e, "route reconciler stopped: mesh routes are no longer installed");
                     return;
                 }
-            },
+            }
             changed = affine.changed(), if affine_open => {
                 if changed.is_err() {
                     // The IPAM task is gone; keep advertising what we have.
@@ -392,6 +428,25 @@ mod tests {
         let c = peers[&ip("10.0.0.1")].peer_config(ip("10.0.0.2"));
         assert_eq!(c.peer_type, PEER_TYPE);
         assert_eq!(c.local_address, Some(IpAddr::V4(ip("10.0.0.2"))));
+    }
+
+    #[test]
+    fn a_resync_writes_the_table_and_takes_back_only_learned_routes_it_lacks() {
+        let kept: IpNet = "10.244.1.0/26".parse().unwrap();
+        let gone: IpNet = "10.244.2.0/26".parse().unwrap();
+        let own: IpNet = "10.244.0.0/26".parse().unwrap();
+        let nh: IpAddr = "10.0.0.3".parse().unwrap();
+        let owned: BTreeSet<IpNet> = [own].into();
+        // `own` was learned before it became ours: its blackhole is not ours to remove.
+        let installed: BTreeSet<IpNet> = [kept, gone, own].into();
+        let table = vec![RouteChange::Add {
+            prefix: kept,
+            next_hop: nh,
+            peer: nh,
+        }];
+        let (upsert, remove) = resync_routes(&table, Some("eth0"), &owned, &installed);
+        assert_eq!(upsert, vec![Route::via_onlink(kept, nh, "eth0")]);
+        assert_eq!(remove, vec![gone]);
     }
 
     #[test]

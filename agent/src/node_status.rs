@@ -299,7 +299,9 @@ mod tests {
     fn a_node_that_is_not_ready_says_why_before_its_peers() {
         let status = render(&StatusReply {
             ready: false,
-            reason: "policy dataplane failing, pods isolated (fail closed): iptables-restore: exit 1".into(),
+            reason:
+                "policy dataplane failing, pods isolated (fail closed): iptables-restore: exit 1"
+                    .into(),
             ..Default::default()
         });
         assert!(

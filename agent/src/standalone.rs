@@ -9,6 +9,10 @@
 //! our forwarding state intact. The speaker then sets the R bit, the reconciler keeps those
 //! routes as stale, and only the speaker's `InitialSyncDone` (End-of-RIB from every peer)
 //! lets the reconciler sweep what nobody re-announced.
+//!
+//! A daemon whose kernel sync has stopped (the reconciler died, or the speaker did) would
+//! go on peering while the kernel no longer follows: it reports not ready on the Status
+//! API and exits with an error instead, so that its supervisor restarts it (issue 13).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,13 +23,17 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tortie_api::v1::status_server::StatusServer;
-use tortie_bgp::{Password, PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig};
+use tortie_bgp::{
+    Password, PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig, Subscription,
+};
 
 use crate::netlink::{KernelRouteTable, Route};
-use crate::routes::{ReconcilerConfig, RouteUpdate, RoutesHandle, spawn_reconciler};
+use crate::routes::{
+    ReconcilerConfig, ReconcilerError, RouteSet, RouteUpdate, RoutesHandle, spawn_reconciler,
+};
 use crate::server::{Health, NodeInfo, StatusService};
 
 /// Where the daemon serves its status API unless the config says otherwise.
@@ -157,6 +165,22 @@ pub enum StandaloneError {
     },
     #[error("serving the API: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(
+        "kernel route sync stopped: {0}; exiting so that the daemon is restarted (kernel routes stay for the next start)"
+    )]
+    KernelSync(#[from] SyncStopped),
+}
+
+/// Why the kernel sync ended. Without it the daemon would keep peering while learned
+/// routes no longer reach the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncStopped {
+    #[error("{0} (learned routes are no longer installed)")]
+    Reconciler(#[from] ReconcilerError),
+    #[error("the BGP speaker stopped")]
+    Speaker,
+    #[error("the kernel sync task failed: {0}")]
+    Task(String),
 }
 
 impl StandaloneConfig {
@@ -280,7 +304,8 @@ pub async fn run(path: &Path) -> Result<(), StandaloneError> {
     run_with(cfg, shutdown_signal()).await
 }
 
-/// Runs the daemon with `cfg` until `shutdown` completes.
+/// Runs the daemon with `cfg` until `shutdown` completes, or until the kernel sync stops
+/// (then with [`StandaloneError::KernelSync`]).
 pub async fn run_with(
     cfg: StandaloneConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -299,6 +324,17 @@ pub async fn run_with(
     } else {
         None
     };
+    serve(cfg, routes, shutdown, watch::channel(Health::Ready).0).await
+}
+
+/// The daemon once its route reconciler (if any) runs. `health` feeds the Status API:
+/// ready (nothing here waits on a datastore) until the kernel sync stops.
+async fn serve(
+    cfg: StandaloneConfig,
+    routes: Option<RoutesHandle>,
+    shutdown: impl Future<Output = ()> + Send,
+    health: watch::Sender<Health>,
+) -> Result<(), StandaloneError> {
     let restarting = routes.as_ref().is_some_and(|r| r.found_at_start() > 0);
     tracing::info!(
         router_id = %cfg.router_id,
@@ -310,7 +346,7 @@ pub async fn run_with(
     );
     let speaker = Speaker::start(cfg.speaker_config(restarting)).await?;
     // Subscribe before any peer exists, so that no change is missed.
-    let sync = match &routes {
+    let mut sync = match &routes {
         Some(r) => Some(tokio::spawn(kernel_sync(
             speaker.subscribe().await?,
             r.clone(),
@@ -330,26 +366,51 @@ pub async fn run_with(
             path: cfg.api_socket.clone(),
             source,
         })?;
-    // The agent's Status service: always ready (nothing here waits on a datastore), no pod
-    // MTU, the speaker's peers.
+    // The agent's Status service: no pod MTU, the speaker's peers.
     let status = StatusService::new(
         NodeInfo {
             node_name: node_name(&cfg),
             mtu: 0,
         },
-        watch::channel(Health::Ready).1,
+        health.subscribe(),
     )
     .with_speaker(speaker.clone());
+    let mut stopped: Option<SyncStopped> = None;
+    let stop = async {
+        let sync_ended = async {
+            match sync.as_mut() {
+                Some(task) => match task.await {
+                    Ok(why) => why,
+                    Err(e) => SyncStopped::Task(e.to_string()),
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown => {}
+            why = sync_ended => {
+                tracing::error!(error = %why, "kernel route sync stopped: reporting not ready and exiting");
+                health.send_replace(Health::Degraded(format!("kernel route sync stopped: {why}")));
+                stopped = Some(why);
+            }
+        }
+    };
     let served = tonic::transport::Server::builder()
         .add_service(StatusServer::new(status))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
         .await;
     tracing::info!("shutting down: closing BGP sessions; kernel routes stay for the next start");
+    if let Some(task) = sync {
+        task.abort();
+    }
     if let Err(e) = speaker.shutdown().await {
         tracing::warn!(error = %e, "BGP speaker did not shut down cleanly");
     }
-    if let Some(task) = sync {
-        task.abort();
+    if let Some(why) = stopped {
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "serving the API failed too");
+        }
+        return Err(why.into());
     }
     served?;
     Ok(())
@@ -378,25 +439,52 @@ fn node_name(cfg: &StandaloneConfig) -> String {
         .unwrap_or_else(|| cfg.router_id.to_string())
 }
 
-/// Turns Loc-RIB changes into kernel route updates, in order.
-async fn kernel_sync(mut events: mpsc::Receiver<RibEvent>, routes: RoutesHandle) {
-    while let Some(event) = events.recv().await {
+/// Turns Loc-RIB events into kernel route updates, in order, until the reconciler or the
+/// speaker stops; returns why.
+async fn kernel_sync(mut events: Subscription, routes: RoutesHandle) -> SyncStopped {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            // Noticed at once, not at the next UPDATE: the daemon must not look healthy.
+            () = routes.stopped() => return ReconcilerError::Stopped.into(),
+        };
         let result = match event {
-            RibEvent::Changes(changes) => {
+            None => return SyncStopped::Speaker,
+            Some(RibEvent::Changes(changes)) => {
                 routes
                     .apply_in_order(changes.into_iter().map(to_update).collect())
                     .await
             }
-            RibEvent::InitialSyncDone => {
+            // The first event, or we fell behind: the table replaces every learned route.
+            // The reconciler holds only these (the standalone daemon installs nothing else)
+            // and keeps stale routes until `InitialSyncDone` all the same.
+            Some(RibEvent::Resync(table)) => {
+                tracing::info!(
+                    routes = table.len(),
+                    "kernel routes set from the whole Loc-RIB"
+                );
+                routes.set_desired(route_set(table)).await
+            }
+            Some(RibEvent::InitialSyncDone) => {
                 tracing::info!("BGP initial sync done: sweeping stale kernel routes");
                 routes.sync_complete().await
             }
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, "kernel route sync stopped");
-            return;
+            return e.into();
         }
     }
+}
+
+/// The kernel routes of a whole Loc-RIB ([`RibEvent::Resync`]).
+fn route_set(table: Vec<RouteChange>) -> RouteSet {
+    table
+        .into_iter()
+        .filter_map(|c| match to_update(c) {
+            RouteUpdate::Want(route) => Some(route),
+            RouteUpdate::Unwant(_) => None,
+        })
+        .collect()
 }
 
 fn to_update(change: RouteChange) -> RouteUpdate {
@@ -496,6 +584,100 @@ prefix = "fd00:1::/64"
             Some(vec![
                 "10.244.0.0/16".parse().unwrap_or_else(|_| unreachable!())
             ])
+        );
+    }
+
+    /// A route table whose first periodic dump panics, as a bug in the reconciler would:
+    /// its thread dies, and every later call on its handle fails.
+    struct DiesOnResync {
+        dumps: usize,
+    }
+
+    impl crate::netlink::RouteTable for DiesOnResync {
+        fn dump(&mut self) -> Result<Vec<Route>, crate::netlink::NetlinkError> {
+            self.dumps += 1;
+            assert!(
+                self.dumps < 2,
+                "fake route table: simulated reconciler fault"
+            );
+            Ok(Vec::new())
+        }
+
+        fn apply(
+            &mut self,
+            _ops: &[crate::netlink::RouteOp],
+        ) -> Result<Vec<crate::netlink::OpFailure>, crate::netlink::NetlinkError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_kernel_sync_makes_the_daemon_not_ready_and_exit_with_an_error() {
+        use tortie_api::v1::status_server::Status as _;
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let socket = dir.path().join("bgp.sock");
+        let text = format!(
+            "router_id = \"10.0.0.1\"\nasn = 64512\napi_socket = \"{}\"\n",
+            socket.display()
+        );
+        let cfg = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let (routes, _thread) = spawn_reconciler(
+            DiesOnResync { dumps: 0 },
+            ReconcilerConfig {
+                resync_interval: Duration::from_millis(50),
+                graceful_restart: false,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (health, seen) = watch::channel(Health::Ready);
+        let ran = tokio::time::timeout(
+            Duration::from_secs(20),
+            serve(cfg, Some(routes), std::future::pending(), health),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the daemon kept running without its kernel sync"));
+        match ran {
+            Err(e @ StandaloneError::KernelSync(SyncStopped::Reconciler(_))) => {
+                assert!(
+                    e.to_string().contains("route reconciler has stopped"),
+                    "{e}"
+                );
+            }
+            other => panic!("expected a kernel sync error, got {other:?}"),
+        }
+        // What the daemon's Status service reported on its way out.
+        let status = StatusService::new(
+            NodeInfo {
+                node_name: "n".into(),
+                mtu: 0,
+            },
+            seen,
+        )
+        .get_status(tonic::Request::new(tortie_api::v1::StatusRequest {}))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_inner();
+        assert!(!status.ready);
+        assert!(
+            status.reason.contains("kernel route sync stopped"),
+            "{}",
+            status.reason
+        );
+    }
+
+    #[test]
+    fn a_whole_loc_rib_becomes_the_whole_route_set() {
+        let p: IpNet = "10.1.0.0/24".parse().unwrap_or_else(|_| unreachable!());
+        let nh: IpAddr = "192.0.2.1".parse().unwrap_or_else(|_| unreachable!());
+        let set = route_set(vec![RouteChange::Add {
+            prefix: p,
+            next_hop: nh,
+            peer: nh,
+        }]);
+        assert_eq!(
+            set.iter().cloned().collect::<Vec<_>>(),
+            vec![Route::via(p, nh)]
         );
     }
 

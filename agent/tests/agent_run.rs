@@ -517,7 +517,7 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
     );
     // The CNI plugin's part, done by hand: the host veth (peer stays here: no pod netns needed
     // to see the host route).
-    let veth = tortie_node::endpoints::host_veth_name("default", "p1");
+    let veth = tortie_api::veth::host_veth_name(Some(("default", "p1")), "c1");
     ns.ip(&[
         "link", "add", &veth, "type", "veth", "peer", "name", "p1peer",
     ]);

@@ -89,7 +89,9 @@ spec: {cidr: 10.244.0.0/16, natOutgoing: true}
 "#,
     );
     rt.block_on(until(&mut rx, "namespace, pod, policy and pool", |s| {
-        s.namespaces.get("x").is_some_and(|l| l.get("ns").map(String::as_str) == Some("x"))
+        s.namespaces
+            .get("x")
+            .is_some_and(|l| l.get("ns").map(String::as_str) == Some("x"))
             && s.pods.contains_key(&("x".into(), "a".into()))
             && s.policies.contains_key(&("x".into(), "deny".into()))
             && s.pools.contains_key("pool-a")
@@ -103,7 +105,10 @@ spec: {cidr: 10.244.0.0/16, natOutgoing: true}
             .iter()
             .map(|p| (p.name.as_str(), p.protocol, p.port))
             .collect::<Vec<_>>(),
-        [("serve-80-tcp", Protocol::Tcp, 80), ("serve-80-udp", Protocol::Udp, 80)]
+        [
+            ("serve-80-tcp", Protocol::Tcp, 80),
+            ("serve-80-udp", Protocol::Udp, 80)
+        ]
     );
 
     // Label changes and deletions are watch events too.
@@ -116,13 +121,17 @@ spec: {cidr: 10.244.0.0/16, natOutgoing: true}
     server
         .kubectl(&["delete", "networkpolicy", "-n", "x", "deny"])
         .unwrap_or_else(|e| panic!("{e}"));
-    rt.block_on(until(&mut rx, "relabelled namespace and pod, deleted policy", |s| {
-        s.namespaces["x"].get("ns").map(String::as_str) == Some("renamed")
-            && s.pods
-                .get(&("x".into(), "a".into()))
-                .is_some_and(|p| p.labels["pod"] == "b")
-            && s.policies.is_empty()
-    }));
+    rt.block_on(until(
+        &mut rx,
+        "relabelled namespace and pod, deleted policy",
+        |s| {
+            s.namespaces["x"].get("ns").map(String::as_str) == Some("renamed")
+                && s.pods
+                    .get(&("x".into(), "a".into()))
+                    .is_some_and(|p| p.labels["pod"] == "b")
+                && s.policies.is_empty()
+        },
+    ));
 
     // The apiserver goes away for a few seconds; the cache keeps what it had, then catches
     // up with changes made after the restart without being restarted itself.
@@ -137,11 +146,24 @@ spec: {cidr: 10.244.0.0/16, natOutgoing: true}
         .kubectl(&["create", "namespace", "after-restart"])
         .unwrap_or_else(|e| panic!("{e}"));
     server
-        .kubectl(&["delete", "pod", "-n", "x", "a", "--grace-period=0", "--force"])
+        .kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            "x",
+            "a",
+            "--grace-period=0",
+            "--force",
+        ])
         .unwrap_or_else(|e| panic!("{e}"));
-    rt.block_on(until(&mut rx, "changes made after the apiserver restart", |s| {
-        s.namespaces.contains_key("after-restart") && !s.pods.contains_key(&("x".into(), "a".into()))
-    }));
+    rt.block_on(until(
+        &mut rx,
+        "changes made after the apiserver restart",
+        |s| {
+            s.namespaces.contains_key("after-restart")
+                && !s.pods.contains_key(&("x".into(), "a".into()))
+        },
+    ));
     assert!(rx.borrow().is_synced(Kind::Node));
     drop(rt);
 }

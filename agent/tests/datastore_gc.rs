@@ -56,7 +56,7 @@ fn leaks_and_deleted_nodes_are_collected() {
                 .unwrap();
             let store = KubeStore::new(client.clone());
             let pool = IpPool::new("gc", "10.88.0.0/24".parse().unwrap(), 28).unwrap();
-            store.create_pool_if_none(&pool).await.unwrap();
+            store.create_pool(&pool).await.unwrap();
             let nodes: Api<Node> = Api::all(client.clone());
             let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
             create_node(&nodes, "n1").await;

@@ -32,12 +32,7 @@ fn ten_agents_racing_on_one_pool_never_duplicate() {
             // 16 blocks of 16 for 10 nodes and 200 addresses: some nodes claim two blocks, claims
             // collide, and the last allocations must borrow.
             let pool = IpPool::new("race", "10.77.0.0/24".parse().unwrap(), 28).unwrap();
-            assert!(
-                KubeStore::new(client)
-                    .create_pool_if_none(&pool)
-                    .await
-                    .unwrap()
-            );
+            assert!(KubeStore::new(client).create_pool(&pool).await.unwrap());
         })
         .unwrap_or_else(|e| panic!("{e}"));
 

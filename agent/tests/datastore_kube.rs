@@ -42,13 +42,39 @@ fn crds_install_and_the_store_does_compare_and_swap() {
                 .unwrap();
             let store = KubeStore::new(client.clone());
 
-            // The default pool is created only while no pool of its family exists.
+            // A pool is created once; a second create of the name finds it there.
             let pool =
                 IpPool::new("default-ipv4-ippool", "10.66.0.0/24".parse().unwrap(), 26).unwrap();
-            assert!(store.create_pool_if_none(&pool).await.unwrap());
-            let other = IpPool::new("second", "10.67.0.0/24".parse().unwrap(), 26).unwrap();
-            assert!(!store.create_pool_if_none(&other).await.unwrap());
-            assert_eq!(store.list_pools().await.unwrap(), vec![pool]);
+            assert!(store.create_pool(&pool).await.unwrap());
+            assert!(!store.create_pool(&pool).await.unwrap());
+            assert_eq!(store.list_pools().await.unwrap(), vec![pool.clone()]);
+            assert_eq!(
+                store.stored_pools().await.unwrap(),
+                vec![datastore::StoredPool {
+                    name: pool.name.clone(),
+                    cidr: Some(pool.cidr()),
+                }]
+            );
+            // Pools are listed oldest first, whatever their names, so that every agent keeps
+            // the older of two overlapping pools.
+            let older = IpPool::new("zz-older", "10.68.0.0/24".parse().unwrap(), 26).unwrap();
+            let newer = IpPool::new("aa-newer", "10.68.0.0/25".parse().unwrap(), 26).unwrap();
+            assert!(store.create_pool(&older).await.unwrap());
+            // creationTimestamp counts whole seconds.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            assert!(store.create_pool(&newer).await.unwrap());
+            let listed: Vec<String> = store
+                .list_pools()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.name)
+                .collect();
+            assert_eq!(listed, ["default-ipv4-ippool", "zz-older", "aa-newer"]);
+            let pools: Api<crd::IPPool> = Api::all(client.clone());
+            for name in ["zz-older", "aa-newer"] {
+                pools.delete(name, &Default::default()).await.unwrap();
+            }
 
             // Blocks: create once, replace only at the current revision, delete likewise.
             let cidr: BlockCidr = "10.66.0.64/26".parse().unwrap();
@@ -189,10 +215,7 @@ fn crds_install_and_the_store_does_compare_and_swap() {
                 122,
             )
             .unwrap();
-            assert!(
-                store.create_pool_if_none(&v6).await.unwrap(),
-                "the IPv4 pool does not count for IPv6"
-            );
+            assert!(store.create_pool(&v6).await.unwrap());
             let mut dual =
                 Allocator::new(store.clone(), "n1", BTreeMap::new(), IpamConfig::default());
             let h6 = Handle::for_container("k8s-pod-network", "dual");

@@ -1,5 +1,6 @@
 //! The agent's gRPC API: generated types and services, plus the unix-socket plumbing that
-//! every client (`tortie` CNI plugin, `tortiectl`) and server (`tortie-node`) shares.
+//! every client (`tortie` CNI plugin, `tortiectl`) and server (`tortie-node`) shares, and
+//! the host veth's name, which the plugin and the agent must compute alike ([`veth`]).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -12,6 +13,8 @@ use tonic::transport::{Channel, Endpoint};
 pub mod v1 {
     tonic::include_proto!("tortie.v1");
 }
+
+pub mod veth;
 
 /// The agent's socket on a real node. The lab and tests pass their own path.
 pub const DEFAULT_AGENT_SOCKET: &str = "/var/run/tortie/agent.sock";

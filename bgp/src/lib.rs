@@ -22,7 +22,7 @@ pub mod wire;
 pub use config::{BGP_PORT, Password, PeerConfig, SpeakerConfig};
 pub use fsm::State;
 pub use rib::RouteChange;
-pub use speaker::{PeerStatus, RibEvent, Speaker};
+pub use speaker::{PeerStatus, RibEvent, Speaker, Subscription};
 
 /// What the speaker API can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -3,8 +3,10 @@
 //!
 //! The owner task is the only place the RIB changes. Session tasks send it what they
 //! hear; it answers with Adj-RIB-Out batches, one outstanding per peer. Subscribers get
-//! Loc-RIB changes in batches, through bounded channels: a slow subscriber slows the
-//! speaker down (and, through TCP, the peers), it never makes it drop a change.
+//! Loc-RIB changes in batches, each through a bounded queue the owner never waits on: a
+//! subscriber that lets its queue fill up loses the changes from then on and, when it
+//! reads again, gets the whole table instead ([`RibEvent::Resync`]). One stalled consumer
+//! must not stall every BGP session (issue 13).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -27,8 +29,12 @@ use crate::{Error, md5};
 /// What a subscriber receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RibEvent {
-    /// Loc-RIB changes, in order. The first event of a subscription holds the whole
-    /// current table as additions.
+    /// The whole Loc-RIB (its learned best paths, as additions). It replaces everything
+    /// the subscription reported before: a route it reported that is not in here is gone.
+    /// The first event of every subscription, and what a subscriber that fell behind gets
+    /// instead of the changes it missed.
+    Resync(Vec<RouteChange>),
+    /// Loc-RIB changes since the previous event, in order.
     Changes(Vec<RouteChange>),
     /// Initial sync is over: every peer sent End-of-RIB (or the deferral timer ran out).
     /// Kernel routes left over from before a restart that no `Add` has claimed since can
@@ -70,7 +76,13 @@ enum Command {
     Originate(IpNet, oneshot::Sender<()>),
     Withdraw(IpNet, oneshot::Sender<()>),
     SetImportAllow(Option<Vec<IpNet>>, oneshot::Sender<()>),
-    Subscribe(oneshot::Sender<mpsc::Receiver<RibEvent>>),
+    Subscribe(oneshot::Sender<(u64, mpsc::Receiver<Queued>)>),
+    /// Subscriber `id` reads again after falling behind (or for the first time): it wants
+    /// the table, and the changes after it.
+    Resync {
+        id: u64,
+        reply: oneshot::Sender<Resynced>,
+    },
     Status(oneshot::Sender<Vec<PeerStatus>>),
     Shutdown {
         graceful: bool,
@@ -80,6 +92,7 @@ enum Command {
 
 const COMMAND_QUEUE: usize = 64;
 const EVENT_QUEUE: usize = 256;
+/// Batches queued per subscriber. The last slot is kept for the lag marker.
 const SUBSCRIBER_QUEUE: usize = 64;
 /// Prefixes per Adj-RIB-Out batch: a few hundred UPDATEs, written in one go.
 const OUT_BATCH: usize = 16 * 1024;
@@ -87,8 +100,6 @@ const OUT_BATCH: usize = 16 * 1024;
 const COALESCE_EVENTS: usize = 256;
 /// ... and at most about this many changes.
 const COALESCE_CHANGES: usize = 16 * 1024;
-/// Table snapshot chunk for new subscribers.
-const SNAPSHOT_CHUNK: usize = 4096;
 
 impl Speaker {
     /// Binds the listener (if configured) and starts the speaker task.
@@ -120,6 +131,7 @@ impl Speaker {
             listener,
             events_tx,
             subscribers: Vec::new(),
+            next_subscriber: 0,
             pending: Vec::new(),
             generation: 0,
             sync_done: false,
@@ -167,10 +179,21 @@ impl Speaker {
         self.ask(|r| Command::SetImportAllow(allow, r)).await
     }
 
-    /// A stream of Loc-RIB changes, starting with the current table. Read it from its own
-    /// task: the speaker waits for a subscriber that falls behind.
-    pub async fn subscribe(&self) -> Result<mpsc::Receiver<RibEvent>, Error> {
-        self.ask(Command::Subscribe).await
+    /// A stream of Loc-RIB events: the current table ([`RibEvent::Resync`]), then changes.
+    /// The speaker never waits for a subscriber: one that leaves 63 batches unread loses
+    /// the changes from then on and gets the whole table again when it next reads.
+    pub async fn subscribe(&self) -> Result<Subscription, Error> {
+        let (id, rx) = self.ask(Command::Subscribe).await?;
+        Ok(Subscription {
+            id,
+            rx,
+            speaker: self.tx.downgrade(),
+            // The table comes first, fetched by the first `recv`.
+            lagged: true,
+            resync: None,
+            sync_done: false,
+            sync_done_owed: false,
+        })
     }
 
     /// A snapshot of every peer, sorted by address.
@@ -197,6 +220,88 @@ impl Speaker {
             reply: r,
         })
         .await
+    }
+}
+
+/// One subscriber's end of the Loc-RIB stream (see [`Speaker::subscribe`]). It does not
+/// keep the speaker running; it ends when the speaker stops.
+#[derive(Debug)]
+pub struct Subscription {
+    id: u64,
+    rx: mpsc::Receiver<Queued>,
+    speaker: mpsc::WeakSender<Command>,
+    /// The owner is dropping our changes (we fell behind, or are new): the next event is
+    /// the whole table.
+    lagged: bool,
+    /// The table has been asked for; the answer comes here. Kept across calls so that a
+    /// `recv` cancelled by `select!` loses nothing.
+    resync: Option<oneshot::Receiver<Resynced>>,
+    /// `InitialSyncDone` was handed out: it comes once.
+    sync_done: bool,
+    /// `InitialSyncDone` is due right after the `Resync` that found sync over.
+    sync_done_owed: bool,
+}
+
+/// What a subscriber's queue carries.
+#[derive(Debug)]
+enum Queued {
+    Event(RibEvent),
+    /// The queue was full: the changes after this were dropped.
+    Lagged,
+}
+
+/// The owner's answer to [`Command::Resync`].
+#[derive(Debug)]
+struct Resynced {
+    table: Vec<RouteChange>,
+    sync_done: bool,
+}
+
+impl Subscription {
+    /// The next event; `None` once the speaker has stopped. Cancel-safe: it can be a
+    /// `select!` branch.
+    pub async fn recv(&mut self) -> Option<RibEvent> {
+        loop {
+            if self.sync_done_owed {
+                self.sync_done_owed = false;
+                return Some(RibEvent::InitialSyncDone);
+            }
+            if self.lagged {
+                return self.resync().await;
+            }
+            match self.rx.recv().await? {
+                Queued::Lagged => self.lagged = true,
+                Queued::Event(RibEvent::InitialSyncDone) if self.sync_done => {}
+                Queued::Event(event) => {
+                    self.sync_done |= event == RibEvent::InitialSyncDone;
+                    return Some(event);
+                }
+            }
+        }
+    }
+
+    /// Asks the owner for the table. The owner stops dropping our changes when it answers,
+    /// so the changes queued after the answer follow on from it.
+    async fn resync(&mut self) -> Option<RibEvent> {
+        if self.resync.is_none() {
+            let speaker = self.speaker.upgrade()?;
+            let (reply, answer) = oneshot::channel();
+            // Cancel-safe: if this is dropped before it completes, nothing was sent.
+            speaker
+                .send(Command::Resync { id: self.id, reply })
+                .await
+                .ok()?;
+            self.resync = Some(answer);
+        }
+        let answer = self.resync.as_mut()?.await;
+        self.resync = None;
+        let Resynced { table, sync_done } = answer.ok()?;
+        self.lagged = false;
+        if sync_done && !self.sync_done {
+            self.sync_done = true;
+            self.sync_done_owed = true;
+        }
+        Some(RibEvent::Resync(table))
     }
 }
 
@@ -239,6 +344,39 @@ struct PeerEntry {
     stale_deadline: Option<Instant>,
 }
 
+/// The owner's end of a subscription.
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Queued>,
+    /// Its queue filled up (or it is new): its changes are dropped until it asks for the
+    /// table ([`Command::Resync`]).
+    lagged: bool,
+}
+
+impl Subscriber {
+    /// Queues `event` without waiting. When only the last slot is left, the subscriber is
+    /// marked lagged instead and that slot gets the marker, so it learns to resync.
+    /// Returns false once the subscription is gone.
+    fn offer(&mut self, event: RibEvent) -> bool {
+        if self.lagged {
+            return !self.tx.is_closed();
+        }
+        // The owner is the only sender, so the room seen here can only grow before the
+        // `try_send`: it fails only when the subscription is gone.
+        let queued = if self.tx.capacity() > 1 {
+            Queued::Event(event)
+        } else {
+            self.lagged = true;
+            debug!(
+                subscriber = self.id,
+                "Loc-RIB subscriber fell behind; it gets the table when it reads again"
+            );
+            Queued::Lagged
+        };
+        self.tx.try_send(queued).is_ok()
+    }
+}
+
 struct Owner {
     cfg: SpeakerConfig,
     rib: Rib,
@@ -246,7 +384,8 @@ struct Owner {
     peers: HashMap<PeerId, PeerEntry>,
     listener: Option<TcpListener>,
     events_tx: mpsc::Sender<ToOwner>,
-    subscribers: Vec<mpsc::Sender<RibEvent>>,
+    subscribers: Vec<Subscriber>,
+    next_subscriber: u64,
     /// Loc-RIB changes not yet sent to the subscribers.
     pending: Vec<RouteChange>,
     generation: u64,
@@ -267,10 +406,10 @@ impl Owner {
                         let _ = reply.send(());
                         return;
                     }
-                    Some(cmd) => self.command(cmd).await,
+                    Some(cmd) => self.command(cmd),
                 },
                 Some(ev) = events.recv() => {
-                    self.event(ev).await;
+                    self.event(ev);
                     // Take what else is already queued, so that the subscribers get
                     // the changes of many small UPDATEs as one batch to pipeline.
                     for _ in 0..COALESCE_EVENTS {
@@ -278,15 +417,15 @@ impl Owner {
                             break;
                         }
                         match events.try_recv() {
-                            Ok(ev) => self.event(ev).await,
+                            Ok(ev) => self.event(ev),
                             Err(_) => break,
                         }
                     }
                 }
                 accepted = accept(self.listener.as_ref()) => self.inbound(accepted),
-                () = sleep_until(deadline) => self.timers().await,
+                () = sleep_until(deadline) => self.timers(),
             }
-            self.flush().await;
+            self.flush();
             self.pump();
         }
         // Every handle is gone: end the sessions with the task.
@@ -326,13 +465,13 @@ impl Owner {
         stale.chain(sync).min()
     }
 
-    async fn command(&mut self, cmd: Command) {
+    fn command(&mut self, cmd: Command) {
         match cmd {
             Command::AddPeer(cfg, reply) => {
                 let _ = reply.send(self.add_peer(*cfg));
             }
             Command::RemovePeer(address, reply) => {
-                let result = self.remove_peer(address).await;
+                let result = self.remove_peer(address);
                 let _ = reply.send(result);
             }
             Command::Originate(prefix, reply) => {
@@ -358,28 +497,30 @@ impl Owner {
                 let _ = reply.send(());
             }
             Command::Subscribe(reply) => {
-                // Current subscribers get what is pending; the new one starts from the
-                // table, which already has it.
-                self.flush().await;
+                // New subscribers start lagged: their first read fetches the table.
+                self.next_subscriber += 1;
+                let id = self.next_subscriber;
                 let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-                if reply.send(rx).is_err() {
-                    return;
+                if reply.send((id, rx)).is_ok() {
+                    self.subscribers.push(Subscriber {
+                        id,
+                        tx,
+                        lagged: true,
+                    });
                 }
-                // The receiver is with the caller now, so these sends cannot deadlock.
-                let snapshot = self.rib.snapshot();
-                let mut ok = true;
-                for chunk in snapshot.chunks(SNAPSHOT_CHUNK) {
-                    ok = ok && tx.send(RibEvent::Changes(chunk.to_vec())).await.is_ok();
+            }
+            Command::Resync { id, reply } => {
+                // The others get what is pending first; this subscriber, still lagged,
+                // finds it in the table.
+                self.flush();
+                let table = self.rib.snapshot();
+                if let Some(sub) = self.subscribers.iter_mut().find(|s| s.id == id) {
+                    sub.lagged = false;
                 }
-                if snapshot.is_empty() {
-                    ok = tx.send(RibEvent::Changes(Vec::new())).await.is_ok();
-                }
-                if self.sync_done {
-                    ok = ok && tx.send(RibEvent::InitialSyncDone).await.is_ok();
-                }
-                if ok {
-                    self.subscribers.push(tx);
-                }
+                let _ = reply.send(Resynced {
+                    table,
+                    sync_done: self.sync_done,
+                });
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -473,7 +614,7 @@ impl Owner {
         Ok(())
     }
 
-    async fn remove_peer(&mut self, address: IpAddr) -> Result<(), Error> {
+    fn remove_peer(&mut self, address: IpAddr) -> Result<(), Error> {
         let address = address.to_canonical();
         let id = self
             .by_address
@@ -496,7 +637,7 @@ impl Owner {
         let changes = self.rib.remove_peer(id);
         self.publish(changes);
         info!(peer = %address, "peer removed");
-        self.check_sync().await;
+        self.check_sync();
         Ok(())
     }
 
@@ -504,7 +645,7 @@ impl Owner {
         self.peers.get_mut(&key.id).filter(|e| e.key == key)
     }
 
-    async fn event(&mut self, ev: ToOwner) {
+    fn event(&mut self, ev: ToOwner) {
         match ev {
             ToOwner::State {
                 key,
@@ -592,7 +733,7 @@ impl Owner {
                     entry.stale_deadline = None;
                 }
                 self.publish(changes);
-                self.check_sync().await;
+                self.check_sync();
             }
             ToOwner::RouteRefresh { key, family } => {
                 if self.current(key).is_some() {
@@ -634,7 +775,7 @@ impl Owner {
         }
     }
 
-    async fn timers(&mut self) {
+    fn timers(&mut self) {
         let now = Instant::now();
         let expired: Vec<PeerId> = self
             .peers
@@ -652,13 +793,13 @@ impl Owner {
         }
         if !self.sync_done && self.sync_deadline <= now {
             info!("deferral timer expired; initial sync done without every End-of-RIB");
-            self.finish_sync().await;
+            self.finish_sync();
         }
     }
 
     /// Initial sync ends when every peer is Established and sent End-of-RIB for each
     /// negotiated family.
-    async fn check_sync(&mut self) {
+    fn check_sync(&mut self) {
         if self.sync_done || self.peers.is_empty() {
             return;
         }
@@ -668,17 +809,17 @@ impl Owner {
                 .is_some_and(|n| n.families.iter().all(|f| e.eor_received.contains(f)))
         });
         if all {
-            self.finish_sync().await;
+            self.finish_sync();
         }
     }
 
-    async fn finish_sync(&mut self) {
+    fn finish_sync(&mut self) {
         self.sync_done = true;
         self.rib.initial_sync_done();
         info!("initial sync done");
         // The changes that completed the sync go first.
-        self.flush().await;
-        self.broadcast(RibEvent::InitialSyncDone).await;
+        self.flush();
+        self.broadcast(RibEvent::InitialSyncDone);
     }
 
     /// Queues Loc-RIB changes for the subscribers; [`Owner::flush`] sends them.
@@ -690,28 +831,29 @@ impl Owner {
         }
     }
 
-    async fn flush(&mut self) {
+    fn flush(&mut self) {
         if !self.pending.is_empty() {
             let changes = std::mem::take(&mut self.pending);
-            self.broadcast(RibEvent::Changes(changes)).await;
+            self.broadcast(RibEvent::Changes(changes));
         }
     }
 
-    async fn broadcast(&mut self, event: RibEvent) {
-        let mut subscribers = std::mem::take(&mut self.subscribers);
-        let mut alive = Vec::with_capacity(subscribers.len());
-        let last = subscribers.pop();
-        for sub in subscribers {
-            if sub.send(event.clone()).await.is_ok() {
-                alive.push(sub);
-            }
-        }
-        if let Some(sub) = last
-            && sub.send(event).await.is_ok()
-        {
-            alive.push(sub);
-        }
-        self.subscribers = alive;
+    /// Offers `event` to every subscriber without waiting for any (see
+    /// [`Subscriber::offer`]) and forgets the subscriptions that are gone.
+    fn broadcast(&mut self, event: RibEvent) {
+        let last = self.subscribers.len();
+        let mut event = Some(event);
+        let mut n = 0;
+        self.subscribers.retain_mut(|sub| {
+            n += 1;
+            // The last one gets the event itself, the others a copy.
+            let ev = if n == last {
+                event.take()
+            } else {
+                event.clone()
+            };
+            ev.is_some_and(|ev| sub.offer(ev))
+        });
     }
 
     /// Hands each established peer its next Adj-RIB-Out batch, one at a time.
@@ -778,5 +920,123 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(i: u32) -> RouteChange {
+        RouteChange::Add {
+            prefix: IpNet::V4(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            next_hop: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_marks_the_subscriber_lagged_instead_of_waiting() {
+        let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let mut sub = Subscriber {
+            id: 1,
+            tx,
+            lagged: false,
+        };
+        for i in 0..1000 {
+            assert!(sub.offer(RibEvent::Changes(vec![add(i)])));
+        }
+        assert!(sub.lagged);
+        for i in 0..SUBSCRIBER_QUEUE as u32 - 1 {
+            match rx.try_recv() {
+                Ok(Queued::Event(RibEvent::Changes(c))) => assert_eq!(c, vec![add(i)]),
+                other => panic!("event {i}: {other:?}"),
+            }
+        }
+        assert!(matches!(rx.try_recv(), Ok(Queued::Lagged)));
+        assert!(rx.try_recv().is_err(), "nothing is queued after the marker");
+        drop(rx);
+        assert!(
+            !sub.offer(RibEvent::InitialSyncDone),
+            "a dropped subscription is gone"
+        );
+    }
+
+    /// A subscription against a stand-in owner that answers `Resync` with `table`.
+    fn subscription(
+        table: Vec<RouteChange>,
+        sync_done: bool,
+    ) -> (Subscription, mpsc::Sender<Queued>, mpsc::Sender<Command>) {
+        let (cmd_tx, mut cmd_rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        tokio::spawn(async move {
+            while let Some(cmd) = cmd_rx.recv().await {
+                if let Command::Resync { id: 7, reply } = cmd {
+                    let _ = reply.send(Resynced {
+                        table: table.clone(),
+                        sync_done,
+                    });
+                }
+            }
+        });
+        let sub = Subscription {
+            id: 7,
+            rx,
+            speaker: cmd_tx.downgrade(),
+            lagged: false,
+            resync: None,
+            sync_done: false,
+            sync_done_owed: false,
+        };
+        (sub, tx, cmd_tx)
+    }
+
+    #[tokio::test]
+    async fn after_the_lag_marker_comes_the_table_then_initial_sync_once() {
+        let table = vec![add(1), add(2)];
+        let (mut sub, tx, _owner) = subscription(table.clone(), true);
+        let _ = tx.try_send(Queued::Event(RibEvent::Changes(vec![add(0)])));
+        let _ = tx.try_send(Queued::Lagged);
+        assert_eq!(sub.recv().await, Some(RibEvent::Changes(vec![add(0)])));
+        assert_eq!(sub.recv().await, Some(RibEvent::Resync(table)));
+        // Sync finished while the changes were being dropped: it is owed once.
+        assert_eq!(sub.recv().await, Some(RibEvent::InitialSyncDone));
+        let _ = tx.try_send(Queued::Event(RibEvent::InitialSyncDone));
+        let _ = tx.try_send(Queued::Event(RibEvent::Changes(vec![add(3)])));
+        assert_eq!(sub.recv().await, Some(RibEvent::Changes(vec![add(3)])));
+        drop(tx);
+        assert_eq!(sub.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_recv_does_not_lose_the_resync() {
+        let (cmd_tx, mut cmd_rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let mut sub = Subscription {
+            id: 7,
+            rx,
+            speaker: cmd_tx.downgrade(),
+            lagged: false,
+            resync: None,
+            sync_done: false,
+            sync_done_owed: false,
+        };
+        let _ = tx.try_send(Queued::Lagged);
+        // The read is cancelled while the owner has not answered yet.
+        let wait = std::time::Duration::from_millis(20);
+        assert!(tokio::time::timeout(wait, sub.recv()).await.is_err());
+        let Ok(Command::Resync { reply, .. }) = cmd_rx.try_recv() else {
+            panic!("no resync asked for");
+        };
+        let _ = reply.send(Resynced {
+            table: vec![add(1)],
+            sync_done: false,
+        });
+        // The next read takes that answer; it does not ask again.
+        assert_eq!(sub.recv().await, Some(RibEvent::Resync(vec![add(1)])));
+        assert!(cmd_rx.try_recv().is_err());
     }
 }

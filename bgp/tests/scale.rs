@@ -181,6 +181,8 @@ async fn feed(count: usize) {
                     .filter(|c| matches!(c, RouteChange::Add { .. }))
                     .count();
             }
+            // A subscriber that fell behind gets the whole table.
+            Ok(Some(RibEvent::Resync(table))) => added = table.len(),
             Ok(Some(RibEvent::InitialSyncDone)) => {}
             Ok(None) => panic!("subscription closed after {added} routes"),
             Err(_) => panic!("only {added} of {count} routes arrived"),

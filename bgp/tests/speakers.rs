@@ -13,9 +13,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc;
 use tortie_bgp::wire::{self, Capability, Codec, Family, Message, Open};
-use tortie_bgp::{PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig, State};
+use tortie_bgp::{PeerConfig, RibEvent, RouteChange, Speaker, SpeakerConfig, State, Subscription};
 
 const PORT: u16 = 1790;
 const ASN: u32 = 64512;
@@ -128,10 +127,13 @@ fn peer(address: &str, local: &str, passive: bool) -> PeerConfig {
 
 /// The Loc-RIB as a subscriber sees it.
 struct Watch {
-    rx: mpsc::Receiver<RibEvent>,
+    rx: Subscription,
     routes: HashMap<IpNet, IpAddr>,
     removed: Vec<IpNet>,
     sync_done: bool,
+    /// How many events, and how many `Resync` events, arrived.
+    events: usize,
+    resyncs: usize,
 }
 
 impl Watch {
@@ -145,6 +147,8 @@ impl Watch {
             routes: HashMap::new(),
             removed: Vec::new(),
             sync_done: false,
+            events: 0,
+            resyncs: 0,
         }
     }
 
@@ -168,23 +172,33 @@ impl Watch {
     }
 
     fn apply(&mut self, ev: RibEvent) {
+        self.events += 1;
         match ev {
-            RibEvent::Changes(changes) => {
-                for c in changes {
-                    match c {
-                        RouteChange::Add {
-                            prefix, next_hop, ..
-                        } => {
-                            self.routes.insert(prefix, next_hop);
-                        }
-                        RouteChange::Remove { prefix } => {
-                            self.routes.remove(&prefix);
-                            self.removed.push(prefix);
-                        }
-                    }
+            RibEvent::Resync(table) => {
+                self.resyncs += 1;
+                let before = std::mem::take(&mut self.routes);
+                self.apply_changes(table);
+                self.removed
+                    .extend(before.into_keys().filter(|p| !self.routes.contains_key(p)));
+            }
+            RibEvent::Changes(changes) => self.apply_changes(changes),
+            RibEvent::InitialSyncDone => self.sync_done = true,
+        }
+    }
+
+    fn apply_changes(&mut self, changes: Vec<RouteChange>) {
+        for c in changes {
+            match c {
+                RouteChange::Add {
+                    prefix, next_hop, ..
+                } => {
+                    self.routes.insert(prefix, next_hop);
+                }
+                RouteChange::Remove { prefix } => {
+                    self.routes.remove(&prefix);
+                    self.removed.push(prefix);
                 }
             }
-            RibEvent::InitialSyncDone => self.sync_done = true,
         }
     }
 
@@ -982,5 +996,103 @@ fn many_small_updates_reach_the_subscriber_in_few_batches() {
         assert!(batches < 500, "{batches} batches for 2000 UPDATEs");
         println!("2000 UPDATEs in {batches} batches");
         let _ = a.shutdown().await;
+    });
+}
+
+/// One UPDATE announcing `prefix` via 127.0.0.3, as the raw peer sends it.
+fn announce(prefix: ipnet::Ipv4Net) -> Vec<u8> {
+    let codec = Codec {
+        four_octet_as: true,
+        external: false,
+    };
+    let update = wire::Update {
+        attributes: wire::PathAttributes {
+            origin: Some(wire::Origin::Igp),
+            as_path: Some(wire::AsPath::default()),
+            next_hop: Some(Ipv4Addr::new(127, 0, 0, 3)),
+            ..Default::default()
+        },
+        nlri: vec![prefix],
+        ..Default::default()
+    };
+    wire::encode(&Message::Update(update), &codec).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_stalls_nothing_and_resyncs_when_it_reads_again() {
+    init_tracing();
+    let ns = Netns::new("stall");
+    ns.run(|| async {
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
+        add_peer(&a, peer("127.0.0.2", "127.0.0.1", false)).await;
+        add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
+        add_peer(&a, peer("127.0.0.3", "127.0.0.1", true)).await;
+        let mut live = Watch::new(&a).await;
+        let mut stalled = Watch::new(&a).await;
+        let mut on_b = Watch::new(&b).await;
+        // The stalled subscriber takes its first table, then stops reading.
+        stalled.until("the first table", |w| w.events > 0).await;
+        let (mut c, _buf) = raw_peer([10, 0, 0, 3]).await;
+        wait_state(&a, "127.0.0.3", State::Established).await;
+        wait_state(&a, "127.0.0.2", State::Established).await;
+
+        // One UPDATE at a time, each its own batch: far more than a subscriber queue holds.
+        let count = 400u32;
+        let prefix = |i: u32| {
+            ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap_or_default()
+        };
+        for i in 0..count {
+            c.write_all(&announce(prefix(i)))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        live.until("every route on the live subscriber", |w| {
+            w.routes.len() == count as usize
+        })
+        .await;
+        // The other sessions carry on: B's new route reaches A, A's reaches B.
+        originate(&b, "192.168.2.0/26").await;
+        originate(&a, "192.168.1.0/26").await;
+        live.until("B's route on A", |w| w.has("192.168.2.0/26", "127.0.0.2"))
+            .await;
+        on_b.until("A's route on B", |w| w.has("192.168.1.0/26", "127.0.0.1"))
+            .await;
+        // A withdrawal the stalled subscriber misses too: the table must drop it.
+        let codec = Codec {
+            four_octet_as: true,
+            external: false,
+        };
+        let withdraw = wire::Update {
+            withdrawn: vec![prefix(0)],
+            ..Default::default()
+        };
+        c.write_all(
+            &wire::encode(&Message::Update(withdraw), &codec).unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        live.until("the withdrawal", |w| {
+            !w.routes.contains_key(&IpNet::V4(prefix(0)))
+        })
+        .await;
+
+        // Reading again: what was queued, then the whole table in one `Resync`.
+        stalled.resyncs = 0;
+        stalled.until("a resync", |w| w.resyncs > 0).await;
+        stalled.drain_for(Duration::from_millis(300)).await;
+        assert_eq!(stalled.resyncs, 1);
+        assert_eq!(stalled.routes, live.routes);
+        // All but the withdrawn one, and B's.
+        assert_eq!(stalled.routes.len(), count as usize);
+        assert!(!stalled.routes.contains_key(&IpNet::V4(prefix(0))));
+        let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            status.iter().all(|p| p.state == State::Established),
+            "{status:?}"
+        );
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
     });
 }

@@ -9,6 +9,7 @@ use crate::agent::GrpcAgent;
 use crate::config::{LogLevel, NetConf, sniff_version};
 use crate::env::{CniEnv, Command};
 use crate::error::{CniError, Code};
+use crate::lock::{self, PodLock};
 use crate::netns::KernelDataplane;
 use crate::version::{Version, version_json};
 
@@ -80,6 +81,19 @@ pub fn run(
     };
     init_logging(conf.log_level);
 
+    // Held until the command is done (see `lock`): another ADD or DEL of this pod waits for
+    // it, and so never finds a half-made or half-removed veth.
+    let lock = match env.command {
+        Command::Add | Command::Del => {
+            let dir = lock::dir_for(&conf.agent_socket);
+            match PodLock::acquire(&dir, &env.host_ifname(), conf.timeout) {
+                Ok(l) => Some(l),
+                Err(err) => return failure(&err, &stdin),
+            }
+        }
+        _ => None,
+    };
+
     // One worker thread besides this one. ADD makes the veth pair with blocking netlink
     // calls on this thread while Allocate is in flight, and tonic drives the request onto
     // the socket (and its reply back) in tasks it spawns. On a current-thread runtime those
@@ -115,6 +129,9 @@ pub fn run(
     // The answer is in hand and the process exits right after: waiting for the worker to
     // wind down the agent's connection would only delay the runtime reading our stdout.
     runtime.shutdown_background();
+    if let (Command::Del, Ok(_), Some(lock)) = (env.command, &result, lock) {
+        lock.remove();
+    }
     match result {
         Ok(out) => Outcome {
             stdout: out.unwrap_or_default(),

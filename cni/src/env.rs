@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use tortie_api::veth::host_veth_name;
+
 use crate::error::{CniError, Code};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +133,16 @@ impl CniEnv {
             pod,
             cni_path,
         })
+    }
+
+    /// The pod's host veth (the same name the agent computes, [`host_veth_name`]).
+    pub fn host_ifname(&self) -> String {
+        host_veth_name(
+            self.pod
+                .as_ref()
+                .map(|p| (p.namespace.as_str(), p.name.as_str())),
+            &self.container_id,
+        )
     }
 }
 

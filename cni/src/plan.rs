@@ -1,11 +1,11 @@
-//! Pure decisions: the host veth's name, what to configure in the pod for an allocation,
-//! the result to print, and whether what CHECK observed matches `prevResult`.
+//! Pure decisions: what to configure in the pod for an allocation, the result to print, and
+//! whether what CHECK observed matches `prevResult`. The host veth's name is
+//! [`tortie_api::veth::host_veth_name`], which the agent shares.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use sha1::{Digest, Sha1};
 use tortie_api::v1::AllocateReply;
 
 use crate::dataplane::{HostState, PodState};
@@ -26,18 +26,6 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 
 
 /// When neither the config nor the agent says.
 pub const DEFAULT_MTU: u32 = 1500;
-
-/// The host-side veth name: `tort` + the first 11 hex digits of SHA-1(`<namespace>.<pod>`),
-/// 15 characters, the kernel's limit. Outside Kubernetes (no pod in CNI_ARGS) the container
-/// id stands in for `<namespace>.<pod>`.
-pub fn host_ifname(pod: Option<(&str, &str)>, container_id: &str) -> String {
-    let key = match pod {
-        Some((ns, name)) => format!("{ns}.{name}"),
-        None => container_id.to_owned(),
-    };
-    let digest = hex::encode(Sha1::digest(key.as_bytes()));
-    format!("tort{}", &digest[..11])
-}
 
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
@@ -348,22 +336,6 @@ pub fn check(
 mod tests {
     use super::*;
     use tortie_api::v1::IpConfig as WireIp;
-
-    #[test]
-    fn host_ifname_is_tort_plus_11_hex_of_sha1() {
-        // echo -n default.web-0 | sha1sum
-        let digest = hex::encode(Sha1::digest(b"default.web-0"));
-        let name = host_ifname(Some(("default", "web-0")), "ignored");
-        assert_eq!(name, format!("tort{}", &digest[..11]));
-        assert_eq!(name.len(), 15);
-        assert_ne!(host_ifname(None, "c1"), host_ifname(None, "c2"));
-    }
-
-    #[test]
-    fn known_sha1_vector() {
-        // SHA-1("abc") = a9993e364706816aba3e25717850c26c9cd0d89d (FIPS 180-1 example).
-        assert_eq!(host_ifname(None, "abc"), "torta9993e36470");
-    }
 
     #[test]
     fn ipv6_gateway_is_the_eui64_of_the_host_mac() {

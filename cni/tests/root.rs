@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -722,6 +723,46 @@ fn thirty_concurrent_adds_and_dels() {
     });
     assert!(tort_links(&node).is_empty(), "{:?}", tort_links(&node));
     assert!(agent.held().is_empty());
+}
+
+/// Two ADDs of one container at once, as a runtime that retries an ADD before the first has
+/// returned makes them: each must not take the other's veth for a leftover. Allocate takes
+/// 100 ms, as a datastore write may, so the two overlap in every round. Without the per-pod
+/// lock (`tortie_cni::lock`) one ADD finds the veth the other is making, fails, and its
+/// cleanup deletes that veth and releases the address the other reports.
+#[test]
+fn racing_adds_of_one_container_both_succeed_and_leave_one_wiring() {
+    let node = node_ns();
+    let agent = TestAgent::start(&node);
+    agent.state.lock().unwrap().allocate_delay = Duration::from_millis(100);
+    let c = conf("1.0.0", &agent.socket).to_string();
+    for round in 0..3 {
+        let pod = NetNs::new("cni-pod");
+        let name = unique("race");
+        let inv = Invocation::kubelet(&name, &unique("cid"), &pod.path());
+        let replies: Vec<Reply> = std::thread::scope(|s| {
+            let adds: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| exec(&node, &tortie(), "ADD", &inv, &c)))
+                .collect();
+            adds.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &replies {
+            assert_eq!(r.code, 0, "round {round}: an ADD failed: {r:?}");
+        }
+        let (first, second) = (replies[0].json(), replies[1].json());
+        assert_eq!(first["ips"], second["ips"], "round {round}");
+        assert_eq!(
+            tort_links(&node),
+            vec![expected_host_ifname(&name)],
+            "round {round}"
+        );
+        assert!(pod.has_link("eth0"), "round {round}");
+        assert_eq!(agent.held().len(), 1, "round {round}: {:?}", agent.held());
+        assert!(node.ping(&address_of(&first)), "round {round}");
+        exec(&node, &tortie(), "DEL", &inv, &c).ok();
+        assert!(tort_links(&node).is_empty(), "round {round}");
+        assert!(agent.held().is_empty(), "round {round}");
+    }
 }
 
 /// As a second interface (`net1`) in a pod whose default route already goes elsewhere,

@@ -322,11 +322,7 @@ pub fn run(
     let node = Some(opts.node.as_str());
     let t_boxes = Sandboxes::create(lab, (0..n).map(|i| format!("t{i}")), node)?;
     let p_boxes = Sandboxes::create(lab, (0..n).map(|i| format!("p{i}")), None)?;
-    let c_boxes = Sandboxes::create(
-        lab,
-        (0..opts.concurrent).map(|i| format!("c{i}")),
-        node,
-    )?;
+    let c_boxes = Sandboxes::create(lab, (0..opts.concurrent).map(|i| format!("c{i}")), node)?;
 
     progress(&format!(
         "{n} sequential ADDs each, tortie and ptp + host-local alternating"

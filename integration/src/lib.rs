@@ -16,6 +16,9 @@ pub mod agents;
 pub mod bench_bgp;
 /// `bench cni`: CNI ADD/DEL latency of tortie against Debian's ptp + host-local on a lab node.
 pub mod bench_cni;
+/// `bench policy`: the agent's policy compile + apply against a synthetic cluster, in
+/// throw-away namespaces, beside a plain `iptables-restore` of the same rules.
+pub mod bench_policy;
 /// The command line: one module per subcommand.
 pub mod cli;
 /// etcd and kube-apiserver in the control namespace.

@@ -14,12 +14,20 @@ fn bench_scenario_measures_both_speakers() {
         feeder: tortie_lab::routers::Kind::Bird,
     };
     let results = run(&opts).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{}", render(&results));
-    assert_eq!(results.len(), 2);
+    let table = render(&results);
+    eprintln!("{table}");
+    // Sane numbers, never a timing goal: one result per speaker, each for the whole feed,
+    // with a clock that ran forwards and memory read from a live process.
+    let targets: Vec<Target> = results.iter().map(|r| r.target).collect();
+    assert_eq!(targets, vec![Target::Tortie, Target::Bird]);
     for r in &results {
         assert_eq!(r.prefixes, 5_000);
-        assert!(r.seconds > 0.0 && r.seconds < 60.0, "{r:?}");
-        assert!(r.rss_bytes > r.rss_before_bytes / 2, "{r:?}");
+        assert!(r.seconds.is_finite() && r.seconds > 0.0, "{r:?}");
+        assert!(r.rss_before_bytes > 0 && r.rss_bytes > 0, "{r:?}");
+        assert!(
+            table.contains(&format!("| {} | 5000 |", r.target.name())),
+            "{table}"
+        );
     }
 }
 

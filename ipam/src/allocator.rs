@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::affinity::{AffinityState, BlockAffinity};
 use crate::block::{Block, Handle, PodRef};
 use crate::cidr::{BlockCidr, IpFamily};
-use crate::pool::IpPool;
+use crate::pool::{IpPool, Overlap, without_overlaps};
 use crate::store::{Store, StoreError, Versioned};
 
 /// Tunables, with Calico's defaults.
@@ -48,9 +48,15 @@ pub enum IpamError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
-        "no enabled {family} IP pool selects node {node}: create one, or fix the pools' nodeSelector"
+        "no enabled {family} IP pool selects node {node}: create one, or fix the pools' nodeSelector{}",
+        ignored_note(ignored)
     )]
-    NoPool { family: IpFamily, node: String },
+    NoPool {
+        family: IpFamily,
+        node: String,
+        /// Pools of that family left out because they overlap an older pool.
+        ignored: Vec<Overlap>,
+    },
     #[error(
         "{family} pools for node {node} are exhausted: no free address in any block it may use"
     )]
@@ -59,6 +65,10 @@ pub enum IpamError {
         "{op}: gave up after {attempts} compare-and-swap conflicts; the datastore is too contended"
     )]
     Contention { op: &'static str, attempts: usize },
+}
+
+fn ignored_note(ignored: &[Overlap]) -> String {
+    ignored.iter().map(|o| format!("; {o}")).collect()
 }
 
 /// What [`Allocator::allocate`] hands out.
@@ -110,6 +120,8 @@ pub struct Allocator<S> {
     cache: Option<Cache>,
     empty_since: HashMap<BlockCidr, Instant>,
     leak_since: HashMap<Handle, Instant>,
+    /// Pools left out for overlapping an older pool, as last reported.
+    overlaps: Vec<Overlap>,
 }
 
 fn is_stale(e: &StoreError) -> bool {
@@ -147,6 +159,7 @@ impl<S: Store> Allocator<S> {
             cache: None,
             empty_since: HashMap::new(),
             leak_since: HashMap::new(),
+            overlaps: Vec::new(),
         }
     }
 
@@ -168,10 +181,28 @@ impl<S: Store> Allocator<S> {
         self.cache = None;
     }
 
+    /// The pools IPAM may use, by name: a pool that overlaps an older one is left out, and
+    /// reported once each time the set of such pools changes.
+    async fn read_pools(&mut self) -> Result<Vec<IpPool>, IpamError> {
+        let (mut pools, overlaps) = without_overlaps(self.store.list_pools().await?);
+        if overlaps != self.overlaps {
+            for o in &overlaps {
+                warn!("{o}");
+            }
+            self.overlaps = overlaps;
+        }
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pools)
+    }
+
+    /// Pools left out because they overlap an older pool, as of the last read.
+    pub fn ignored_pools(&self) -> &[Overlap] {
+        &self.overlaps
+    }
+
     async fn ensure_loaded(&mut self) -> Result<&mut Cache, IpamError> {
         if self.cache.is_none() {
-            let mut pools = self.store.list_pools().await?;
-            pools.sort_by(|a, b| a.name.cmp(&b.name));
+            let pools = self.read_pools().await?;
             let blocks = self.store.list_blocks().await?;
             self.cache = Some(Cache {
                 pools,
@@ -182,8 +213,7 @@ impl<S: Store> Allocator<S> {
     }
 
     async fn reload_pools(&mut self) -> Result<(), IpamError> {
-        let mut pools = self.store.list_pools().await?;
-        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        let pools = self.read_pools().await?;
         let cache = self.ensure_loaded().await?;
         cache.pools = pools;
         Ok(())
@@ -330,6 +360,12 @@ impl<S: Store> Allocator<S> {
                 return Err(IpamError::NoPool {
                     family,
                     node: self.node.clone(),
+                    ignored: self
+                        .overlaps
+                        .iter()
+                        .filter(|o| IpFamily::of_net(&o.ignored_cidr) == family)
+                        .cloned()
+                        .collect(),
                 });
             }
             let node = self.node.clone();

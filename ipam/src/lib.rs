@@ -26,7 +26,10 @@ pub use block::{Allocation, Block, BlockError, Handle, PodRef};
 pub use cidr::{BlockCidr, CidrError, IpFamily, MAX_BLOCK_HOST_BITS};
 pub use counting::{CountingStore, StoreStats};
 pub use memstore::{Fault, MemStore};
-pub use pool::{DEFAULT_BLOCK_SIZE_V4, DEFAULT_BLOCK_SIZE_V6, IpPool, PoolError, VxlanMode};
+pub use pool::{
+    DEFAULT_BLOCK_SIZE_V4, DEFAULT_BLOCK_SIZE_V6, IpPool, Overlap, PoolError, VxlanMode,
+    nets_overlap, overlapping, without_overlaps,
+};
 pub use record::RecordError;
 pub use selector::{Selector, SelectorError};
 pub use store::{Kind, Revision, Store, StoreError, Versioned};

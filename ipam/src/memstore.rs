@@ -73,10 +73,12 @@ impl MemStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Adds a pool newer than every pool so far.
     pub fn add_pool(&self, pool: IpPool) {
         self.lock().pools.push(pool);
     }
 
+    /// Replaces the pools, given oldest first (the order `list_pools` returns them in).
     pub fn set_pools(&self, pools: Vec<IpPool>) {
         self.lock().pools = pools;
     }

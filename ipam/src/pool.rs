@@ -148,9 +148,141 @@ impl IpPool {
     }
 }
 
+/// Two pools whose networks overlap. Overlapping pools with different block sizes could let
+/// two nodes claim overlapping blocks at once (the block CAS is per name), so IPAM uses only
+/// the older of the two and ignores the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overlap {
+    /// The pool IPAM ignores.
+    pub ignored: String,
+    pub ignored_cidr: IpNet,
+    /// The older pool it overlaps, which IPAM uses.
+    pub kept: String,
+    pub kept_cidr: IpNet,
+}
+
+impl fmt::Display for Overlap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "IPPool {} ({}) overlaps the older IPPool {} ({}) and is ignored: delete it, or give it a network of its own",
+            self.ignored, self.ignored_cidr, self.kept, self.kept_cidr
+        )
+    }
+}
+
+/// Whether two networks share an address (never across families).
+pub fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The first pool of `existing` that `pool`'s network overlaps, other than a pool of the
+/// same name (the same pool, read back).
+pub fn overlapping<'a>(pool: &IpPool, existing: &'a [IpPool]) -> Option<&'a IpPool> {
+    existing
+        .iter()
+        .find(|p| p.name != pool.name && nets_overlap(&p.cidr, &pool.cidr))
+}
+
+/// The pools IPAM may use, from `pools` listed oldest first ([`Store::list_pools`]'s order):
+/// a pool that overlaps one listed before it is dropped and reported. Disabled pools still
+/// count, since their blocks still hold addresses. The kept pools come back in the order
+/// given.
+///
+/// [`Store::list_pools`]: crate::Store::list_pools
+pub fn without_overlaps(pools: Vec<IpPool>) -> (Vec<IpPool>, Vec<Overlap>) {
+    let mut kept: Vec<IpPool> = Vec::with_capacity(pools.len());
+    let mut overlaps = Vec::new();
+    for pool in pools {
+        match overlapping(&pool, &kept) {
+            Some(older) => overlaps.push(Overlap {
+                ignored: pool.name.clone(),
+                ignored_cidr: pool.cidr,
+                kept: older.name.clone(),
+                kept_cidr: older.cidr,
+            }),
+            None => kept.push(pool),
+        }
+    }
+    (kept, overlaps)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn p(name: &str, cidr: &str, block_size: u8) -> IpPool {
+        IpPool::new(name, cidr.parse().unwrap(), block_size).unwrap()
+    }
+
+    #[test]
+    fn a_pool_overlapping_an_older_one_is_dropped_and_reported() {
+        let (kept, overlaps) = without_overlaps(vec![
+            p("zz-old", "10.0.0.0/16", 26),
+            // Inside the older one, and around it: both overlap.
+            p("aa-inside", "10.0.3.0/24", 28),
+            p("bb-around", "10.0.0.0/8", 24),
+            p("separate", "10.1.0.0/16", 26),
+            // Another family never overlaps.
+            p("v6", "fd00::/120", 122),
+        ]);
+        let names: Vec<&str> = kept.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["zz-old", "separate", "v6"]);
+        assert_eq!(
+            overlaps,
+            vec![
+                Overlap {
+                    ignored: "aa-inside".into(),
+                    ignored_cidr: "10.0.3.0/24".parse().unwrap(),
+                    kept: "zz-old".into(),
+                    kept_cidr: "10.0.0.0/16".parse().unwrap(),
+                },
+                Overlap {
+                    ignored: "bb-around".into(),
+                    ignored_cidr: "10.0.0.0/8".parse().unwrap(),
+                    kept: "zz-old".into(),
+                    kept_cidr: "10.0.0.0/16".parse().unwrap(),
+                },
+            ]
+        );
+        assert_eq!(
+            overlaps[0].to_string(),
+            "IPPool aa-inside (10.0.3.0/24) overlaps the older IPPool zz-old (10.0.0.0/16) and is ignored: delete it, or give it a network of its own"
+        );
+    }
+
+    #[test]
+    fn an_ignored_pool_does_not_shadow_a_later_one() {
+        // b is dropped for overlapping a; c overlaps only b, so c is kept.
+        let (kept, overlaps) = without_overlaps(vec![
+            p("a", "10.0.0.0/24", 26),
+            p("b", "10.0.0.0/23", 26),
+            p("c", "10.0.1.0/24", 26),
+        ]);
+        let names: Vec<&str> = kept.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(overlaps.len(), 1);
+        assert_eq!(overlaps[0].ignored, "b");
+    }
+
+    #[test]
+    fn overlapping_skips_the_pool_itself() {
+        let mine = p("default", "10.244.0.0/16", 26);
+        let existing = vec![
+            p("default", "10.244.0.0/16", 26),
+            p("other", "10.1.0.0/16", 26),
+        ];
+        assert_eq!(overlapping(&mine, &existing), None);
+        let existing = vec![p("mine", "10.244.8.0/24", 26)];
+        assert_eq!(
+            overlapping(&mine, &existing).map(|p| p.name.as_str()),
+            Some("mine")
+        );
+        assert!(!nets_overlap(
+            &"10.0.0.0/24".parse().unwrap(),
+            &"10.0.1.0/24".parse().unwrap()
+        ));
+    }
 
     #[test]
     fn validates_cidr_and_block_size() {

@@ -53,9 +53,18 @@ pub enum StoreError {
     AlreadyExists { kind: Kind, name: String },
     #[error("{kind} {name} does not exist")]
     NotFound { kind: Kind, name: String },
-    /// Anything else. The write may or may not have happened.
+    /// Anything else: the datastore unreachable, a timeout, a server error. The write may or
+    /// may not have happened, and trying again later may succeed.
     #[error("datastore: {0}")]
     Backend(String),
+    /// The datastore answered and refused the request for good (no permission, an object it
+    /// will not accept): nothing was written, and the same request will be refused again.
+    #[error("{kind} {name}: refused by the datastore: {reason}")]
+    Refused {
+        kind: Kind,
+        name: String,
+        reason: String,
+    },
     /// A stored object that does not parse; it names the object and the problem.
     #[error("{kind} {name} is malformed: {reason}")]
     Malformed {
@@ -69,6 +78,10 @@ pub enum StoreError {
 /// `AlreadyExists` when the name is taken and `update_*`/`delete_*` fail with `Conflict` when
 /// the stored revision differs from the one given.
 pub trait Store: Send + Sync {
+    /// Every pool, oldest first (ties in a stable order, e.g. by name): when two pools
+    /// overlap, the allocator keeps the one listed first ([`without_overlaps`]).
+    ///
+    /// [`without_overlaps`]: crate::without_overlaps
     fn list_pools(&self) -> impl Future<Output = Result<Vec<IpPool>, StoreError>> + Send;
 
     fn list_blocks(&self)

@@ -761,3 +761,69 @@ fn ten_nodes_racing_never_duplicate() {
             .any(|(_, a)| b.affinity.as_deref() != Some(a.node.as_str()))
     }));
 }
+
+#[test]
+fn a_pool_overlapping_an_older_one_is_ignored_and_reported() {
+    // Listed oldest first: "z-old" was there first. By name the newer one would come first,
+    // and its /26 blocks would overlap the /28 blocks the older pool hands out.
+    let store = store_with(&[
+        pool("z-old", "10.0.0.0/24", 28),
+        pool("a-new", "10.0.0.0/25", 26),
+    ]);
+    let mut a = allocator(&store, "n1");
+    for i in 0..20 {
+        assert_eq!(v4(&mut a, &h(i)).unwrap().pool, "z-old");
+    }
+    assert!(
+        store
+            .blocks()
+            .iter()
+            .all(|b| b.cidr().net().prefix_len() == 28)
+    );
+    assert_eq!(
+        a.ignored_pools(),
+        [Overlap {
+            ignored: "a-new".into(),
+            ignored_cidr: "10.0.0.0/25".parse().unwrap(),
+            kept: "z-old".into(),
+            kept_cidr: "10.0.0.0/24".parse().unwrap(),
+        }]
+    );
+    // Another node decides the same way.
+    let mut b = allocator(&store, "n2");
+    assert_eq!(v4(&mut b, &h(100)).unwrap().pool, "z-old");
+    assert_consistent(&store);
+
+    // Once the older pool is gone, the other one is used (and nothing is reported).
+    store.set_pools(vec![pool("a-new", "10.0.0.0/25", 26)]);
+    let mut c = allocator(&store, "n3");
+    block_on(c.release_empty_blocks(Instant::now())).unwrap();
+    assert!(c.ignored_pools().is_empty());
+}
+
+#[test]
+fn no_pool_says_which_pool_was_ignored_for_overlapping() {
+    let mut old = pool("old", "10.0.0.0/16", 26);
+    old.disabled = true;
+    let store = store_with(&[
+        old,
+        pool("new", "10.0.1.0/24", 26),
+        pool("v6", "fd00::/120", 122),
+        pool("v6-new", "fd00::/121", 122),
+    ]);
+    let mut a = allocator(&store, "n1");
+    let err = v4(&mut a, &h(0)).unwrap_err();
+    let IpamError::NoPool { ignored, .. } = &err else {
+        panic!("{err}");
+    };
+    // Only the pools of the family asked for.
+    assert_eq!(ignored.len(), 1);
+    assert_eq!(ignored[0].ignored, "new");
+    assert_eq!(
+        err.to_string(),
+        "no enabled IPv4 IP pool selects node n1: create one, or fix the pools' nodeSelector; \
+         IPPool new (10.0.1.0/24) overlaps the older IPPool old (10.0.0.0/16) and is ignored: \
+         delete it, or give it a network of its own"
+    );
+    assert_eq!(a.ignored_pools().len(), 2);
+}

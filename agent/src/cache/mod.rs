@@ -21,8 +21,8 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
@@ -128,12 +128,9 @@ pub fn spawn(client: kube::Client) -> watch::Receiver<Snapshot> {
         tx.clone(),
         |e| Update::IPPool(Box::new(e)),
     );
-    forward(
-        Kind::Node,
-        watcher(Api::<Node>::all(client)),
-        tx,
-        |e| Update::Node(Box::new(e)),
-    );
+    forward(Kind::Node, watcher(Api::<Node>::all(client)), tx, |e| {
+        Update::Node(Box::new(e))
+    });
     let (out, snapshots) = watch::channel(Snapshot::default());
     tokio::spawn(own(rx, out));
     snapshots
@@ -158,12 +155,8 @@ fn map_event<A, B>(event: Event<A>, f: impl Fn(A) -> B) -> Event<B> {
 
 /// Runs one watcher into the owner's queue until the owner is gone. Errors are logged; the
 /// watcher itself retries with back-off.
-fn forward<K, S>(
-    kind: Kind,
-    stream: S,
-    tx: mpsc::Sender<Update>,
-    wrap: fn(Event<K>) -> Update,
-) where
+fn forward<K, S>(kind: Kind, stream: S, tx: mpsc::Sender<Update>, wrap: fn(Event<K>) -> Update)
+where
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
 {
@@ -237,14 +230,15 @@ impl Model {
         let s = &mut self.snapshot;
         let l = &mut self.listing;
         let done = match update {
-            Update::Pod(e) => step(*e, &mut s.pods, &mut l.pods, |p| {
-                (p.key(), Arc::new(p))
-            }),
+            Update::Pod(e) => step(*e, &mut s.pods, &mut l.pods, |p| (p.key(), Arc::new(p))),
             Update::Namespace(e) => step(*e, &mut s.namespaces, &mut l.namespaces, |n| {
                 (n.name_any(), n.labels().clone())
             }),
             Update::NetworkPolicy(e) => step(*e, &mut s.policies, &mut l.policies, |p| {
-                ((p.namespace().unwrap_or_default(), p.name_any()), Arc::new(p))
+                (
+                    (p.namespace().unwrap_or_default(), p.name_any()),
+                    Arc::new(p),
+                )
             }),
             Update::IPPool(e) => step(*e, &mut s.pools, &mut l.pools, |p| {
                 (p.name_any(), Arc::new(p))
@@ -365,7 +359,10 @@ mod tests {
         let mut m = Model::default();
         m.apply(Update::Namespace(Box::new(Event::Init)));
         m.apply(Update::Namespace(Box::new(Event::InitApply(ns("a", &[])))));
-        assert!(m.snapshot.namespaces.is_empty(), "published before InitDone");
+        assert!(
+            m.snapshot.namespaces.is_empty(),
+            "published before InitDone"
+        );
         assert!(!m.snapshot.is_synced(Kind::Namespace));
         m.apply(Update::Namespace(Box::new(Event::InitDone)));
         assert_eq!(m.snapshot.namespaces.keys().collect::<Vec<_>>(), ["a"]);
@@ -373,7 +370,10 @@ mod tests {
 
         // A watch event changes one entry; a consumer's older snapshot keeps its own copy.
         let held = m.snapshot.clone();
-        m.apply(Update::Namespace(Box::new(Event::Apply(ns("b", &[("team", "x")])))));
+        m.apply(Update::Namespace(Box::new(Event::Apply(ns(
+            "b",
+            &[("team", "x")],
+        )))));
         assert_eq!(m.snapshot.namespaces["b"]["team"], "x");
         assert!(!held.namespaces.contains_key("b"));
 
@@ -387,6 +387,9 @@ mod tests {
 
         m.apply(Update::Namespace(Box::new(Event::Delete(ns("b", &[])))));
         assert!(m.snapshot.namespaces.is_empty());
-        assert!(!m.snapshot.all_synced(), "the other kinds were never listed");
+        assert!(
+            !m.snapshot.all_synced(),
+            "the other kinds were never listed"
+        );
     }
 }

@@ -83,7 +83,12 @@ impl From<Pod> for PodInfo {
             .filter_map(|p| p.ip.parse().ok())
             .collect();
         if ips.is_empty() {
-            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+            ips.extend(
+                status
+                    .pod_ip
+                    .as_deref()
+                    .and_then(|ip| ip.parse::<IpAddr>().ok()),
+            );
         }
         let spec = pod.spec.unwrap_or_default();
         let mut named_ports: Vec<NamedPort> = spec
@@ -143,7 +148,10 @@ mod tests {
         assert_eq!(p.labels["pod"], "a");
         assert_eq!(
             p.ips,
-            vec!["10.0.0.5".parse::<IpAddr>().unwrap(), "fd00::5".parse().unwrap()]
+            vec![
+                "10.0.0.5".parse::<IpAddr>().unwrap(),
+                "fd00::5".parse().unwrap()
+            ]
         );
         let names: Vec<(&str, Protocol, u16)> = p
             .named_ports

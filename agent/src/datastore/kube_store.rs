@@ -20,7 +20,9 @@ pub struct KubeStore {
 }
 
 /// Maps an apiserver answer to the allocator's terms. 409 means two things: `AlreadyExists`
-/// on a create, `Conflict` on a stale resourceVersion.
+/// on a create, `Conflict` on a stale resourceVersion. Any other 4xx but 408 (timeout) and
+/// 429 (throttled) is the apiserver's final word (`Refused`: no permission, an object it will
+/// not take); everything else (unreachable, 5xx) is `Backend`, worth retrying.
 fn store_error(kind: Kind, name: &str, e: kube::Error) -> StoreError {
     match &e {
         kube::Error::Api(s) if s.is_already_exists() => StoreError::AlreadyExists {
@@ -35,6 +37,13 @@ fn store_error(kind: Kind, name: &str, e: kube::Error) -> StoreError {
             kind,
             name: name.to_owned(),
         },
+        kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 408 && s.code != 429 => {
+            StoreError::Refused {
+                kind,
+                name: name.to_owned(),
+                reason: format!("{} ({})", s.message, s.code),
+            }
+        }
         _ => StoreError::Backend(format!("{kind} {name}: {e}")),
     }
 }
@@ -69,21 +78,28 @@ impl KubeStore {
         }
     }
 
-    /// Creates `pool` unless some pool already exists, as calico-node does with
-    /// `CALICO_IPV4POOL_CIDR` at start. Returns whether it created it.
-    pub async fn create_pool_if_none(&self, pool: &ipam::IpPool) -> Result<bool, StoreError> {
-        let existing = self
+    /// Every IPPool as stored, oldest first, including those IPAM would refuse: a pool with
+    /// a bad block size still belongs to its family and still takes its address space.
+    pub async fn stored_pools(&self) -> Result<Vec<StoredPool>, StoreError> {
+        let list = self
             .pools
             .list(&ListParams::default())
             .await
             .map_err(|e| store_error(Kind::Pool, "*", e))?;
-        if existing
-            .items
+        let mut items = list.items;
+        oldest_first(&mut items);
+        Ok(items
             .iter()
-            .any(|p| pool_family(p) == Some(pool.family()))
-        {
-            return Ok(false);
-        }
+            .map(|p| StoredPool {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                cidr: p.spec.cidr.parse().ok(),
+            })
+            .collect())
+    }
+
+    /// Creates `pool`. Returns false when a pool of that name exists already (another agent
+    /// created it first).
+    pub async fn create_pool(&self, pool: &ipam::IpPool) -> Result<bool, StoreError> {
         match self
             .pools
             .create(&PostParams::default(), &convert::pool_to_crd(pool))
@@ -98,13 +114,20 @@ impl KubeStore {
     }
 }
 
-/// Calico creates the default IPv4 pool only if no IPv4 pool exists (and the same for IPv6).
-fn pool_family(p: &crd::IPPool) -> Option<ipam::IpFamily> {
-    p.spec
-        .cidr
-        .parse::<ipnet::IpNet>()
-        .ok()
-        .map(|n| ipam::IpFamily::of_net(&n))
+/// An IPPool as stored: its name, and its network when that parses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPool {
+    pub name: String,
+    pub cidr: Option<ipnet::IpNet>,
+}
+
+/// The order [`Store::list_pools`] promises: oldest first, then by name, so that every agent
+/// resolves overlapping pools the same way (the older one wins).
+fn oldest_first(pools: &mut [crd::IPPool]) {
+    pools.sort_by(|a, b| {
+        (&a.metadata.creation_timestamp, &a.metadata.name)
+            .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+    });
 }
 
 impl Store for KubeStore {
@@ -114,9 +137,10 @@ impl Store for KubeStore {
             .list(&ListParams::default())
             .await
             .map_err(|e| store_error(Kind::Pool, "*", e))?;
+        let mut items = list.items;
+        oldest_first(&mut items);
         // A bad pool must not stop allocation from the good ones: skip it, loudly.
-        Ok(list
-            .items
+        Ok(items
             .iter()
             .filter_map(|p| {
                 convert::pool_from_crd(p)

@@ -573,20 +573,22 @@ impl<'a> Compiler<'a> {
             Namespaces::Selected(selector) => format!("namespaces=[{selector}]"),
         };
         let meaning = format!("pods {} {scope} pods=[{pods}]", family_name(self.family));
-        let mut members = BTreeSet::new();
-        for pod in &self.pods {
-            let in_scope = match namespaces {
-                Namespaces::Own(name) => pod.namespace == *name,
-                Namespaces::Selected(selector) => self
-                    .namespace_labels
-                    .get(pod.namespace.as_str())
-                    .is_some_and(|labels| selector.matches(labels)),
-            };
-            if in_scope && pods.matches(&pod.labels) {
-                members.extend(family_ips(pod, self.family).map(|ip| ip.to_string()));
+        self.shared_set(meaning, SetKind::HashIp, |c| {
+            let mut members = BTreeSet::new();
+            for pod in &c.pods {
+                let in_scope = match namespaces {
+                    Namespaces::Own(name) => pod.namespace == *name,
+                    Namespaces::Selected(selector) => c
+                        .namespace_labels
+                        .get(pod.namespace.as_str())
+                        .is_some_and(|labels| selector.matches(labels)),
+                };
+                if in_scope && pods.matches(&pod.labels) {
+                    members.extend(family_ips(pod, c.family).map(|ip| ip.to_string()));
+                }
             }
-        }
-        self.add_set(meaning, SetKind::HashIp, members)
+            members
+        })
     }
 
     /// The `hash:net` set of an ipBlock, or `None` when the block is of the other family,
@@ -729,18 +731,20 @@ impl<'a> Compiler<'a> {
             family_name(self.family),
             quote(name)
         );
-        let mut members = BTreeSet::new();
-        for pod in &self.pods {
-            for port in &pod.named_ports {
-                if port.name == name && port.protocol == protocol {
-                    members.extend(
-                        family_ips(pod, self.family)
-                            .map(|ip| format!("{ip},{protocol}:{}", port.port)),
-                    );
+        self.shared_set(meaning, SetKind::HashIpPort, |c| {
+            let mut members = BTreeSet::new();
+            for pod in &c.pods {
+                for port in &pod.named_ports {
+                    if port.name == name && port.protocol == protocol {
+                        members.extend(
+                            family_ips(pod, c.family)
+                                .map(|ip| format!("{ip},{protocol}:{}", port.port)),
+                        );
+                    }
                 }
             }
-        }
-        self.add_set(meaning, SetKind::HashIpPort, members)
+            members
+        })
     }
 
     /// `tort-POSTROUTING`, and the sets `tort-masqN` (natOutgoing pools, disabled or not:
@@ -789,11 +793,24 @@ impl<'a> Compiler<'a> {
 
     /// Names the set after its meaning, so the same peer in two policies is one set.
     fn add_set(&mut self, meaning: String, kind: SetKind, members: BTreeSet<String>) -> String {
+        self.shared_set(meaning, kind, |_| members)
+    }
+
+    /// Like [`add_set`](Self::add_set), but computes the members only for the first policy
+    /// that names the set: selector sets cost a walk over every pod, and many policies share
+    /// a peer (every policy allowing the cluster's DNS, say).
+    fn shared_set(
+        &mut self,
+        meaning: String,
+        kind: SetKind,
+        members: impl FnOnce(&Self) -> BTreeSet<String>,
+    ) -> String {
         let name = format!("tort-s{}-{}", family_digit(self.family), hash16(&meaning));
-        self.ipsets
-            .entry(name.clone())
-            .or_insert(IpSet { kind, members });
-        self.meanings.insert(name.clone(), meaning);
+        if !self.ipsets.contains_key(&name) {
+            let members = members(self);
+            self.ipsets.insert(name.clone(), IpSet { kind, members });
+            self.meanings.insert(name.clone(), meaning);
+        }
         name
     }
 }

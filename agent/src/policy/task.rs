@@ -26,13 +26,18 @@ use tokio::time::Instant;
 use super::apply::{Applier, ApplyError, Backend, BackendSetting};
 use super::compile::{compile, fail_closed};
 use super::model::{Dataplane, Family, Namespace, Pod, PolicyInput, Pool};
+use crate::attachment::{Endpoint, Endpoints, Failure, Handle};
 use crate::cache::{Kind, Snapshot};
-use crate::server::{Endpoint, Endpoints, Failure, Handle};
 
 const QUEUE: usize = 256;
 
 /// What the dataplane needs listed before the first apply.
-const NEEDS: [Kind; 4] = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy, Kind::IPPool];
+const NEEDS: [Kind; 4] = [
+    Kind::Pod,
+    Kind::Namespace,
+    Kind::NetworkPolicy,
+    Kind::IPPool,
+];
 
 /// Applies failing in a row before the dataplane falls back to fail-closed.
 pub const FAILURES_BEFORE_FAIL_CLOSED: u32 = 3;
@@ -207,7 +212,11 @@ struct Task<P> {
 }
 
 impl<P: Program> Task<P> {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut snapshots: watch::Receiver<Snapshot>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut snapshots: watch::Receiver<Snapshot>,
+    ) {
         let mut snapshot = snapshots.borrow_and_update().clone();
         let mut dirty = true;
         let mut retry_at: Option<Instant> = None;
@@ -288,10 +297,9 @@ impl<P: Program> Task<P> {
 
     /// Answers the ADDs whose endpoint the dataplane just written includes.
     fn answer_waiters(&mut self, snapshot: &Snapshot) {
-        let (done, waiting): (Vec<Waiter>, Vec<Waiter>) =
-            std::mem::take(&mut self.waiters)
-                .into_iter()
-                .partition(|w| self.included(&w.handle, snapshot));
+        let (done, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| self.included(&w.handle, snapshot));
         self.waiters = waiting;
         for w in done {
             let _ = w.reply.send(Ok(()));
@@ -299,9 +307,11 @@ impl<P: Program> Task<P> {
     }
 
     fn included(&self, handle: &Handle, snapshot: &Snapshot) -> bool {
-        self.endpoints
-            .get(handle)
-            .is_some_and(|ep| snapshot.pods.contains_key(&(ep.pod.namespace.clone(), ep.pod.name.clone())))
+        self.endpoints.get(handle).is_some_and(|ep| {
+            snapshot
+                .pods
+                .contains_key(&(ep.pod.namespace.clone(), ep.pod.name.clone()))
+        })
     }
 
     fn expire_waiters(&mut self, snapshot: &Snapshot) {
@@ -360,10 +370,14 @@ impl<P: Program> Task<P> {
 
     async fn fail_closed(&mut self, why: &ApplyError) {
         let planes = self.programs.iter().map(|(f, _)| fail_closed(*f)).collect();
-        let written = self.run_programs(planes, |p, d| p.apply(d).map(|()| Vec::new())).await;
+        let written = self
+            .run_programs(planes, |p, d| p.apply(d).map(|()| Vec::new()))
+            .await;
         let reason = match written {
             Ok(_) => format!("policy dataplane failing, pods isolated (fail closed): {why}"),
-            Err(e) => format!("policy dataplane failing ({why}), and fail-closed rules could not be written either: {e}"),
+            Err(e) => format!(
+                "policy dataplane failing ({why}), and fail-closed rules could not be written either: {e}"
+            ),
         };
         tracing::error!("{reason}");
         self.health.send_replace(DataplaneHealth::Failing(reason));
@@ -475,9 +489,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::attachment::PodRef;
     use crate::cache::PodInfo;
     use crate::policy::model::Table;
-    use crate::server::PodRef;
 
     /// Records every dataplane it is given; fails while `fail` is set.
     #[derive(Clone, Default)]
@@ -563,7 +577,8 @@ mod tests {
     async fn nothing_is_written_before_the_cache_has_listed_everything() {
         let rec = Recorder::default();
         let (snap_tx, snap_rx) = watch::channel(Snapshot::default());
-        let (_h, mut health, _t) = spawn(fast(), vec![(Family::V4, rec.clone())], snap_rx, Vec::new());
+        let (_h, mut health, _t) =
+            spawn(fast(), vec![(Family::V4, rec.clone())], snap_rx, Vec::new());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(rec.count(), 0, "applied before the cache synced");
         assert_eq!(*health.borrow(), DataplaneHealth::Starting);
@@ -579,16 +594,21 @@ mod tests {
     async fn an_add_is_answered_only_once_its_pod_is_known_and_its_chains_written() {
         let rec = Recorder::default();
         let (snap_tx, snap_rx) = watch::channel(synced(&[]));
-        let (handle, _health, _t) = spawn(fast(), vec![(Family::V4, rec.clone())], snap_rx, Vec::new());
+        let (handle, _health, _t) =
+            spawn(fast(), vec![(Family::V4, rec.clone())], snap_rx, Vec::new());
         let ep = endpoint("a", "tort0000000000a", "10.0.0.5");
         let up = tokio::spawn({
             let handle = handle.clone();
             async move { handle.endpoint_up(ep).await }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!up.is_finished(), "answered before the pod was in the cache");
         assert!(
-            rec.last().is_none_or(|d| !has_chain(&d, "tort-tw-tort0000000000a")),
+            !up.is_finished(),
+            "answered before the pod was in the cache"
+        );
+        assert!(
+            rec.last()
+                .is_none_or(|d| !has_chain(&d, "tort-tw-tort0000000000a")),
             "an endpoint whose labels are unknown got chains"
         );
         snap_tx.send_replace(synced(&["a"]));
@@ -623,14 +643,22 @@ mod tests {
     async fn adds_that_arrive_during_an_apply_are_answered_by_the_next_one() {
         let names = ["a", "b", "c", "d", "e"];
         let (_snap_tx, snap_rx) = watch::channel(synced(&names));
-        let (handle, _health, _t) =
-            spawn(fast(), vec![(Family::V4, Slow::default())], snap_rx, Vec::new());
+        let (handle, _health, _t) = spawn(
+            fast(),
+            vec![(Family::V4, Slow::default())],
+            snap_rx,
+            Vec::new(),
+        );
         let ups: Vec<_> = names
             .iter()
             .enumerate()
             .map(|(i, n)| {
                 let handle = handle.clone();
-                let ep = endpoint(n, &format!("tort000000000{i:02}"), &format!("10.0.0.{}", i + 1));
+                let ep = endpoint(
+                    n,
+                    &format!("tort000000000{i:02}"),
+                    &format!("10.0.0.{}", i + 1),
+                );
                 tokio::spawn(async move { handle.endpoint_up(ep).await })
             })
             .collect();
@@ -658,7 +686,8 @@ mod tests {
         let rec = Recorder::default();
         *rec.fail.lock().unwrap() = true;
         let (_snap_tx, snap_rx) = watch::channel(synced(&[]));
-        let (_h, mut health, _t) = spawn(fast(), vec![(Family::V4, rec.clone())], snap_rx, Vec::new());
+        let (_h, mut health, _t) =
+            spawn(fast(), vec![(Family::V4, rec.clone())], snap_rx, Vec::new());
         let failing = tokio::time::timeout(
             Duration::from_secs(10),
             health.wait_for(|h| matches!(h, DataplaneHealth::Failing(_))),

@@ -175,6 +175,13 @@ impl RoutesHandle {
             .map_err(ReconcilerError::Spawn)
     }
 
+    /// Completes when the reconciler has stopped (its thread ended, e.g. on a panic):
+    /// from then on every call fails with [`ReconcilerError::Stopped`]. Lets an owner
+    /// notice before it next has something to send.
+    pub async fn stopped(&self) {
+        self.tx.closed().await;
+    }
+
     async fn send(&self, cmd: Command) -> Result<(), ReconcilerError> {
         self.tx
             .send(cmd)

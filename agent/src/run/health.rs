@@ -71,9 +71,9 @@ pub async fn run(client: kube::Client, health: watch::Sender<Health>) {
 pub fn combined(agent: &Health, dataplane: &DataplaneHealth) -> Health {
     match (agent, dataplane) {
         (Health::Ready, DataplaneHealth::InSync) => Health::Ready,
-        (Health::Ready, DataplaneHealth::Starting) => {
-            Health::Starting("waiting for the cluster cache to write the policy dataplane".to_owned())
-        }
+        (Health::Ready, DataplaneHealth::Starting) => Health::Starting(
+            "waiting for the cluster cache to write the policy dataplane".to_owned(),
+        ),
         (Health::Ready, DataplaneHealth::Failing(why)) => Health::Degraded(why.clone()),
         (other, _) => other.clone(),
     }
@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn ready_only_when_both_are() {
         let starting = Health::Starting("x".into());
-        assert_eq!(combined(&Health::Ready, &DataplaneHealth::InSync), Health::Ready);
+        assert_eq!(
+            combined(&Health::Ready, &DataplaneHealth::InSync),
+            Health::Ready
+        );
         assert!(matches!(
             combined(&Health::Ready, &DataplaneHealth::Starting),
             Health::Starting(_)

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::ListParams;
 
+use crate::attachment::Endpoints;
 use crate::ipam_task::{IpamHandle, LivePods};
-use crate::server::Endpoints;
 
 /// Node deletion releases the node's blocks and affinities (Calico's kube-controllers does
 /// this; here every agent does, and compare-and-swap keeps them from colliding).

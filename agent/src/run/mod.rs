@@ -14,6 +14,7 @@ pub mod health;
 pub mod leak_gc;
 pub mod node;
 pub mod pool;
+pub mod retry;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -22,37 +23,40 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use tokio::sync::watch;
+use tortie_api::veth::host_veth_name;
 use tortie_ipam::{Allocator, IpFamily, IpamConfig, Store};
 
+use crate::attachment::{Endpoint, Handle, PodRef};
 use crate::cache;
 use crate::config::Config;
 use crate::datastore::KubeStore;
-use crate::endpoints::{self, host_veth_name};
+use crate::endpoints;
 use crate::ipam_task;
 use crate::mesh;
 use crate::netlink::{self, KernelRouteTable};
 use crate::policy::model::Family;
 use crate::policy::task::{self as policy, Enforced};
 use crate::routes::{ReconcilerConfig, spawn_reconciler, watch_route_deletions};
-use crate::server::{self, CniService, Endpoint, Handle, Health, NodeInfo, PodRef, StatusService};
+use crate::server::{self, CniService, Health, NodeInfo, StatusService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("connecting to the apiserver (KUBECONFIG, or in-cluster): {0}")]
     Connect(#[source] kube::Error),
     #[error("reading Node {node}: {source}")]
-    Node { node: String, source: kube::Error },
+    Node {
+        node: String,
+        source: node::NodeLookup,
+    },
     #[error(transparent)]
     Address(#[from] crate::autodetect::DetectError),
     #[error(
         "registering Node {node} (annotations {}, {}): {source}",
-        node::ANNOTATION_IPV4,
-        node::ANNOTATION_AS
+        crate::datastore::ANNOTATION_IPV4,
+        crate::datastore::ANNOTATION_AS
     )]
     Register { node: String, source: kube::Error },
-    #[error(
-        "creating the default IP pool (are the tortie CRDs installed? `tortie-node crds | kubectl apply -f -`): {0}"
-    )]
+    #[error("creating the default IP pool: {0}")]
     Pool(#[from] pool::PoolSetupError),
     #[error("enabling IP forwarding: {0}")]
     Forwarding(#[source] std::io::Error),
@@ -64,6 +68,8 @@ pub enum RunError {
     Routes(#[from] crate::routes::ReconcilerError),
     #[error("reading this node's allocations: {0}")]
     Ipam(#[from] tortie_ipam::StoreError),
+    #[error("loading the IP pools and blocks into IPAM: {0}")]
+    IpamLoad(#[source] tortie_ipam::IpamError),
     #[error("binding the agent socket {path}: {source}")]
     Bind {
         path: String,
@@ -135,7 +141,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     // Pods that outlived a restart of the agent keep their host routes: without them, the
     // reconciler's first resync would delete those routes as leftovers.
-    let seed = local_endpoints(&store, &name).await?;
+    let seed = retry::until_done("reading this node's allocations", async || {
+        local_endpoints(&store, &name).await
+    })
+    .await?;
     tracing::info!(endpoints = seed.len(), "restoring local endpoints");
 
     let labels: BTreeMap<String, String> = node_obj.metadata.labels.clone().unwrap_or_default();
@@ -151,7 +160,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if config.ipv6_pool.is_some() {
         families.push(IpFamily::V6);
     }
-    let allocator = Allocator::new(store, name.clone(), labels, ipam_config);
+    let mut allocator = Allocator::new(store, name.clone(), labels, ipam_config);
+    // The IPAM task publishes this node's blocks (their blackhole routes, their BGP
+    // announcements) from the allocator's cache as it starts: load it here, where an
+    // outage is waited out, rather than let the task start with nothing to publish.
+    retry::until_done("loading the IP pools and blocks into IPAM", async || {
+        allocator.affine_blocks().await
+    })
+    .await
+    .map_err(RunError::IpamLoad)?;
     let (ipam, affine, _ipam_task) = ipam_task::spawn(allocator, families.clone());
     // The mesh needs the node's IPv4 address: with IP=none this node runs no BGP.
     let mesh = match &detected {
@@ -272,10 +289,10 @@ async fn local_endpoints<S: Store>(
     Ok(by_handle
         .into_iter()
         .filter_map(|(handle, (pod, addresses))| {
-            let host_ifname = host_veth_name(&pod.namespace, &pod.name);
+            let (network, container_id) = handle.rsplit_once('.')?;
+            let host_ifname = host_veth_name(Some((&pod.namespace, &pod.name)), container_id);
             // A pod whose veth is gone has no route to restore; CNI DEL or leak GC frees it.
             nix::net::if_::if_nametoindex(host_ifname.as_str()).ok()?;
-            let (network, container_id) = handle.rsplit_once('.')?;
             Some(Endpoint {
                 handle: Handle {
                     network: network.to_owned(),

@@ -1,8 +1,6 @@
 //! This node in Kubernetes: waiting for its Node object, finding its address, and the
 //! annotations that tell other nodes how to peer with it.
 
-use std::time::Duration;
-
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
@@ -11,11 +9,8 @@ use serde_json::json;
 
 use crate::autodetect::{self, DetectError, Detected, Facts, Method};
 use crate::config::{Config, NodeIp, VxlanMode};
-
-/// The node's BGP address with its subnet's prefix length (Calico: `projectcalico.org/IPv4Address`).
-pub const ANNOTATION_IPV4: &str = "tortie.dev/ipv4-address";
-/// The node's AS number (Calico: `projectcalico.org/ASNumber`).
-pub const ANNOTATION_AS: &str = "tortie.dev/as-number";
+use crate::datastore::{ANNOTATION_AS, ANNOTATION_IPV4};
+use crate::run::retry::{self, Transient};
 
 /// VXLAN's encapsulation overhead: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -108,39 +103,45 @@ pub fn pod_mtu(config: &Config, uplink: Option<&str>) -> u32 {
     }
 }
 
-/// Waits until the Node object exists (the kubelet registers it, perhaps after we start).
-pub async fn wait_for_node(api: &Api<Node>, name: &str) -> Result<Node, kube::Error> {
-    let mut delay = Duration::from_millis(200);
-    let mut waited = Duration::ZERO;
-    loop {
-        match api.get_opt(name).await {
-            Ok(Some(node)) => return Ok(node),
-            Ok(None) => {
-                tracing::info!(node = %name, waited = ?waited, "waiting for the Node object (the kubelet registers it)")
-            }
-            // Not found is retried forever; so are transient errors, but they are logged
-            // as warnings so a wrong KUBECONFIG is visible.
-            Err(e) => {
-                tracing::warn!(node = %name, error = %e, "reading the Node object failed; retrying")
-            }
+/// Why this node's Node object could not be read (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeLookup {
+    #[error("the Node object does not exist yet (the kubelet registers it)")]
+    Missing,
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
+impl Transient for NodeLookup {
+    fn is_transient(&self) -> bool {
+        match self {
+            NodeLookup::Missing => true,
+            NodeLookup::Api(e) => e.is_transient(),
         }
-        tokio::time::sleep(delay).await;
-        waited += delay;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
-/// Writes the registration annotations (merge patch: other annotations are left alone).
+/// Waits until the Node object exists (the kubelet registers it, perhaps after we start)
+/// and the apiserver answers. Only an answer no retry can change (403) is returned.
+pub async fn wait_for_node(api: &Api<Node>, name: &str) -> Result<Node, NodeLookup> {
+    retry::until_done("reading this node's Node object", async || {
+        api.get_opt(name).await?.ok_or(NodeLookup::Missing)
+    })
+    .await
+}
+
+/// Writes the registration annotations (merge patch: other annotations are left alone),
+/// waiting for the apiserver if it is away.
 pub async fn register(
     api: &Api<Node>,
     name: &str,
     addr: Option<Ipv4Net>,
     as_number: u32,
 ) -> Result<Node, kube::Error> {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(registration_patch(addr, as_number)),
+    let patch = Patch::Merge(registration_patch(addr, as_number));
+    retry::until_done(
+        "registering this node's address and AS number",
+        async || api.patch(name, &PatchParams::default(), &patch).await,
     )
     .await
 }

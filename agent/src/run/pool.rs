@@ -1,12 +1,14 @@
 //! The default IP pools: created at start from `CALICO_IPV4POOL_*` / `CALICO_IPV6POOL_*`,
-//! per address family, only when no pool of that family exists (as calico-node does).
-//! Every agent tries; the first create wins, the others find it there.
+//! per address family, only when no pool of that family exists (as calico-node does), and
+//! never over an existing pool's addresses. Every agent tries; the first create wins, the
+//! others find it there.
 
 use ipnet::IpNet;
-use tortie_ipam::{IpPool, PoolError, StoreError, VxlanMode};
+use tortie_ipam::{IpFamily, IpPool, PoolError, StoreError, VxlanMode, nets_overlap};
 
 use crate::config::{self, Config};
-use crate::datastore::KubeStore;
+use crate::datastore::{KubeStore, StoredPool};
+use crate::run::retry::{self, Transient};
 
 pub const DEFAULT_IPV4_POOL: &str = "default-ipv4-ippool";
 pub const DEFAULT_IPV6_POOL: &str = "default-ipv6-ippool";
@@ -42,25 +44,104 @@ pub fn default_pools(config: &Config) -> Result<Vec<IpPool>, PoolError> {
 pub enum PoolSetupError {
     #[error("the default pool from the configuration is invalid: {0}")]
     Invalid(#[from] PoolError),
-    #[error(transparent)]
+    #[error("{error}{hint}", error = .0, hint = crd_hint(.0))]
     Store(#[from] StoreError),
 }
 
-/// Creates the default pools whose family has none. Returns the names created by this call.
+fn crd_hint(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::NotFound { .. } => {
+            " (are the tortie CRDs installed? `tortie-node crds | kubectl apply -f -`)"
+        }
+        _ => "",
+    }
+}
+
+impl Transient for PoolSetupError {
+    fn is_transient(&self) -> bool {
+        match self {
+            PoolSetupError::Invalid(_) => false,
+            PoolSetupError::Store(e) => e.is_transient(),
+        }
+    }
+}
+
+/// What to do about one default pool, given the pools stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Create,
+    /// A pool of the family exists (this one, or the user's): Calico leaves them alone.
+    FamilyHasPool(String),
+    /// Creating it would overlap a pool that exists: refused, since IPAM would ignore the
+    /// newer of the two.
+    Overlaps {
+        name: String,
+        cidr: IpNet,
+    },
+}
+
+/// Decides for `pool` against the `stored` pools. Overlap is checked first, so that a
+/// configured CIDR that collides with an existing pool is reported as such.
+pub fn decide(pool: &IpPool, stored: &[StoredPool]) -> Decision {
+    if let Some((name, cidr)) = stored.iter().filter(|p| p.name != pool.name).find_map(|p| {
+        let cidr = p.cidr?;
+        nets_overlap(&cidr, &pool.cidr()).then(|| (p.name.clone(), cidr))
+    }) {
+        return Decision::Overlaps { name, cidr };
+    }
+    // A pool whose CIDR does not parse belongs to no family and takes no addresses.
+    match stored.iter().find(|p| {
+        p.cidr
+            .is_some_and(|c| IpFamily::of_net(&c) == pool.family())
+    }) {
+        Some(p) => Decision::FamilyHasPool(p.name.clone()),
+        None => Decision::Create,
+    }
+}
+
+/// The variable a default pool's CIDR came from.
+fn cidr_variable(pool: &IpPool) -> &'static str {
+    match pool.family() {
+        IpFamily::V4 => "CALICO_IPV4POOL_CIDR",
+        IpFamily::V6 => "CALICO_IPV6POOL_CIDR",
+    }
+}
+
+/// Creates the default pools whose family has none, waiting for the apiserver if it is
+/// away. Returns the names created by this call.
 pub async fn ensure_default_pools(
     store: &KubeStore,
     config: &Config,
 ) -> Result<Vec<String>, PoolSetupError> {
-    let mut created = Vec::new();
-    for pool in default_pools(config)? {
-        if store.create_pool_if_none(&pool).await? {
-            tracing::info!(pool = %pool.name, cidr = %pool.cidr(), block_size = pool.block_size(), "created the default IP pool");
-            created.push(pool.name.clone());
-        } else {
-            tracing::info!(family = ?pool.family(), "an IP pool exists already; not creating {}", pool.name);
+    let pools = default_pools(config)?;
+    retry::until_done("creating the default IP pools", async || {
+        let mut created = Vec::new();
+        for pool in &pools {
+            match decide(pool, &store.stored_pools().await?) {
+                Decision::Create => {
+                    if store.create_pool(pool).await? {
+                        tracing::info!(pool = %pool.name, cidr = %pool.cidr(), block_size = pool.block_size(), "created the default IP pool");
+                        created.push(pool.name.clone());
+                    } else {
+                        tracing::info!(pool = %pool.name, "another agent created the default IP pool first");
+                    }
+                }
+                Decision::FamilyHasPool(existing) => {
+                    tracing::info!(family = %pool.family(), %existing, "an IP pool of this family exists already; not creating {}", pool.name);
+                }
+                Decision::Overlaps { name, cidr } => {
+                    tracing::warn!(
+                        "not creating IPPool {} ({}={}): it overlaps IPPool {name} ({cidr}), and pools must not overlap; {name} is used",
+                        pool.name,
+                        cidr_variable(pool),
+                        pool.cidr()
+                    );
+                }
+            }
         }
-    }
-    Ok(created)
+        Ok(created)
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -120,6 +201,79 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    fn stored(name: &str, cidr: &str) -> StoredPool {
+        StoredPool {
+            name: name.into(),
+            cidr: cidr.parse().ok(),
+        }
+    }
+
+    fn default_v4(cidr: &str) -> IpPool {
+        let pools = default_pools(&config(&[("CALICO_IPV4POOL_CIDR", cidr)])).unwrap();
+        pools.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn the_default_pool_is_created_only_when_its_family_has_none() {
+        let pool = default_v4("10.244.0.0/16");
+        assert_eq!(decide(&pool, &[]), Decision::Create);
+        // Another family's pool, or one whose CIDR does not parse, does not count.
+        assert_eq!(
+            decide(
+                &pool,
+                &[stored("v6", "fd00::/64"), stored("broken", "10.0.0.0/40")]
+            ),
+            Decision::Create
+        );
+        assert_eq!(
+            decide(&pool, &[stored("mine", "10.50.0.0/16")]),
+            Decision::FamilyHasPool("mine".into())
+        );
+        // The default pool itself, perhaps from another CIDR: left alone.
+        assert_eq!(
+            decide(&pool, &[stored("default-ipv4-ippool", "10.99.0.0/16")]),
+            Decision::FamilyHasPool("default-ipv4-ippool".into())
+        );
+    }
+
+    #[test]
+    fn a_default_pool_overlapping_an_existing_pool_is_refused() {
+        let pool = default_v4("10.244.0.0/16");
+        for other in ["10.244.8.0/24", "10.0.0.0/8", "10.244.0.0/16"] {
+            assert_eq!(
+                decide(&pool, &[stored("v6", "fd00::/64"), stored("mine", other)]),
+                Decision::Overlaps {
+                    name: "mine".into(),
+                    cidr: other.parse().unwrap()
+                },
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_missing_crd_gets_the_install_hint() {
+        let missing = PoolSetupError::Store(StoreError::NotFound {
+            kind: tortie_ipam::Kind::Pool,
+            name: "*".into(),
+        });
+        assert_eq!(
+            missing.to_string(),
+            "IPPool * does not exist (are the tortie CRDs installed? `tortie-node crds | kubectl apply -f -`)"
+        );
+        assert!(missing.is_transient());
+        let forbidden = PoolSetupError::Store(StoreError::Refused {
+            kind: tortie_ipam::Kind::Pool,
+            name: "*".into(),
+            reason: "forbidden (403)".into(),
+        });
+        assert_eq!(
+            forbidden.to_string(),
+            "IPPool *: refused by the datastore: forbidden (403)"
+        );
+        assert!(!forbidden.is_transient());
     }
 
     #[test]

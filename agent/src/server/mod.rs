@@ -2,7 +2,7 @@
 //! service `Status` for `tortiectl`.
 //!
 //! This layer only checks requests and translates them. The work is done behind two
-//! traits, each backed by the one task that owns its state:
+//! traits ([`crate::attachment`]), each backed by the one task that owns its state:
 //! - [`Ipam`]: addresses by handle (`<network>.<containerID>`), durable before it answers;
 //! - [`Endpoints`]: the host route of a local pod, in the kernel before it answers.
 //!
@@ -11,7 +11,6 @@
 //! unreachable: CNI code 11, try again later), `FailedPrecondition` (an endpoint for
 //! addresses the handle does not hold), `Internal` (anything else).
 
-use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::Path;
@@ -26,66 +25,14 @@ use tortie_api::v1::cni_server::{Cni, CniServer};
 use tortie_api::v1::status_server::{Status as StatusApi, StatusServer};
 use tracing::Instrument;
 
+use crate::attachment::{AllocateParams, Endpoint, Endpoints, Failure, Handle, Ipam, PodRef};
+
 /// The pods' IPv4 gateway: a link-local address nobody holds, answered by proxy ARP on the
 /// host veth (as Calico does).
 pub const IPV4_GATEWAY: &str = "169.254.1.1";
 /// The pods' IPv6 gateway: the link-local address the host veth gets from its fixed MAC
 /// ee:ee:ee:ee:ee:ee (EUI-64).
 pub const IPV6_GATEWAY: &str = "fe80::ecee:eeff:feee:eeee";
-
-/// An IPAM handle: one CNI attachment, `<network>.<containerID>`. Both parts are kept, so
-/// a network name with a dot is never confused with another network's handles.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Handle {
-    pub network: String,
-    pub container_id: String,
-}
-
-/// Shown as the handle ID the datastore stores: `<network>.<containerID>`.
-impl fmt::Display for Handle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.network, self.container_id)
-    }
-}
-
-/// The pod an attachment belongs to, for the allocation's attributes and GC.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodRef {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllocateParams {
-    pub handle: Handle,
-    pub pod: PodRef,
-}
-
-/// A local pod, wired and ready for its host route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub handle: Handle,
-    pub pod: PodRef,
-    pub host_ifname: String,
-    /// Host prefixes (/32, /128).
-    pub addresses: Vec<IpNet>,
-}
-
-/// Why a request could not be served; each maps to one gRPC code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Failure {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Exhausted(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Precondition(String),
-    #[error("{0}")]
-    Internal(String),
-}
 
 impl From<Failure> for Status {
     fn from(f: Failure) -> Status {
@@ -97,43 +44,6 @@ impl From<Failure> for Status {
             Failure::Internal(m) => Status::internal(m),
         }
     }
-}
-
-/// Address management, as the Cni service needs it. Implemented over the IPAM owner task.
-pub trait Ipam: Send + Sync + 'static {
-    /// The handle's addresses (host prefixes), allocating them when it has none. Returns only
-    /// once the allocation is durable; a repeated call returns the same addresses.
-    fn allocate(
-        &self,
-        params: AllocateParams,
-    ) -> impl Future<Output = Result<Vec<IpNet>, Failure>> + Send;
-    /// Releases the handle's addresses; returns how many. An unknown handle is 0, not an error.
-    fn release(&self, handle: &Handle) -> impl Future<Output = Result<u32, Failure>> + Send;
-    /// The handle's addresses; empty when it holds none.
-    fn addresses(
-        &self,
-        handle: &Handle,
-    ) -> impl Future<Output = Result<Vec<IpNet>, Failure>> + Send;
-    /// Releases every handle of `network` on this node not in `keep`.
-    fn gc(
-        &self,
-        network: &str,
-        keep: &[Handle],
-    ) -> impl Future<Output = Result<GcOutcome, Failure>> + Send;
-}
-
-/// What a GC released: the attachments (handles), each with all its addresses.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcOutcome {
-    pub handles: Vec<Handle>,
-}
-
-/// Local endpoints' host routes. Implemented over the route reconciler.
-pub trait Endpoints: Send + Sync + 'static {
-    /// Installs the endpoint's host routes; returns once they are in the kernel.
-    fn ready(&self, endpoint: Endpoint) -> impl Future<Output = Result<(), Failure>> + Send;
-    /// Forgets the handle's endpoint, so its routes are neither kept nor repaired.
-    fn removed(&self, handle: &Handle) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
 /// Whether the agent can serve CNI requests; published by the startup sequence.

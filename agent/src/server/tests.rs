@@ -11,6 +11,7 @@ use tortie_api::v1::cni_client::CniClient;
 use tortie_api::v1::status_client::StatusClient;
 
 use super::*;
+use crate::attachment::GcOutcome;
 
 /// Hands out 10.9.0.1, .2, … by handle. Shared with the test through an Arc so the test can
 /// look inside; fine for a fake.

@@ -182,26 +182,26 @@ impl Apiserver {
             ],
         )?;
         me.apiserver_args = vec![
-                binary.display().to_string(),
-                "--etcd-servers=http://127.0.0.1:2379".into(),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                // Loopback is not a valid Endpoints address; nothing here needs the
-                // `kubernetes` Service's endpoints.
-                "--endpoint-reconciler-type=none".into(),
-                format!("--secure-port={PORT}"),
-                "--insecure-port=0".into(),
-                format!("--tls-cert-file={}", p("server.crt")),
-                format!("--tls-private-key-file={}", p("server.key")),
-                format!("--token-auth-file={}", p("tokens.csv")),
-                "--authorization-mode=RBAC".into(),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                "--service-cluster-ip-range=10.96.0.0/12".into(),
-                "--disable-admission-plugins=ServiceAccount".into(),
-                format!("--cert-dir={}", p("apiserver-certs")),
-                "--profiling=false".into(),
+            binary.display().to_string(),
+            "--etcd-servers=http://127.0.0.1:2379".into(),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            // Loopback is not a valid Endpoints address; nothing here needs the
+            // `kubernetes` Service's endpoints.
+            "--endpoint-reconciler-type=none".into(),
+            format!("--secure-port={PORT}"),
+            "--insecure-port=0".into(),
+            format!("--tls-cert-file={}", p("server.crt")),
+            format!("--tls-private-key-file={}", p("server.key")),
+            format!("--token-auth-file={}", p("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            "--service-cluster-ip-range=10.96.0.0/12".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            format!("--cert-dir={}", p("apiserver-certs")),
+            "--profiling=false".into(),
         ];
         me.start_apiserver()?;
         Ok(me)

@@ -50,15 +50,6 @@ fn pod(env: &CniEnv) -> Option<Pod> {
     })
 }
 
-fn host_ifname(env: &CniEnv) -> String {
-    plan::host_ifname(
-        env.pod
-            .as_ref()
-            .map(|p| (p.namespace.as_str(), p.name.as_str())),
-        &env.container_id,
-    )
-}
-
 fn agent_error(during: &str, e: AgentError) -> CniError {
     match e {
         AgentError::Unavailable(d) => CniError::new(
@@ -114,7 +105,7 @@ async fn add<A: Agent, D: Dataplane>(
     dp: &mut D,
 ) -> Result<String, CniError> {
     let netns = netns_of(env)?;
-    let host_if = host_ifname(env);
+    let host_if = env.host_ifname();
 
     // Look before touching anything: a CNI_IFNAME that is not our own earlier wiring of this
     // pod is someone else's, and ADD must fail without changing it (or allocating). The
@@ -324,7 +315,7 @@ async fn check<A: Agent, D: Dataplane>(
         )
     })?;
     let netns = netns_of(env)?;
-    let host_if = host_ifname(env);
+    let host_if = env.host_ifname();
     let pod = match dp.pod_state(&netns, &env.ifname, true).await {
         Ok(p) => p,
         Err(DataplaneError::NetnsMissing(p)) => {

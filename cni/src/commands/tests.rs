@@ -191,7 +191,7 @@ fn add_v1(agent: &mut FakeAgent, dp: &mut FakeDataplane) -> Result<Option<String
 }
 
 fn host_if() -> String {
-    crate::plan::host_ifname(Some(("default", "web-0")), "")
+    tortie_api::veth::host_veth_name(Some(("default", "web-0")), "")
 }
 
 #[test]

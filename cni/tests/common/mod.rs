@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
 use tonic::{Request, Response, Status};
@@ -155,6 +156,9 @@ pub struct AgentState {
     pub dual_stack: bool,
     /// Skip installing the host route (the timing harness: `ip` exec costs would swamp it).
     pub skip_routes: bool,
+    /// How long Allocate takes, as a datastore write does: widens the window in which two
+    /// plugin processes can overlap.
+    pub allocate_delay: Duration,
     pub calls: Vec<String>,
 }
 
@@ -182,6 +186,8 @@ impl Cni for TestAgentSvc {
     ) -> Result<Response<AllocateReply>, Status> {
         let req = req.into_inner();
         let k = key(&req.attachment)?;
+        let delay = self.state.lock().unwrap().allocate_delay;
+        tokio::time::sleep(delay).await;
         let mut st = self.state.lock().unwrap();
         st.calls.push(format!("Allocate {}", k.1));
         if st.fail_allocate {

@@ -8,14 +8,15 @@ use crate::routers::Kind;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The scenario to run: `cni` (needs `up`) or `bgp` (standalone, in namespaces of its own).
+    /// The scenario to run: `cni` (needs `up`), or `bgp` or `policy` (standalone, in
+    /// namespaces of their own).
     pub scenario: String,
     /// The node to run on (cni).
     #[arg(long, default_value = "node-1")]
     pub node: String,
-    /// Sequential ADDs per plugin (cni).
-    #[arg(long, default_value_t = 200)]
-    pub pods: usize,
+    /// Sequential ADDs per plugin (cni, default 200); pods on the node (policy, default 110).
+    #[arg(long)]
+    pub pods: Option<usize>,
     /// Concurrent ADDs (cni).
     #[arg(long, default_value_t = 30)]
     pub concurrent: usize,
@@ -25,6 +26,31 @@ pub struct Args {
     /// The peer that feeds the table (bgp): `bird` or `tortie`.
     #[arg(long, default_value = "bird")]
     pub feeder: String,
+    /// Policies of the full-sync cluster and of the new-pod runs (policy).
+    #[arg(long, default_value_t = 100)]
+    pub policies: usize,
+    /// Pods elsewhere in the cluster, peers only (policy).
+    #[arg(long, default_value_t = 1000)]
+    pub remote_pods: usize,
+    /// Full syncs of tortie and of the floor each (policy).
+    #[arg(long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Changes timed at each scale (policy).
+    #[arg(long, default_value_t = 100)]
+    pub changes: usize,
+    /// iptables rule counts to time changes at; policies are added until each is reached
+    /// (policy).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+    pub scales: Vec<usize>,
+    /// Seconds after which a scale's changes, or the new pods, stop early (policy).
+    #[arg(long, default_value_t = 15)]
+    pub budget: u64,
+    /// New local pods timed one at a time (policy).
+    #[arg(long, default_value_t = 50)]
+    pub new_pods: usize,
+    /// iptables backend (policy): `auto` (what an empty namespace gives: nft), `legacy`, `nft`.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
 }
 
 pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
@@ -32,7 +58,7 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
         "cni" => {
             let opts = BenchOptions {
                 node: args.node,
-                sequential: args.pods,
+                sequential: args.pods.unwrap_or(200),
                 concurrent: args.concurrent,
             };
             let progress = crate::up::Progress::new(false);
@@ -49,6 +75,33 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
             };
             crate::bench_bgp::main(args.prefixes, feeder).context("bench bgp")?;
             Ok(ExitCode::SUCCESS)
+        }
+        "policy" => {
+            let opts = crate::bench_policy::BenchOptions {
+                policies: args.policies,
+                pods: args.pods.unwrap_or(110),
+                remote_pods: args.remote_pods,
+                repetitions: args.repetitions,
+                changes: args.changes,
+                budget: std::time::Duration::from_secs(args.budget),
+                scales: args.scales,
+                new_pods: args.new_pods,
+                backend: args
+                    .backend
+                    .parse()
+                    .with_context(|| format!("bench policy --backend {:?}", args.backend))?,
+            };
+            let progress = crate::up::Progress::new(false);
+            let report =
+                crate::bench_policy::run(&opts, &|m| progress.say(m)).context("bench policy")?;
+            print!("{}", crate::bench_policy::render(&report));
+            // A missed goal is exit 1, like a failed test; errors above are exit 1 too, but
+            // print no table.
+            Ok(if report.all_met() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         _ => super::not_yet(&format!("bench {}", args.scenario), 4),
     }
