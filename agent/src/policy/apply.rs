@@ -278,6 +278,10 @@ pub struct Applier {
     runner: Box<dyn Runner + Send>,
     /// What the kernel holds after our last successful write; `None`: read it first.
     known: Option<KernelState>,
+    /// The dataplane that write was for, while `known` is `Some`: a chain whose rules are
+    /// the same as then keeps its state without hashing and parsing every rule again,
+    /// which at tens of thousands of rules is most of an apply's own time.
+    written: Option<Dataplane>,
 }
 
 impl fmt::Debug for Applier {
@@ -301,6 +305,7 @@ impl Applier {
             backend,
             runner,
             known: None,
+            written: None,
         }
     }
 
@@ -317,29 +322,36 @@ impl Applier {
     /// the kernel holds).
     pub fn apply(&mut self, desired: &Dataplane) -> Result<ApplyReport, ApplyError> {
         self.validate(desired)?;
-        let current = match self.known.take() {
-            Some(known) => known,
-            None => self.read_kernel(desired)?,
+        let written = self.written.take();
+        let (current, previous) = match self.known.take() {
+            Some(known) => (known, written.as_ref()),
+            None => (self.read_kernel(desired)?, None),
         };
-        let plan = Plan::new(&current, desired, self.family);
-        self.execute(plan).map(|(report, _)| report)
+        let plan = Plan::new(&current, desired, previous, self.family);
+        let report = self.execute(plan).map(|(report, _)| report)?;
+        self.written = Some(desired.clone());
+        Ok(report)
     }
 
     /// Reads the kernel, returns what differs from `desired` (one line each) and repairs it.
     pub fn check_drift(&mut self, desired: &Dataplane) -> Result<Vec<String>, ApplyError> {
         self.validate(desired)?;
         self.known = None;
+        self.written = None;
         let current = self.read_kernel(desired)?;
-        let plan = Plan::new(&current, desired, self.family);
+        let plan = Plan::new(&current, desired, None, self.family);
         for drift in &plan.drift {
             tracing::warn!(family = ?self.family, "dataplane drift: {drift}");
         }
-        self.execute(plan).map(|(_, drift)| drift)
+        let drift = self.execute(plan).map(|(_, drift)| drift)?;
+        self.written = Some(desired.clone());
+        Ok(drift)
     }
 
     /// Forgets what was written: the next `apply` reads the kernel.
     pub fn resync(&mut self) {
         self.known = None;
+        self.written = None;
     }
 
     fn validate(&self, desired: &Dataplane) -> Result<(), ApplyError> {
@@ -820,10 +832,17 @@ impl TableChanges {
 }
 
 impl Plan {
-    fn new(current: &KernelState, desired: &Dataplane, family: Family) -> Plan {
+    /// `previous`: the dataplane `current` was written for, when `current` is what we
+    /// remember rather than what we read.
+    fn new(
+        current: &KernelState,
+        desired: &Dataplane,
+        previous: Option<&Dataplane>,
+        family: Family,
+    ) -> Plan {
         let mut plan = Plan::default();
         let recreated = plan.diff_sets(current, desired, family);
-        plan.diff_tables(current, desired, &recreated);
+        plan.diff_tables(current, desired, previous, &recreated);
         plan
     }
 
@@ -952,6 +971,7 @@ impl Plan {
         &mut self,
         current: &KernelState,
         desired: &Dataplane,
+        previous: Option<&Dataplane>,
         recreated: &BTreeSet<String>,
     ) {
         let empty = TableState::default();
@@ -977,7 +997,18 @@ impl Plan {
                 self.preflush.push(input);
             }
 
-            for ((_, chain), rules) in desired.chains.iter().filter(|((t, _), _)| *t == table) {
+            for (key, rules) in desired.chains.iter().filter(|((t, _), _)| *t == table) {
+                let chain = &key.1;
+                let same_as_written = previous
+                    .and_then(|p| p.chains.get(key))
+                    .is_some_and(|written| written == rules);
+                if same_as_written
+                    && !preflush.contains(chain)
+                    && let Some(c) = have.chains.get(chain)
+                {
+                    after.chains.insert(chain.clone(), c.clone());
+                    continue;
+                }
                 let tags: Vec<Option<String>> = rules.iter().map(|r| Some(rule_tag(r))).collect();
                 match have.chains.get(chain) {
                     None => {
@@ -1403,7 +1434,7 @@ add tort-s6-z fd00::1
 
     #[test]
     fn an_empty_kernel_gets_everything() {
-        let plan = Plan::new(&KernelState::default(), &dataplane(), Family::V4);
+        let plan = Plan::new(&KernelState::default(), &dataplane(), None, Family::V4);
         assert_eq!(
             plan.ipset_before.as_deref(),
             Some(
@@ -1446,7 +1477,7 @@ add tort-s6-z fd00::1
             sets: parse_ipset_save(SAVED_SETS),
             tables: BTreeMap::from([(Table::Filter, parse_iptables_save(&saved_filter()))]),
         };
-        let again = Plan::new(&kernel, &dataplane(), Family::V4);
+        let again = Plan::new(&kernel, &dataplane(), None, Family::V4);
         assert!(again.report.is_empty(), "{:?}", again.report);
         assert!(again.drift.is_empty(), "{:?}", again.drift);
         assert_eq!(again.after, plan.after_with_foreign(&kernel));
@@ -1487,7 +1518,7 @@ add tort-s6-z fd00::1
             (Table::Filter, "tort-pi-x".into()),
             vec!["-j RETURN".into()],
         );
-        let plan = Plan::new(&kernel, &d, Family::V4);
+        let plan = Plan::new(&kernel, &d, None, Family::V4);
         assert_eq!(
             plan.ipset_before.as_deref(),
             Some(
@@ -1525,7 +1556,7 @@ add tort-s6-z fd00::1
             family: Some(Family::V4),
             ..Dataplane::default()
         };
-        let plan = Plan::new(&kernel, &empty, Family::V4);
+        let plan = Plan::new(&kernel, &empty, None, Family::V4);
         assert_eq!(plan.ipset_before, None);
         assert_eq!(
             plan.iptables,
@@ -1557,7 +1588,7 @@ add tort-s6-z fd00::1
             sets: parse_ipset_save(&sets),
             tables: BTreeMap::from([(Table::Filter, parse_iptables_save(&saved))]),
         };
-        let plan = Plan::new(&kernel, &dataplane(), Family::V4);
+        let plan = Plan::new(&kernel, &dataplane(), None, Family::V4);
         assert_eq!(
             plan.drift,
             [
@@ -1604,7 +1635,7 @@ add tort-s6-z fd00::1
             builtin: "FORWARD".into(),
             chain: "tort-FORWARD".into(),
         });
-        let plan = Plan::new(&kernel, &d, Family::V4);
+        let plan = Plan::new(&kernel, &d, None, Family::V4);
         assert_eq!(
             plan.drift,
             ["filter hook FORWARD -> tort-FORWARD is rule 2 of FORWARD, want 1"]
