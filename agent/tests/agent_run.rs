@@ -134,11 +134,13 @@ impl ControlPlane {
             .unwrap();
         let etcd = Proc(etcd);
 
+        // ECDSA P-256. kube-apiserver v1.20 does not derive the verifying key from a PKCS#8
+        // private key, so the public key gets a file of its own.
         let sa_key = dir.join("sa.key");
-        run(
-            "openssl",
-            &["genrsa", "-out", sa_key.to_str().unwrap(), "2048"],
-        );
+        let sa_pub = dir.join("sa.pub");
+        let sa = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&sa_key, sa.serialize_pem()).unwrap();
+        std::fs::write(&sa_pub, sa.public_key_pem()).unwrap();
         let tokens = dir.join("tokens.csv");
         std::fs::write(&tokens, format!("{TOKEN},admin,admin,system:masters\n")).unwrap();
         let log = std::fs::File::create(dir.join("apiserver.log")).unwrap();
@@ -153,7 +155,7 @@ impl ControlPlane {
                 format!("--cert-dir={}", dir.join("certs").display()),
                 format!("--token-auth-file={}", tokens.display()),
                 "--authorization-mode=AlwaysAllow".into(),
-                format!("--service-account-key-file={}", sa_key.display()),
+                format!("--service-account-key-file={}", sa_pub.display()),
                 format!("--service-account-signing-key-file={}", sa_key.display()),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 "--service-cluster-ip-range=10.96.0.0/12".into(),

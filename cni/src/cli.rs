@@ -80,6 +80,7 @@ pub fn run(
         Err(err) => return failure(&err, &stdin),
     };
     init_logging(conf.log_level);
+    tracing::debug!("plugin started");
 
     // Held until the command is done (see `lock`): another ADD or DEL of this pod waits for
     // it, and so never finds a half-made or half-removed veth.

@@ -276,6 +276,7 @@ mod tests {
             prefix: "p-".into(),
             pool: "10.9.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
             nodes: vec![],
+            etcd_storage: None,
         };
         let node = NodeConfig {
             name: "node-2".into(),

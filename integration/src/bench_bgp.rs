@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::Error;
+use crate::bench_header::{Machine, build_of, met, verdict};
 use crate::netns::{NetNs, veth_pair};
 use crate::routers::{Kind, PeerSpec, Router, RouterSpec, wait_for};
 
@@ -338,16 +339,64 @@ impl Drop for FirstUpdate {
     }
 }
 
-/// Command-line glue for `tortie-lab bench bgp`: runs with `sizes` and prints the table.
-pub fn main(sizes: Vec<u32>, feeder: Kind) -> Result<(), Error> {
+/// Rate goal: tortie's routes/s over BIRD's, at every size.
+pub const RATE_GOAL: f64 = 1.2;
+
+/// Each size's goals: tortie's rate at least [`RATE_GOAL`] × BIRD's, and RSS growth per
+/// route no higher than BIRD's. `None` where a size lacks one of the two runs.
+pub fn goals(results: &[BenchResult]) -> Vec<(u32, Option<bool>, Option<bool>)> {
+    let mut sizes: Vec<u32> = results.iter().map(|r| r.prefixes).collect();
+    sizes.dedup();
+    sizes
+        .into_iter()
+        .map(|n| {
+            let of = |t: Target| results.iter().find(|r| r.prefixes == n && r.target == t);
+            let pair = of(Target::Tortie).zip(of(Target::Bird));
+            (
+                n,
+                pair.map(|(t, b)| t.routes_per_second() >= RATE_GOAL * b.routes_per_second()),
+                pair.map(|(t, b)| t.rss_per_route() <= b.rss_per_route()),
+            )
+        })
+        .collect()
+}
+
+/// Command-line glue for `tortie-lab bench bgp`: runs with `sizes`, prints the machine, the
+/// build, the feed, the table and each goal; true when every goal was met.
+pub fn main(sizes: Vec<u32>, feeder: Kind) -> Result<bool, Error> {
+    let mut machine = Machine::at_start();
     let opts = BenchOptions {
         sizes,
         feeder,
         ..BenchOptions::default()
     };
     let results = run(&opts)?;
+    machine.finish();
+    let feeder = match feeder {
+        Kind::Tortie => "tortie (originated prefixes)",
+        _ => "BIRD (static routes)",
+    };
+    println!(
+        "bench bgp: first UPDATE → last route in the kernel, `tortie-node bgp` against BIRD 2, each in namespaces of its own\n{}\n\
+         build: {}\nfeed: uniform /30s from 10.0.0.0, one attribute set, from {feeder}\n",
+        machine.line(),
+        crate::agents::agent_binary()
+            .as_deref()
+            .map(build_of)
+            .unwrap_or_else(|| "tortie-node not found".into())
+    );
     print!("{}", render(&results));
-    Ok(())
+    let mut all = true;
+    for (n, rate, rss) in goals(&results) {
+        all &= rate == Some(true) && rss == Some(true);
+        println!(
+            "- {n} prefixes: rate ≥ {RATE_GOAL}× BIRD's: {}; RSS per route ≤ BIRD's: {}",
+            met(rate),
+            met(rss)
+        );
+    }
+    println!("{}", verdict(all));
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -379,5 +428,24 @@ mod tests {
             text.contains("| BIRD | 500000 | 2.50 s | 200000 | 60.0 MiB | 105 B |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn each_size_is_judged_against_birds_run() {
+        let r = |target, seconds, rss_bytes| BenchResult {
+            target,
+            prefixes: 1_000,
+            seconds,
+            rss_bytes,
+            rss_before_bytes: 0,
+        };
+        let fast = [r(Target::Tortie, 1.0, 50_000), r(Target::Bird, 1.3, 90_000)];
+        assert_eq!(goals(&fast), vec![(1_000, Some(true), Some(true))]);
+        let close = [
+            r(Target::Tortie, 1.0, 100_000),
+            r(Target::Bird, 1.1, 90_000),
+        ];
+        assert_eq!(goals(&close), vec![(1_000, Some(false), Some(false))]);
+        assert_eq!(goals(&fast[..1]), vec![(1_000, None, None)]);
     }
 }

@@ -43,6 +43,7 @@ use tortie_node::policy::model::{
 
 use crate::Error;
 use crate::bench_cni::Series;
+use crate::bench_header::{Machine, met, own_build, verdict};
 use crate::kube_netns::in_netns;
 use crate::netns::NetNs;
 
@@ -165,24 +166,15 @@ impl Scale {
     /// Policy and label changes together.
     pub fn changes(&self) -> Series {
         let mut all = self.policy_changes.clone();
-        all.times.extend(&self.label_changes.times);
-        all.failures += self.label_changes.failures;
-        if all.first_error.is_none() {
-            all.first_error = self.label_changes.first_error.clone();
-        }
+        all.extend(&self.label_changes);
         all
     }
 }
 
 /// Where and how the run happened.
 #[derive(Debug, Clone, Default)]
-pub struct Machine {
-    pub date: String,
-    pub cores: usize,
-    pub memory_gb: f64,
-    pub kernel: String,
-    pub load_before: String,
-    pub load_after: String,
+pub struct Conditions {
+    pub machine: Machine,
     pub build: &'static str,
     pub backend: String,
     pub iptables_version: String,
@@ -191,7 +183,7 @@ pub struct Machine {
 
 #[derive(Debug, Clone, Default)]
 pub struct BenchReport {
-    pub machine: Machine,
+    pub conditions: Conditions,
     pub remote_pods: usize,
     pub local_pods: usize,
     pub full_sync: FullSync,
@@ -236,27 +228,18 @@ impl BenchReport {
 
 /// Runs the whole bench: full syncs, the change scales, new pods.
 pub fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<BenchReport, Error> {
-    let load_before = loadavg();
-    let date = run_tool("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
-        .map(|d| d.trim().to_owned())
-        .unwrap_or_default();
+    let machine = Machine::at_start();
     let (backend, ipset_version) = detect_backend(opts.backend)?;
     let mut report = BenchReport {
-        machine: Machine {
-            date,
-            load_before,
-            build: if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            },
+        conditions: Conditions {
+            machine,
+            build: own_build(),
             backend: match opts.backend {
                 BackendSetting::Auto => format!("{backend} (Auto, in an empty namespace)"),
                 _ => backend.to_string(),
             },
             iptables_version: tool_version(&format!("iptables-{backend}"), "--version"),
             ipset_version,
-            ..Machine::default()
         },
         local_pods: opts.pods,
         remote_pods: opts.remote_pods,
@@ -286,13 +269,7 @@ pub fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<BenchReport, 
     progress(&format!("{} new local pods, one at a time", opts.new_pods));
     report.new_pod = new_pods(cluster, backend, opts.new_pods, opts.budget)?;
 
-    let m = &mut report.machine;
-    m.load_after = loadavg();
-    m.cores = std::thread::available_parallelism().map_or(0, usize::from);
-    m.kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|k| k.trim().to_owned())
-        .unwrap_or_default();
-    m.memory_gb = meminfo_kb("MemTotal:") as f64 / (1024.0 * 1024.0);
+    report.conditions.machine.finish();
     Ok(report)
 }
 
@@ -672,11 +649,8 @@ fn detect_backend(setting: BackendSetting) -> Result<(Backend, String), Error> {
 /// A series' figure for one sample: its time, or a failure with its reason.
 fn record<E: std::fmt::Display>(series: &mut Series, took: Result<Duration, E>) {
     match took {
-        Ok(d) => series.times.push(d),
-        Err(e) => {
-            series.failures += 1;
-            series.first_error.get_or_insert(e.to_string());
-        }
+        Ok(d) => series.ok(d),
+        Err(e) => series.failed(None, e.to_string()),
     }
 }
 
@@ -1078,23 +1052,6 @@ fn tool_version(program: &str, arg: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn meminfo_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn ms(d: Option<Duration>) -> String {
     d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
         .unwrap_or_else(|| "-".into())
@@ -1111,14 +1068,6 @@ fn spread_of(s: &Series) -> String {
     }
 }
 
-fn met(ok: Option<bool>) -> &'static str {
-    match ok {
-        Some(true) => "met",
-        Some(false) => "NOT MET",
-        None => "-",
-    }
-}
-
 /// One markdown table row.
 fn row(out: &mut String, cells: &[&str]) {
     let _ = writeln!(out, "| {} |", cells.join(" | "));
@@ -1127,25 +1076,20 @@ fn row(out: &mut String, cells: &[&str]) {
 /// The report as markdown: the run's circumstances, one table per goal with each goal met
 /// or not, and Felix's figures for reference.
 pub fn render(r: &BenchReport) -> String {
-    let m = &r.machine;
+    let c = &r.conditions;
     let f = &r.full_sync;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "bench policy: the agent's policy path (copy + compile + apply, IPv4), in throw-away network namespaces\n\
-         date: {}; machine: {} cores, {:.1} GB, kernel {}; load average {} before, {} after\n\
+         {}\n\
          build: {}; iptables backend: {}, {}; {}\n\
          cluster: {} local + {} remote pods in 10 namespaces\n",
-        m.date,
-        m.cores,
-        m.memory_gb,
-        m.kernel,
-        m.load_before,
-        m.load_after,
-        m.build,
-        m.backend,
-        m.iptables_version,
-        m.ipset_version,
+        c.machine.line(),
+        c.build,
+        c.backend,
+        c.iptables_version,
+        c.ipset_version,
         r.local_pods,
         r.remote_pods
     );
@@ -1174,7 +1118,7 @@ pub fn render(r: &BenchReport) -> String {
         ("of which compile", &f.compile, "", ""),
         ("floor: ipset + iptables-restore", &f.floor, "floor", ""),
     ] {
-        let n = (s.times.len() + s.failures).to_string();
+        let n = s.n().to_string();
         let fail = s.failures.to_string();
         row(
             &mut out,
@@ -1236,7 +1180,7 @@ pub fn render(r: &BenchReport) -> String {
                 &s.size.sets.to_string(),
                 &ms(s.full_sync.p50()),
                 &ms(s.floor.p50()),
-                &(all.times.len() + all.failures).to_string(),
+                &all.n().to_string(),
                 &all.failures.to_string(),
                 &ms(all.p50()),
                 &ms(all.p99()),
@@ -1280,7 +1224,7 @@ pub fn render(r: &BenchReport) -> String {
     row(
         &mut out,
         &[
-            &(p.times.len() + p.failures).to_string(),
+            &p.n().to_string(),
             &p.failures.to_string(),
             &ms(p.p50()),
             &ms(p.p99()),
@@ -1306,15 +1250,7 @@ pub fn render(r: &BenchReport) -> String {
             let _ = writeln!(out, "first change failure at {} rules: {e}", s.size.rules);
         }
     }
-    let _ = writeln!(
-        out,
-        "{}",
-        if r.all_met() {
-            "every goal met"
-        } else {
-            "some goal NOT MET"
-        }
-    );
+    let _ = writeln!(out, "{}", verdict(r.all_met()));
     out
 }
 

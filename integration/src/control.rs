@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::kube_netns::{block_on_in_netns, client, get_raw};
-use crate::lab::{APISERVER_PORT, CONTROL_IP, Lab};
+use crate::lab::{APISERVER_PORT, CONTROL_IP, EtcdStorage, Lab};
 use crate::pki::Pki;
 use crate::process::{self, Spec};
 
@@ -119,20 +119,34 @@ pub enum Started {
     Spawned(Child),
 }
 
-/// Starts etcd unless it runs.
-pub fn ensure_etcd(lab: &Lab) -> Result<Started, Error> {
+/// Starts etcd unless it runs, with its data on `storage` (a folder that already holds
+/// data keeps it where it is: see [`etcd_storage_in_place`]).
+pub fn ensure_etcd(lab: &Lab, storage: EtcdStorage) -> Result<Started, Error> {
     if let Some(pid) = process::running(lab, &etcd_pid_file(lab)) {
         return Ok(Started::Running(pid));
     }
     let data = lab.etcd_data_dir();
     crate::mkdir(&data)?;
-    mount_tmpfs_if_new(&data)?;
+    if storage == EtcdStorage::Tmpfs {
+        mount_tmpfs_if_new(&data)?;
+    }
     Ok(Started::Spawned(process::spawn(lab, &etcd_spec(lab))?))
 }
 
-/// The lab's etcd keeps its data in memory: the lab is disposable, and this VM's disk
-/// takes ~10 ms per fsync, which would make every apiserver write (and so every pod ADD)
-/// measure the disk rather than tortie. A production etcd on an SSD fsyncs in about a
+/// Where the data etcd already has lives: on a tmpfs when one is mounted on its folder, on
+/// disk when the folder holds files, `None` when there is no data yet.
+pub fn etcd_storage_in_place(lab: &Lab) -> Option<EtcdStorage> {
+    let data = lab.etcd_data_dir();
+    if crate::teardown::mounts_under(&data).contains(&data) {
+        return Some(EtcdStorage::Tmpfs);
+    }
+    let has_files = std::fs::read_dir(&data).is_ok_and(|mut d| d.next().is_some());
+    has_files.then_some(EtcdStorage::Disk)
+}
+
+/// `up --etcd-storage tmpfs`: etcd's data in memory. The lab is disposable, and a slow disk
+/// (this VM's takes ~10 ms per fsync) makes every apiserver write, and so every pod ADD,
+/// measure the disk rather than tortie; a production etcd on an SSD fsyncs in about a
 /// millisecond. Only an empty folder is mounted over, so a lab that already has data keeps
 /// it; `down` unmounts everything under the state folder.
 fn mount_tmpfs_if_new(dir: &Path) -> Result<(), Error> {

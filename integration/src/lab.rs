@@ -179,6 +179,47 @@ pub struct LabConfig {
     pub prefix: String,
     pub pool: ipnet::Ipv4Net,
     pub nodes: Vec<NodeConfig>,
+    /// Where etcd keeps its data; `None` in a `lab.json` from before `--etcd-storage`.
+    #[serde(default)]
+    pub etcd_storage: Option<EtcdStorage>,
+}
+
+/// Where the lab's etcd keeps its data (`up --etcd-storage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtcdStorage {
+    /// A folder in the state folder: every write waits for the disk's fsync, as in a real
+    /// control plane.
+    #[default]
+    Disk,
+    /// A tmpfs mounted on that folder: writes wait for no disk. Benches label it.
+    Tmpfs,
+}
+
+impl EtcdStorage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtcdStorage::Disk => "disk",
+            EtcdStorage::Tmpfs => "tmpfs",
+        }
+    }
+}
+
+impl std::fmt::Display for EtcdStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EtcdStorage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<EtcdStorage, String> {
+        match s {
+            "disk" => Ok(EtcdStorage::Disk),
+            "tmpfs" => Ok(EtcdStorage::Tmpfs),
+            other => Err(format!("{other:?}: expected disk or tmpfs")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,5 +294,17 @@ mod tests {
         assert_eq!(node_ip(MAX_NODES), Some(Ipv4Addr::new(172, 31, 0, 210)));
         assert_eq!(node_ip(0), None);
         assert_eq!(node_ip(MAX_NODES + 1), None);
+    }
+
+    #[test]
+    fn a_lab_json_from_before_etcd_storage_still_loads() {
+        let old = r#"{"prefix":"","pool":"10.244.0.0/16","nodes":[]}"#;
+        let c: LabConfig = serde_json::from_str(old).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.etcd_storage, None);
+        let new = r#"{"prefix":"","pool":"10.244.0.0/16","nodes":[],"etcd_storage":"tmpfs"}"#;
+        let c: LabConfig = serde_json::from_str(new).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.etcd_storage, Some(EtcdStorage::Tmpfs));
+        assert_eq!("disk".parse(), Ok(EtcdStorage::Disk));
+        assert!("ssd".parse::<EtcdStorage>().is_err());
     }
 }

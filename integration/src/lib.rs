@@ -16,6 +16,8 @@ pub mod agents;
 pub mod bench_bgp;
 /// `bench cni`: CNI ADD/DEL latency of tortie against Debian's ptp + host-local on a lab node.
 pub mod bench_cni;
+/// What every bench prints with its tables (date, machine, load, build) and its exit code.
+pub mod bench_header;
 /// `bench policy`: the agent's policy compile + apply against a synthetic cluster, in
 /// throw-away namespaces, beside a plain `iptables-restore` of the same rules.
 pub mod bench_policy;
@@ -68,6 +70,8 @@ pub enum Error {
     Kube(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{what}: {source}")]
+    Pki { what: String, source: rcgen::Error },
 }
 
 impl Error {

@@ -222,6 +222,7 @@ mod tests {
                     ip: Ipv4Addr::new(172, 31, 0, 10 + i as u8),
                 })
                 .collect(),
+            etcd_storage: None,
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+use serde::Serialize;
 
 use crate::Error;
 use crate::netns::NetNs;
@@ -230,7 +231,7 @@ impl Router {
                     "--api-hosts",
                     "127.0.0.1:50051",
                 ]);
-                (conf, gobgp_config(&self.spec))
+                (conf, gobgp_config(&self.spec)?)
             }
             Kind::Exabgp => {
                 let conf = dir.join("exabgp.conf");
@@ -271,7 +272,7 @@ impl Router {
                     .arg("--config")
                     .arg(&conf)
                     .env("RUST_LOG", "info");
-                (conf, tortie_config(&self.spec, &dir))
+                (conf, tortie_config(&self.spec, &dir)?)
             }
         };
         crate::write_file(&conf.0, conf.1.as_bytes())?;
@@ -987,76 +988,163 @@ fn frr_config(spec: &RouterSpec) -> String {
     c
 }
 
-fn gobgp_config(spec: &RouterSpec) -> String {
-    let mut c = String::new();
-    let _ = writeln!(
-        c,
-        "[global.config]\n  as = {}\n  router-id = \"{}\"",
-        spec.asn, spec.router_id
-    );
-    let _ = writeln!(
-        c,
-        "  port = {}",
-        if spec.listen_port == 0 {
-            -1
-        } else {
-            i32::from(spec.listen_port)
-        }
-    );
-    for p in &spec.peers {
-        let _ = writeln!(c, "[[neighbors]]\n  [neighbors.config]");
-        let _ = writeln!(
-            c,
-            "    neighbor-address = \"{}\"\n    peer-as = {}",
-            p.address, p.asn
-        );
-        if let Some(pw) = &p.password {
-            let _ = writeln!(c, "    auth-password = {}", quoted(pw));
-        }
-        let _ = writeln!(
-            c,
-            "  [neighbors.transport.config]\n    passive-mode = {}",
-            p.passive
-        );
-        if p.port != 179 {
-            let _ = writeln!(c, "    remote-port = {}", p.port);
-        }
-        if let Some(local) = p.local_address {
-            let _ = writeln!(c, "    local-address = \"{local}\"");
-        }
-        let _ = writeln!(
-            c,
-            "  [neighbors.timers.config]\n    hold-time = {}\n    keepalive-interval = {}\n    connect-retry = 2",
-            spec.hold_time,
-            spec.hold_time / 3
-        );
-        if p.rr_client {
-            let _ = writeln!(
-                c,
-                "  [neighbors.route-reflector.config]\n    route-reflector-client = true\n    route-reflector-cluster-id = \"{}\"",
-                spec.router_id
-            );
-        }
-        if p.graceful_restart {
-            let _ = writeln!(
-                c,
-                "  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 120"
-            );
-        }
-        for fam in ["ipv4-unicast", "ipv6-unicast"] {
-            let _ = writeln!(
-                c,
-                "  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{fam}\""
-            );
-            if p.graceful_restart {
-                let _ = writeln!(
-                    c,
-                    "    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true"
-                );
-            }
-        }
-    }
-    c
+/// GoBGP's OpenConfig-shaped TOML: most settings sit in a `config` table under their group.
+#[derive(Serialize)]
+struct Config<T> {
+    config: T,
+}
+
+#[derive(Serialize)]
+struct GobgpFile {
+    global: Config<GobgpGlobal>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    neighbors: Vec<GobgpNeighbor>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct GobgpGlobal {
+    #[serde(rename = "as")]
+    asn: u32,
+    router_id: Ipv4Addr,
+    /// -1: do not listen.
+    port: i32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct GobgpNeighbor {
+    config: GobgpNeighborConfig,
+    transport: Config<GobgpTransport>,
+    timers: Config<GobgpTimers>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route_reflector: Option<Config<GobgpRouteReflector>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    graceful_restart: Option<Config<GobgpGracefulRestart>>,
+    afi_safis: Vec<GobgpAfiSafi>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct GobgpNeighborConfig {
+    neighbor_address: IpAddr,
+    peer_as: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_password: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct GobgpTransport {
+    passive_mode: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_address: Option<IpAddr>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct GobgpTimers {
+    hold_time: u16,
+    keepalive_interval: u16,
+    connect_retry: u16,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct GobgpRouteReflector {
+    route_reflector_client: bool,
+    route_reflector_cluster_id: Ipv4Addr,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct GobgpGracefulRestart {
+    enabled: bool,
+    restart_time: u16,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct GobgpAfiSafi {
+    config: GobgpAfiSafiConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mp_graceful_restart: Option<Config<GobgpEnabled>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct GobgpAfiSafiConfig {
+    afi_safi_name: &'static str,
+}
+
+#[derive(Serialize)]
+struct GobgpEnabled {
+    enabled: bool,
+}
+
+fn gobgp_config(spec: &RouterSpec) -> Result<String, Error> {
+    let file = GobgpFile {
+        global: Config {
+            config: GobgpGlobal {
+                asn: spec.asn,
+                router_id: spec.router_id,
+                port: if spec.listen_port == 0 {
+                    -1
+                } else {
+                    i32::from(spec.listen_port)
+                },
+            },
+        },
+        neighbors: spec
+            .peers
+            .iter()
+            .map(|p| GobgpNeighbor {
+                config: GobgpNeighborConfig {
+                    neighbor_address: p.address,
+                    peer_as: p.asn,
+                    auth_password: p.password.clone(),
+                },
+                transport: Config {
+                    config: GobgpTransport {
+                        passive_mode: p.passive,
+                        remote_port: (p.port != 179).then_some(p.port),
+                        local_address: p.local_address,
+                    },
+                },
+                timers: Config {
+                    config: GobgpTimers {
+                        hold_time: spec.hold_time,
+                        keepalive_interval: spec.hold_time / 3,
+                        connect_retry: 2,
+                    },
+                },
+                route_reflector: p.rr_client.then_some(Config {
+                    config: GobgpRouteReflector {
+                        route_reflector_client: true,
+                        route_reflector_cluster_id: spec.router_id,
+                    },
+                }),
+                graceful_restart: p.graceful_restart.then_some(Config {
+                    config: GobgpGracefulRestart {
+                        enabled: true,
+                        restart_time: 120,
+                    },
+                }),
+                afi_safis: ["ipv4-unicast", "ipv6-unicast"]
+                    .into_iter()
+                    .map(|fam| GobgpAfiSafi {
+                        config: GobgpAfiSafiConfig { afi_safi_name: fam },
+                        mp_graceful_restart: p.graceful_restart.then_some(Config {
+                            config: GobgpEnabled { enabled: true },
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    to_toml("GoBGP", &file)
 }
 
 fn exabgp_config(spec: &RouterSpec, dir: &Path) -> String {
@@ -1105,68 +1193,83 @@ fn exabgp_config(spec: &RouterSpec, dir: &Path) -> String {
     c
 }
 
-fn tortie_config(spec: &RouterSpec, dir: &Path) -> String {
-    let mut c = String::new();
-    let _ = writeln!(c, "router_id = \"{}\"\nasn = {}", spec.router_id, spec.asn);
-    if spec.listen_port != 0 {
-        let _ = writeln!(c, "listen = \"0.0.0.0:{}\"", spec.listen_port);
-    }
-    let _ = writeln!(
-        c,
-        "api_socket = {}\nkernel_install = true",
-        toml_string(&dir.join("bgp.sock").display().to_string())
-    );
-    if let Some(a) = spec.next_hop_v4 {
-        let _ = writeln!(c, "local_ipv4 = \"{a}\"");
-    }
-    if let Some(a) = spec.next_hop_v6 {
-        let _ = writeln!(c, "local_ipv6 = \"{a}\"");
-    }
-    for p in &spec.peers {
-        let _ = writeln!(
-            c,
-            "\n[[neighbor]]\naddress = \"{}\"\nasn = {}",
-            p.address, p.asn
-        );
-        let _ = writeln!(
-            c,
-            "passive = {}\nroute_reflector_client = {}",
-            p.passive, p.rr_client
-        );
-        let _ = writeln!(
-            c,
-            "graceful_restart = {}\nhold_time = {}",
-            p.graceful_restart, spec.hold_time
-        );
-        let _ = writeln!(c, "port = {}\nconnect_retry = 1", p.port);
-        if let Some(pw) = &p.password {
-            let _ = writeln!(c, "password = {}", toml_string(pw));
-        }
-        if let Some(local) = p.local_address {
-            let _ = writeln!(c, "local_address = \"{local}\"");
-        }
-    }
-    for n in &spec.originate {
-        let _ = writeln!(c, "\n[[originate]]\nprefix = \"{n}\"");
-    }
-    c
+/// `tortie-node bgp`'s config file: the fields of `tortie_node::standalone::StandaloneConfig`
+/// this harness sets.
+#[derive(Serialize)]
+struct TortieFile<'a> {
+    router_id: Ipv4Addr,
+    asn: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    api_socket: PathBuf,
+    kernel_install: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_ipv4: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_ipv6: Option<Ipv6Addr>,
+    #[serde(rename = "neighbor")]
+    neighbors: Vec<TortieNeighbor<'a>>,
+    originate: Vec<TortiePrefix>,
 }
 
-/// A TOML basic string.
-fn toml_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+#[derive(Serialize)]
+struct TortieNeighbor<'a> {
+    address: IpAddr,
+    asn: u32,
+    passive: bool,
+    route_reflector_client: bool,
+    graceful_restart: bool,
+    hold_time: u16,
+    port: u16,
+    connect_retry: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_address: Option<IpAddr>,
+}
+
+#[derive(Serialize)]
+struct TortiePrefix {
+    prefix: IpNet,
+}
+
+fn tortie_config(spec: &RouterSpec, dir: &Path) -> Result<String, Error> {
+    let file = TortieFile {
+        router_id: spec.router_id,
+        asn: spec.asn,
+        listen: (spec.listen_port != 0)
+            .then(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, spec.listen_port))),
+        api_socket: dir.join("bgp.sock"),
+        kernel_install: true,
+        local_ipv4: spec.next_hop_v4,
+        local_ipv6: spec.next_hop_v6,
+        neighbors: spec
+            .peers
+            .iter()
+            .map(|p| TortieNeighbor {
+                address: p.address,
+                asn: p.asn,
+                passive: p.passive,
+                route_reflector_client: p.rr_client,
+                graceful_restart: p.graceful_restart,
+                hold_time: spec.hold_time,
+                port: p.port,
+                connect_retry: 1,
+                password: p.password.as_deref(),
+                local_address: p.local_address,
+            })
+            .collect(),
+        originate: spec
+            .originate
+            .iter()
+            .map(|&prefix| TortiePrefix { prefix })
+            .collect(),
+    };
+    to_toml("tortie-node bgp", &file)
+}
+
+fn to_toml(what: &str, config: &impl Serialize) -> Result<String, Error> {
+    toml::to_string(config).map_err(|e| Error::Invalid(format!("{what} config as TOML: {e}")))
 }
 
 /// ExaBGP's API helper: forwards lines written to `ctl.fifo` to ExaBGP, and appends what
@@ -1189,4 +1292,90 @@ with os.fdopen(os.open("{d}/ctl.fifo", os.O_RDWR), "r") as f:
         sys.stdout.flush()
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RouterSpec {
+        let mut spec = RouterSpec::new(Ipv4Addr::new(10, 0, 0, 1), 64512);
+        let mut peer = PeerSpec::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 64513);
+        peer.password = Some("s\"e\\cret".into());
+        peer.port = 1179;
+        peer.rr_client = true;
+        peer.local_address = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        spec.peers = vec![
+            peer,
+            PeerSpec::new("fd00::2".parse().unwrap_or_else(|e| panic!("{e}")), 64514),
+        ];
+        spec.originate = vec!["10.10.0.0/24".parse().unwrap_or_else(|e| panic!("{e}"))];
+        spec.next_hop_v6 = Some(Ipv6Addr::LOCALHOST);
+        spec
+    }
+
+    fn value(text: &str) -> toml::Table {
+        text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    #[test]
+    fn tortie_config_is_what_tortie_node_bgp_reads() {
+        let text = tortie_config(&spec(), Path::new("/tmp/r\"1")).unwrap_or_else(|e| panic!("{e}"));
+        let cfg: tortie_node::standalone::StandaloneConfig =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(
+            cfg.listen,
+            Some("0.0.0.0:179".parse().unwrap_or_else(|e| panic!("{e}")))
+        );
+        assert_eq!(cfg.api_socket, Path::new("/tmp/r\"1/bgp.sock"));
+        assert_eq!(cfg.neighbors.len(), 2);
+        assert_eq!(cfg.neighbors[0].port, 1179);
+        assert!(cfg.neighbors[0].route_reflector_client);
+        assert_eq!(cfg.local_ipv6, Some(Ipv6Addr::LOCALHOST));
+        assert_eq!(cfg.originate.len(), 1);
+        assert!(value(&text)["neighbor"][0]["password"].as_str() == Some("s\"e\\cret"));
+    }
+
+    #[test]
+    fn gobgp_config_has_gobgps_names() {
+        let text = gobgp_config(&spec()).unwrap_or_else(|e| panic!("{e}"));
+        let v = value(&text);
+        assert_eq!(v["global"]["config"]["as"].as_integer(), Some(64512));
+        assert_eq!(
+            v["global"]["config"]["router-id"].as_str(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(v["global"]["config"]["port"].as_integer(), Some(179));
+        let n = &v["neighbors"][0];
+        assert_eq!(n["config"]["neighbor-address"].as_str(), Some("10.0.0.2"));
+        assert_eq!(n["config"]["auth-password"].as_str(), Some("s\"e\\cret"));
+        assert_eq!(
+            n["transport"]["config"]["remote-port"].as_integer(),
+            Some(1179)
+        );
+        assert_eq!(
+            n["route-reflector"]["config"]["route-reflector-cluster-id"].as_str(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            n["timers"]["config"]["keepalive-interval"].as_integer(),
+            Some(30)
+        );
+        assert_eq!(
+            n["afi-safis"][1]["config"]["afi-safi-name"].as_str(),
+            Some("ipv6-unicast")
+        );
+        assert_eq!(
+            n["afi-safis"][1]["mp-graceful-restart"]["config"]["enabled"].as_bool(),
+            Some(true)
+        );
+        let n = &v["neighbors"][1];
+        assert!(n.get("route-reflector").is_none());
+        assert!(n["transport"]["config"].get("remote-port").is_none());
+
+        let mut silent = spec();
+        silent.listen_port = 0;
+        let v = value(&gobgp_config(&silent).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(v["global"]["config"]["port"].as_integer(), Some(-1));
+    }
 }

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 
 use crate::agents::{self, Outcome};
 use crate::control::{self, Started};
-use crate::lab::{Lab, LabConfig, MAX_NODES, NodeConfig, node_ip, node_name};
+use crate::lab::{EtcdStorage, Lab, LabConfig, MAX_NODES, NodeConfig, node_ip, node_name};
 use crate::teardown::MARKER_FILE;
 use crate::{Error, network, objects, pki, write_file};
 
@@ -20,6 +20,8 @@ pub struct UpOptions {
     /// How long to wait for agents to report ready. `up` returns the control plane up
     /// either way; [`not_ready`] says which agents are not and why.
     pub agent_timeout: Duration,
+    /// Where etcd keeps its data; a lab whose etcd already has data keeps it where it is.
+    pub etcd_storage: EtcdStorage,
 }
 
 impl Default for UpOptions {
@@ -28,6 +30,7 @@ impl Default for UpOptions {
             nodes: 3,
             pool: Ipv4Net::new(std::net::Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
             agent_timeout: Duration::from_secs(30),
+            etcd_storage: EtcdStorage::Disk,
         }
     }
 }
@@ -76,7 +79,7 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
             opts.nodes
         )));
     }
-    for tool in ["ip", "etcd", "kubectl", "openssl"] {
+    for tool in ["ip", "etcd", "kubectl"] {
         if which(tool).is_none() {
             return Err(Error::Invalid(format!(
                 "{tool} not found in PATH: run scripts/deps"
@@ -127,10 +130,22 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
             ));
         }
     }
+    let etcd_storage = match control::etcd_storage_in_place(lab) {
+        Some(there) => {
+            if there != opts.etcd_storage {
+                progress.say(&format!(
+                    "note: etcd's data is on {there} already and stays there until `down`"
+                ));
+            }
+            there
+        }
+        None => opts.etcd_storage,
+    };
     let config = LabConfig {
         prefix: lab.prefix().to_string(),
         pool: opts.pool,
         nodes,
+        etcd_storage: Some(etcd_storage),
     };
     // Recorded before any namespace exists, so that `down` after a crash knows them.
     config.save(lab)?;
@@ -143,8 +158,11 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
         lab.control_netns()
     ));
 
-    let etcd = control::ensure_etcd(lab)?;
-    progress.say(&describe("etcd", &etcd));
+    let etcd = control::ensure_etcd(lab, etcd_storage)?;
+    progress.say(&format!(
+        "{}, data on {etcd_storage}",
+        describe("etcd", &etcd)
+    ));
     if pki::ensure(lab)? {
         progress.say("pki: CA, apiserver certificate and service-account key made");
     }

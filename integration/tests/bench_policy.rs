@@ -74,10 +74,12 @@ fn every_figure_is_measured() {
     sane("new pod compile", &report.new_pod.compile, 3);
     sane("new pod apply", &report.new_pod.apply, 3);
 
-    let m = &report.machine;
+    let c = &report.conditions;
+    let m = &c.machine;
     assert!(m.cores > 0 && !m.kernel.is_empty() && !m.date.is_empty());
-    assert!(m.build == "debug" || m.build == "release");
-    assert!(m.backend.starts_with("nft") || m.backend.starts_with("legacy"));
+    assert!(!m.load_before.is_empty() && !m.load_after.is_empty());
+    assert!(c.build == "debug" || c.build == "release");
+    assert!(c.backend.starts_with("nft") || c.backend.starts_with("legacy"));
     assert!(
         text.contains("| tortie: compile + apply | 2 | 0 |"),
         "{text}"

@@ -1,7 +1,7 @@
 //! A real etcd + kube-apiserver (v1.20.2, from `scripts/deps`) for one test, inside a
 //! network namespace of its own so that it never binds a port on the host.
 //!
-//! Real but small: a throwaway CA and serving certificate made with openssl, token auth
+//! Real but small: a throwaway CA and serving certificate made with rcgen, token auth
 //! with one admin token (group system:masters), RBAC on. Dropping [`Apiserver`] kills both
 //! processes and deletes the namespace and its files, also when the test fails.
 //!
@@ -57,72 +57,53 @@ fn run(cmd: &mut Command) -> Result<(), Error> {
     Ok(())
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<(), Error> {
-    run(Command::new("openssl").current_dir(dir).args(args))
-}
-
 /// A CA and a serving certificate for 127.0.0.1 signed by it (rustls refuses a CA
 /// certificate as the server's own), plus the service-account key pair v1.20 requires.
+/// ECDSA P-256 keys as PKCS#8 PEM, which kube-apiserver v1.20 reads for all of them.
 fn make_pki(dir: &Path) -> Result<(), Error> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=tortie-test-ca",
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=kube-apiserver",
-        ],
-    )?;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    let not_before = time::OffsetDateTime::now_utc();
+    let not_after = not_before + time::Duration::days(2);
+
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "tortie-test-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = not_before;
+    ca.not_after = not_after;
+    let ca_key = KeyPair::generate()?;
+    fs::write(dir.join("ca.crt"), ca.self_signed(&ca_key)?.pem())?;
+    let ca = Issuer::new(ca, ca_key);
+
+    let mut server = CertificateParams::new(["127.0.0.1".to_string(), "localhost".to_string()])?;
+    server.distinguished_name = rcgen::DistinguishedName::new();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    server.is_ca = IsCa::ExplicitNoCa;
+    server.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.not_before = not_before;
+    server.not_after = not_after;
+    let server_key = KeyPair::generate()?;
     fs::write(
-        dir.join("server.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        dir.join("server.crt"),
+        server.signed_by(&server_key, &ca)?.pem(),
     )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    )?;
-    openssl(dir, &["genrsa", "-out", "sa.key", "2048"])?;
-    openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+    fs::write(dir.join("server.key"), server_key.serialize_pem())?;
+
+    let sa = KeyPair::generate()?;
+    fs::write(dir.join("sa.key"), sa.serialize_pem())?;
+    fs::write(dir.join("sa.pub"), sa.public_key_pem())?;
     fs::write(
         dir.join("tokens.csv"),
         format!("{TOKEN},admin,admin,\"system:masters\"\n"),

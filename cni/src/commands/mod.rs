@@ -229,12 +229,21 @@ async fn add<A: Agent, D: Dataplane>(
         if let Err(e) = dp.host_up(&plan, pair.mtu).await {
             return Err(undo(agent, dp, dataplane_error(e)).await);
         }
+        debug!("host end up");
         // With the host end up, the agent can route to the pod while its side is configured
         // (a packet that arrives first finds no address and is dropped; the runtime starts
         // nothing until ADD returns).
         let (configured, ready) = tokio::join!(
-            dp.configure_pod(&plan, pair.mtu),
-            agent.endpoint_ready(ready_request(&reply))
+            async {
+                let r = dp.configure_pod(&plan, pair.mtu).await;
+                debug!(ok = r.is_ok(), "pod side configured");
+                r
+            },
+            async {
+                let r = agent.endpoint_ready(ready_request(&reply)).await;
+                debug!(ok = r.is_ok(), "EndpointReady answered");
+                r
+            }
         );
         let created = match configured {
             Ok(c) => c,

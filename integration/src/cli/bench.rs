@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::bench_cni::{BenchOptions, render};
+use crate::bench_header::exit_code;
 use crate::lab::Lab;
 use crate::routers::Kind;
 
@@ -20,6 +21,10 @@ pub struct Args {
     /// Concurrent ADDs (cni).
     #[arg(long, default_value_t = 30)]
     pub concurrent: usize,
+    /// ADDs run with the plugin's debug log, outside the timed series, to show where an
+    /// ADD's time goes (cni).
+    #[arg(long, default_value_t = 10)]
+    pub traced: usize,
     /// Table sizes fed to each speaker (bgp).
     #[arg(long, value_delimiter = ',', default_value = "100000,500000")]
     pub prefixes: Vec<u32>,
@@ -60,12 +65,13 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
                 node: args.node,
                 sequential: args.pods.unwrap_or(200),
                 concurrent: args.concurrent,
+                traced: args.traced,
             };
             let progress = crate::up::Progress::new(false);
             let report =
                 crate::bench_cni::run(lab, &opts, &|m| progress.say(m)).context("bench cni")?;
             print!("{}", render(&report));
-            Ok(ExitCode::SUCCESS)
+            Ok(exit_code(report.all_met()))
         }
         "bgp" => {
             let feeder = match args.feeder.as_str() {
@@ -73,8 +79,8 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
                 "tortie" => Kind::Tortie,
                 other => anyhow::bail!("bench bgp --feeder {other:?}: expected bird or tortie"),
             };
-            crate::bench_bgp::main(args.prefixes, feeder).context("bench bgp")?;
-            Ok(ExitCode::SUCCESS)
+            let all_met = crate::bench_bgp::main(args.prefixes, feeder).context("bench bgp")?;
+            Ok(exit_code(all_met))
         }
         "policy" => {
             let opts = crate::bench_policy::BenchOptions {
@@ -95,13 +101,7 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
             let report =
                 crate::bench_policy::run(&opts, &|m| progress.say(m)).context("bench policy")?;
             print!("{}", crate::bench_policy::render(&report));
-            // A missed goal is exit 1, like a failed test; errors above are exit 1 too, but
-            // print no table.
-            Ok(if report.all_met() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit_code(report.all_met()))
         }
         _ => super::not_yet(&format!("bench {}", args.scenario), 4),
     }

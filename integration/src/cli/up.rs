@@ -5,7 +5,7 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 
 use crate::agents::{Outcome, sibling_binary};
-use crate::lab::{Lab, LabConfig, NodeConfig};
+use crate::lab::{EtcdStorage, Lab, LabConfig, NodeConfig};
 use crate::up::{Progress, UpOptions, not_ready, up};
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +30,11 @@ pub struct Args {
     /// `up`. Needs --pods-per-node 0: pods need ready agents.
     #[arg(long)]
     pub agents_may_be_unready: bool,
+    /// Where etcd keeps its data: `disk` (a folder in the state folder, fsync'd as in a real
+    /// control plane) or `tmpfs` (in memory: apiserver writes wait for no disk; `bench cni`
+    /// says which it ran on). A lab whose etcd already has data keeps it where it is.
+    #[arg(long, default_value = "disk")]
+    pub etcd_storage: EtcdStorage,
 }
 
 pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
@@ -41,6 +46,7 @@ pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
         nodes: args.nodes,
         pool: args.pool,
         agent_timeout: Duration::from_secs(args.agent_timeout),
+        etcd_storage: args.etcd_storage,
     };
     let report = up(lab, &opts, &progress)
         .with_context(|| format!("up (state {})", lab.state_dir().display()))?;
