@@ -96,7 +96,23 @@ pub struct Config {
     pub max_blocks_per_node: Option<u32>,
     /// `FELIX_IPTABLESBACKEND`: the iptables the policy and NAT rules go into.
     pub iptables_backend: BackendSetting,
+    /// `CALICO_*` and `FELIX_*` variables that were set but that tortie does not read, sorted:
+    /// the agent warns about each, so a user migrating from Calico sees what is ignored.
+    pub ignored_variables: Vec<String>,
 }
+
+/// The `CALICO_*` and `FELIX_*` variables tortie reads; any other one set is reported.
+pub const READ_VARIABLES: &[&str] = &[
+    "CALICO_IPV4POOL_CIDR",
+    "CALICO_IPV4POOL_BLOCK_SIZE",
+    "CALICO_IPV4POOL_VXLAN",
+    "CALICO_IPV4POOL_IPIP",
+    "CALICO_IPV4POOL_NAT_OUTGOING",
+    "CALICO_IPV6POOL_CIDR",
+    "CALICO_IPV6POOL_BLOCK_SIZE",
+    "CALICO_NETWORKING_BACKEND",
+    "FELIX_IPTABLESBACKEND",
+];
 
 /// One bad variable: its name, its value and why it is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -305,6 +321,24 @@ impl Config {
             Ok((n != 0).then_some(n))
         })?;
 
+        // Calico's default manifests set IP-in-IP; tortie routes without a tunnel and has no
+        // IP-in-IP, so anything but Never would be a setting silently not carried out.
+        v.parse("CALICO_IPV4POOL_IPIP", (), |s| match s.to_ascii_lowercase().as_str() {
+            "never" => Ok(()),
+            "always" | "crosssubnet" => Err(
+                "tortie has no IP-in-IP encapsulation: pods are routed over BGP without a tunnel (use Never, or leave it unset)"
+                    .to_owned(),
+            ),
+            _ => Err("must be Never, Always or CrossSubnet".to_owned()),
+        })?;
+        let mut ignored_variables: Vec<String> = vars
+            .keys()
+            .filter(|k| k.starts_with("CALICO_") || k.starts_with("FELIX_"))
+            .filter(|k| !READ_VARIABLES.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        ignored_variables.sort();
+
         let iptables_backend = v.parse("FELIX_IPTABLESBACKEND", BackendSetting::Auto, |s| {
             s.parse().map_err(|_| {
                 "must be Legacy, NFT or Auto (which picks the one the host uses)".to_owned()
@@ -331,6 +365,7 @@ impl Config {
             ipam_gc_grace,
             max_blocks_per_node,
             iptables_backend,
+            ignored_variables,
         })
     }
 }
@@ -589,6 +624,33 @@ mod tests {
 
     fn err(pairs: &[(&str, &str)]) -> String {
         parse(pairs).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn calico_and_felix_variables_tortie_does_not_read_are_listed() {
+        let c = parse(&[
+            ("FELIX_HEALTHENABLED", "true"),
+            ("CALICO_DISABLE_FILE_LOGGING", "true"),
+            ("CALICO_IPV4POOL_CIDR", "10.244.0.0/16"),
+            ("FELIX_IPTABLESBACKEND", "NFT"),
+            ("CLUSTER_TYPE", "k8s,bgp"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.ignored_variables,
+            ["CALICO_DISABLE_FILE_LOGGING", "FELIX_HEALTHENABLED"]
+        );
+        assert!(parse(&[]).unwrap().ignored_variables.is_empty());
+    }
+
+    #[test]
+    fn ip_in_ip_is_refused_unless_never() {
+        assert!(parse(&[("CALICO_IPV4POOL_IPIP", "Never")]).is_ok());
+        assert_eq!(
+            err(&[("CALICO_IPV4POOL_IPIP", "Always")]),
+            r#"CALICO_IPV4POOL_IPIP="Always": tortie has no IP-in-IP encapsulation: pods are routed over BGP without a tunnel (use Never, or leave it unset)"#
+        );
+        assert!(err(&[("CALICO_IPV4POOL_IPIP", "Sometimes")]).contains("must be Never"));
     }
 
     #[test]

@@ -92,6 +92,9 @@ fn run() -> anyhow::Result<()> {
     for partial in config.partial_support() {
         tracing::warn!("{partial}");
     }
+    for var in &config.ignored_variables {
+        tracing::warn!(variable = %var, "{var} is set but tortie does not read it: ignored");
+    }
     tracing::info!(node = %config.node_name, pool = %config.ipv4_pool.cidr, "starting tortie-node");
     runtime()?.block_on(tortie_node::run::run(config))?;
     Ok(())
