@@ -4,6 +4,10 @@
 //!   never reachable, not even for the moment between getting its address and getting its
 //!   policy. Its server listens before CNI ADD, and a prober on another node sprays every
 //!   address of the node's block from before the ADD until after it.
+//! - **Agent restart**: the agent of a node is SIGKILLed and started again while a pod there
+//!   is probed by an allowed and a denied client: the rules stay in the kernel the whole
+//!   time (no allowed probe fails, no denied one gets through) and the restarted agent
+//!   adopts them without rewriting a rule.
 //! - **NAT outgoing**: traffic from a pod to a host on the LAN, outside every pool, leaves
 //!   with the node's address while the pool says `natOutgoing: true`, and with the pod's own
 //!   once the IPPool is patched to false, with no agent restart.
@@ -458,5 +462,127 @@ fn nat_outgoing_masquerades_to_the_lan_until_the_pool_says_otherwise() {
         tortie_lab::process::running(&t.lab, &t.lab.agent_pid_file(NODE)),
         agent_pid,
         "{NODE}'s agent restarted; the pool change must apply while it runs"
+    );
+}
+
+/// The rules of tortie's chains in `netns`, without counters: what a restart must not change.
+fn tort_rules(t: &TestLab, node: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.lab.node_netns(node),
+            "iptables-save",
+            "-t",
+            "filter",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("iptables-save: {e}"));
+    assert!(out.status.success(), "iptables-save failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A tort") || l.contains("tort:hook"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn an_agent_killed_and_restarted_keeps_its_pods_policy_in_force_throughout() {
+    let t = lab("restart", 2);
+    let labels = |app: &str| BTreeMap::from([("app".to_owned(), app.to_owned())]);
+    let add_with = |pod: &str, node: &str, app: &str, serving: bool| {
+        let opts = AddOptions {
+            node: node.into(),
+            labels: labels(app),
+            container_ports: if serving { port_80() } else { Vec::new() },
+            serve: serving,
+            ..Default::default()
+        };
+        pod::add(&t.lab, &pod_ref(pod), &opts).unwrap_or_else(|e| panic!("pod add {pod}: {e}"))
+    };
+    let server = add_with("x/server", "node-1", "server", true);
+    add_with("x/friend", "node-2", "friend", false);
+    add_with("x/stranger", "node-2", "stranger", false);
+    apply(
+        &t,
+        "only-friends",
+        &[json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "only-friends", "namespace": "x"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "server"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "friend"}}}]}],
+            },
+        })],
+    );
+    let target = Target {
+        ip: ip_of(&server),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let friend = t.lab.pod_netns("x", "friend");
+    let stranger = t.lab.pod_netns("x", "stranger");
+    assert!(
+        probe_until(&friend, target, WAIT, Result::is_ok).is_ok(),
+        "the friend never got through"
+    );
+    assert!(
+        probe_until(&stranger, target, WAIT, Result::is_err).is_err(),
+        "the stranger was never refused"
+    );
+    let before = tort_rules(&t, "node-1");
+
+    // Both clients probe without pause from before the kill until after the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = |netns: String| {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match probe::probe_from(&netns, target, Duration::from_millis(1000)) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
+    let friend_probes = prober(friend);
+    let stranger_probes = prober(stranger);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = tortie_lab::process::running(&t.lab, &t.lab.agent_pid_file("node-1"))
+        .unwrap_or_else(|| panic!("node-1's agent is not running"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)
+        .unwrap_or_else(|e| panic!("{e}"));
+    while tortie_lab::process::is_alive(pid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    t.restart_agents();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (friend_ok, friend_failed) = friend_probes.join().unwrap_or_else(|_| panic!("prober"));
+    let (stranger_ok, _) = stranger_probes.join().unwrap_or_else(|_| panic!("prober"));
+
+    assert!(
+        friend_ok > 20,
+        "too few probes to tell anything: {friend_ok}"
+    );
+    assert!(
+        friend_failed.is_empty(),
+        "{} of {} allowed probes failed across the restart: {friend_failed:?}",
+        friend_failed.len(),
+        friend_ok as usize + friend_failed.len()
+    );
+    assert_eq!(
+        stranger_ok, 0,
+        "denied probes got through across the restart"
+    );
+    assert_eq!(
+        tort_rules(&t, "node-1"),
+        before,
+        "the restarted agent changed the rules it found"
     );
 }
