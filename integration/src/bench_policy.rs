@@ -1073,6 +1073,20 @@ fn row(out: &mut String, cells: &[&str]) {
     let _ = writeln!(out, "| {} |", cells.join(" | "));
 }
 
+/// A markdown table's header and alignment rows: figures right-aligned, the series name and
+/// the goal columns left.
+fn header(out: &mut String, names: &[&str]) {
+    row(out, names);
+    let align: Vec<&str> = names
+        .iter()
+        .map(|n| match *n {
+            "series" | "goal" | "" => "---",
+            _ => "---:",
+        })
+        .collect();
+    row(out, &align);
+}
+
 /// The report as markdown: the run's circumstances, one table per goal with each goal met
 /// or not, and Felix's figures for reference.
 pub fn render(r: &BenchReport) -> String {
@@ -1099,13 +1113,9 @@ pub fn render(r: &BenchReport) -> String {
         "Full sync into an empty namespace: {} policies, {} rules, {} sets ({} members).",
         f.size.policies, f.size.rules, f.size.sets, f.size.members
     );
-    row(
+    header(
         &mut out,
         &["series", "n", "fail", "median", "min–max", "goal", ""],
-    );
-    row(
-        &mut out,
-        &["---", "---:", "---:", "---:", "---:", "---", "---"],
     );
     let goal = format!("≤ {} ms", FULL_SYNC_GOAL.as_millis());
     for (name, s, goal, ok) in [
@@ -1143,7 +1153,7 @@ pub fn render(r: &BenchReport) -> String {
          a local pod's track) changes alternating; sync and floor: one full sync at that size."
     );
     let change_goal = format!("p99 ≤ {} ms", CHANGE_GOAL.as_millis());
-    row(
+    header(
         &mut out,
         &[
             "rules",
@@ -1161,13 +1171,6 @@ pub fn render(r: &BenchReport) -> String {
             "apply p50",
             "goal",
             "",
-        ],
-    );
-    row(
-        &mut out,
-        &[
-            "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:",
-            "---:", "---:", "---", "---",
         ],
     );
     for s in &r.scales {
@@ -1201,7 +1204,7 @@ pub fn render(r: &BenchReport) -> String {
          (checked against `ipset save`) and its chains are written.",
         f.size.policies
     );
-    row(
+    header(
         &mut out,
         &[
             "pods",
@@ -1213,12 +1216,6 @@ pub fn render(r: &BenchReport) -> String {
             "apply p50",
             "goal",
             "",
-        ],
-    );
-    row(
-        &mut out,
-        &[
-            "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---", "---",
         ],
     );
     row(

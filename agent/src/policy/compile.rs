@@ -50,22 +50,25 @@ pub fn compile(input: &PolicyInput, family: Family) -> Compiled {
     Compiler::new(input, family).run()
 }
 
+/// First in `tort-FORWARD`, in the real dataplane and the fail-closed one alike: invalid
+/// packets go, replies of connections already allowed pass.
+const CONNTRACK: [&str; 2] = [
+    "-m conntrack --ctstate INVALID -j DROP",
+    "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+];
+
 /// Forwarding to and from pods stops except in established connections; nothing depends on
 /// ipset. For when the real dataplane cannot be applied: pods are never left open.
 pub fn fail_closed(family: Family) -> Dataplane {
-    let rules = [
-        "-m conntrack --ctstate INVALID -j DROP",
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        "-i tort+ -j DROP",
-        "-o tort+ -j DROP",
-    ];
+    let rules = CONNTRACK
+        .iter()
+        .chain(&["-i tort+ -j DROP", "-o tort+ -j DROP"])
+        .map(|r| r.to_string())
+        .collect();
     Dataplane {
         family: Some(family),
         ipsets: BTreeMap::new(),
-        chains: BTreeMap::from([(
-            (Table::Filter, FORWARD.to_string()),
-            rules.iter().map(|r| r.to_string()).collect(),
-        )]),
+        chains: BTreeMap::from([((Table::Filter, FORWARD.to_string()), rules)]),
         hooks: vec![forward_hook()],
     }
 }
@@ -107,18 +110,16 @@ fn dispatch_chains<'i>(
         rules.push("-j DROP".to_string());
         rules
     };
-    let forward = [
-        "-m conntrack --ctstate INVALID -j DROP",
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    let forward = CONNTRACK.iter().chain(&[
         "-i tort+ -j tort-from-wl",
         "-o tort+ -j tort-to-wl",
         "-i tort+ -j ACCEPT",
         "-o tort+ -j ACCEPT",
-    ];
+    ]);
     [
         (
             (Table::Filter, FORWARD.to_string()),
-            forward.iter().map(|r| r.to_string()).collect(),
+            forward.map(|r| r.to_string()).collect(),
         ),
         (
             (Table::Filter, FROM_WL.to_string()),
