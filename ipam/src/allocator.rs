@@ -93,8 +93,37 @@ pub struct AllocRequest {
 pub enum GcScope<'a> {
     /// Only those made by this node's agent.
     Node(&'a str),
-    /// Every allocation, e.g. those left behind by deleted nodes.
+    /// Those made by this node's agent, and those made by nodes that no longer exist (not in
+    /// `existing`). Nothing can run a deleted node's pods, so its allocations count as leaked
+    /// whatever the pod check says; the grace period still applies, so a Node deleted and
+    /// registered again within it keeps its pods' addresses.
+    NodeAndDeleted {
+        node: &'a str,
+        existing: &'a HashSet<String>,
+    },
+    /// Every allocation.
     AllNodes,
+}
+
+impl GcScope<'_> {
+    /// Whether an allocation made by `node` is looked at, and if so whether it counts as
+    /// leaked without asking about its pod.
+    fn covers(&self, node: &str) -> Option<bool> {
+        match self {
+            GcScope::Node(n) => (*n == node).then_some(false),
+            GcScope::NodeAndDeleted {
+                node: own,
+                existing,
+            } => {
+                if *own == node {
+                    Some(false)
+                } else {
+                    (!existing.contains(node)).then_some(true)
+                }
+            }
+            GcScope::AllNodes => Some(false),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -109,6 +138,13 @@ enum Claim {
     Lost,
     /// Every block of every usable pool exists.
     PoolsFull,
+}
+
+/// What [`Allocator::usage`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub affine_blocks: usize,
+    pub addresses: usize,
 }
 
 /// A node's allocator. Methods take `&mut self`: one task owns it and serialises requests.
@@ -310,6 +346,21 @@ impl<S: Store> Allocator<S> {
             .filter(|v| v.value.is_affine_to(&node))
             .map(|v| v.value.cidr())
             .collect())
+    }
+
+    /// How much of the pools this node uses: its affine blocks and the addresses held by
+    /// its pods in any block (borrowed ones included), as last seen.
+    pub async fn usage(&mut self) -> Result<NodeUsage, IpamError> {
+        let node = self.node.clone();
+        let cache = self.ensure_loaded().await?;
+        let mut usage = NodeUsage::default();
+        for v in cache.blocks.values() {
+            if v.value.is_affine_to(&node) {
+                usage.affine_blocks += 1;
+            }
+            usage.addresses += v.value.addresses().filter(|(_, a)| a.node == node).count();
+        }
+        Ok(usage)
     }
 
     /// Addresses this node's agent borrowed from blocks it does not own: it advertises them
@@ -900,21 +951,21 @@ impl<S: Store> Allocator<S> {
         pod_exists: impl Fn(&PodRef) -> bool,
     ) -> Result<Vec<Handle>, IpamError> {
         self.reload_blocks().await?;
-        let in_scope: BTreeMap<Handle, PodRef> = self
+        // Handle → (its pod, whether its node is gone).
+        let in_scope: BTreeMap<Handle, (PodRef, bool)> = self
             .cache
             .iter()
             .flat_map(|c| c.blocks.values())
             .flat_map(|v| v.value.allocations().map(|(_, a)| a))
-            .filter(|a| match scope {
-                GcScope::Node(n) => a.node == n,
-                GcScope::AllNodes => true,
+            .filter_map(|a| {
+                let node_gone = scope.covers(&a.node)?;
+                Some((a.handle.clone(), (a.pod.clone()?, node_gone)))
             })
-            .filter_map(|a| Some((a.handle.clone(), a.pod.clone()?)))
             .collect();
         self.leak_since.retain(|h, _| in_scope.contains_key(h));
         let mut leaked = Vec::new();
-        for (handle, pod) in in_scope {
-            if pod_exists(&pod) {
+        for (handle, (pod, node_gone)) in in_scope {
+            if !node_gone && pod_exists(&pod) {
                 self.leak_since.remove(&handle);
                 continue;
             }

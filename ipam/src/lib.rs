@@ -21,7 +21,9 @@ mod selector;
 mod store;
 
 pub use affinity::{AffinityState, AffinityStateError, BlockAffinity};
-pub use allocator::{AllocRequest, Allocated, Allocator, GcScope, IpamConfig, IpamError};
+pub use allocator::{
+    AllocRequest, Allocated, Allocator, GcScope, IpamConfig, IpamError, NodeUsage,
+};
 pub use block::{Allocation, Block, BlockError, Handle, PodRef};
 pub use cidr::{BlockCidr, CidrError, IpFamily, MAX_BLOCK_HOST_BITS};
 pub use counting::{CountingStore, StoreStats};

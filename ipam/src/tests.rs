@@ -642,6 +642,59 @@ fn node_deletion_releases_its_affinities_and_empty_blocks() {
 }
 
 #[test]
+fn a_deleted_nodes_allocations_are_released_after_the_grace_even_if_the_pod_looks_alive() {
+    let store = store_with(&[pool("default", "10.0.0.0/24", 28)]);
+    let pod = |name: &str| {
+        Some(PodRef {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: None,
+        })
+    };
+    let mut gone = allocator(&store, "gone");
+    let mut kept = allocator(&store, "kept");
+    block_on(gone.allocate(&h(1), IpFamily::V4, pod("on-gone"))).unwrap();
+    block_on(kept.allocate(&h(2), IpFamily::V4, pod("on-kept"))).unwrap();
+    let mut me = allocator(&store, "me");
+    // The block is orphaned first, as leak GC's round does before it looks for leaks.
+    block_on(me.release_node("gone")).unwrap();
+
+    let existing: HashSet<String> = ["me", "kept"].map(String::from).into();
+    let scope = GcScope::NodeAndDeleted {
+        node: "me",
+        existing: &existing,
+    };
+    let grace = IpamConfig::default().leak_grace;
+    let t0 = Instant::now();
+    // Every pod "exists" (say the Pod objects are not deleted yet): the deleted node's
+    // allocation leaks anyway, once the grace is over; the existing node's never.
+    assert!(
+        block_on(me.gc_leaks(scope, t0, |_| true))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        block_on(me.gc_leaks(scope, t0 + grace / 2, |_| true))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        block_on(me.gc_leaks(scope, t0 + grace, |_| true)).unwrap(),
+        vec![h(1)]
+    );
+    assert!(block_on(me.lookup(&h(1))).unwrap().is_empty());
+    assert_eq!(block_on(me.lookup(&h(2))).unwrap().len(), 1);
+    // Without the list of existing nodes, another node's allocations are never touched.
+    block_on(gone.allocate(&h(3), IpFamily::V4, pod("again"))).unwrap();
+    assert!(
+        block_on(me.gc_leaks(GcScope::Node("me"), t0 + grace * 3, |_| false))
+            .unwrap()
+            .is_empty()
+    );
+    assert_consistent(&store);
+}
+
+#[test]
 fn pools_that_do_not_apply_are_skipped() {
     let mut disabled = pool("a-disabled", "10.1.0.0/24", 26);
     disabled.disabled = true;
