@@ -1,5 +1,5 @@
 //! The agent's configuration from the environment, with calico-node's variable names
-//! (DESIGN.md, "Configuration") plus tortie's own `TORTIE_*` settings.
+//! (the README's configuration table) plus tortie's own `TORTIE_*` settings.
 //!
 //! [`Config::from_vars`] is pure: it takes the variables as a map and the hostname as a
 //! closure, so every rule is unit-tested. Each bad value is an error naming the variable,
@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -84,11 +84,11 @@ pub struct Config {
     pub backend: Backend,
     pub ip: NodeIp,
     pub autodetection: Method,
-    pub as_number: u32,
+    /// `AS`: this node's own AS number. `None` (unset) is not 64512: the node then takes
+    /// BGPConfiguration `default`'s `asNumber`, else [`DEFAULT_AS_NUMBER`], as in Calico.
+    pub as_number: Option<u32>,
     pub node_name: String,
     pub agent_socket: PathBuf,
-    pub cni_conf_dir: PathBuf,
-    pub cni_bin_dir: PathBuf,
     /// The MTU pods get; `None`: the uplink's MTU, minus 50 when VXLAN is on.
     pub mtu: Option<u32>,
     pub ipam_gc_grace: Duration,
@@ -96,6 +96,9 @@ pub struct Config {
     pub max_blocks_per_node: Option<u32>,
     /// `FELIX_IPTABLESBACKEND`: the iptables the policy and NAT rules go into.
     pub iptables_backend: BackendSetting,
+    /// Where Prometheus scrapes the agent (`FELIX_PROMETHEUSMETRICSENABLED`, `..._HOST`,
+    /// `..._PORT`, with Felix's defaults: off, every address, port 9091).
+    pub metrics: Option<SocketAddr>,
     /// `CALICO_*` and `FELIX_*` variables that were set but that tortie does not read, sorted:
     /// the agent warns about each, so a user migrating from Calico sees what is ignored.
     pub ignored_variables: Vec<String>,
@@ -112,6 +115,9 @@ pub const READ_VARIABLES: &[&str] = &[
     "CALICO_IPV6POOL_BLOCK_SIZE",
     "CALICO_NETWORKING_BACKEND",
     "FELIX_IPTABLESBACKEND",
+    "FELIX_PROMETHEUSMETRICSENABLED",
+    "FELIX_PROMETHEUSMETRICSHOST",
+    "FELIX_PROMETHEUSMETRICSPORT",
 ];
 
 /// One bad variable: its name, its value and why it is wrong.
@@ -254,7 +260,7 @@ impl Config {
         let ip = v.parse("IP", NodeIp::Autodetect, parse_node_ip)?;
         let autodetection =
             v.parse("IP_AUTODETECTION_METHOD", Method::FirstFound, Method::parse)?;
-        let as_number = v.parse("AS", 64512, parse_as)?;
+        let as_number = v.parse("AS", None, |s| parse_as(s).map(Some))?;
 
         let node_name = match v.get("NODENAME") {
             Some(s) => {
@@ -285,16 +291,6 @@ impl Config {
             }
             Ok(p)
         })?;
-        let cni_conf_dir = v.parse(
-            "TORTIE_CNI_CONF_DIR",
-            PathBuf::from("/etc/cni/net.d"),
-            parse_abs_path,
-        )?;
-        let cni_bin_dir = v.parse(
-            "TORTIE_CNI_BIN_DIR",
-            PathBuf::from("/opt/cni/bin"),
-            parse_abs_path,
-        )?;
 
         let min_mtu = if ipv6_pool.is_some() { 1280 } else { 576 };
         let mtu = v.parse("TORTIE_MTU", None, |s| {
@@ -344,6 +340,22 @@ impl Config {
                 "must be Legacy, NFT or Auto (which picks the one the host uses)".to_owned()
             })
         })?;
+        let metrics_enabled = v.parse("FELIX_PROMETHEUSMETRICSENABLED", false, parse_bool)?;
+        let metrics_host = v.parse(
+            "FELIX_PROMETHEUSMETRICSHOST",
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            |s| {
+                s.parse()
+                    .map_err(|_| "not an IP address (leave it unset for every address)".to_owned())
+            },
+        )?;
+        let metrics_port = v.parse("FELIX_PROMETHEUSMETRICSPORT", 9091u16, |s| {
+            s.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| "must be a port number from 1 to 65535".to_owned())
+        })?;
+        let metrics = metrics_enabled.then(|| SocketAddr::new(metrics_host, metrics_port));
 
         Ok(Config {
             ipv4_pool: Ipv4Pool {
@@ -359,12 +371,11 @@ impl Config {
             as_number,
             node_name,
             agent_socket,
-            cni_conf_dir,
-            cni_bin_dir,
             mtu,
             ipam_gc_grace,
             max_blocks_per_node,
             iptables_backend,
+            metrics,
             ignored_variables,
         })
     }
@@ -521,6 +532,10 @@ fn parse_node_ip(s: &str) -> Result<NodeIp, String> {
     Ok(NodeIp::Fixed { addr, prefix })
 }
 
+/// The AS of a node when neither its `AS` nor BGPConfiguration `default` sets one
+/// (Calico's default).
+pub const DEFAULT_AS_NUMBER: u32 = 64512;
+
 /// A plain AS number, or asdot (`1.10` = 1·65536 + 10), as Calico accepts. AS 0 is reserved
 /// (RFC 7607).
 fn parse_as(s: &str) -> Result<u32, String> {
@@ -575,7 +590,7 @@ fn parse_abs_path(s: &str) -> Result<PathBuf, String> {
 }
 
 /// Go-style durations, which Calico users know: `90s`, `15m`, `1h30m`, `500ms`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || "not a duration; write it like 90s, 15m or 1h30m".to_owned();
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -624,6 +639,39 @@ mod tests {
 
     fn err(pairs: &[(&str, &str)]) -> String {
         parse(pairs).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn metrics_follow_felix_names_and_defaults() {
+        assert_eq!(parse(&[]).unwrap().metrics, None);
+        assert_eq!(
+            parse(&[("FELIX_PROMETHEUSMETRICSENABLED", "true")])
+                .unwrap()
+                .metrics,
+            Some("0.0.0.0:9091".parse().unwrap())
+        );
+        assert_eq!(
+            parse(&[
+                ("FELIX_PROMETHEUSMETRICSENABLED", "true"),
+                ("FELIX_PROMETHEUSMETRICSHOST", "10.0.0.5"),
+                ("FELIX_PROMETHEUSMETRICSPORT", "9191"),
+            ])
+            .unwrap()
+            .metrics,
+            Some("10.0.0.5:9191".parse().unwrap())
+        );
+        assert_eq!(
+            err(&[("FELIX_PROMETHEUSMETRICSPORT", "0")]),
+            r#"FELIX_PROMETHEUSMETRICSPORT="0": must be a port number from 1 to 65535"#
+        );
+        assert_eq!(
+            err(&[("FELIX_PROMETHEUSMETRICSHOST", "node-a")]),
+            r#"FELIX_PROMETHEUSMETRICSHOST="node-a": not an IP address (leave it unset for every address)"#
+        );
+        assert_eq!(
+            err(&[("FELIX_PROMETHEUSMETRICSENABLED", "on")]),
+            r#"FELIX_PROMETHEUSMETRICSENABLED="on": must be true or false"#
+        );
     }
 
     #[test]
@@ -701,11 +749,9 @@ mod tests {
         assert_eq!(c.backend, Backend::Bgp);
         assert_eq!(c.ip, NodeIp::Autodetect);
         assert!(matches!(c.autodetection, Method::FirstFound));
-        assert_eq!(c.as_number, 64512);
+        assert_eq!(c.as_number, None, "unset, not 64512");
         assert_eq!(c.node_name, "node-a");
         assert_eq!(c.agent_socket, PathBuf::from("/var/run/tortie/agent.sock"));
-        assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
-        assert_eq!(c.cni_bin_dir, PathBuf::from("/opt/cni/bin"));
         assert_eq!(c.mtu, None);
         assert_eq!(c.ipam_gc_grace, Duration::from_secs(900));
         assert_eq!(c.max_blocks_per_node, Some(20));
@@ -718,7 +764,7 @@ mod tests {
             c.ipv4_pool.cidr,
             "192.168.0.0/16".parse::<Ipv4Net>().unwrap()
         );
-        assert_eq!(c.as_number, 64512);
+        assert_eq!(c.as_number, None, "unset, not 64512");
         assert_eq!(c.node_name, "node-a");
     }
 
@@ -987,12 +1033,13 @@ mod tests {
 
     #[test]
     fn as_number() {
-        assert_eq!(parse(&[("AS", "65001")]).unwrap().as_number, 65001);
+        assert_eq!(parse(&[("AS", "65001")]).unwrap().as_number, Some(65001));
+        assert_eq!(parse(&[("AS", "64512")]).unwrap().as_number, Some(64512));
         assert_eq!(
-            parse(&[("AS", "4200000000")]).unwrap().as_number,
+            parse(&[("AS", "4200000000")]).unwrap().as_number.unwrap(),
             4_200_000_000
         );
-        assert_eq!(parse(&[("AS", "1.10")]).unwrap().as_number, 65546);
+        assert_eq!(parse(&[("AS", "1.10")]).unwrap().as_number, Some(65546));
         assert_eq!(
             err(&[("AS", "0")]),
             r#"AS="0": AS 0 is reserved (RFC 7607)"#
@@ -1048,15 +1095,8 @@ mod tests {
 
     #[test]
     fn paths() {
-        let c = parse(&[
-            ("TORTIE_AGENT_SOCKET", "/tmp/n1/agent.sock"),
-            ("TORTIE_CNI_CONF_DIR", "/tmp/n1/net.d"),
-            ("TORTIE_CNI_BIN_DIR", "/tmp/n1/bin"),
-        ])
-        .unwrap();
+        let c = parse(&[("TORTIE_AGENT_SOCKET", "/tmp/n1/agent.sock")]).unwrap();
         assert_eq!(c.agent_socket, PathBuf::from("/tmp/n1/agent.sock"));
-        assert_eq!(c.cni_conf_dir, PathBuf::from("/tmp/n1/net.d"));
-        assert_eq!(c.cni_bin_dir, PathBuf::from("/tmp/n1/bin"));
         assert_eq!(
             err(&[("TORTIE_AGENT_SOCKET", "agent.sock")]),
             r#"TORTIE_AGENT_SOCKET="agent.sock": must be an absolute path"#
@@ -1067,14 +1107,6 @@ mod tests {
             format!(
                 "TORTIE_AGENT_SOCKET={long:?}: the path is 121 bytes; a unix socket path must be at most 107"
             )
-        );
-        assert_eq!(
-            err(&[("TORTIE_CNI_CONF_DIR", "net.d")]),
-            r#"TORTIE_CNI_CONF_DIR="net.d": must be an absolute path"#
-        );
-        assert_eq!(
-            err(&[("TORTIE_CNI_BIN_DIR", "./bin")]),
-            r#"TORTIE_CNI_BIN_DIR="./bin": must be an absolute path"#
         );
     }
 

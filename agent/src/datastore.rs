@@ -17,7 +17,7 @@ use kube::api::{Api, PostParams};
 use kube::{Client, CustomResourceExt};
 
 pub use cluster::{ClusterError, NodeGc, PodIndex};
-pub use convert::pool_from_crd;
+pub use convert::{affinity_from_crd, block_from_crd, pool_from_crd};
 pub use crd::{BGPConfiguration, BGPPeer, BlockAffinity, IPAMBlock, IPPool};
 pub use kube_store::{KubeStore, StoredPool};
 

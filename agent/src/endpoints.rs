@@ -56,24 +56,30 @@ struct Task {
     blocks: BTreeSet<IpNet>,
 }
 
-/// Starts the task. `seed` holds endpoints that already exist (pods that outlived an agent
-/// restart); their routes are installed before any request is served. `affine` is the IPAM
-/// task's view of this node's blocks.
-pub fn spawn(
+/// Starts the task once it has restored what already exists: the host routes of `seed`
+/// (pods that outlived an agent restart) and the blackholes of the blocks `affine` holds
+/// now (the IPAM task's view of this node's blocks). When this returns, the reconciler has
+/// been told every route of the node's own, so that after a restart it may sweep the
+/// stale routes nobody named once BGP is in sync too (docs/agent.md).
+pub async fn start(
     routes: RoutesHandle,
     seed: Vec<Endpoint>,
-    affine: watch::Receiver<Vec<IpNet>>,
+    mut affine: watch::Receiver<Vec<IpNet>>,
 ) -> (EndpointsHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let task = Task {
+    let mut task = Task {
         routes,
         endpoints: HashMap::new(),
         blocks: BTreeSet::new(),
     };
-    (
-        EndpointsHandle { tx },
-        tokio::spawn(task.run(rx, seed, affine)),
-    )
+    for ep in seed {
+        if let Err(e) = task.ready(ep.clone()).await {
+            tracing::warn!(handle = %ep.handle, error = %e, "could not restore a pod's host route");
+        }
+    }
+    let blocks = affine.borrow_and_update().clone();
+    task.set_blocks(blocks).await;
+    (EndpointsHandle { tx }, tokio::spawn(task.run(rx, affine)))
 }
 
 fn host_routes(ep: &Endpoint) -> Vec<Route> {
@@ -87,16 +93,8 @@ impl Task {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
-        seed: Vec<Endpoint>,
         mut affine: watch::Receiver<Vec<IpNet>>,
     ) {
-        for ep in seed {
-            if let Err(e) = self.ready(ep.clone()).await {
-                tracing::warn!(handle = %ep.handle, error = %e, "could not restore a pod's host route");
-            }
-        }
-        let blocks = affine.borrow_and_update().clone();
-        self.set_blocks(blocks).await;
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -206,7 +204,7 @@ impl Task {
 mod tests {
     use super::*;
     use crate::attachment::PodRef;
-    use crate::netlink::{FakeRouteTable, RouteTable};
+    use crate::netlink::{FakeRouteTable, RouteOp, RouteTable};
     use crate::routes::{ReconcilerConfig, spawn_reconciler};
 
     fn ep(cid: &str, ifname: &str, addr: &str) -> Endpoint {
@@ -235,7 +233,7 @@ mod tests {
         let probe = table.clone();
         let (routes, _thread) = spawn_reconciler(table, ReconcilerConfig::default()).unwrap();
         let (_affine_tx, affine_rx) = watch::channel(Vec::new());
-        let (eps, _join) = spawn(routes, Vec::new(), affine_rx);
+        let (eps, _join) = start(routes, Vec::new(), affine_rx).await;
 
         eps.ready(ep("old", "tortA", "10.9.0.5/32")).await.unwrap();
         eps.ready(ep("new", "tortB", "10.9.0.5/32")).await.unwrap();
@@ -254,6 +252,44 @@ mod tests {
         assert_eq!(probe.routes(), Vec::new());
     }
 
+    /// An agent restarted over its own routes: a surviving pod's, its block's blackhole, and
+    /// that of a pod that is gone. Once `start` returns, sync may complete: the gone pod's
+    /// route is the only write.
+    #[tokio::test]
+    async fn after_a_restart_only_what_start_did_not_name_is_swept() {
+        let table = FakeRouteTable::new();
+        table.add_device("tortA");
+        let kept = vec![
+            Route::blackhole(net("10.9.0.0/26")),
+            Route::link(net("10.9.0.1/32"), "tortA"),
+        ];
+        let gone = net("10.9.0.7/32");
+        for r in &kept {
+            table.insert(r.clone());
+        }
+        table.insert(Route::link(gone, "tortGone"));
+        let probe = table.clone();
+        let config = ReconcilerConfig {
+            graceful_restart: true,
+            ..ReconcilerConfig::default()
+        };
+        let (routes, _thread) = spawn_reconciler(table, config).unwrap();
+        let (_affine_tx, affine_rx) = watch::channel(vec![net("10.9.0.0/26")]);
+        let (_eps, _join) = start(
+            routes.clone(),
+            vec![ep("a", "tortA", "10.9.0.1/32")],
+            affine_rx,
+        )
+        .await;
+        routes.sync_complete().await.unwrap();
+        routes.resync().await.unwrap();
+        assert_eq!(
+            probe.batches(),
+            vec![vec![RouteOp::Delete(Route::blackhole(gone))]]
+        );
+        assert_eq!(probe.routes(), kept);
+    }
+
     #[tokio::test]
     async fn endpoints_and_blocks_reach_the_table() {
         let table = FakeRouteTable::new();
@@ -265,11 +301,12 @@ mod tests {
         let mut probe = table.clone();
         let (routes, _thread) = spawn_reconciler(table, ReconcilerConfig::default()).unwrap();
         let (affine_tx, affine_rx) = watch::channel(vec![net("10.9.0.0/26")]);
-        let (eps, _join) = spawn(
+        let (eps, _join) = start(
             routes.clone(),
             vec![ep("a", "tortA", "10.9.0.1/32")],
             affine_rx,
-        );
+        )
+        .await;
 
         eps.ready(ep("b", "tortB", "10.9.0.2/32")).await.unwrap();
         // Answered only once it is in the kernel.

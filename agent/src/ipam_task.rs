@@ -3,8 +3,9 @@
 //! channel; requests are served one at a time, which is what the allocator's `&mut self`
 //! asks for and what keeps its cache coherent.
 //!
-//! The task also publishes the blocks affine to this node (for their blackhole routes) and
-//! gives empty blocks back after their grace period.
+//! The task also publishes the blocks affine to this node (for their blackhole routes and
+//! BGP) and the addresses its pods borrowed from other nodes' blocks (advertised as /32s
+//! and /128s, as Calico does), and gives empty blocks back after their grace period.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot, watch};
-use tortie_ipam::{AllocRequest, Allocator, GcScope, IpFamily, IpamError, Store, StoreError};
+use tortie_ipam::{
+    AllocRequest, Allocator, GcScope, IpFamily, IpamError, NodeUsage, Store, StoreError,
+};
 
 use crate::attachment::{AllocateParams, Failure, GcOutcome, Handle, Ipam, PodRef};
 
@@ -34,11 +37,16 @@ enum Command {
         Vec<Handle>,
         oneshot::Sender<Result<GcOutcome, Failure>>,
     ),
-    GcLeaks(LivePods, oneshot::Sender<Result<Vec<Handle>, Failure>>),
+    GcLeaks(
+        LivePods,
+        Option<HashSet<String>>,
+        oneshot::Sender<Result<Vec<Handle>, Failure>>,
+    ),
     ReleaseDeletedNodes(
         HashSet<String>,
         oneshot::Sender<Result<Vec<String>, Failure>>,
     ),
+    Usage(oneshot::Sender<Result<NodeUsage, Failure>>),
 }
 
 /// The pods that exist on this node, by namespace and name, with their UIDs: what leak GC
@@ -56,7 +64,7 @@ impl LivePods {
 
     /// A pod recreated under the same name is a different pod: with a UID on both sides,
     /// they must match.
-    fn has(&self, pod: &tortie_ipam::PodRef) -> bool {
+    pub fn has(&self, pod: &tortie_ipam::PodRef) -> bool {
         match self.uids.get(&(pod.namespace.clone(), pod.name.clone())) {
             None => false,
             Some(uid) => match &pod.uid {
@@ -72,6 +80,7 @@ impl LivePods {
 #[derive(Clone, Debug)]
 pub struct IpamHandle {
     tx: mpsc::Sender<Command>,
+    borrowed: watch::Receiver<Vec<IpNet>>,
 }
 
 fn ipam_handle(h: &Handle) -> tortie_ipam::Handle {
@@ -120,10 +129,23 @@ fn host_net(ip: IpAddr) -> IpNet {
 }
 
 impl IpamHandle {
+    /// The addresses this node's pods hold in blocks affine to other nodes, as host
+    /// prefixes, whenever they change.
+    pub fn borrowed(&self) -> watch::Receiver<Vec<IpNet>> {
+        self.borrowed.clone()
+    }
+
     /// Releases this node's allocations whose pod is not in `live` once they have been seen
-    /// leaked for the grace period (`TORTIE_IPAM_GC_GRACE`). Returns the released handles.
-    pub async fn gc_leaks(&self, live: LivePods) -> Result<Vec<Handle>, Failure> {
-        self.call(|tx| Command::GcLeaks(live, tx)).await
+    /// leaked for the grace period (`TORTIE_IPAM_GC_GRACE`). With `existing_nodes`, also the
+    /// allocations of nodes not in it (deleted Nodes: their pods run nowhere), after the same
+    /// grace. Returns the released handles.
+    pub async fn gc_leaks(
+        &self,
+        live: LivePods,
+        existing_nodes: Option<HashSet<String>>,
+    ) -> Result<Vec<Handle>, Failure> {
+        self.call(|tx| Command::GcLeaks(live, existing_nodes, tx))
+            .await
     }
 
     /// Releases the blocks and affinities of every node that holds some but is not in
@@ -134,6 +156,11 @@ impl IpamHandle {
     ) -> Result<Vec<String>, Failure> {
         self.call(|tx| Command::ReleaseDeletedNodes(existing, tx))
             .await
+    }
+
+    /// This node's affine blocks and the addresses its pods hold (for the metrics).
+    pub async fn usage(&self) -> Result<NodeUsage, Failure> {
+        self.call(Command::Usage).await
     }
 
     async fn call<T>(
@@ -170,6 +197,7 @@ struct IpamTask<S> {
     /// Families each pod gets an address of: IPv4, plus IPv6 in dual stack.
     families: Vec<IpFamily>,
     affine: watch::Sender<Vec<IpNet>>,
+    borrowed: watch::Sender<Vec<IpNet>>,
 }
 
 /// Starts the IPAM task on the current tokio runtime. `affine` receives the blocks affine to
@@ -184,21 +212,29 @@ pub fn spawn<S: Store + 'static>(
 ) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (affine_tx, affine_rx) = watch::channel(Vec::new());
+    let (borrowed_tx, borrowed_rx) = watch::channel(Vec::new());
     let task = IpamTask {
         alloc,
         families,
         affine: affine_tx,
+        borrowed: borrowed_tx,
     };
     let join = tokio::spawn(task.run(rx));
-    (IpamHandle { tx }, affine_rx, join)
+    let handle = IpamHandle {
+        tx,
+        borrowed: borrowed_rx,
+    };
+    (handle, affine_rx, join)
 }
 
 impl<S: Store> IpamTask<S> {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        self.publish_affine().await;
+        self.publish().await;
         let mut tick = tokio::time::interval(HOUSEKEEPING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat = crate::run::health::Heartbeat::new("IPAM task", HOUSEKEEPING);
         loop {
+            heartbeat.beat();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Allocate(p, reply)) => {
@@ -227,7 +263,7 @@ impl<S: Store> IpamTask<S> {
                 },
                 _ = tick.tick() => {
                     match self.alloc.release_empty_blocks(Instant::now()).await {
-                        Ok(released) if !released.is_empty() => self.publish_affine().await,
+                        Ok(released) if !released.is_empty() => self.publish().await,
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "releasing empty blocks failed; will retry"),
                     }
@@ -241,7 +277,7 @@ impl<S: Store> IpamTask<S> {
         match cmd {
             Command::Allocate(p, reply) => {
                 let r = self.allocate(p).await;
-                self.publish_affine().await;
+                self.publish().await;
                 let _ = reply.send(r);
             }
             Command::Release(h, reply) => {
@@ -252,6 +288,8 @@ impl<S: Store> IpamTask<S> {
                     .map(|a| a.len() as u32)
                     .map_err(failure);
                 let _ = reply.send(r);
+                // Released addresses may have been borrowed ones: no longer ours to advertise.
+                self.publish().await;
             }
             Command::Lookup(h, reply) => {
                 let r = self
@@ -273,20 +311,36 @@ impl<S: Store> IpamTask<S> {
                         handles: hs.iter().map(from_ipam_handle).collect(),
                     });
                 let _ = reply.send(r);
+                // Released addresses may have been borrowed ones: no longer ours to advertise.
+                self.publish().await;
             }
             Command::ReleaseDeletedNodes(existing, reply) => {
                 let r = self.release_deleted_nodes(&existing).await;
                 let _ = reply.send(r);
+                // Released addresses may have been borrowed ones: no longer ours to advertise.
+                self.publish().await;
             }
-            Command::GcLeaks(live, reply) => {
+            Command::Usage(reply) => {
+                let _ = reply.send(self.alloc.usage().await.map_err(failure));
+            }
+            Command::GcLeaks(live, existing_nodes, reply) => {
                 let node = self.alloc.node().to_owned();
+                let scope = match &existing_nodes {
+                    Some(existing) => GcScope::NodeAndDeleted {
+                        node: &node,
+                        existing,
+                    },
+                    None => GcScope::Node(&node),
+                };
                 let r = self
                     .alloc
-                    .gc_leaks(GcScope::Node(&node), Instant::now(), |p| live.has(p))
+                    .gc_leaks(scope, Instant::now(), |p| live.has(p))
                     .await
                     .map(|hs| hs.iter().map(from_ipam_handle).collect())
                     .map_err(failure);
                 let _ = reply.send(r);
+                // Released addresses may have been borrowed ones: no longer ours to advertise.
+                self.publish().await;
             }
         }
     }
@@ -296,7 +350,7 @@ impl<S: Store> IpamTask<S> {
         if batch.len() == 1 {
             for (p, reply) in batch {
                 let r = self.allocate(p).await;
-                self.publish_affine().await;
+                self.publish().await;
                 let _ = reply.send(r);
             }
             return;
@@ -344,7 +398,7 @@ impl<S: Store> IpamTask<S> {
             answers.push((reply, r));
         }
         tracing::debug!(count = answers.len(), "served a batch of allocations");
-        self.publish_affine().await;
+        self.publish().await;
         for (reply, r) in answers {
             let _ = reply.send(r);
         }
@@ -395,22 +449,34 @@ impl<S: Store> IpamTask<S> {
         Ok(gone.into_iter().collect())
     }
 
-    async fn publish_affine(&mut self) {
+    /// Publishes this node's affine blocks and borrowed addresses, each only if it changed.
+    async fn publish(&mut self) {
         match self.alloc.affine_blocks().await {
             Ok(blocks) => {
-                let nets: Vec<IpNet> = blocks.iter().map(|b| b.net()).collect();
-                self.affine.send_if_modified(|cur| {
-                    if *cur == nets {
-                        false
-                    } else {
-                        *cur = nets;
-                        true
-                    }
-                });
+                replace_if_changed(&self.affine, blocks.iter().map(|b| b.net()).collect())
             }
             Err(e) => tracing::warn!(error = %e, "reading this node's blocks failed"),
         }
+        match self.alloc.borrowed().await {
+            Ok(addresses) => {
+                let mut hosts: Vec<IpNet> = addresses.into_iter().map(host_net).collect();
+                hosts.sort();
+                replace_if_changed(&self.borrowed, hosts);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading this node's borrowed addresses failed"),
+        }
     }
+}
+
+fn replace_if_changed(tx: &watch::Sender<Vec<IpNet>>, nets: Vec<IpNet>) {
+    tx.send_if_modified(|cur| {
+        if *cur == nets {
+            false
+        } else {
+            *cur = nets;
+            true
+        }
+    });
 }
 
 #[cfg(test)]
@@ -457,6 +523,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn addresses_borrowed_from_another_nodes_block_are_published_until_released() {
+        // One block in the pool, and node-2 holds it: node-1 can only borrow.
+        let (store, ipam, affine) = start(vec![pool("p4", "10.9.0.0/28", 28)], vec![IpFamily::V4]);
+        let mut node2 = Allocator::new(store, "node-2", BTreeMap::new(), IpamConfig::default());
+        let theirs = node2
+            .allocate(
+                &tortie_ipam::Handle::for_container("k8s-pod-network", "n2"),
+                IpFamily::V4,
+                None,
+            )
+            .await
+            .unwrap();
+        let mut borrowed = ipam.borrowed();
+        let ours = ipam.allocate(params("c1")).await.unwrap();
+        assert_ne!(ours[0], host_net(theirs.ip));
+        borrowed.wait_for(|b| *b == ours).await.unwrap();
+        assert!(affine.borrow().is_empty(), "the block is node-2's");
+        assert_eq!(ipam.release(&params("c1").handle).await.unwrap(), 1);
+        borrowed.wait_for(Vec::is_empty).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn allocates_durably_and_idempotently_and_publishes_blocks() {
         let (store, ipam, mut affine) =
             start(vec![pool("p4", "10.9.0.0/24", 28)], vec![IpFamily::V4]);
@@ -476,7 +564,15 @@ mod tests {
         assert_eq!(affine.borrow()[0].prefix_len(), 28);
 
         assert_eq!(ipam.addresses(&params("c1").handle).await.unwrap(), a);
+        assert_eq!(
+            ipam.usage().await.unwrap(),
+            NodeUsage {
+                affine_blocks: 1,
+                addresses: 2
+            }
+        );
         assert_eq!(ipam.release(&params("c1").handle).await.unwrap(), 1);
+        assert_eq!(ipam.usage().await.unwrap().addresses, 1);
         assert_eq!(ipam.release(&params("c1").handle).await.unwrap(), 0);
         assert!(
             ipam.addresses(&params("c1").handle)
@@ -622,10 +718,10 @@ mod tests {
         // matches), so only "gone" leaks.
         live.insert("default", "pod-recreated", "uid-2");
         // First sight of a leak starts its clock: nothing released yet.
-        assert!(ipam.gc_leaks(live.clone()).await.unwrap().is_empty());
+        assert!(ipam.gc_leaks(live.clone(), None).await.unwrap().is_empty());
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         assert_eq!(
-            ipam.gc_leaks(live).await.unwrap(),
+            ipam.gc_leaks(live, None).await.unwrap(),
             vec![params("gone").handle]
         );
         assert!(

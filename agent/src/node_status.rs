@@ -148,7 +148,7 @@ pub fn render_json(status: &NodeStatus) -> Result<String, serde_json::Error> {
 
 /// A table the way Go's tablewriter draws it for calicoctl: centred headers, left-aligned
 /// cells, one space of padding, `+`/`-`/`|` borders.
-fn table(headers: [&str; 5], rows: &[[&str; 5]]) -> String {
+pub(crate) fn table<const N: usize>(headers: [&str; N], rows: &[[&str; N]]) -> String {
     let mut widths = headers.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -200,6 +200,7 @@ pub fn api_peer(p: &PeerStatus) -> BgpPeer {
         prefixes_accepted: p.prefixes_accepted as u64,
         last_error: p.last_error.clone().unwrap_or_default(),
         capabilities: p.capabilities.clone(),
+        graceful_restart: p.graceful_restart,
     }
 }
 
@@ -220,10 +221,11 @@ mod tests {
             prefixes_accepted: 2,
             last_error: String::new(),
             capabilities: vec!["mp-ipv4-unicast".into(), "4-octet-as".into()],
+            graceful_restart: false,
         }
     }
 
-    /// 2016-11-21 23:30:04 UTC, the DESIGN.md example's time.
+    /// 2016-11-21 23:30:04 UTC, the time in calicoctl's documented example.
     const T: i64 = 1_479_771_004;
 
     fn render(reply: &StatusReply) -> NodeStatus {

@@ -249,12 +249,10 @@ impl ControlPlane {
     }
 }
 
-/// The agent's private tree, as the lab gives each node, with the agent binary copied next
-/// to a `tortie` plugin file so the install step has something to copy.
+/// The agent's private tree, as the lab gives each node, with its own copy of the agent.
 struct NodeTree {
     dir: PathBuf,
     agent: PathBuf,
-    plugin: PathBuf,
     extra_env: Vec<(String, String)>,
 }
 
@@ -264,19 +262,9 @@ impl NodeTree {
         std::fs::create_dir_all(&bin).unwrap();
         let agent = bin.join("tortie-node");
         std::fs::copy(AGENT, &agent).unwrap();
-        let plugin = bin.join("tortie");
-        std::fs::write(
-            &plugin,
-            format!(
-                "#!/bin/sh\n# plugin stand-in {}\nexit 0\n",
-                std::process::id()
-            ),
-        )
-        .unwrap();
         NodeTree {
             dir: dir.to_owned(),
             agent,
-            plugin,
             extra_env: Vec::new(),
         }
     }
@@ -457,18 +445,18 @@ fn registers_the_node_creates_the_default_pool_once_and_serves_a_root_only_socke
         vec![("default-ipv4-ippool".to_owned(), "10.244.0.0/16".to_owned())]
     );
 
-    // CNI install: the conflist names our socket; the plugin is a byte copy.
-    let conflist: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tree.conf_dir().join("10-tortie.conflist")).unwrap())
-            .unwrap();
+    // The readiness probe agrees; `run` installed nothing for CNI (install-cni does that).
+    let probe = Command::new(AGENT)
+        .args(["health", "--ready"])
+        .env("TORTIE_AGENT_SOCKET", tree.socket())
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{probe:?}");
     assert_eq!(
-        conflist["plugins"][0]["agent_socket"],
-        tree.socket().to_str().unwrap()
+        String::from_utf8_lossy(&probe.stdout),
+        "tortie-node is ready\n"
     );
-    assert_eq!(
-        std::fs::read(tree.bin_dir().join("tortie")).unwrap(),
-        std::fs::read(&tree.plugin).unwrap()
-    );
+    assert!(!tree.conf_dir().exists() && !tree.bin_dir().exists());
 
     // Forwarding is on in the node's namespace.
     let fwd = ns

@@ -13,6 +13,7 @@ use std::time::Duration;
 use support::apiserver::Apiserver;
 use tokio::sync::watch;
 use tortie_node::cache::{self, Kind, Protocol, Snapshot};
+use tortie_node::metrics::Metrics;
 
 /// Waits until `done` holds for the newest snapshot; fails the test with `what` after 30 s.
 async fn until(rx: &mut watch::Receiver<Snapshot>, what: &str, done: impl Fn(&Snapshot) -> bool) {
@@ -48,13 +49,15 @@ fn every_kind_arrives_by_watch_and_survives_an_apiserver_restart() {
         .build()
         .unwrap();
     let kubeconfig = server.kubeconfig();
+    let metrics = Metrics::new();
+    let cache_metrics = metrics.clone();
     let mut rx = rt.block_on(async move {
         let raw = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
         let config =
             kube::Config::from_custom_kubeconfig(raw, &kube::config::KubeConfigOptions::default())
                 .await
                 .unwrap();
-        cache::spawn(kube::Client::try_from(config).unwrap())
+        cache::spawn(kube::Client::try_from(config).unwrap(), &cache_metrics)
     });
     rt.block_on(until(&mut rx, "every kind listed", Snapshot::all_synced));
 
@@ -165,5 +168,16 @@ spec: {cidr: 10.244.0.0/16, natOutgoing: true}
         },
     ));
     assert!(rx.borrow().is_synced(Kind::Node));
+    // The outage broke every watch once, and each break was counted for its kind.
+    let scraped = rt.block_on(metrics.scrape(&Default::default()));
+    for kind in ["Pod", "Namespace", "NetworkPolicy", "IPPool", "Node"] {
+        let series = format!(r#"tortie_watch_restarts_total{{kind="{kind}"}} "#);
+        let count: u64 = scraped
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series}in\n{scraped}"));
+        assert!(count >= 1, "{series}{count}");
+    }
     drop(rt);
 }

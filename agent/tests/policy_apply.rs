@@ -20,12 +20,12 @@ fn scratch_ns() -> Netns {
 /// What these tests do in and read from a namespace.
 impl Netns {
     fn apply(&self, applier: &mut Applier, desired: &Dataplane) -> ApplyReport {
-        self.enter(|| applier.apply(desired))
+        self.enter(|| applier.apply(desired.clone()))
             .unwrap_or_else(|e| panic!("apply: {e}"))
     }
 
     fn check_drift(&self, applier: &mut Applier, desired: &Dataplane) -> Vec<String> {
-        self.enter(|| applier.check_drift(desired))
+        self.enter(|| applier.check_drift(desired.clone()))
             .unwrap_or_else(|e| panic!("check_drift: {e}"))
     }
 
@@ -701,7 +701,7 @@ fn a_rejected_rule_is_named_and_changes_nothing() {
             rules(&["-j DROP", "-m nosuchmatch -j DROP"]),
         );
         let err = ns
-            .enter(|| applier.apply(&bad))
+            .enter(|| applier.apply(bad))
             .expect_err("a rule iptables cannot load");
         let msg = err.to_string();
         assert!(

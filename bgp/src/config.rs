@@ -102,8 +102,16 @@ pub struct PeerConfig {
     pub import_allow: Vec<IpNet>,
     /// If set, only prefixes inside these are advertised to this peer.
     pub export_allow: Option<Vec<IpNet>>,
+    /// Toward an eBGP peer, send learned routes with the next hop they were learned with
+    /// instead of our own address (Calico's `keepOriginalNextHop`). Routes we originate
+    /// have no other next hop and still carry ours.
+    pub keep_original_next_hop: bool,
     /// First delay between connection attempts; doubles per failure up to two minutes.
     pub connect_retry: Duration,
+    /// The most prefixes the peer may send (accepted or not). One more closes the session
+    /// with Cease / Maximum Number of Prefixes Reached (RFC 4486), and it stays down until
+    /// the peer is configured again.
+    pub max_prefixes: Option<u32>,
 }
 
 impl PeerConfig {
@@ -123,7 +131,9 @@ impl PeerConfig {
             peer_type: "global".to_owned(),
             import_allow: Vec::new(),
             export_allow: None,
+            keep_original_next_hop: false,
             connect_retry: Duration::from_secs(5),
+            max_prefixes: None,
         }
     }
 

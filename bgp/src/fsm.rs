@@ -71,6 +71,9 @@ pub enum Event {
     Start,
     /// Stop the peer: close everything with Cease / Administrative Shutdown, stay Idle.
     Stop,
+    /// The peer sent more prefixes than configured: close everything with Cease / Maximum
+    /// Number of Prefixes Reached (RFC 4486), stay Idle.
+    MaxPrefixesReached,
     TimerExpired(Timer),
     /// A TCP connection is up: ours completed, or the listener accepted one from the peer.
     TcpUp(ConnId, Direction),
@@ -313,12 +316,16 @@ impl Fsm {
                     self.start(&mut out);
                 }
             }
-            Event::Stop => {
-                self.enabled = false;
-                let note = Notification::cease(cease::ADMINISTRATIVE_SHUTDOWN);
-                self.fail(&mut out, Some(note), "stopped by configuration", false);
-                out.push(Action::StopTimer(Timer::IdleHold));
-            }
+            Event::Stop => self.stop(
+                &mut out,
+                cease::ADMINISTRATIVE_SHUTDOWN,
+                "stopped by configuration",
+            ),
+            Event::MaxPrefixesReached => self.stop(
+                &mut out,
+                cease::MAXIMUM_PREFIXES_REACHED,
+                "maximum number of prefixes reached",
+            ),
             Event::TimerExpired(timer) => self.timer(timer, &mut out),
             Event::TcpUp(id, dir) => self.tcp_up(id, dir, &mut out),
             Event::ConnectFailed => {
@@ -814,6 +821,13 @@ impl Fsm {
             let delay = self.retry_delay();
             out.push(Action::StartTimer(Timer::IdleHold, delay));
         }
+    }
+
+    /// Closes everything with a Cease and stays Idle until started again.
+    fn stop(&mut self, out: &mut Vec<Action>, subcode: u8, reason: &str) {
+        self.enabled = false;
+        self.fail(out, Some(Notification::cease(subcode)), reason, false);
+        out.push(Action::StopTimer(Timer::IdleHold));
     }
 
     fn fail(
@@ -1320,6 +1334,23 @@ mod tests {
         );
         assert!(fsm.handle(Event::TimerExpired(Timer::IdleHold)).is_empty());
         assert_eq!(fsm.state(), State::Idle);
+    }
+
+    #[test]
+    fn too_many_prefixes_sends_cease_1_and_stays_idle() {
+        let mut fsm = established(false, true);
+        let acts = fsm.handle(Event::MaxPrefixesReached);
+        assert_eq!(
+            sent_notification(&acts, 1),
+            Some((6, cease::MAXIMUM_PREFIXES_REACHED))
+        );
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Down { graceful: false, reason } if reason == "maximum number of prefixes reached"
+        )));
+        assert!(fsm.handle(Event::TimerExpired(Timer::IdleHold)).is_empty());
+        assert_eq!(fsm.state(), State::Idle);
+        assert_eq!(fsm.last_error(), Some("maximum number of prefixes reached"));
     }
 
     #[test]

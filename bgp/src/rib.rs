@@ -222,6 +222,8 @@ pub struct PeerPolicy {
     pub import_allow: Vec<IpNet>,
     /// If set, only prefixes inside these are advertised to this peer.
     pub export_allow: Option<Vec<IpNet>>,
+    /// Toward an eBGP peer, learned routes keep their next hop (no next-hop-self).
+    pub keep_original_next_hop: bool,
 }
 
 /// What the RIB learns when a session comes up.
@@ -322,6 +324,20 @@ impl Rib {
 
     pub fn config(&self) -> &RibConfig {
         &self.cfg
+    }
+
+    /// Changes our AS number. Call it with no peers: whether a peer is internal or
+    /// external, and so every path learned from it, depends on our AS.
+    pub fn set_asn(&mut self, asn: u32) {
+        debug_assert!(self.peers.iter().all(Option::is_none), "peers left");
+        self.cfg.asn = asn;
+    }
+
+    /// Changes our CLUSTER_ID. Call it with no peers: the paths we reflected carry the old
+    /// one.
+    pub fn set_cluster_id(&mut self, cluster_id: Ipv4Addr) {
+        debug_assert!(self.peers.iter().all(Option::is_none), "peers left");
+        self.cfg.cluster_id = cluster_id;
     }
 
     /// Registers a peer. Slots of removed peers are reused.
@@ -950,7 +966,8 @@ impl Rib {
         let external = dest.policy.asn != self.cfg.asn;
         let mut attrs = (*path.attrs).clone();
         let next_hop_self = self.own_next_hop(session, &prefix);
-        if path.peer == LOCAL || external {
+        let keep_next_hop = dest.policy.keep_original_next_hop && attrs.next_hop.is_some();
+        if path.peer == LOCAL || (external && !keep_next_hop) {
             attrs.next_hop = Some(next_hop_self?);
         } else if let Some(src) = self.slot(path.peer)
             && src.policy.asn == self.cfg.asn
@@ -1318,6 +1335,7 @@ mod tests {
             route_reflector_client: client,
             import_allow: Vec::new(),
             export_allow: None,
+            keep_original_next_hop: false,
         })
     }
 
@@ -1653,6 +1671,66 @@ mod tests {
     }
 
     #[test]
+    fn keep_original_next_hop_spares_learned_routes_from_next_hop_self_toward_ebgp() {
+        let mut rib = rib(None, false);
+        let external = |rib: &mut Rib, addr: &str, keep: bool| {
+            rib.add_peer(PeerPolicy {
+                address: ip(addr),
+                asn: 65001,
+                route_reflector_client: false,
+                import_allow: Vec::new(),
+                export_allow: None,
+                keep_original_next_hop: keep,
+            })
+        };
+        let mesh = peer(&mut rib, "10.0.0.2", false);
+        let keeps = external(&mut rib, "10.0.0.8", true);
+        let rewrites = external(&mut rib, "10.0.0.9", false);
+        for (id, rid) in [
+            (mesh, "10.0.0.2"),
+            (keeps, "10.0.0.8"),
+            (rewrites, "10.0.0.9"),
+        ] {
+            up(&mut rib, id, rid, false);
+            rib.take_out(id, 100);
+        }
+        announce(&mut rib, mesh, attrs("10.0.0.2"), &["192.168.1.0/26"]);
+        rib.originate(net("192.168.7.0/26"));
+        let next_hops = |rib: &mut Rib, id: PeerId| -> Vec<(IpNet, Option<NextHop>)> {
+            let mut out: Vec<_> = rib
+                .take_out(id, 100)
+                .announced
+                .into_iter()
+                .flat_map(|(a, prefixes)| prefixes.into_iter().map(move |p| (p, a.next_hop)))
+                .collect();
+            out.sort_by_key(|(p, _)| *p);
+            out
+        };
+        let v4 = |s: &str| Some(NextHop::V4(s.parse().unwrap_or(Ipv4Addr::UNSPECIFIED)));
+        // The learned route keeps the mesh peer's next hop; our own block carries ours.
+        assert_eq!(
+            next_hops(&mut rib, keeps),
+            vec![
+                (net("192.168.1.0/26"), v4("10.0.0.2")),
+                (net("192.168.7.0/26"), v4("10.0.0.1")),
+            ]
+        );
+        assert_eq!(
+            next_hops(&mut rib, rewrites),
+            vec![
+                (net("192.168.1.0/26"), v4("10.0.0.1")),
+                (net("192.168.7.0/26"), v4("10.0.0.1")),
+            ]
+        );
+        // A route learned from one eBGP peer goes to the other with the first's next hop.
+        announce(&mut rib, rewrites, attrs("10.0.0.9"), &["192.168.9.0/26"]);
+        assert_eq!(
+            next_hops(&mut rib, keeps),
+            vec![(net("192.168.9.0/26"), v4("10.0.0.9"))]
+        );
+    }
+
+    #[test]
     fn without_clients_ibgp_routes_are_not_readvertised() {
         let mut rib = rib(None, false);
         let a = peer(&mut rib, "10.0.0.2", false);
@@ -1839,6 +1917,7 @@ mod tests {
             route_reflector_client: false,
             import_allow: vec![net("172.16.0.0/12")],
             export_allow: None,
+            keep_original_next_hop: false,
         });
         let b = peer(&mut rib, "10.0.0.3", false);
         up(&mut rib, a, "10.0.0.2", false);
@@ -1921,6 +2000,7 @@ mod tests {
             route_reflector_client: false,
             import_allow: Vec::new(),
             export_allow: Some(vec![net("192.168.0.0/16")]),
+            keep_original_next_hop: false,
         });
         up(&mut rib, a, "10.0.0.2", false);
         rib.take_out(a, 100);

@@ -90,6 +90,9 @@ pub(crate) enum ToSession {
     Refresh,
     /// Close with Cease and end the task.
     Stop,
+    /// The peer sent too many prefixes: close with Cease (RFC 4486 subcode 1) and stay
+    /// down, keeping the task so that the peer's status shows why.
+    MaxPrefixesReached,
 }
 
 /// Speaker-wide settings a session needs.
@@ -220,6 +223,9 @@ impl Session {
                     }
                     Some(ToSession::Out(batch)) => self.send_batch(batch).await,
                     Some(ToSession::Refresh) => self.request_refresh(),
+                    Some(ToSession::MaxPrefixesReached) => {
+                        self.apply(Event::MaxPrefixesReached).await;
+                    }
                 },
                 Some(ev) = io_rx.recv() => self.io(ev).await,
                 () = sleep_until(deadline) => self.fire_timers().await,

@@ -60,6 +60,8 @@ pub struct PeerStatus {
     /// Negotiated capabilities, e.g. `ipv4-unicast`, `4-octet-as`, `graceful-restart`.
     pub capabilities: Vec<String>,
     pub hold_time: Option<u16>,
+    /// The peer restarted and its routes are kept as stale (RFC 4724) until it resends them.
+    pub graceful_restart: bool,
 }
 
 /// The agent's handle on the speaker. Cloning is cheap; the speaker stops when the last
@@ -76,6 +78,8 @@ enum Command {
     Originate(IpNet, oneshot::Sender<()>),
     Withdraw(IpNet, oneshot::Sender<()>),
     SetImportAllow(Option<Vec<IpNet>>, oneshot::Sender<()>),
+    SetAsn(u32, oneshot::Sender<()>),
+    SetClusterId(Option<Ipv4Addr>, oneshot::Sender<()>),
     Subscribe(oneshot::Sender<(u64, mpsc::Receiver<Queued>)>),
     /// Subscriber `id` reads again after falling behind (or for the first time): it wants
     /// the table, and the changes after it.
@@ -177,6 +181,19 @@ impl Speaker {
     /// while they were refused come back.
     pub async fn set_import_allow(&self, allow: Option<Vec<IpNet>>) -> Result<(), Error> {
         self.ask(|r| Command::SetImportAllow(allow, r)).await
+    }
+
+    /// Changes our AS number. The AS is in every OPEN, so each session is closed and
+    /// started again with the same settings, and the routes learned over it are dropped
+    /// until it is back. Without peers (or with the same AS) nothing is disturbed.
+    pub async fn set_asn(&self, asn: u32) -> Result<(), Error> {
+        self.ask(|r| Command::SetAsn(asn, r)).await
+    }
+
+    /// Changes our RFC 4456 CLUSTER_ID (`None`: the router id). Paths already reflected
+    /// carry the old one, so, as for the AS, every session starts again.
+    pub async fn set_cluster_id(&self, cluster_id: Option<Ipv4Addr>) -> Result<(), Error> {
+        self.ask(|r| Command::SetClusterId(cluster_id, r)).await
     }
 
     /// A stream of Loc-RIB events: the current table ([`RibEvent::Resync`]), then changes.
@@ -496,6 +513,28 @@ impl Owner {
                 }
                 let _ = reply.send(());
             }
+            Command::SetAsn(asn, reply) => {
+                if asn != self.cfg.asn {
+                    info!(from = self.cfg.asn, to = asn, "AS number changed");
+                    self.restart_sessions(|owner| {
+                        owner.cfg.asn = asn;
+                        owner.rib.set_asn(asn);
+                    });
+                }
+                let _ = reply.send(());
+            }
+            Command::SetClusterId(cluster_id, reply) => {
+                if cluster_id != self.cfg.cluster_id {
+                    info!(from = ?self.cfg.cluster_id, to = ?cluster_id, "cluster id changed");
+                    self.restart_sessions(|owner| {
+                        owner.cfg.cluster_id = cluster_id;
+                        owner
+                            .rib
+                            .set_cluster_id(cluster_id.unwrap_or(owner.cfg.router_id));
+                    });
+                }
+                let _ = reply.send(());
+            }
             Command::Subscribe(reply) => {
                 // New subscribers start lagged: their first read fetches the table.
                 self.next_subscriber += 1;
@@ -555,6 +594,7 @@ impl Owner {
             route_reflector_client: cfg.route_reflector_client,
             import_allow: cfg.import_allow.clone(),
             export_allow: cfg.export_allow.clone(),
+            keep_original_next_hop: cfg.keep_original_next_hop,
         });
         self.generation += 1;
         let key = PeerKey {
@@ -641,6 +681,49 @@ impl Owner {
         Ok(())
     }
 
+    /// Removes every peer, applies `change` to a speaker without peers, and adds the peers
+    /// back with their settings: for what every session depends on (the AS in the OPEN,
+    /// the CLUSTER_ID in reflected paths).
+    fn restart_sessions(&mut self, change: impl FnOnce(&mut Self)) {
+        let mut peers: Vec<PeerConfig> = self.peers.values().map(|e| (*e.cfg).clone()).collect();
+        peers.sort_by_key(|p| p.address);
+        for p in &peers {
+            if let Err(e) = self.remove_peer(p.address) {
+                warn!(peer = %p.address, error = %e, "cannot remove a peer to restart its session");
+            }
+        }
+        change(self);
+        info!(sessions = peers.len(), "every session starts again");
+        for p in peers {
+            let address = p.address;
+            if let Err(e) = self.add_peer(p) {
+                warn!(peer = %address, error = %e, "cannot add a peer back to restart its session");
+            }
+        }
+    }
+
+    /// Tells the session to close if its peer has sent more prefixes than it may.
+    fn check_max_prefixes(&mut self, key: PeerKey) {
+        let received = self.rib.counts(key.id).received;
+        let Some(entry) = self.current(key) else {
+            return;
+        };
+        let Some(max) = entry.cfg.max_prefixes else {
+            return;
+        };
+        if received > max as usize && entry.state == State::Established {
+            warn!(peer = %entry.cfg.address, received, max, "peer exceeded its maximum number of prefixes: closing the session");
+            if entry
+                .session
+                .tx
+                .try_send(ToSession::MaxPrefixesReached)
+                .is_err()
+            {
+                warn!(peer = %entry.cfg.address, "session busy: the prefix limit is enforced at its next UPDATE");
+            }
+        }
+    }
+
     fn current(&mut self, key: PeerKey) -> Option<&mut PeerEntry> {
         self.peers.get_mut(&key.id).filter(|e| e.key == key)
     }
@@ -717,6 +800,7 @@ impl Owner {
                 }
                 let changes = self.rib.update(key.id, routes);
                 self.publish(changes);
+                self.check_max_prefixes(key);
             }
             ToOwner::EndOfRib { key, family } => {
                 let Some(entry) = self.current(key) else {
@@ -899,6 +983,7 @@ impl Owner {
                         .map(|n| n.capability_names())
                         .unwrap_or_default(),
                     hold_time: e.negotiated.as_ref().map(|n| n.hold_time),
+                    graceful_restart: self.rib.has_stale(*id),
                 }
             })
             .collect();

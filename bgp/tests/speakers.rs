@@ -125,6 +125,29 @@ fn peer(address: &str, local: &str, passive: bool) -> PeerConfig {
     p
 }
 
+/// Speakers A (10.0.0.1 at 127.0.0.1) and B (10.0.0.2 at 127.0.0.2) peered by the mesh
+/// rule (the higher address is passive), each originating its prefixes, and a subscriber
+/// on each that started before the session.
+async fn mesh_pair(
+    restarting: bool,
+    a_prefixes: &[&str],
+    b_prefixes: &[&str],
+) -> (Speaker, Speaker, Watch, Watch) {
+    let a = speaker([10, 0, 0, 1], "127.0.0.1", restarting).await;
+    let b = speaker([10, 0, 0, 2], "127.0.0.2", restarting).await;
+    let wa = Watch::new(&a).await;
+    let wb = Watch::new(&b).await;
+    add_peer(&a, peer("127.0.0.2", "127.0.0.1", false)).await;
+    add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
+    for p in a_prefixes {
+        originate(&a, p).await;
+    }
+    for p in b_prefixes {
+        originate(&b, p).await;
+    }
+    (a, b, wa, wb)
+}
+
 /// The Loc-RIB as a subscriber sees it.
 struct Watch {
     rx: Subscription,
@@ -231,19 +254,12 @@ fn two_speakers_exchange_ipv4_and_ipv6_routes_and_withdrawals() {
     init_tracing();
     let ns = Netns::new("pair");
     ns.run(|| async {
-        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
-        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
-        let mut wa = Watch::new(&a).await;
-        let mut wb = Watch::new(&b).await;
-        // The mesh rule: the higher address is passive.
-        add_peer(&a, peer("127.0.0.2", "127.0.0.1", false)).await;
-        add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
-        for p in ["192.168.1.0/26", "fd00:1::/122"] {
-            originate(&a, p).await;
-        }
-        for p in ["192.168.2.0/26", "192.168.3.0/26", "fd00:2::/122"] {
-            originate(&b, p).await;
-        }
+        let (a, b, mut wa, mut wb) = mesh_pair(
+            false,
+            &["192.168.1.0/26", "fd00:1::/122"],
+            &["192.168.2.0/26", "192.168.3.0/26", "fd00:2::/122"],
+        )
+        .await;
 
         wa.until("B's routes on A", |w| {
             w.has("192.168.2.0/26", "127.0.0.2")
@@ -853,14 +869,8 @@ fn two_restarting_speakers_do_not_wait_for_each_other() {
         // Both come back from a restart at once (a whole-cluster reboot). Each sees the
         // other's R bit and advertises without waiting (RFC 4724 §4.2); otherwise both
         // would sit out the 60-second deferral timer.
-        let a = speaker([10, 0, 0, 1], "127.0.0.1", true).await;
-        let b = speaker([10, 0, 0, 2], "127.0.0.2", true).await;
-        let mut wa = Watch::new(&a).await;
-        let mut wb = Watch::new(&b).await;
-        add_peer(&a, peer("127.0.0.2", "127.0.0.1", false)).await;
-        add_peer(&b, peer("127.0.0.1", "127.0.0.2", true)).await;
-        originate(&a, "192.168.1.0/26").await;
-        originate(&b, "192.168.2.0/26").await;
+        let (a, b, mut wa, mut wb) =
+            mesh_pair(true, &["192.168.1.0/26"], &["192.168.2.0/26"]).await;
         let started = tokio::time::Instant::now();
         wa.until("sync on A", |w| {
             w.sync_done && w.has("192.168.2.0/26", "127.0.0.2")
@@ -1092,6 +1102,129 @@ fn a_subscriber_that_stops_reading_stalls_nothing_and_resyncs_when_it_reads_agai
             status.iter().all(|p| p.state == State::Established),
             "{status:?}"
         );
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
+    });
+}
+
+#[test]
+fn a_peer_over_its_prefix_limit_loses_only_its_own_session() {
+    init_tracing();
+    let ns = Netns::new("maxpfx");
+    ns.run(|| async {
+        let a = speaker([10, 0, 0, 1], "127.0.0.1", false).await;
+        let b = speaker([10, 0, 0, 2], "127.0.0.2", false).await;
+        let c = speaker([10, 0, 0, 3], "127.0.0.3", false).await;
+        let mut limited = peer("127.0.0.2", "127.0.0.1", true);
+        limited.max_prefixes = Some(2);
+        add_peer(&a, limited).await;
+        add_peer(&a, peer("127.0.0.3", "127.0.0.1", true)).await;
+        add_peer(&b, peer("127.0.0.1", "127.0.0.2", false)).await;
+        add_peer(&c, peer("127.0.0.1", "127.0.0.3", false)).await;
+        let mut wa = Watch::new(&a).await;
+        originate(&c, "192.168.3.0/26").await;
+        originate(&b, "192.168.2.0/26").await;
+        originate(&b, "192.168.2.64/26").await;
+        wa.until("B's two routes and C's on A", |w| {
+            w.has("192.168.2.0/26", "127.0.0.2")
+                && w.has("192.168.2.64/26", "127.0.0.2")
+                && w.has("192.168.3.0/26", "127.0.0.3")
+        })
+        .await;
+        wait_state(&a, "127.0.0.2", State::Established).await;
+        // The third prefix is one more than A takes from B.
+        originate(&b, "192.168.2.128/26").await;
+        wa.until("B's routes gone from A", |w| {
+            !w.routes.values().any(|nh| *nh == addr("127.0.0.2"))
+        })
+        .await;
+        let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        let of = |peer: &str| {
+            status
+                .iter()
+                .find(|p| p.address == addr(peer))
+                .unwrap_or_else(|| panic!("{peer} not in {status:?}"))
+                .clone()
+        };
+        assert_eq!(of("127.0.0.2").state, State::Idle, "{status:?}");
+        assert_eq!(
+            of("127.0.0.2").last_error.as_deref(),
+            Some("maximum number of prefixes reached")
+        );
+        // B was told why (RFC 4486 Cease subcode 1).
+        let b_status = b.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        let told = b_status[0].last_error.clone().unwrap_or_default();
+        assert!(
+            told.contains("Cease / Maximum Number of Prefixes Reached"),
+            "{b_status:?}"
+        );
+        // C's session was not touched and A still has its route.
+        assert_eq!(of("127.0.0.3").state, State::Established);
+        assert!(wa.has("192.168.3.0/26", "127.0.0.3"));
+        let _ = a.shutdown().await;
+        let _ = b.shutdown().await;
+        let _ = c.shutdown().await;
+    });
+}
+
+#[test]
+fn changing_our_as_starts_every_session_again_with_the_new_as() {
+    init_tracing();
+    let ns = Netns::new("asn");
+    ns.run(|| async {
+        let (a, b, mut wa, mut wb) =
+            mesh_pair(false, &["192.168.1.0/26"], &["192.168.2.0/26"]).await;
+        wa.until("B's route on A", |w| w.has("192.168.2.0/26", "127.0.0.2"))
+            .await;
+
+        a.set_asn(65010).await.unwrap_or_else(|e| panic!("{e}"));
+        // B still expects A in 64512: it refuses A's new OPEN, and A's session with B
+        // (whose settings are kept) never comes back in the old AS.
+        wa.until("B's route gone from A", |w| {
+            !w.routes.contains_key(&net("192.168.2.0/26"))
+        })
+        .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+            status.extend(b.peer_status().await.unwrap_or_else(|e| panic!("{e}")));
+            let refused = status.iter().any(|s| {
+                s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("Bad Peer AS"))
+            });
+            if refused {
+                assert!(
+                    status.iter().all(|s| s.state != State::Established),
+                    "{status:?}"
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "B never refused A's new AS: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // B configured for A's new AS: an eBGP session, A's route on B, B's back on A.
+        b.remove_peer(addr("127.0.0.1"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut to_a = peer("127.0.0.1", "127.0.0.2", true);
+        to_a.asn = 65010;
+        add_peer(&b, to_a).await;
+        wait_state(&a, "127.0.0.2", State::Established).await;
+        wb.until("A's route on B over eBGP", |w| {
+            w.has("192.168.1.0/26", "127.0.0.1")
+        })
+        .await;
+        wa.until("B's route back on A", |w| {
+            w.has("192.168.2.0/26", "127.0.0.2")
+        })
+        .await;
+        let status = a.peer_status().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status[0].asn, ASN, "A's setting for B is kept: {status:?}");
         let _ = a.shutdown().await;
         let _ = b.shutdown().await;
     });

@@ -50,7 +50,7 @@ fn address_of(result: &Value) -> String {
     cidr.split('/').next().unwrap().to_owned()
 }
 
-/// ADD → kernel state as DESIGN.md says → ping node↔pod and pod↔pod → CHECK → DEL → DEL.
+/// ADD → kernel state as docs/architecture.md says → ping node↔pod and pod↔pod → CHECK → DEL → DEL.
 fn lifecycle(version: &str) {
     let node = node_ns();
     let agent = TestAgent::start(&node);

@@ -10,9 +10,10 @@
 //!
 //! Measured in-process, the way the agent's policy task runs them
 //! (`agent/src/policy/task.rs`): the input is copied (standing in for the task's
-//! `policy_input`, which builds it from the cache's snapshot), [`compile`]d whole, and
-//! handed to one long-lived [`Applier`], which writes only what differs from what it last
-//! wrote. The applier runs on a thread inside a throw-away network namespace
+//! `policy_input`, which builds it from the cache's snapshot), compiled by one long-lived
+//! [`Incremental`] compiler (the same output as [`compile`], recomputing only the
+//! policies and sets a change touched; a full sync starts from a fresh one), and handed to
+//! one long-lived [`Applier`], which writes only what differs from what it last wrote. The applier runs on a thread inside a throw-away network namespace
 //! (`tortie-bench-<pid>-<n>`, removed on drop even when the run fails), so the tools it
 //! spawns see that namespace's tables and sets and never the host's. Full syncs alternate
 //! ours and the floor's order from one repetition to the next, each in a fresh namespace;
@@ -36,7 +37,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tortie_node::policy::apply::{Applier, Backend, BackendSetting, rule_tag};
-use tortie_node::policy::compile::compile;
+use tortie_node::policy::compile::{Incremental, compile};
 use tortie_node::policy::model::{
     Dataplane, Family, Labels, NamedPort, Namespace, Pod, PolicyInput, Pool, Protocol, Table,
 };
@@ -701,7 +702,7 @@ fn full_sync_ours(
         let compile_took = start.elapsed();
         let mut applier = Applier::new(Family::V4, backend);
         let took = applier
-            .apply(&compiled.dataplane)
+            .apply(compiled.dataplane)
             .map(|_| start.elapsed())
             .map_err(|e| e.to_string());
         let counts = count.then(|| kernel_counts(backend));
@@ -826,7 +827,9 @@ fn scale(
     // the floor's input comes from the same compile.
     let start = Instant::now();
     let input = cluster.input.clone();
-    let desired = compile(&input, Family::V4).dataplane;
+    // A fresh compiler: this compile is a whole one, as after an agent start.
+    let mut compiler = Incremental::new(Family::V4);
+    let desired = compiler.compile(&input).dataplane;
     let compile_took = start.elapsed();
     drop(input);
     let mut out = Scale {
@@ -842,7 +845,7 @@ fn scale(
         let mut applier = Applier::new(Family::V4, backend);
         let start = Instant::now();
         let first = applier
-            .apply(&desired)
+            .apply(desired)
             .map(|_| compile_took + start.elapsed())
             .map_err(|e| e.to_string());
         let failed = first.is_err();
@@ -861,7 +864,7 @@ fn scale(
             } else {
                 cluster.change_label(n / 2);
             }
-            let pass = change(&mut applier, &cluster.input);
+            let pass = change(&mut compiler, &mut applier, &cluster.input);
             out.compile.times.push(pass.compile);
             if let Ok(apply) = pass.apply {
                 out.apply.times.push(apply);
@@ -890,16 +893,17 @@ struct Pass {
     apply: Result<Duration, String>,
 }
 
-/// One pass of the agent's loop: copy the input, compile it, apply it. An apply that
-/// writes nothing is a failure: the change the bench made did not reach the dataplane, so
+/// One pass of the agent's loop: copy the input, compile it (with the long-lived
+/// compiler, which recomputes what the change touched), apply it. An apply that writes
+/// nothing is a failure: the change the bench made did not reach the dataplane, so
 /// nothing was measured.
-fn change(applier: &mut Applier, input: &PolicyInput) -> Pass {
+fn change(compiler: &mut Incremental, applier: &mut Applier, input: &PolicyInput) -> Pass {
     let start = Instant::now();
     let input = input.clone();
-    let compiled = compile(&input, Family::V4);
+    let compiled = compiler.compile(&input);
     let compile = start.elapsed();
     let apply_start = Instant::now();
-    let apply = match applier.apply(&compiled.dataplane) {
+    let apply = match applier.apply(compiled.dataplane) {
         Ok(report) if report.is_empty() => Err("the change wrote nothing".to_owned()),
         Ok(_) => Ok(apply_start.elapsed()),
         Err(e) => Err(e.to_string()),
@@ -924,8 +928,9 @@ fn new_pods(
     in_netns(ns.name(), || -> Result<NewPods, Error> {
         let mut out = NewPods::default();
         let mut applier = Applier::new(Family::V4, backend);
+        let mut compiler = Incremental::new(Family::V4);
         applier
-            .apply(&compile(&cluster.input, Family::V4).dataplane)
+            .apply(compiler.compile(&cluster.input).dataplane)
             .map_err(|e| Error::Command(format!("the full sync before the new pods: {e}")))?;
         let loop_start = Instant::now();
         for n in 0..count {
@@ -933,7 +938,7 @@ fn new_pods(
                 break;
             }
             let ip = cluster.add_local_pod();
-            let pass = change(&mut applier, &cluster.input);
+            let pass = change(&mut compiler, &mut applier, &cluster.input);
             out.compile.times.push(pass.compile);
             if let Ok(apply) = pass.apply {
                 out.apply.times.push(apply);
@@ -957,7 +962,7 @@ fn new_pods(
                 applier.resync();
             }
             applier
-                .apply(&compile(&cluster.input, Family::V4).dataplane)
+                .apply(compiler.compile(&cluster.input).dataplane)
                 .map_err(|e| Error::Command(format!("removing the new pod again: {e}")))?;
         }
         Ok(out)

@@ -64,6 +64,7 @@ pub fn etcd_spec(lab: &Lab) -> Spec {
         program: PathBuf::from("etcd"),
         args: os(&args),
         env: Vec::new(),
+        clear_env: false,
         log: etcd_log(lab),
         pid_file: etcd_pid_file(lab),
     }
@@ -105,6 +106,7 @@ pub fn apiserver_spec(lab: &Lab) -> Spec {
         program: apiserver_binary(),
         args: os(&args),
         env: Vec::new(),
+        clear_env: false,
         log: apiserver_log(lab),
         pid_file: apiserver_pid_file(lab),
     }

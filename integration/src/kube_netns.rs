@@ -3,7 +3,7 @@
 //! The apiserver listens only inside the control namespace, so nothing on the host's network
 //! can reach it. A socket belongs to the namespace of the thread that creates it: we run the
 //! client on a dedicated OS thread that first joins a lab namespace (never a tokio worker,
-//! DESIGN.md), with its own single-threaded runtime.
+//! docs/architecture.md), with its own single-threaded runtime.
 
 use std::future::Future;
 use std::path::Path;

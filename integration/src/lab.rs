@@ -97,6 +97,10 @@ impl Lab {
         if rest == "tortie-lan" || rest == "tortie-ctl" {
             return true;
         }
+        if let Some(peer) = rest.strip_prefix("tortie-peer-") {
+            // `peer add`'s routers (integration/src/peers.rs).
+            return !peer.is_empty();
+        }
         if let Some(n) = rest.strip_prefix("node-") {
             return !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
         }
@@ -162,6 +166,15 @@ impl Lab {
 /// The name of node `i` (1-based).
 pub fn node_name(i: u32) -> String {
     format!("node-{i}")
+}
+
+/// The index of a node named by [`node_name`] (`node-3` → 3); `None` for any other name.
+pub fn node_index(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("node-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|i| (1..=MAX_NODES).contains(i))
 }
 
 /// The LAN address of node `i` (1-based), or `None` past [`MAX_NODES`].
@@ -249,6 +262,23 @@ impl LabConfig {
         }
     }
 
+    /// The lowest node index no node of this lab has (`node add` after `node del node-2`
+    /// of three gives node-2 again), or `None` when the LAN is full.
+    pub fn free_node_index(&self) -> Option<u32> {
+        (1..=MAX_NODES).find(|i| !self.nodes.iter().any(|n| node_index(&n.name) == Some(*i)))
+    }
+
+    /// The node called `name`, or an error listing the lab's nodes.
+    pub fn node(&self, name: &str) -> Result<&NodeConfig, crate::Error> {
+        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+            crate::Error::Invalid(format!(
+                "{name:?} is not a node of this lab ({})",
+                names.join(", ")
+            ))
+        })
+    }
+
     pub fn save(&self, lab: &Lab) -> Result<(), crate::Error> {
         let path = lab.config_file();
         let text = serde_json::to_vec_pretty(self).map_err(|e| crate::Error::Config {
@@ -277,6 +307,8 @@ mod tests {
         assert!(lab.owns_netns("node-1"));
         assert!(lab.owns_netns("node-12"));
         assert!(lab.owns_netns("tortie-lan"));
+        assert!(lab.owns_netns("tortie-peer-tor"));
+        assert!(!lab.owns_netns("tortie-peer-"));
         assert!(lab.owns_netns("pod-default.web-0"));
         // Names NetNs::create gives to other tests' namespaces.
         assert!(!lab.owns_netns("node-1234-0"));
@@ -294,6 +326,34 @@ mod tests {
         assert_eq!(node_ip(MAX_NODES), Some(Ipv4Addr::new(172, 31, 0, 210)));
         assert_eq!(node_ip(0), None);
         assert_eq!(node_ip(MAX_NODES + 1), None);
+    }
+
+    #[test]
+    fn node_indexes_come_from_the_names_and_fill_holes_first() {
+        assert_eq!(node_index("node-3"), Some(3));
+        for bad in ["node-", "node-0", "node-x", "node-+3", "n-3", "node-201"] {
+            assert_eq!(node_index(bad), None, "{bad}");
+        }
+        let node = |i: u32| NodeConfig {
+            name: node_name(i),
+            netns: node_name(i),
+            ip: node_ip(i).unwrap_or_else(|| panic!("no ip for {i}")),
+        };
+        let mut config = LabConfig {
+            prefix: String::new(),
+            pool: "10.244.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
+            nodes: vec![node(1), node(3)],
+            etcd_storage: None,
+        };
+        assert_eq!(config.free_node_index(), Some(2));
+        config.nodes.push(node(2));
+        assert_eq!(config.free_node_index(), Some(4));
+        assert_eq!(config.node("node-3").ok().map(|n| n.ip), node_ip(3));
+        let unknown = config.node("node-4").map(|n| n.ip);
+        assert!(
+            unknown.is_err_and(|e| e.to_string().contains("(node-1, node-3, node-2)")),
+            "the error lists the nodes"
+        );
     }
 
     #[test]

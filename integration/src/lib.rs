@@ -35,6 +35,8 @@ pub mod netns;
 pub mod network;
 /// Objects the lab applies: Nodes, kubeconfigs, the token file.
 pub mod objects;
+/// `peer add`: BIRD or FRR on the LAN as a top-of-rack router, and its BGPPeer.
+pub mod peers;
 /// The lab's own CA, apiserver certificate, service-account key and tokens.
 pub mod pki;
 /// Pods: the lab as kubelet + containerd (Pod objects, sandbox namespaces, CNI through the

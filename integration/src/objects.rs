@@ -102,14 +102,23 @@ pub fn ensure_tokens(lab: &Lab, config: &LabConfig) -> Result<(Vec<TokenEntry>, 
     Ok((entries, changed))
 }
 
-/// A kubeconfig for `user` with a bearer token, trusting the lab's CA.
+/// A kubeconfig for `user` with a bearer token, trusting the lab's CA. A service account's
+/// context defaults to the account's own namespace, as a pod's in-cluster config does (the
+/// agent reads BGPPeer passwords from Secrets there).
 pub fn kubeconfig(server: &str, ca: &Path, user: &str, token: &str) -> Result<String, Error> {
+    let mut context = json!({"cluster": "tortie-lab", "user": user});
+    if let Some(namespace) = user
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split(':').next())
+    {
+        context["namespace"] = json!(namespace);
+    }
     let doc = json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "tortie-lab", "cluster": {"server": server, "certificate-authority": ca}}],
         "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "tortie-lab", "context": {"cluster": "tortie-lab", "user": user}}],
+        "contexts": [{"name": "tortie-lab", "context": context}],
         "current-context": "tortie-lab",
     });
     serde_yaml::to_string(&doc).map_err(|e| Error::Invalid(format!("rendering a kubeconfig: {e}")))
@@ -274,5 +283,11 @@ mod tests {
             serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(parsed.current_context.as_deref(), Some("tortie-lab"));
         assert_eq!(parsed.auth_infos[0].name, AGENT_USER);
+        let context = parsed.contexts[0].context.as_ref();
+        assert_eq!(
+            context.and_then(|c| c.namespace.as_deref()),
+            Some("kube-system"),
+            "the service account's own namespace"
+        );
     }
 }

@@ -23,6 +23,9 @@ pub struct Spec {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(String, OsString)>,
+    /// Start from an empty environment (plus [`MEMBER_ENV`] and `env`), as a kubelet starts
+    /// a container, instead of inheriting ours.
+    pub clear_env: bool,
     pub log: PathBuf,
     pub pid_file: PathBuf,
 }
@@ -55,6 +58,9 @@ pub fn spawn(lab: &Lab, spec: &Spec) -> Result<Child, Error> {
         .try_clone()
         .map_err(Error::io("duplicating the log file handle"))?;
     let mut cmd = Command::new("ip");
+    if spec.clear_env {
+        cmd.env_clear();
+    }
     cmd.args(["netns", "exec", &spec.netns])
         .arg(&spec.program)
         .args(&spec.args)

@@ -123,6 +123,9 @@ pub struct Router {
     spec: RouterSpec,
     /// The next start is a graceful restart's (see [`Router::restart_recovering`]).
     recovering: bool,
+    /// The router outlives this handle: dropping it neither kills the router nor removes
+    /// its folder (`tortie-lab peer add`, where `down` does both).
+    detached: bool,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -139,15 +142,20 @@ impl Router {
             std::process::id(),
             format!("{kind:?}").to_lowercase()
         ));
+        Router::start_in(kind, ns.name(), spec, dir)
+    }
+
+    /// [`Router::start`] inside the named namespace, with its config, logs and sockets in
+    /// `dir`.
+    pub fn start_in(
+        kind: Kind,
+        netns: &str,
+        spec: RouterSpec,
+        dir: PathBuf,
+    ) -> Result<Router, Error> {
         crate::mkdir(&dir)?;
-        let mut router = Router {
-            kind,
-            netns: ns.name().to_owned(),
-            dir,
-            child: None,
-            spec,
-            recovering: false,
-        };
+        let mut router = Router::attach(kind, netns, spec, dir);
+        router.detached = false;
         router.spawn()?;
         router.wait_ready()?;
         if kind == Kind::Gobgp {
@@ -156,6 +164,26 @@ impl Router {
             }
         }
         Ok(router)
+    }
+
+    /// A handle on a router that runs already (started by [`Router::start_in`] and then
+    /// [`detached`](Router::detach)), for queries. Dropping it leaves the router running.
+    pub fn attach(kind: Kind, netns: &str, spec: RouterSpec, dir: PathBuf) -> Router {
+        Router {
+            kind,
+            netns: netns.to_owned(),
+            dir,
+            child: None,
+            spec,
+            recovering: false,
+            detached: true,
+        }
+    }
+
+    /// Leaves the router running after this handle is gone; returns its pid.
+    pub fn detach(mut self) -> Option<u32> {
+        self.detached = true;
+        self.child.take().map(|c| c.id())
     }
 
     pub fn kind(&self) -> Kind {
@@ -593,7 +621,7 @@ impl Router {
     /// its next start changes.
     pub fn withdraw(&mut self, prefix: IpNet) -> Result<(), Error> {
         self.spec.originate.retain(|p| *p != prefix);
-        if self.child.is_none() {
+        if self.child.is_none() && !self.detached {
             return Ok(());
         }
         match self.kind {
@@ -739,7 +767,8 @@ impl Router {
         }
     }
 
-    fn bird_protocol(&self, peer: IpAddr) -> Result<String, Error> {
+    /// BIRD's name for its session with `peer` (`birdc show protocols NAME`).
+    pub fn bird_protocol(&self, peer: IpAddr) -> Result<String, Error> {
         self.spec
             .peers
             .iter()
@@ -794,6 +823,9 @@ impl Router {
 
 impl Drop for Router {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

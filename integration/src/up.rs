@@ -9,7 +9,9 @@ use ipnet::Ipv4Net;
 
 use crate::agents::{self, Outcome};
 use crate::control::{self, Started};
-use crate::lab::{EtcdStorage, Lab, LabConfig, MAX_NODES, NodeConfig, node_ip, node_name};
+use crate::lab::{
+    EtcdStorage, Lab, LabConfig, MAX_NODES, NodeConfig, node_index, node_ip, node_name,
+};
 use crate::teardown::MARKER_FILE;
 use crate::{Error, network, objects, pki, write_file};
 
@@ -97,16 +99,7 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
     )?;
 
     let nodes: Vec<NodeConfig> = (1..=opts.nodes)
-        .map(|i| {
-            let name = node_name(i);
-            let ip =
-                node_ip(i).ok_or_else(|| Error::Invalid(format!("no LAN address for node {i}")))?;
-            Ok(NodeConfig {
-                netns: lab.node_netns(&name),
-                name,
-                ip,
-            })
-        })
+        .map(|i| node_config(lab, i))
         .collect::<Result<_, Error>>()?;
     let old = LabConfig::load(lab)?;
     check_no_foreign_netns(lab, old.as_ref())?;
@@ -149,7 +142,37 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
     };
     // Recorded before any namespace exists, so that `down` after a crash knows them.
     config.save(lab)?;
+    let agents = converge(lab, &config, opts.agent_timeout, progress)?;
+    Ok(UpReport {
+        config,
+        agents,
+        elapsed: start.elapsed(),
+    })
+}
 
+/// Node `i` (1-based) of a lab: its name, namespace and LAN address.
+pub fn node_config(lab: &Lab, i: u32) -> Result<NodeConfig, Error> {
+    let name = node_name(i);
+    let ip = node_ip(i).ok_or_else(|| Error::Invalid(format!("no LAN address for node {i}")))?;
+    Ok(NodeConfig {
+        netns: lab.node_netns(&name),
+        name,
+        ip,
+    })
+}
+
+/// Makes the lab match `config`, already saved in `lab.json`: network, control plane, the
+/// tokens and kubeconfigs of its nodes, their namespaces, the objects, and an agent on each
+/// node that has none running; waits up to `agent_timeout` for the agents. `up` builds a whole
+/// lab with it, `node add` one more node. A new node's token makes the apiserver restart (it
+/// reads its token file only at start); running agents ride that out as any watch client does.
+pub fn converge(
+    lab: &Lab,
+    config: &LabConfig,
+    agent_timeout: Duration,
+    progress: &Progress,
+) -> Result<Vec<(String, Outcome)>, Error> {
+    let etcd_storage = config.etcd_storage.unwrap_or_default();
     network::ensure_lan(lab)?;
     network::ensure_control(lab)?;
     progress.say(&format!(
@@ -166,12 +189,14 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
     if pki::ensure(lab)? {
         progress.say("pki: CA, apiserver certificate and service-account key made");
     }
-    let (tokens, tokens_changed) = objects::ensure_tokens(lab, &config)?;
-    objects::write_kubeconfigs(lab, &config, &tokens)?;
+    let (tokens, tokens_changed) = objects::ensure_tokens(lab, config)?;
+    objects::write_kubeconfigs(lab, config, &tokens)?;
     let apiserver = control::ensure_apiserver(lab, tokens_changed)?;
     progress.say(&describe("kube-apiserver", &apiserver));
 
-    for (i, node) in (1..).zip(&config.nodes) {
+    for node in &config.nodes {
+        let i = node_index(&node.name)
+            .ok_or_else(|| Error::Invalid(format!("{:?} is not a lab node name", node.name)))?;
         network::ensure_node(lab, i, &node.netns, node.ip)?;
         agents::prepare_tree(lab, &node.name)?;
     }
@@ -188,18 +213,14 @@ pub fn up(lab: &Lab, opts: &UpOptions, progress: &Progress) -> Result<UpReport, 
     control::wait_ready(lab, Duration::from_secs(90))?;
     progress.say(&format!("kube-apiserver ready at {}", lab.apiserver_url()));
 
-    apply_objects(lab, &config, progress)?;
+    apply_objects(lab, config, progress)?;
 
-    let started = agents::ensure_all(lab, &config)?;
-    let outcomes = agents::settle(lab, started, opts.agent_timeout);
+    let started = agents::ensure_all(lab, config)?;
+    let outcomes = agents::settle(lab, started, agent_timeout);
     for (node, outcome) in &outcomes {
         progress.say(&format!("agent {node}: {}", outcome_line(outcome)));
     }
-    Ok(UpReport {
-        config,
-        agents: outcomes,
-        elapsed: start.elapsed(),
-    })
+    Ok(outcomes)
 }
 
 /// Refuses to adopt namespaces another lab made: same prefix, other state folder. Reusing

@@ -33,26 +33,6 @@ fn pings(t: &TestLab, from: &str, to: &str) -> bool {
         .success()
 }
 
-/// `tortiectl --socket <node's socket> node status -o json`, run inside the node's netns.
-fn node_status(t: &TestLab, node: &str) -> Value {
-    let bin = tortie_lab::agents::sibling_binary("tortiectl", "TORTIECTL_BIN")
-        .unwrap_or_else(|| panic!("tortiectl is not built: cargo build -p tortie-node"));
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &t.lab.node_netns(node)])
-        .arg(bin)
-        .arg("--socket")
-        .arg(t.lab.agent_socket(node))
-        .args(["node", "status", "-o", "json"]);
-    let out = t.output(&mut cmd);
-    assert!(
-        out.status.success(),
-        "tortiectl node status on {node}: {}",
-        text(&out.stderr)
-    );
-    serde_json::from_str(&text(&out.stdout))
-        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
-}
-
 fn established_mesh_peers(status: &Value) -> Vec<String> {
     status["ipv4_peers"]
         .as_array()
@@ -78,7 +58,7 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
     // The mesh: node-1 has every other node as an Established peer.
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        let s = node_status(&t, "node-1");
+        let s = t.node_status("node-1");
         let mut up = established_mesh_peers(&s);
         up.sort();
         if up == others {
@@ -131,7 +111,7 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
     t.restart_agents();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = node_status(&t, "node-1");
+        let s = t.node_status("node-1");
         let mut up = established_mesh_peers(&s);
         up.sort();
         if up == others && pings(&t, p1, p2) && pings(&t, p2, p1) {
@@ -149,7 +129,7 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
     t.ok(&["kubectl", "delete", "node", &format!("node-{NODES}")]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = node_status(&t, "node-1");
+        let s = t.node_status("node-1");
         let peers: Vec<&str> = s["ipv4_peers"]
             .as_array()
             .into_iter()

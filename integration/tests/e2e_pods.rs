@@ -88,7 +88,7 @@ fn pings(t: &TestLab, from: &str, to: &str) -> bool {
         .success()
 }
 
-/// The host veth the plugin must name (DESIGN.md), computed apart from the plugin's code.
+/// The host veth the plugin must name (docs/architecture.md), computed apart from the plugin's code.
 fn host_ifname(pod: &PodRef) -> String {
     let mut child = Command::new("sha1sum")
         .stdin(Stdio::piped())
@@ -118,7 +118,7 @@ fn allocations(t: &TestLab) -> std::collections::BTreeMap<String, Vec<IpAddr>> {
     pod::kube::allocations(&t.lab).unwrap_or_else(|e| panic!("reading IPAMBlocks: {e}"))
 }
 
-/// Calico's dataplane, as DESIGN.md lays it out, seen from the pod and from the node.
+/// Calico's dataplane, as docs/architecture.md lays it out, seen from the pod and from the node.
 fn assert_calico_dataplane(t: &TestLab, r: &PodRecord) {
     let ip = ip_of(r);
     let pod_ns = t.lab.pod_netns(&r.pod.namespace, &r.pod.name);

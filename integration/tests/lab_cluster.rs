@@ -30,6 +30,7 @@ fn up_serves_nodes_rbac_and_custom_resources_then_down_leaves_nothing() {
     node_identity_has_exactly_the_manifest_rbac(&t);
     custom_resources_round_trip(&t);
     agents_run_in_their_node_with_the_env_contract(&t);
+    the_manifest_passes_a_server_dry_run(&t);
     lan_connects_the_nodes(&t);
     pods_are_reported_from_the_apiserver(&t);
     second_up_changes_nothing(&t);
@@ -118,10 +119,17 @@ fn node_identity_has_exactly_the_manifest_rbac(t: &TestLab) {
         ("create", "events", false),
         ("delete", "pods", false),
         ("create", "namespaces", false),
+        // Secrets: none, not even in its own namespace (the kubeconfig's, kube-system); a
+        // BGP password's Secret is granted by name, by whoever creates it.
         ("get", "secrets", false),
+        ("list", "secrets", false),
+        ("get", "secrets -n default", false),
         ("delete", "nodes", false),
     ] {
         let mut args = vec!["auth", "can-i", verb];
+        let mut words = resource.split(' ');
+        let resource = words.next().unwrap_or_default();
+        args.extend(words);
         match resource.split_once('/') {
             Some((r, sub)) => args.extend([r, "--subresource", sub]),
             None => args.push(resource),
@@ -279,11 +287,6 @@ fn agents_run_in_their_node_with_the_env_contract(t: &TestLab) {
             format!("NODENAME={name}"),
             format!("KUBECONFIG={}", t.lab.node_kubeconfig(&name).display()),
             format!("TORTIE_AGENT_SOCKET={}", socket.display()),
-            format!(
-                "TORTIE_CNI_CONF_DIR={}",
-                t.lab.cni_conf_dir(&name).display()
-            ),
-            format!("TORTIE_CNI_BIN_DIR={}", t.lab.cni_bin_dir(&name).display()),
             "CALICO_IPV4POOL_CIDR=10.244.0.0/16".to_string(),
             "IP_AUTODETECTION_METHOD=interface=eth0".to_string(),
         ] {
@@ -292,6 +295,46 @@ fn agents_run_in_their_node_with_the_env_contract(t: &TestLab) {
                 "{name}: {want} missing from\n{env}"
             );
         }
+        // As a kubelet starts a container: its env and PATH, nothing of ours (cargo sets
+        // CARGO_* for this test, and `up` inherited them), and the CNI folders only for
+        // install-cni.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        for absent in ["CARGO_", "TORTIE_CNI_"] {
+            assert!(
+                !env.contains(absent),
+                "{name}: {absent} in the agent's env:\n{env}"
+            );
+        }
+
+        // install-cni ran first, with the init container's env and the lab's folders.
+        let init = std::fs::read_to_string(format!("{}.install-cni.env", socket.display()))
+            .unwrap_or_else(|e| panic!("{name}: install-cni did not run: {e}"));
+        for want in [
+            format!("TORTIE_AGENT_SOCKET={}", socket.display()),
+            format!(
+                "TORTIE_CNI_CONF_DIR={}",
+                t.lab.cni_conf_dir(&name).display()
+            ),
+            format!("TORTIE_CNI_BIN_DIR={}", t.lab.cni_bin_dir(&name).display()),
+            "CNI_MTU=0".to_string(),
+            "CNI_CONF_NAME=10-tortie.conflist".to_string(),
+        ] {
+            assert!(
+                init.lines().any(|l| l == want),
+                "{name}: {want} missing from install-cni's\n{init}"
+            );
+        }
+        assert!(
+            init.contains("__AGENT_SOCKET__"),
+            "{name}: no template:\n{init}"
+        );
+        for absent in ["CARGO_", "KUBECONFIG=", "NODENAME="] {
+            assert!(
+                !init.contains(absent),
+                "{name}: {absent} in install-cni's env:\n{init}"
+            );
+        }
+
         let addr =
             std::fs::read_to_string(format!("{}.addr", socket.display())).unwrap_or_default();
         assert!(
@@ -304,6 +347,24 @@ fn agents_run_in_their_node_with_the_env_contract(t: &TestLab) {
         "{status}"
     );
     assert!(status["pods_error"].is_null(), "{status}");
+}
+
+/// `kubectl apply --dry-run=server`: the apiserver validates every object of the manifest
+/// (the DaemonSet's probes, the Role, the ConfigMap) without storing anything.
+fn the_manifest_passes_a_server_dry_run(t: &TestLab) {
+    let manifest = tortie_lab::agents::manifest_path();
+    let out = t.ok(&[
+        "kubectl",
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &manifest.display().to_string(),
+    ]);
+    assert!(
+        out.contains("daemonset.apps/tortie-node")
+            && out.contains("role.rbac.authorization.k8s.io/tortie-node"),
+        "{out}"
+    );
 }
 
 const POD: &str = r#"

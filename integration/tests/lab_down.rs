@@ -107,11 +107,10 @@ fn down_returns_once_every_process_exited_and_reaps_its_own_children() {
     // node-2's agent again, started by this process.
     t.stop_agent("node-2");
     let agent = recording_agent(t.scratch());
-    let child = tortie_lab::process::spawn(
-        &t.lab,
-        &tortie_lab::agents::spec(&t.lab, &config, &config.nodes[1], &agent),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let pod = tortie_lab::agents::PodTemplate::load().unwrap_or_else(|e| panic!("{e}"));
+    let specs = tortie_lab::agents::specs(&t.lab, &config, &config.nodes[1], &agent, &pod)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let child = tortie_lab::process::spawn(&t.lab, &specs.agent).unwrap_or_else(|e| panic!("{e}"));
     let ours = i32::try_from(child.id()).unwrap_or_else(|e| panic!("{e}"));
     // Not waited for, as `up` leaves the agents it starts.
     drop(child);

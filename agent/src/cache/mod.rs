@@ -1,7 +1,7 @@
 //! The cluster cache: the agent's one model of the cluster, fed by watches.
 //!
 //! One task owns the model. A watcher per kind (Pods, Namespaces, NetworkPolicies, IPPools,
-//! Nodes) lists once and then watches from the list's resourceVersion; kube-runtime resumes
+//! Nodes, BGPPeers, BGPConfigurations) lists once and then watches from the list's resourceVersion; kube-runtime resumes
 //! a broken watch from the last version it saw and lists again on 410 Gone, with back-off,
 //! so an apiserver that goes away and comes back is caught up without a restart. Every
 //! watcher feeds the owner through one bounded queue; the owner applies the events and
@@ -26,7 +26,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::datastore::IPPool;
+use crate::datastore::{BGPConfiguration, BGPPeer, IPPool};
+use crate::metrics::{KindLabels, Metrics};
 
 pub use pod::{NamedPort, PodInfo, Protocol};
 
@@ -43,15 +44,19 @@ pub enum Kind {
     NetworkPolicy,
     IPPool,
     Node,
+    BGPPeer,
+    BGPConfiguration,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Pod,
         Kind::Namespace,
         Kind::NetworkPolicy,
         Kind::IPPool,
         Kind::Node,
+        Kind::BGPPeer,
+        Kind::BGPConfiguration,
     ];
 }
 
@@ -71,6 +76,9 @@ pub struct Snapshot {
     pub policies: Arc<BTreeMap<ObjectKey, Arc<NetworkPolicy>>>,
     pub pools: Arc<BTreeMap<String, Arc<IPPool>>>,
     pub nodes: Arc<BTreeMap<String, Arc<Node>>>,
+    pub bgp_peers: Arc<BTreeMap<String, Arc<BGPPeer>>>,
+    /// BGPConfigurations by name; only `default` has an effect.
+    pub bgp_configurations: Arc<BTreeMap<String, Arc<BGPConfiguration>>>,
     /// Kinds whose first complete list has arrived. Until a kind is here, its map is empty
     /// because nothing is known, not because nothing exists.
     pub synced: BTreeSet<Kind>,
@@ -95,6 +103,8 @@ enum Update {
     NetworkPolicy(Box<Event<NetworkPolicy>>),
     IPPool(Box<Event<IPPool>>),
     Node(Box<Event<Node>>),
+    BGPPeer(Box<Event<BGPPeer>>),
+    BGPConfiguration(Box<Event<BGPConfiguration>>),
 }
 
 /// How many watch events may wait for the owner before the watchers pause.
@@ -102,35 +112,57 @@ const QUEUE: usize = 1024;
 
 /// Starts the watchers and the owner task; returns the receiver of snapshots. The tasks run
 /// until every receiver is dropped.
-pub fn spawn(client: kube::Client) -> watch::Receiver<Snapshot> {
+pub fn spawn(client: kube::Client, metrics: &Metrics) -> watch::Receiver<Snapshot> {
     let (tx, rx) = mpsc::channel(QUEUE);
     forward(
         Kind::Pod,
         watcher(Api::<Pod>::all(client.clone())).map(|r| r.map(|e| map_event(e, PodInfo::from))),
         tx.clone(),
         |e| Update::Pod(Box::new(e)),
+        metrics,
     );
     forward(
         Kind::Namespace,
         watcher(Api::<Namespace>::all(client.clone())),
         tx.clone(),
         |e| Update::Namespace(Box::new(e)),
+        metrics,
     );
     forward(
         Kind::NetworkPolicy,
         watcher(Api::<NetworkPolicy>::all(client.clone())),
         tx.clone(),
         |e| Update::NetworkPolicy(Box::new(e)),
+        metrics,
     );
     forward(
         Kind::IPPool,
         watcher(Api::<IPPool>::all(client.clone())),
         tx.clone(),
         |e| Update::IPPool(Box::new(e)),
+        metrics,
     );
-    forward(Kind::Node, watcher(Api::<Node>::all(client)), tx, |e| {
-        Update::Node(Box::new(e))
-    });
+    forward(
+        Kind::Node,
+        watcher(Api::<Node>::all(client.clone())),
+        tx.clone(),
+        |e| Update::Node(Box::new(e)),
+        metrics,
+    );
+    forward(
+        Kind::BGPPeer,
+        watcher(Api::<BGPPeer>::all(client.clone())),
+        tx.clone(),
+        |e| Update::BGPPeer(Box::new(e)),
+        metrics,
+    );
+    forward(
+        Kind::BGPConfiguration,
+        watcher(Api::<BGPConfiguration>::all(client)),
+        tx,
+        |e| Update::BGPConfiguration(Box::new(e)),
+        metrics,
+    );
     let (out, snapshots) = watch::channel(Snapshot::default());
     tokio::spawn(own(rx, out));
     snapshots
@@ -154,12 +186,25 @@ fn map_event<A, B>(event: Event<A>, f: impl Fn(A) -> B) -> Event<B> {
 }
 
 /// Runs one watcher into the owner's queue until the owner is gone. Errors are logged; the
-/// watcher itself retries with back-off.
-fn forward<K, S>(kind: Kind, stream: S, tx: mpsc::Sender<Update>, wrap: fn(Event<K>) -> Update)
-where
+/// watcher itself retries with back-off. Each break (the first error after the watch was
+/// healthy: an outage, an expired resourceVersion) is counted once in
+/// `tortie_watch_restarts_total`, however many retries it takes.
+fn forward<K, S>(
+    kind: Kind,
+    stream: S,
+    tx: mpsc::Sender<Update>,
+    wrap: fn(Event<K>) -> Update,
+    metrics: &Metrics,
+) where
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
 {
+    let restarts = metrics
+        .watch_restarts
+        .get_or_create(&KindLabels {
+            kind: kind.to_string(),
+        })
+        .clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
@@ -178,6 +223,7 @@ where
                     // Logged once per outage, not once per retry.
                     if !failing {
                         tracing::warn!(%kind, error = %e, "watch failed; retrying with back-off");
+                        restarts.inc();
                         failing = true;
                     }
                 }
@@ -223,6 +269,8 @@ struct Listing {
     policies: Option<BTreeMap<ObjectKey, Arc<NetworkPolicy>>>,
     pools: Option<BTreeMap<String, Arc<IPPool>>>,
     nodes: Option<BTreeMap<String, Arc<Node>>>,
+    bgp_peers: Option<BTreeMap<String, Arc<BGPPeer>>>,
+    bgp_configurations: Option<BTreeMap<String, Arc<BGPConfiguration>>>,
 }
 
 impl Model {
@@ -240,12 +288,15 @@ impl Model {
                     Arc::new(p),
                 )
             }),
-            Update::IPPool(e) => step(*e, &mut s.pools, &mut l.pools, |p| {
-                (p.name_any(), Arc::new(p))
-            }),
-            Update::Node(e) => step(*e, &mut s.nodes, &mut l.nodes, |n| {
-                (n.name_any(), Arc::new(n))
-            }),
+            Update::IPPool(e) => step(*e, &mut s.pools, &mut l.pools, by_name),
+            Update::Node(e) => step(*e, &mut s.nodes, &mut l.nodes, by_name),
+            Update::BGPPeer(e) => step(*e, &mut s.bgp_peers, &mut l.bgp_peers, by_name),
+            Update::BGPConfiguration(e) => step(
+                *e,
+                &mut s.bgp_configurations,
+                &mut l.bgp_configurations,
+                by_name,
+            ),
         };
         match done {
             Step::Changed => self.changed = true,
@@ -258,6 +309,11 @@ impl Model {
             Step::Unchanged => {}
         }
     }
+}
+
+/// The entry of a cluster-scoped object: its name and the object.
+fn by_name<O: ResourceExt>(o: O) -> (String, Arc<O>) {
+    (o.name_any(), Arc::new(o))
 }
 
 enum Step {
@@ -319,6 +375,12 @@ impl KindOf for IPPool {
 }
 impl KindOf for Node {
     const KIND: Kind = Kind::Node;
+}
+impl KindOf for BGPPeer {
+    const KIND: Kind = Kind::BGPPeer;
+}
+impl KindOf for BGPConfiguration {
+    const KIND: Kind = Kind::BGPConfiguration;
 }
 
 /// Waits until `kinds` have all been listed once; returns that snapshot.

@@ -159,7 +159,8 @@ pub struct BGPPeerSpec {
     /// How long routes from the peer are kept after it restarts (graceful restart), e.g. `120s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_restart_time: Option<String>,
-    /// Keep the next hop of routes reflected to this peer.
+    /// Towards this (eBGP) peer, keep the next hop of routes learned from other peers
+    /// instead of setting it to this node's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_original_next_hop: Option<bool>,
 }

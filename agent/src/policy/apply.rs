@@ -319,32 +319,34 @@ impl Applier {
 
     /// Makes the kernel hold `desired`, writing only what differs from what this applier
     /// last wrote (or, the first time and after [`Applier::resync`] or an error, from what
-    /// the kernel holds).
-    pub fn apply(&mut self, desired: &Dataplane) -> Result<ApplyReport, ApplyError> {
-        self.validate(desired)?;
+    /// the kernel holds). Takes `desired` by value: it is kept as what was written, which at
+    /// tens of thousands of rules is cheaper than a copy.
+    pub fn apply(&mut self, desired: Dataplane) -> Result<ApplyReport, ApplyError> {
         let written = self.written.take();
+        let previous = written.as_ref().filter(|_| self.known.is_some());
+        self.validate(&desired, previous)?;
         let (current, previous) = match self.known.take() {
-            Some(known) => (known, written.as_ref()),
-            None => (self.read_kernel(desired)?, None),
+            Some(known) => (known, previous),
+            None => (self.read_kernel(&desired)?, None),
         };
-        let plan = Plan::new(&current, desired, previous, self.family);
+        let plan = Plan::new(current, &desired, previous, self.family);
         let report = self.execute(plan).map(|(report, _)| report)?;
-        self.written = Some(desired.clone());
+        self.written = Some(desired);
         Ok(report)
     }
 
     /// Reads the kernel, returns what differs from `desired` (one line each) and repairs it.
-    pub fn check_drift(&mut self, desired: &Dataplane) -> Result<Vec<String>, ApplyError> {
-        self.validate(desired)?;
+    pub fn check_drift(&mut self, desired: Dataplane) -> Result<Vec<String>, ApplyError> {
+        self.validate(&desired, None)?;
         self.known = None;
         self.written = None;
-        let current = self.read_kernel(desired)?;
-        let plan = Plan::new(&current, desired, None, self.family);
+        let current = self.read_kernel(&desired)?;
+        let plan = Plan::new(current, &desired, None, self.family);
         for drift in &plan.drift {
             tracing::warn!(family = ?self.family, "dataplane drift: {drift}");
         }
         let drift = self.execute(plan).map(|(_, drift)| drift)?;
-        self.written = Some(desired.clone());
+        self.written = Some(desired);
         Ok(drift)
     }
 
@@ -354,7 +356,13 @@ impl Applier {
         self.written = None;
     }
 
-    fn validate(&self, desired: &Dataplane) -> Result<(), ApplyError> {
+    /// Checks names and rules; a chain whose rules are those of `previous` (what was
+    /// written, when the kernel is known to hold it) passed this check then.
+    fn validate(
+        &self,
+        desired: &Dataplane,
+        previous: Option<&Dataplane>,
+    ) -> Result<(), ApplyError> {
         if let Some(family) = desired.family
             && family != self.family
         {
@@ -370,11 +378,18 @@ impl Applier {
         if let Some(name) = desired.ipsets.keys().find(|n| !n.starts_with(PREFIX)) {
             return Err(not_ours("set", name));
         }
-        for ((_, chain), rules) in &desired.chains {
+        for (key, rules) in &desired.chains {
+            let chain = &key.1;
             if !chain.starts_with(PREFIX) {
                 return Err(not_ours("chain", chain));
             }
-            if let Some(rule) = rules.iter().find(|r| r.contains(['\n', '\r'])) {
+            if previous.and_then(|p| p.chains.get(key)) == Some(rules) {
+                continue;
+            }
+            if let Some(rule) = rules
+                .iter()
+                .find(|r| r.bytes().any(|b| b == b'\n' || b == b'\r'))
+            {
                 return Err(ApplyError::RuleSpansLines {
                     chain: chain.clone(),
                     rule: rule.clone(),
@@ -834,23 +849,26 @@ impl TableChanges {
 impl Plan {
     /// `previous`: the dataplane `current` was written for, when `current` is what we
     /// remember rather than what we read.
+    /// `current` is consumed: what stays the same moves into [`Plan::after`] uncopied.
     fn new(
-        current: &KernelState,
+        mut current: KernelState,
         desired: &Dataplane,
         previous: Option<&Dataplane>,
         family: Family,
     ) -> Plan {
         let mut plan = Plan::default();
-        let recreated = plan.diff_sets(current, desired, family);
+        let recreated = plan.diff_sets(&mut current, desired, previous, family);
         plan.diff_tables(current, desired, previous, &recreated);
         plan
     }
 
     /// Fills the ipset inputs; returns the sets that must be destroyed and created again.
+    /// Sets whose members are those of `previous` are taken out of `current` as they are.
     fn diff_sets(
         &mut self,
-        current: &KernelState,
+        current: &mut KernelState,
         desired: &Dataplane,
+        previous: Option<&Dataplane>,
         family: Family,
     ) -> BTreeSet<String> {
         let family_name = family.ipset_family();
@@ -860,6 +878,12 @@ impl Plan {
         let mut adds = Vec::new();
         let mut after = BTreeMap::new();
         for (name, set) in &desired.ipsets {
+            if previous.and_then(|p| p.ipsets.get(name)) == Some(set)
+                && let Some(have) = current.sets.remove(name)
+            {
+                after.insert(name.clone(), have);
+                continue;
+            }
             let members: BTreeMap<String, String> = set
                 .members
                 .iter()
@@ -967,26 +991,26 @@ impl Plan {
         recreated
     }
 
+    /// Chains whose rules are those of `previous` are taken out of `current` as they are.
     fn diff_tables(
         &mut self,
-        current: &KernelState,
+        mut current: KernelState,
         desired: &Dataplane,
         previous: Option<&Dataplane>,
         recreated: &BTreeSet<String>,
     ) {
-        let empty = TableState::default();
         for table in TABLES {
             let name = table.as_str();
-            let have = current.tables.get(&table).unwrap_or(&empty);
+            let mut have = current.tables.remove(&table).unwrap_or_default();
             let mut changes = TableChanges::default();
             let mut after = TableState::default();
 
             // Chains using a set that is about to be destroyed must let go of it first.
-            let preflush: BTreeSet<&String> = have
+            let preflush: BTreeSet<String> = have
                 .chains
                 .iter()
                 .filter(|(_, c)| !c.sets.is_disjoint(recreated))
-                .map(|(n, _)| n)
+                .map(|(n, _)| n.clone())
                 .collect();
             if !preflush.is_empty() {
                 let mut input = format!("*{name}\n");
@@ -1004,9 +1028,9 @@ impl Plan {
                     .is_some_and(|written| written == rules);
                 if same_as_written
                     && !preflush.contains(chain)
-                    && let Some(c) = have.chains.get(chain)
+                    && let Some(c) = have.chains.remove(chain)
                 {
-                    after.chains.insert(chain.clone(), c.clone());
+                    after.chains.insert(chain.clone(), c);
                     continue;
                 }
                 let tags: Vec<Option<String>> = rules.iter().map(|r| Some(rule_tag(r))).collect();
@@ -1434,7 +1458,7 @@ add tort-s6-z fd00::1
 
     #[test]
     fn an_empty_kernel_gets_everything() {
-        let plan = Plan::new(&KernelState::default(), &dataplane(), None, Family::V4);
+        let plan = Plan::new(KernelState::default(), &dataplane(), None, Family::V4);
         assert_eq!(
             plan.ipset_before.as_deref(),
             Some(
@@ -1477,7 +1501,7 @@ add tort-s6-z fd00::1
             sets: parse_ipset_save(SAVED_SETS),
             tables: BTreeMap::from([(Table::Filter, parse_iptables_save(&saved_filter()))]),
         };
-        let again = Plan::new(&kernel, &dataplane(), None, Family::V4);
+        let again = Plan::new(kernel.clone(), &dataplane(), None, Family::V4);
         assert!(again.report.is_empty(), "{:?}", again.report);
         assert!(again.drift.is_empty(), "{:?}", again.drift);
         assert_eq!(again.after, plan.after_with_foreign(&kernel));
@@ -1518,7 +1542,7 @@ add tort-s6-z fd00::1
             (Table::Filter, "tort-pi-x".into()),
             vec!["-j RETURN".into()],
         );
-        let plan = Plan::new(&kernel, &d, None, Family::V4);
+        let plan = Plan::new(kernel.clone(), &d, None, Family::V4);
         assert_eq!(
             plan.ipset_before.as_deref(),
             Some(
@@ -1556,7 +1580,7 @@ add tort-s6-z fd00::1
             family: Some(Family::V4),
             ..Dataplane::default()
         };
-        let plan = Plan::new(&kernel, &empty, None, Family::V4);
+        let plan = Plan::new(kernel.clone(), &empty, None, Family::V4);
         assert_eq!(plan.ipset_before, None);
         assert_eq!(
             plan.iptables,
@@ -1588,7 +1612,7 @@ add tort-s6-z fd00::1
             sets: parse_ipset_save(&sets),
             tables: BTreeMap::from([(Table::Filter, parse_iptables_save(&saved))]),
         };
-        let plan = Plan::new(&kernel, &dataplane(), None, Family::V4);
+        let plan = Plan::new(kernel.clone(), &dataplane(), None, Family::V4);
         assert_eq!(
             plan.drift,
             [
@@ -1635,7 +1659,7 @@ add tort-s6-z fd00::1
             builtin: "FORWARD".into(),
             chain: "tort-FORWARD".into(),
         });
-        let plan = Plan::new(&kernel, &d, None, Family::V4);
+        let plan = Plan::new(kernel.clone(), &d, None, Family::V4);
         assert_eq!(
             plan.drift,
             ["filter hook FORWARD -> tort-FORWARD is rule 2 of FORWARD, want 1"]
@@ -1686,13 +1710,13 @@ add tort-s6-z fd00::1
         let mut applier = Applier::with_runner(Family::V4, Backend::Nft, Box::new(Fake::default()));
         let mut d = dataplane();
         d.chains.insert((Table::Filter, "FORWARD".into()), vec![]);
-        assert!(matches!(applier.apply(&d), Err(ApplyError::NotOurs { .. })));
+        assert!(matches!(applier.apply(d), Err(ApplyError::NotOurs { .. })));
         let v6 = Dataplane {
             family: Some(Family::V6),
             ..Dataplane::default()
         };
         assert!(matches!(
-            applier.apply(&v6),
+            applier.apply(v6),
             Err(ApplyError::FamilyMismatch { .. })
         ));
     }
@@ -1772,7 +1796,7 @@ add tort-s6-z fd00::1
             "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n",
         );
         let mut applier = Applier::with_runner(Family::V4, Backend::Nft, Box::new(fake.clone()));
-        let report = applier.apply(&dataplane()).unwrap();
+        let report = applier.apply(dataplane()).unwrap();
         assert_eq!(report.chains_written.len(), 2);
         assert_eq!(
             commands(&fake.take_calls()),
@@ -1785,7 +1809,7 @@ add tort-s6-z fd00::1
             ]
         );
         // Steady state: nothing runs at all.
-        let report = applier.apply(&dataplane()).unwrap();
+        let report = applier.apply(dataplane()).unwrap();
         assert!(report.is_empty());
         assert!(fake.take_calls().is_empty());
         // A change writes only its chain, without reading.
@@ -1794,7 +1818,7 @@ add tort-s6-z fd00::1
             (Table::Filter, "tort-pi-x".into()),
             vec!["-j RETURN".into()],
         );
-        let report = applier.apply(&d).unwrap();
+        let report = applier.apply(d).unwrap();
         assert_eq!(
             report.to_string(),
             "sets: 0 created, 0 updated (+0 -0 members), 0 destroyed; chains: 1 written, 0 removed; hooks: 0 inserted, 0 removed"
@@ -1803,10 +1827,10 @@ add tort-s6-z fd00::1
         assert_eq!(commands(&calls), ["iptables-nft-restore --noflush -w 10"]);
         // A failed write makes the next apply read the kernel again.
         *fake.fail.lock().unwrap() = Some("iptables-nft-restore --noflush -w 10".into());
-        assert!(applier.apply(&dataplane()).is_err());
+        assert!(applier.apply(dataplane()).is_err());
         fake.take_calls();
         *fake.fail.lock().unwrap() = None;
-        applier.apply(&dataplane()).unwrap();
+        applier.apply(dataplane()).unwrap();
         assert_eq!(fake.take_calls()[0].0, "ipset save");
     }
 }

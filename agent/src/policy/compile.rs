@@ -1,6 +1,7 @@
 //! The policy compiler (docs/policy.md): a pure function from [`PolicyInput`] to the
-//! [`Dataplane`] of one address family, and the fail-closed dataplane the owner task falls
-//! back to when applying keeps failing.
+//! [`Dataplane`] of one address family ([`compile`]; [`Incremental`] gives the same output
+//! while keeping what it computed last, for the owner task's stream of changes), and the
+//! fail-closed dataplane the owner task falls back to when applying keeps failing.
 //!
 //! Whatever the input gets wrong (an unknown operator, a bad CIDR, an unknown protocol), the
 //! part it touches matches nothing, so a mistake never opens traffic, and a warning naming
@@ -8,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{
@@ -18,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha1::{Digest, Sha1};
 
 use super::model::{
-    Dataplane, Family, Hook, IpSet, Labels, NAMESPACE_NAME_LABEL, Pod, PolicyInput, Protocol,
+    Dataplane, Family, Hook, IpSet, Labels, NAMESPACE_NAME_LABEL, Pod, PolicyInput, Pool, Protocol,
     SetKind, Table,
 };
 use super::selector::Selector;
@@ -47,7 +49,7 @@ pub struct Compiled {
 /// The dataplane of `family` for `input`: every local pod's endpoint chains, the chains of
 /// the policies selecting them, the sets those use, and NAT outgoing.
 pub fn compile(input: &PolicyInput, family: Family) -> Compiled {
-    Compiler::new(input, family).run()
+    Incremental::new(family).compile(input)
 }
 
 /// First in `tort-FORWARD`, in the real dataplane and the fail-closed one alike: invalid
@@ -187,7 +189,7 @@ struct Rule<'a> {
 struct PolicyRef<'a> {
     namespace: &'a str,
     name: &'a str,
-    policy: &'a NetworkPolicy,
+    policy: &'a Arc<NetworkPolicy>,
 }
 
 impl PolicyRef<'_> {
@@ -197,57 +199,271 @@ impl PolicyRef<'_> {
 }
 
 /// Which namespaces a pod peer looks in.
-enum Namespaces<'s> {
+#[derive(Debug, Clone)]
+enum Namespaces {
     /// The policy's own (a peer with only `podSelector`).
-    Own(&'s str),
+    Own(String),
     Selected(Selector),
 }
 
-struct Compiler<'a> {
-    input: &'a PolicyInput,
-    family: Family,
-    /// The labels namespace selectors see: each namespace's own plus its name label, which is
-    /// all a namespace of a pod but not in the input has.
-    namespace_labels: BTreeMap<&'a str, Labels>,
-    /// Sorted by namespace/name, so warnings come out in the same order whatever the input's.
-    pods: Vec<&'a Pod>,
-    ipsets: BTreeMap<String, IpSet>,
-    meanings: BTreeMap<String, String>,
-    warnings: Vec<String>,
+/// Where a set's members come from.
+#[derive(Debug, Clone)]
+enum SetSource {
+    /// The addresses of the pods a peer selects.
+    Pods {
+        namespaces: Namespaces,
+        pods: Selector,
+    },
+    /// `address,proto:number` of every pod with a container port of this name.
+    NamedPort { name: String, protocol: Protocol },
+    /// Members that follow from the policy alone (an ipBlock).
+    Fixed(BTreeSet<String>),
 }
 
-impl<'a> Compiler<'a> {
-    fn new(input: &'a PolicyInput, family: Family) -> Self {
-        let mut namespace_labels = BTreeMap::new();
-        for ns in &input.namespaces {
-            let mut labels = ns.labels.clone();
-            labels.insert(NAMESPACE_NAME_LABEL.to_string(), ns.name.clone());
-            namespace_labels.insert(ns.name.as_str(), labels);
-        }
-        for pod in &input.pods {
-            namespace_labels
-                .entry(pod.namespace.as_str())
-                .or_insert_with(|| {
-                    Labels::from([(NAMESPACE_NAME_LABEL.to_string(), pod.namespace.clone())])
-                });
-        }
-        let mut pods: Vec<&Pod> = input.pods.iter().collect();
-        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        Compiler {
-            input,
-            family,
-            namespace_labels,
-            pods,
-            ipsets: BTreeMap::new(),
-            meanings: BTreeMap::new(),
-            warnings: Vec::new(),
+impl SetSource {
+    /// Whether `pod` adds members to the set (in any family): a set no changed pod
+    /// touches keeps its members.
+    fn touches(&self, pod: &Pod, namespace_labels: &BTreeMap<String, Labels>) -> bool {
+        match self {
+            SetSource::Pods { namespaces, pods } => {
+                let in_scope = match namespaces {
+                    Namespaces::Own(name) => pod.namespace == *name,
+                    Namespaces::Selected(selector) => namespace_labels
+                        .get(&pod.namespace)
+                        .is_some_and(|labels| selector.matches(labels)),
+                };
+                in_scope && pods.matches(&pod.labels)
+            }
+            SetSource::NamedPort { name, protocol } => pod
+                .named_ports
+                .iter()
+                .any(|port| port.name == *name && port.protocol == *protocol),
+            SetSource::Fixed(_) => false,
         }
     }
 
-    fn run(mut self) -> Compiled {
-        let local = self.local_pods();
+    fn members(
+        &self,
+        pods: &[&Pod],
+        namespace_labels: &BTreeMap<String, Labels>,
+        family: Family,
+    ) -> BTreeSet<String> {
+        let mut members = BTreeSet::new();
+        match self {
+            SetSource::Fixed(fixed) => members.clone_from(fixed),
+            SetSource::Pods { .. } => {
+                for pod in pods.iter().filter(|p| self.touches(p, namespace_labels)) {
+                    members.extend(family_ips(pod, family).map(|ip| ip.to_string()));
+                }
+            }
+            SetSource::NamedPort { name, protocol } => {
+                for pod in pods {
+                    for port in &pod.named_ports {
+                        if port.name == *name && port.protocol == *protocol {
+                            members.extend(
+                                family_ips(pod, family)
+                                    .map(|ip| format!("{ip},{protocol}:{}", port.port)),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        members
+    }
+}
+
+/// A set a policy's rules match on: its name (a hash of its meaning) and where its
+/// members come from.
+#[derive(Debug, Clone)]
+struct SetRequest {
+    name: String,
+    meaning: String,
+    kind: SetKind,
+    source: SetSource,
+}
+
+/// What a policy compiles to on its own, whatever the pods: its chains and the sets they
+/// name. Members are filled in later, from the pods.
+#[derive(Debug)]
+struct PolicyBody {
+    /// Per direction it isolates: the chain, what it stands for, and its rules.
+    chains: Vec<(Direction, String, String, Vec<String>)>,
+    sets: Vec<SetRequest>,
+    warnings: Vec<String>,
+}
+
+/// A policy as last compiled.
+#[derive(Debug)]
+struct CachedPolicy {
+    policy: Arc<NetworkPolicy>,
+    /// The pods it selects (an invalid `spec.podSelector` selects the whole namespace).
+    targets: Selector,
+    targets_warning: Option<String>,
+    /// Compiled the first time the policy selects a local pod: until then its rules'
+    /// warnings are not reported either.
+    body: Option<PolicyBody>,
+}
+
+impl CachedPolicy {
+    fn new(policy: &PolicyRef<'_>) -> CachedPolicy {
+        let default_spec = NetworkPolicySpec::default();
+        let spec = policy.policy.spec.as_ref().unwrap_or(&default_spec);
+        let (targets, targets_warning) = match spec
+            .pod_selector
+            .as_ref()
+            .map(Selector::parse)
+            .transpose()
+        {
+            Ok(selector) => (selector.unwrap_or_default(), None),
+            // Selecting nothing would leave the pods the author meant to isolate
+            // open; isolating the whole namespace keeps to failing closed.
+            Err(e) => (
+                Selector::default(),
+                Some(format!(
+                    "NetworkPolicy {}: spec.podSelector: {e}; the policy selects every pod of namespace {}",
+                    policy.key(),
+                    policy.namespace
+                )),
+            ),
+        };
+        CachedPolicy {
+            policy: Arc::clone(policy.policy),
+            targets,
+            targets_warning,
+            body: None,
+        }
+    }
+
+    /// Still what `policy` compiles to.
+    fn is_for(&self, policy: &Arc<NetworkPolicy>) -> bool {
+        Arc::ptr_eq(&self.policy, policy) || *self.policy == **policy
+    }
+}
+
+/// A set as last computed, with what it was computed from.
+#[derive(Debug)]
+struct CachedSet {
+    source: SetSource,
+    set: IpSet,
+}
+
+/// The compiler of one family, keeping what it compiled last so that the next input
+/// costs only what changed: a policy that is the same object (or equal) keeps its chains
+/// and set requests; a set keeps its members unless a pod that was or is in it changed,
+/// or a namespace's labels did. [`compile`] is this with nothing kept, and the output is
+/// the same either way (tested against it over random change sequences).
+#[derive(Debug)]
+pub struct Incremental {
+    family: Family,
+    policies: BTreeMap<(String, String), CachedPolicy>,
+    sets: BTreeMap<String, CachedSet>,
+    /// The pods (sorted by namespace/name) and namespace labels `sets` were computed from.
+    pods: Vec<Pod>,
+    namespace_labels: BTreeMap<String, Labels>,
+}
+
+impl Incremental {
+    pub fn new(family: Family) -> Incremental {
+        Incremental {
+            family,
+            policies: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            pods: Vec::new(),
+            namespace_labels: BTreeMap::new(),
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The dataplane for `input`: exactly what [`compile`] gives.
+    pub fn compile(&mut self, input: &PolicyInput) -> Compiled {
+        let family = self.family;
+        let mut warnings = Vec::new();
+        let namespace_labels = namespace_labels(input);
+        // Sorted by namespace/name, so warnings come out in the same order whatever the
+        // input's.
+        let mut pods: Vec<&Pod> = input.pods.iter().collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.forget_touched_sets(&pods, namespace_labels);
+
+        let local = local_pods(&pods, &mut warnings);
+        let mut local_by_namespace: BTreeMap<&str, Vec<(&str, &Pod)>> = BTreeMap::new();
+        for (ifname, pod) in &local {
+            local_by_namespace
+                .entry(pod.namespace.as_str())
+                .or_default()
+                .push((ifname, pod));
+        }
+        let policies = sorted_policies(input, &mut warnings);
+
         let mut chains = BTreeMap::new();
-        let isolated = self.policy_chains(&local, &mut chains);
+        let mut ipsets = BTreeMap::new();
+        let mut meanings = BTreeMap::new();
+        // Per direction and local interface, the policy chains to run in namespace/name order.
+        let mut isolated: BTreeMap<(Direction, &str), Vec<String>> = BTreeMap::new();
+        let mut sets_used: BTreeMap<String, CachedSet> = BTreeMap::new();
+        let mut policies_seen = BTreeMap::new();
+        for policy in &policies {
+            let key = (policy.namespace.to_owned(), policy.name.to_owned());
+            let mut cached = match self.policies.remove(&key) {
+                Some(cached) if cached.is_for(policy.policy) => cached,
+                _ => CachedPolicy::new(policy),
+            };
+            warnings.extend(cached.targets_warning.iter().cloned());
+            let selected: Vec<&str> = local_by_namespace
+                .get(policy.namespace)
+                .into_iter()
+                .flatten()
+                .filter(|(_, pod)| cached.targets.matches(&pod.labels))
+                .map(|(ifname, _)| *ifname)
+                .collect();
+            if !selected.is_empty() {
+                let body = cached
+                    .body
+                    .get_or_insert_with(|| PolicyCompiler::body(policy, family));
+                warnings.extend(body.warnings.iter().cloned());
+                for (direction, chain, meaning, rules) in &body.chains {
+                    meanings.insert(chain.clone(), meaning.clone());
+                    chains.insert((Table::Filter, chain.clone()), rules.clone());
+                    for ifname in &selected {
+                        isolated
+                            .entry((*direction, *ifname))
+                            .or_default()
+                            .push(chain.clone());
+                    }
+                }
+                for request in &body.sets {
+                    if ipsets.contains_key(&request.name) {
+                        continue;
+                    }
+                    let cached_set = match self.sets.remove(&request.name) {
+                        Some(set) => set,
+                        None => CachedSet {
+                            set: IpSet {
+                                kind: request.kind,
+                                members: request.source.members(
+                                    &pods,
+                                    &self.namespace_labels,
+                                    family,
+                                ),
+                            },
+                            source: request.source.clone(),
+                        },
+                    };
+                    ipsets.insert(request.name.clone(), cached_set.set.clone());
+                    meanings.insert(request.name.clone(), request.meaning.clone());
+                    sets_used.insert(request.name.clone(), cached_set);
+                }
+            }
+            policies_seen.insert(key, cached);
+        }
+        // What no policy uses any more is forgotten with the rest of the old state.
+        self.policies = policies_seen;
+        self.sets = sets_used;
+
         for ifname in local.keys() {
             for direction in [Direction::Ingress, Direction::Egress] {
                 let policies = isolated.get(&(direction, *ifname)).map(Vec::as_slice);
@@ -258,11 +474,14 @@ impl<'a> Compiler<'a> {
             }
         }
         chains.extend(dispatch_chains(local.keys().copied()));
-        chains.insert((Table::Nat, POSTROUTING.to_string()), self.nat_outgoing());
+        chains.insert(
+            (Table::Nat, POSTROUTING.to_string()),
+            nat_outgoing(&input.pools, family, &mut ipsets, &mut meanings),
+        );
         Compiled {
             dataplane: Dataplane {
-                family: Some(self.family),
-                ipsets: self.ipsets,
+                family: Some(family),
+                ipsets,
                 chains,
                 hooks: vec![
                     forward_hook(),
@@ -273,153 +492,197 @@ impl<'a> Compiler<'a> {
                     },
                 ],
             },
-            meanings: self.meanings,
-            warnings: self.warnings,
+            meanings,
+            warnings,
         }
     }
 
-    /// The chains of the policies that select local pods, into `chains`; returns, per
-    /// direction and local interface, the policy chains to run in namespace/name order.
-    fn policy_chains(
-        &mut self,
-        local: &BTreeMap<&'a str, &'a Pod>,
-        chains: &mut BTreeMap<(Table, String), Vec<String>>,
-    ) -> BTreeMap<(Direction, &'a str), Vec<String>> {
-        let mut isolated: BTreeMap<(Direction, &str), Vec<String>> = BTreeMap::new();
-        let default_spec = NetworkPolicySpec::default();
-        for policy in self.policies() {
-            let key = policy.key();
-            let spec = policy.policy.spec.as_ref().unwrap_or(&default_spec);
-            let targets = match spec.pod_selector.as_ref().map(Selector::parse).transpose() {
-                Ok(selector) => selector.unwrap_or_default(),
-                Err(e) => {
-                    // Selecting nothing would leave the pods the author meant to isolate
-                    // open; isolating the whole namespace keeps to failing closed.
-                    self.warn(
-                        &key,
-                        format!(
-                            "spec.podSelector: {e}; the policy selects every pod of namespace {}",
-                            policy.namespace
-                        ),
-                    );
-                    Selector::default()
-                }
-            };
-            let selected: Vec<&str> = local
-                .iter()
-                .filter(|(_, pod)| {
-                    pod.namespace == policy.namespace && targets.matches(&pod.labels)
-                })
-                .map(|(ifname, _)| *ifname)
-                .collect();
-            if selected.is_empty() {
-                continue;
-            }
-            let id = hash16(&key);
-            for (direction, rules) in self.directions(&key, spec) {
-                let chain = direction.policy_chain(&id);
-                let rules = self.policy_rules(&policy, direction, &rules);
-                self.meanings.insert(
-                    chain.clone(),
-                    format!("{} of NetworkPolicy {key}", direction.rules_field()),
-                );
-                chains.insert((Table::Filter, chain.clone()), rules);
-                for ifname in &selected {
-                    isolated
-                        .entry((direction, *ifname))
-                        .or_default()
-                        .push(chain.clone());
-                }
-            }
+    /// Forgets the members of every set a changed pod was or is in (all of them when a
+    /// namespace's labels changed), and remembers `pods` and `namespace_labels` as what
+    /// the remaining ones were computed from.
+    fn forget_touched_sets(&mut self, pods: &[&Pod], namespace_labels: BTreeMap<String, Labels>) {
+        let unchanged =
+            self.pods.len() == pods.len() && self.pods.iter().zip(pods).all(|(a, b)| a == *b);
+        if namespace_labels != self.namespace_labels {
+            self.sets.clear();
+        } else if !unchanged {
+            let touched = changed_pods(&self.pods, pods);
+            self.sets.retain(|_, set| {
+                !touched
+                    .iter()
+                    .any(|pod| set.source.touches(pod, &namespace_labels))
+            });
         }
-        isolated
+        self.namespace_labels = namespace_labels;
+        if !unchanged {
+            self.pods = pods.iter().map(|pod| (*pod).clone()).collect();
+        }
     }
+}
 
-    fn warn(&mut self, policy: &str, message: String) {
-        self.warnings
-            .push(format!("NetworkPolicy {policy}: {message}"));
+/// The pods of every namespace/name whose pods differ between `old` and `new` (both
+/// sorted by namespace/name), from both sides.
+fn changed_pods<'p>(old: &'p [Pod], new: &[&'p Pod]) -> Vec<&'p Pod> {
+    type Sides<'p> = (Vec<&'p Pod>, Vec<&'p Pod>);
+    let mut by_name: BTreeMap<(&str, &str), Sides<'p>> = BTreeMap::new();
+    for pod in old {
+        by_name
+            .entry((&pod.namespace, &pod.name))
+            .or_default()
+            .0
+            .push(pod);
     }
-
-    /// The pods on this node, by host interface. A pod whose interface tortie cannot police
-    /// gets no chains, so `tort-from-wl`/`tort-to-wl` drop its traffic.
-    fn local_pods(&mut self) -> BTreeMap<&'a str, &'a Pod> {
-        let mut by_ifname: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-        for pod in &self.pods {
-            let Some(ifname) = pod.host_ifname.as_deref() else {
-                continue;
-            };
-            if is_tort_ifname(ifname) {
-                by_ifname.entry(ifname).or_default().push(pod);
-            } else {
-                self.warnings.push(format!(
-                    "pod {}/{}: host interface {ifname:?} is not tort followed by at most 11 \
-                     letters, digits, '-', '_' or '.'; the pod gets no chains",
-                    pod.namespace, pod.name
-                ));
-            }
-        }
-        let mut local = BTreeMap::new();
-        for (ifname, pods) in by_ifname {
-            match pods.as_slice() {
-                [pod] => {
-                    local.insert(ifname, *pod);
-                }
-                _ => {
-                    // Which pod the interface belongs to is unknown: neither gets its
-                    // policies, and tort-from-wl/tort-to-wl drop the interface's traffic.
-                    let names: Vec<String> = pods
-                        .iter()
-                        .map(|p| format!("{}/{}", p.namespace, p.name))
-                        .collect();
-                    self.warnings.push(format!(
-                        "pods {} share host interface {ifname}; it gets no chains until one is gone",
-                        names.join(", ")
-                    ));
-                }
-            }
-        }
-        local
+    for pod in new {
+        by_name
+            .entry((&pod.namespace, &pod.name))
+            .or_default()
+            .1
+            .push(pod);
     }
+    by_name
+        .into_values()
+        .filter(|(before, after)| before != after)
+        .flat_map(|(before, after)| before.into_iter().chain(after))
+        .collect()
+}
 
-    /// The policies sorted by namespace/name; one without either is left out, as is a
-    /// second with the same namespace/name.
-    fn policies(&mut self) -> Vec<PolicyRef<'a>> {
-        let mut policies = Vec::new();
-        for policy in &self.input.policies {
-            let meta = &policy.metadata;
-            match (meta.namespace.as_deref(), meta.name.as_deref()) {
-                (Some(namespace), Some(name)) => policies.push(PolicyRef {
-                    namespace,
-                    name,
-                    policy,
-                }),
-                (namespace, name) => self.warnings.push(format!(
-                    "a NetworkPolicy without a namespace or name (namespace {namespace:?}, name {name:?}) is left out"
-                )),
-            }
+/// The labels namespace selectors see: each namespace's own plus its name label, which is
+/// all a namespace of a pod but not in the input has.
+fn namespace_labels(input: &PolicyInput) -> BTreeMap<String, Labels> {
+    let mut namespace_labels = BTreeMap::new();
+    for ns in &input.namespaces {
+        let mut labels = ns.labels.clone();
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), ns.name.clone());
+        namespace_labels.insert(ns.name.clone(), labels);
+    }
+    for pod in &input.pods {
+        if !namespace_labels.contains_key(&pod.namespace) {
+            namespace_labels.insert(
+                pod.namespace.clone(),
+                Labels::from([(NAMESPACE_NAME_LABEL.to_string(), pod.namespace.clone())]),
+            );
         }
-        policies.sort_by(|a, b| (a.namespace, a.name).cmp(&(b.namespace, b.name)));
-        let warnings = &mut self.warnings;
-        policies.dedup_by(|later, first| {
-            let same = (later.namespace, later.name) == (first.namespace, first.name);
-            if same {
+    }
+    namespace_labels
+}
+
+/// The pods on this node, by host interface. A pod whose interface tortie cannot police
+/// gets no chains, so `tort-from-wl`/`tort-to-wl` drop its traffic.
+fn local_pods<'a>(pods: &[&'a Pod], warnings: &mut Vec<String>) -> BTreeMap<&'a str, &'a Pod> {
+    let mut by_ifname: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for pod in pods {
+        let Some(ifname) = pod.host_ifname.as_deref() else {
+            continue;
+        };
+        if is_tort_ifname(ifname) {
+            by_ifname.entry(ifname).or_default().push(pod);
+        } else {
+            warnings.push(format!(
+                "pod {}/{}: host interface {ifname:?} is not tort followed by at most 11 \
+                 letters, digits, '-', '_' or '.'; the pod gets no chains",
+                pod.namespace, pod.name
+            ));
+        }
+    }
+    let mut local = BTreeMap::new();
+    for (ifname, pods) in by_ifname {
+        match pods.as_slice() {
+            [pod] => {
+                local.insert(ifname, *pod);
+            }
+            _ => {
+                // Which pod the interface belongs to is unknown: neither gets its
+                // policies, and tort-from-wl/tort-to-wl drop the interface's traffic.
+                let names: Vec<String> = pods
+                    .iter()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect();
                 warnings.push(format!(
-                    "NetworkPolicy {}: listed twice; the second is left out",
-                    later.key()
+                    "pods {} share host interface {ifname}; it gets no chains until one is gone",
+                    names.join(", ")
                 ));
             }
-            same
-        });
-        policies
+        }
+    }
+    local
+}
+
+/// The policies sorted by namespace/name; one without either is left out, as is a
+/// second with the same namespace/name.
+fn sorted_policies<'a>(input: &'a PolicyInput, warnings: &mut Vec<String>) -> Vec<PolicyRef<'a>> {
+    let mut policies = Vec::new();
+    for policy in &input.policies {
+        let meta = &policy.metadata;
+        match (meta.namespace.as_deref(), meta.name.as_deref()) {
+            (Some(namespace), Some(name)) => policies.push(PolicyRef {
+                namespace,
+                name,
+                policy,
+            }),
+            (namespace, name) => warnings.push(format!(
+                "a NetworkPolicy without a namespace or name (namespace {namespace:?}, name {name:?}) is left out"
+            )),
+        }
+    }
+    policies.sort_by(|a, b| (a.namespace, a.name).cmp(&(b.namespace, b.name)));
+    policies.dedup_by(|later, first| {
+        let same = (later.namespace, later.name) == (first.namespace, first.name);
+        if same {
+            warnings.push(format!(
+                "NetworkPolicy {}: listed twice; the second is left out",
+                later.key()
+            ));
+        }
+        same
+    });
+    policies
+}
+
+/// Compiles one policy's chains, naming the sets they use.
+struct PolicyCompiler {
+    key: String,
+    family: Family,
+    sets: Vec<SetRequest>,
+    warnings: Vec<String>,
+}
+
+impl PolicyCompiler {
+    fn body(policy: &PolicyRef<'_>, family: Family) -> PolicyBody {
+        let mut compiler = PolicyCompiler {
+            key: policy.key(),
+            family,
+            sets: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let default_spec = NetworkPolicySpec::default();
+        let spec = policy.policy.spec.as_ref().unwrap_or(&default_spec);
+        let id = hash16(&compiler.key);
+        let mut chains = Vec::new();
+        for (direction, rules) in compiler.directions(spec) {
+            let chain = direction.policy_chain(&id);
+            let rules = compiler.policy_rules(policy.namespace, direction, &rules);
+            let meaning = format!(
+                "{} of NetworkPolicy {}",
+                direction.rules_field(),
+                compiler.key
+            );
+            chains.push((direction, chain, meaning, rules));
+        }
+        PolicyBody {
+            chains,
+            sets: compiler.sets,
+            warnings: compiler.warnings,
+        }
+    }
+
+    fn warn(&mut self, message: String) {
+        self.warnings
+            .push(format!("NetworkPolicy {}: {message}", self.key));
     }
 
     /// The directions the policy isolates, with their rules. `policyTypes` defaults as in
     /// the apiserver: `Ingress`, plus `Egress` when `spec.egress` has a rule.
-    fn directions<'s>(
-        &mut self,
-        key: &str,
-        spec: &'s NetworkPolicySpec,
-    ) -> Vec<(Direction, Vec<Rule<'s>>)> {
+    fn directions<'s>(&mut self, spec: &'s NetworkPolicySpec) -> Vec<(Direction, Vec<Rule<'s>>)> {
         let (ingress, egress) = match spec.policy_types.as_deref() {
             None | Some([]) => (
                 true,
@@ -431,10 +694,9 @@ impl<'a> Compiler<'a> {
                     match t.as_str() {
                         "Ingress" => ingress = true,
                         "Egress" => egress = true,
-                        other => self.warn(
-                            key,
-                            format!("spec.policyTypes: {other:?} is neither Ingress nor Egress; left out"),
-                        ),
+                        other => self.warn(format!(
+                            "spec.policyTypes: {other:?} is neither Ingress nor Egress; left out"
+                        )),
                     }
                 }
                 (ingress, egress)
@@ -462,11 +724,10 @@ impl<'a> Compiler<'a> {
     /// No rules (`ingress: []`): the chain sets nothing and the pod's chain drops.
     fn policy_rules(
         &mut self,
-        policy: &PolicyRef<'_>,
+        namespace: &str,
         direction: Direction,
         rules: &[Rule<'_>],
     ) -> Vec<String> {
-        let key = policy.key();
         let mut out: Vec<String> = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let at = format!("{}[{i}]", direction.rules_field());
@@ -477,7 +738,7 @@ impl<'a> Compiler<'a> {
                     let mut matches = Vec::new();
                     for (j, peer) in peers.iter().enumerate() {
                         let at = format!("{at}.{}[{j}]", direction.peers_field());
-                        matches.extend(self.peer_match(policy, direction, peer, &at));
+                        matches.extend(self.peer_match(namespace, direction, peer, &at));
                     }
                     matches
                 }
@@ -487,7 +748,7 @@ impl<'a> Compiler<'a> {
                 Some(ports) => {
                     let mut matches = Vec::new();
                     for (j, port) in ports.iter().enumerate() {
-                        matches.extend(self.port_match(&key, port, &format!("{at}.ports[{j}]")));
+                        matches.extend(self.port_match(port, &format!("{at}.ports[{j}]")));
                     }
                     matches
                 }
@@ -511,39 +772,34 @@ impl<'a> Compiler<'a> {
     /// The match for one peer, or `None` when it matches nothing in this family.
     fn peer_match(
         &mut self,
-        policy: &PolicyRef<'_>,
+        namespace: &str,
         direction: Direction,
         peer: &NetworkPolicyPeer,
         at: &str,
     ) -> Option<String> {
-        let key = policy.key();
         let set = match (&peer.ip_block, &peer.namespace_selector, &peer.pod_selector) {
-            (Some(block), None, None) => self.ip_block_set(&key, block, at)?,
+            (Some(block), None, None) => self.ip_block_set(block, at)?,
             (None, None, None) => {
-                self.warn(
-                    &key,
-                    format!("{at}: no podSelector, namespaceSelector or ipBlock; the peer matches nothing"),
-                );
+                self.warn(format!(
+                    "{at}: no podSelector, namespaceSelector or ipBlock; the peer matches nothing"
+                ));
                 return None;
             }
             (Some(_), _, _) => {
-                self.warn(
-                    &key,
-                    format!("{at}: ipBlock goes with neither podSelector nor namespaceSelector; the peer matches nothing"),
-                );
+                self.warn(format!(
+                    "{at}: ipBlock goes with neither podSelector nor namespaceSelector; the peer matches nothing"
+                ));
                 return None;
             }
             (None, namespaces, pods) => {
-                let pods = self.selector(&key, pods.as_ref(), &format!("{at}.podSelector"))?;
+                let pods = self.selector(pods.as_ref(), &format!("{at}.podSelector"))?;
                 let namespaces = match namespaces {
-                    None => Namespaces::Own(policy.namespace),
-                    Some(selector) => Namespaces::Selected(self.selector(
-                        &key,
-                        Some(selector),
-                        &format!("{at}.namespaceSelector"),
-                    )?),
+                    None => Namespaces::Own(namespace.to_owned()),
+                    Some(selector) => Namespaces::Selected(
+                        self.selector(Some(selector), &format!("{at}.namespaceSelector"))?,
+                    ),
                 };
-                self.pod_set(&namespaces, &pods)
+                self.pod_set(namespaces, pods)
             }
         };
         Some(format!(
@@ -553,56 +809,39 @@ impl<'a> Compiler<'a> {
     }
 
     /// `None` (absent) selects everything; an invalid selector is reported and matches nothing.
-    fn selector(
-        &mut self,
-        key: &str,
-        selector: Option<&LabelSelector>,
-        at: &str,
-    ) -> Option<Selector> {
+    fn selector(&mut self, selector: Option<&LabelSelector>, at: &str) -> Option<Selector> {
         match selector.map(Selector::parse).transpose() {
             Ok(selector) => Some(selector.unwrap_or_default()),
             Err(e) => {
-                self.warn(key, format!("{at}: {e}; the peer matches nothing"));
+                self.warn(format!("{at}: {e}; the peer matches nothing"));
                 None
             }
         }
     }
 
-    fn pod_set(&mut self, namespaces: &Namespaces<'_>, pods: &Selector) -> String {
-        let scope = match namespaces {
+    fn pod_set(&mut self, namespaces: Namespaces, pods: Selector) -> String {
+        let scope = match &namespaces {
             Namespaces::Own(name) => format!("namespace={}", quote(name)),
             Namespaces::Selected(selector) => format!("namespaces=[{selector}]"),
         };
         let meaning = format!("pods {} {scope} pods=[{pods}]", family_name(self.family));
-        self.shared_set(meaning, SetKind::HashIp, |c| {
-            let mut members = BTreeSet::new();
-            for pod in &c.pods {
-                let in_scope = match namespaces {
-                    Namespaces::Own(name) => pod.namespace == *name,
-                    Namespaces::Selected(selector) => c
-                        .namespace_labels
-                        .get(pod.namespace.as_str())
-                        .is_some_and(|labels| selector.matches(labels)),
-                };
-                if in_scope && pods.matches(&pod.labels) {
-                    members.extend(family_ips(pod, c.family).map(|ip| ip.to_string()));
-                }
-            }
-            members
-        })
+        self.request(
+            meaning,
+            SetKind::HashIp,
+            SetSource::Pods { namespaces, pods },
+        )
     }
 
     /// The `hash:net` set of an ipBlock, or `None` when the block is of the other family,
     /// fully excepted, or does not parse (then with a warning).
-    fn ip_block_set(&mut self, key: &str, block: &IPBlock, at: &str) -> Option<String> {
+    fn ip_block_set(&mut self, block: &IPBlock, at: &str) -> Option<String> {
         let cidr = match block.cidr.parse::<IpNet>() {
             Ok(cidr) => cidr.trunc(),
             Err(e) => {
                 let cidr = &block.cidr;
-                self.warn(
-                    key,
-                    format!("{at}.ipBlock.cidr {cidr:?}: {e}; the peer matches nothing"),
-                );
+                self.warn(format!(
+                    "{at}.ipBlock.cidr {cidr:?}: {e}; the peer matches nothing"
+                ));
                 return None;
             }
         };
@@ -618,12 +857,9 @@ impl<'a> Compiler<'a> {
                 Ok(except) => except.trunc(),
                 Err(e) => {
                     // Leaving the hole out would allow what the author excepted.
-                    self.warn(
-                        key,
-                        format!(
-                            "{at}.ipBlock.except[{k}] {except:?}: {e}; the peer matches nothing"
-                        ),
-                    );
+                    self.warn(format!(
+                        "{at}.ipBlock.except[{k}] {except:?}: {e}; the peer matches nothing"
+                    ));
                     return None;
                 }
             };
@@ -664,36 +900,31 @@ impl<'a> Compiler<'a> {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        Some(self.add_set(meaning, SetKind::HashNet, members))
+        Some(self.request(meaning, SetKind::HashNet, SetSource::Fixed(members)))
     }
 
     /// The match for one port entry, or `None` when it matches nothing (with a warning).
-    fn port_match(&mut self, key: &str, port: &NetworkPolicyPort, at: &str) -> Option<String> {
+    fn port_match(&mut self, port: &NetworkPolicyPort, at: &str) -> Option<String> {
         let Some(protocol) = Protocol::from_k8s(port.protocol.as_deref()) else {
             let protocol = port.protocol.as_deref().unwrap_or_default();
-            self.warn(
-                key,
-                format!(
-                    "{at}.protocol {protocol:?} is not TCP, UDP or SCTP; the port matches nothing"
-                ),
-            );
+            self.warn(format!(
+                "{at}.protocol {protocol:?} is not TCP, UDP or SCTP; the port matches nothing"
+            ));
             return None;
         };
         match (&port.port, port.end_port) {
             (None, None) => Some(format!("-p {protocol}")),
             (None, Some(_)) => {
-                self.warn(
-                    key,
-                    format!("{at}: endPort without port; the port matches nothing"),
-                );
+                self.warn(format!(
+                    "{at}: endPort without port; the port matches nothing"
+                ));
                 None
             }
             (Some(IntOrString::Int(first)), end) => {
                 let Some(first) = port_number(*first) else {
-                    self.warn(
-                        key,
-                        format!("{at}.port {first} is not in 1-65535; the port matches nothing"),
-                    );
+                    self.warn(format!(
+                        "{at}.port {first} is not in 1-65535; the port matches nothing"
+                    ));
                     return None;
                 };
                 match end {
@@ -701,10 +932,9 @@ impl<'a> Compiler<'a> {
                     Some(last) => match port_number(last).filter(|last| *last >= first) {
                         Some(last) => Some(format!("-p {protocol} --dport {first}:{last}")),
                         None => {
-                            self.warn(
-                                key,
-                                format!("{at}.endPort {last} is not in {first}-65535; the port matches nothing"),
-                            );
+                            self.warn(format!(
+                                "{at}.endPort {last} is not in {first}-65535; the port matches nothing"
+                            ));
                             None
                         }
                     },
@@ -715,10 +945,9 @@ impl<'a> Compiler<'a> {
                 Some(format!("-p {protocol} -m set --match-set {set} dst,dst"))
             }
             (Some(IntOrString::String(name)), Some(_)) => {
-                self.warn(
-                    key,
-                    format!("{at}: endPort cannot go with the named port {name:?}; the port matches nothing"),
-                );
+                self.warn(format!(
+                    "{at}: endPort cannot go with the named port {name:?}; the port matches nothing"
+                ));
                 None
             }
         }
@@ -732,88 +961,74 @@ impl<'a> Compiler<'a> {
             family_name(self.family),
             quote(name)
         );
-        self.shared_set(meaning, SetKind::HashIpPort, |c| {
-            let mut members = BTreeSet::new();
-            for pod in &c.pods {
-                for port in &pod.named_ports {
-                    if port.name == name && port.protocol == protocol {
-                        members.extend(
-                            family_ips(pod, c.family)
-                                .map(|ip| format!("{ip},{protocol}:{}", port.port)),
-                        );
-                    }
-                }
-            }
-            members
-        })
+        let source = SetSource::NamedPort {
+            name: name.to_owned(),
+            protocol,
+        };
+        self.request(meaning, SetKind::HashIpPort, source)
     }
 
-    /// `tort-POSTROUTING`, and the sets `tort-masqN` (natOutgoing pools, disabled or not:
-    /// their pods keep their addresses) and `tort-poolsN` (every pool) it reads.
-    fn nat_outgoing(&mut self) -> Vec<String> {
-        let digit = family_digit(self.family);
-        let (masq_name, pools_name) = (format!("tort-masq{digit}"), format!("tort-pools{digit}"));
-        let (mut masq, mut pools) = (BTreeSet::new(), BTreeSet::new());
-        for pool in &self.input.pools {
-            if family_of_net(&pool.cidr) != self.family {
-                continue;
-            }
-            for net in storable(pool.cidr.trunc()) {
-                if pool.nat_outgoing {
-                    masq.insert(net_member(&net));
-                }
-                pools.insert(net_member(&net));
-            }
-        }
-        let mut rules = Vec::new();
-        if !masq.is_empty() {
-            rules.push(format!(
-                "-m set --match-set {masq_name} src -m set ! --match-set {pools_name} dst -j MASQUERADE"
-            ));
-        }
-        self.meanings
-            .insert(masq_name.clone(), "pools with natOutgoing".into());
-        self.meanings
-            .insert(pools_name.clone(), "every pool".into());
-        self.ipsets.insert(
-            masq_name,
-            IpSet {
-                kind: SetKind::HashNet,
-                members: masq,
-            },
-        );
-        self.ipsets.insert(
-            pools_name,
-            IpSet {
-                kind: SetKind::HashNet,
-                members: pools,
-            },
-        );
-        rules
-    }
-
-    /// Names the set after its meaning, so the same peer in two policies is one set.
-    fn add_set(&mut self, meaning: String, kind: SetKind, members: BTreeSet<String>) -> String {
-        self.shared_set(meaning, kind, |_| members)
-    }
-
-    /// Like [`add_set`](Self::add_set), but computes the members only for the first policy
-    /// that names the set: selector sets cost a walk over every pod, and many policies share
-    /// a peer (every policy allowing the cluster's DNS, say).
-    fn shared_set(
-        &mut self,
-        meaning: String,
-        kind: SetKind,
-        members: impl FnOnce(&Self) -> BTreeSet<String>,
-    ) -> String {
+    /// Names the set after its meaning, so the same peer in two policies is one set; its
+    /// members are computed once per compile, whichever policies name it.
+    fn request(&mut self, meaning: String, kind: SetKind, source: SetSource) -> String {
         let name = format!("tort-s{}-{}", family_digit(self.family), hash16(&meaning));
-        if !self.ipsets.contains_key(&name) {
-            let members = members(self);
-            self.ipsets.insert(name.clone(), IpSet { kind, members });
-            self.meanings.insert(name.clone(), meaning);
+        if !self.sets.iter().any(|set| set.name == name) {
+            self.sets.push(SetRequest {
+                name: name.clone(),
+                meaning,
+                kind,
+                source,
+            });
         }
         name
     }
+}
+
+/// `tort-POSTROUTING`, and the sets `tort-masqN` (natOutgoing pools, disabled or not:
+/// their pods keep their addresses) and `tort-poolsN` (every pool) it reads.
+fn nat_outgoing(
+    input_pools: &[Pool],
+    family: Family,
+    ipsets: &mut BTreeMap<String, IpSet>,
+    meanings: &mut BTreeMap<String, String>,
+) -> Vec<String> {
+    let digit = family_digit(family);
+    let (masq_name, pools_name) = (format!("tort-masq{digit}"), format!("tort-pools{digit}"));
+    let (mut masq, mut pools) = (BTreeSet::new(), BTreeSet::new());
+    for pool in input_pools {
+        if family_of_net(&pool.cidr) != family {
+            continue;
+        }
+        for net in storable(pool.cidr.trunc()) {
+            if pool.nat_outgoing {
+                masq.insert(net_member(&net));
+            }
+            pools.insert(net_member(&net));
+        }
+    }
+    let mut rules = Vec::new();
+    if !masq.is_empty() {
+        rules.push(format!(
+            "-m set --match-set {masq_name} src -m set ! --match-set {pools_name} dst -j MASQUERADE"
+        ));
+    }
+    meanings.insert(masq_name.clone(), "pools with natOutgoing".into());
+    meanings.insert(pools_name.clone(), "every pool".into());
+    ipsets.insert(
+        masq_name,
+        IpSet {
+            kind: SetKind::HashNet,
+            members: masq,
+        },
+    );
+    ipsets.insert(
+        pools_name,
+        IpSet {
+            kind: SetKind::HashNet,
+            members: pools,
+        },
+    );
+    rules
 }
 
 fn family_ips(pod: &Pod, family: Family) -> impl Iterator<Item = &IpAddr> {
@@ -1843,5 +2058,210 @@ mod tests {
             ]
         );
         assert_eq!(dataplane.hooks, [forward_hook()]);
+    }
+
+    // ---- the incremental compiler against the full one ----
+
+    /// A small deterministic generator (xorshift64), so a failing sequence can be replayed
+    /// from its seed.
+    struct Dice(u64);
+
+    impl Dice {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
+            of[self.below(of.len())]
+        }
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    const NAMESPACES: [&str; 4] = ["a", "b", "c", "d"];
+
+    /// A policy from a handful of shapes that between them use every kind of set, port and
+    /// warning, in a random namespace under one of a few names (so names collide).
+    fn random_policy(dice: &mut Dice) -> Arc<NetworkPolicy> {
+        let app = dice.pick(&["web", "db", "api"]);
+        let peer_app = dice.pick(&["web", "db", "api"]);
+        let team = dice.pick(&["x", "y"]);
+        let port = serde_json::json!(
+            dice.pick(&["80", "81", "http", "dns"])
+                .parse::<u16>()
+                .map_or_else(
+                    |_| serde_json::json!({"port": "http"}),
+                    |n| serde_json::json!({"port": n}),
+                )
+        );
+        let spec = match dice.below(8) {
+            0 => serde_json::json!({"podSelector": {"matchLabels": {"app": app}}}),
+            1 => serde_json::json!({"podSelector": {"matchLabels": {"app": app}}, "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"app": peer_app}}}], "ports": [port]}
+            ]}),
+            2 => serde_json::json!({"podSelector": {}, "ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"team": team}}},
+                {"namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]},
+                 "podSelector": {"matchLabels": {"role": "fe"}}}
+            ]}]}),
+            3 => serde_json::json!({"podSelector": {"matchLabels": {"app": app}}, "egress": [
+                {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.1.0/24"]}}]},
+                {"to": [{"ipBlock": {"cidr": "fd00::/8"}}], "ports": [{"protocol": "UDP", "port": 53}]}
+            ]}),
+            4 => {
+                serde_json::json!({"podSelector": {"matchExpressions": [{"key": "role", "operator": "Exists"}]},
+                "policyTypes": ["Ingress", "Egress"], "ingress": [{"ports": [{"protocol": "UDP", "port": "dns"}]}],
+                "egress": [{"to": [{"podSelector": {}}], "ports": [{"port": 8000, "endPort": 8100}]}]})
+            }
+            5 => {
+                serde_json::json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "Nope"}]},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": peer_app}}}]}]})
+            }
+            6 => serde_json::json!({"podSelector": {}, "ingress": [
+                {"from": [{"ipBlock": {"cidr": "bogus"}}], "ports": [{"protocol": "ICMP"}]},
+                {"from": [{"namespaceSelector": {}}]}
+            ], "policyTypes": ["Ingress", "Sideways"]}),
+            _ => serde_json::json!({"podSelector": {"matchLabels": {"app": app}}, "ingress": [],
+                "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": dice.pick(&NAMESPACES)}}}]}]}),
+        };
+        policy(dice.pick(&NAMESPACES), dice.pick(&["p", "q", "r"]), spec)
+    }
+
+    fn random_pod(dice: &mut Dice, n: usize) -> Pod {
+        let mut pairs = vec![("app", dice.pick(&["web", "db", "api"]))];
+        if dice.chance(60) {
+            pairs.push(("role", dice.pick(&["fe", "be"])));
+        }
+        let mut ips = vec![format!("10.0.{}.{}", dice.below(3), n + 1)];
+        if dice.chance(30) {
+            ips.push(format!("fd00::{}", n + 1));
+        }
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        let mut pod = pod(
+            dice.pick(&NAMESPACES),
+            &format!("pod{}", dice.below(10)),
+            &pairs,
+            &ips,
+        );
+        if dice.chance(50) {
+            pod = with_ports(pod, &[("http", Protocol::Tcp, 8080 + dice.below(2) as u16)]);
+        }
+        if dice.chance(20) {
+            pod.named_ports.push(NamedPort {
+                name: "dns".into(),
+                protocol: Protocol::Udp,
+                port: 53,
+            });
+        }
+        if dice.chance(50) {
+            // Some names collide, one is not a tort interface.
+            let ifname = dice.pick(&["tort1", "tort2", "tort3", "tort4", "tort5", "tort6", "eth0"]);
+            pod = on_node(pod, ifname);
+        }
+        pod
+    }
+
+    fn random_namespace(dice: &mut Dice) -> Namespace {
+        namespace(
+            dice.pick(&NAMESPACES),
+            &[
+                ("team", dice.pick(&["x", "y"])),
+                ("env", dice.pick(&["prod", "dev"])),
+            ],
+        )
+    }
+
+    /// One random change of the kind the cache reports: a policy added, replaced (or the
+    /// same one as a new object), deleted; a pod added, relabelled, readdressed, wired or
+    /// removed; a namespace relabelled, added or removed; the pools changed.
+    fn random_change(dice: &mut Dice, input: &mut PolicyInput, n: usize) {
+        fn slot<T>(dice: &mut Dice, items: &[T]) -> Option<usize> {
+            (!items.is_empty()).then(|| dice.below(items.len()))
+        }
+        match dice.below(11) {
+            0 => input.policies.push(random_policy(dice)),
+            1 => {
+                if let Some(i) = slot(dice, &input.policies) {
+                    input.policies[i] = random_policy(dice);
+                }
+            }
+            2 => {
+                if let Some(i) = slot(dice, &input.policies) {
+                    input.policies[i] = Arc::new((*input.policies[i]).clone());
+                }
+            }
+            3 => {
+                if let Some(i) = slot(dice, &input.policies) {
+                    input.policies.remove(i);
+                }
+            }
+            4 => input.pods.push(random_pod(dice, n)),
+            5 => {
+                if let Some(i) = slot(dice, &input.pods) {
+                    let app = dice.pick(&["web", "db", "api"]);
+                    input.pods[i].labels.insert("app".into(), app.into());
+                }
+            }
+            6 => {
+                if let Some(i) = slot(dice, &input.pods) {
+                    input.pods[i].ips = vec![format!("10.1.0.{}", n % 250 + 1).parse().unwrap()];
+                }
+            }
+            7 => {
+                if let Some(i) = slot(dice, &input.pods) {
+                    let fresh = random_pod(dice, n);
+                    input.pods[i].host_ifname = fresh.host_ifname;
+                }
+            }
+            8 => {
+                if let Some(i) = slot(dice, &input.pods) {
+                    input.pods.remove(i);
+                }
+            }
+            9 => {
+                if dice.chance(50) || input.namespaces.is_empty() {
+                    input.namespaces.push(random_namespace(dice));
+                } else if let Some(i) = slot(dice, &input.namespaces) {
+                    if dice.chance(50) {
+                        input.namespaces.remove(i);
+                    } else {
+                        input.namespaces[i] = random_namespace(dice);
+                    }
+                }
+            }
+            _ => {
+                input.pools = vec![pool("10.0.0.0/16", dice.chance(50), false)];
+                if dice.chance(50) {
+                    input.pools.push(pool("fd00::/64", dice.chance(50), false));
+                }
+                if dice.chance(30) {
+                    input.pods.reverse();
+                    input.policies.reverse();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_compiles_exactly_what_compile_does_over_random_changes() {
+        for seed in 1..=60u64 {
+            let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut input = PolicyInput::default();
+            let mut v4 = Incremental::new(Family::V4);
+            let mut v6 = Incremental::new(Family::V6);
+            for step in 0..120 {
+                random_change(&mut dice, &mut input, step);
+                for (incremental, family) in [(&mut v4, Family::V4), (&mut v6, Family::V6)] {
+                    assert_eq!(
+                        incremental.compile(&input),
+                        compile(&input, family),
+                        "seed {seed}, step {step}, {family:?}"
+                    );
+                }
+            }
+        }
     }
 }

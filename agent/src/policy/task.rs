@@ -3,9 +3,10 @@
 //!
 //! It reads the cluster cache's snapshots and keeps the local endpoints (pods wired on this
 //! node, from the CNI's `EndpointReady` and from pods that outlived an agent restart). After
-//! every change it compiles the whole dataplane (pure, [`compile`]) and hands it to the
-//! applier, which writes only what differs. Changes that arrive while an apply runs are
-//! folded into the next one.
+//! every change it compiles the whole dataplane with an [`Incremental`] compiler (the same
+//! output as [`compile`](super::compile::compile), recomputing only the policies and sets
+//! the change touched) and hands it to the applier, which writes only what differs.
+//! Changes that arrive while an apply runs are folded into the next one.
 //!
 //! A CNI ADD waits here ([`Enforced`]) until an apply that includes the new pod's chains and
 //! set memberships has succeeded, so a pod is never reachable before its policy is in the
@@ -24,10 +25,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::apply::{Applier, ApplyError, Backend, BackendSetting};
-use super::compile::{compile, fail_closed};
+use super::compile::{Incremental, fail_closed};
 use super::model::{Dataplane, Family, Namespace, Pod, PolicyInput, Pool};
 use crate::attachment::{Endpoint, Endpoints, Failure, Handle};
 use crate::cache::{Kind, Snapshot};
+use crate::metrics::Metrics;
 
 const QUEUE: usize = 256;
 
@@ -78,18 +80,18 @@ pub enum DataplaneHealth {
 
 /// Writes a whole dataplane into the kernel; the real one is [`Applier`]. Blocking.
 pub trait Program: Send + 'static {
-    fn apply(&mut self, desired: &Dataplane) -> Result<(), ApplyError>;
+    fn apply(&mut self, desired: Dataplane) -> Result<(), ApplyError>;
     /// Compares the kernel with `desired`, repairs it, and says what had drifted.
-    fn repair(&mut self, desired: &Dataplane) -> Result<Vec<String>, ApplyError>;
+    fn repair(&mut self, desired: Dataplane) -> Result<Vec<String>, ApplyError>;
 }
 
 impl Program for Applier {
-    fn apply(&mut self, desired: &Dataplane) -> Result<(), ApplyError> {
+    fn apply(&mut self, desired: Dataplane) -> Result<(), ApplyError> {
         let report = Applier::apply(self, desired)?;
         tracing::debug!(?report, "policy dataplane applied");
         Ok(())
     }
-    fn repair(&mut self, desired: &Dataplane) -> Result<Vec<String>, ApplyError> {
+    fn repair(&mut self, desired: Dataplane) -> Result<Vec<String>, ApplyError> {
         self.check_drift(desired)
     }
 }
@@ -173,6 +175,7 @@ pub fn spawn<P: Program>(
     programs: Vec<(Family, P)>,
     snapshots: watch::Receiver<Snapshot>,
     seed: Vec<Endpoint>,
+    metrics: Metrics,
 ) -> (
     PolicyHandle,
     watch::Receiver<DataplaneHealth>,
@@ -182,11 +185,13 @@ pub fn spawn<P: Program>(
     let (health_tx, health) = watch::channel(DataplaneHealth::Starting);
     let task = Task {
         timing,
+        compilers: programs.iter().map(|(f, _)| Incremental::new(*f)).collect(),
         programs: programs.into_iter().map(|(f, p)| (f, Some(p))).collect(),
         endpoints: seed.into_iter().map(|e| (e.handle.clone(), e)).collect(),
         waiters: Vec::new(),
         failures: 0,
         health: health_tx,
+        metrics,
     };
     (
         PolicyHandle { tx },
@@ -205,10 +210,14 @@ struct Task<P> {
     timing: Timing,
     /// `None` only while the program is out on a blocking thread.
     programs: Vec<(Family, Option<P>)>,
+    /// One per program, in the same order: each keeps what it compiled last, so a change
+    /// costs what it touches.
+    compilers: Vec<Incremental>,
     endpoints: BTreeMap<Handle, Endpoint>,
     waiters: Vec<Waiter>,
     failures: u32,
     health: watch::Sender<DataplaneHealth>,
+    metrics: Metrics,
 }
 
 impl<P: Program> Task<P> {
@@ -224,7 +233,9 @@ impl<P: Program> Task<P> {
         drift.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         drift.reset();
         let mut snapshots_open = true;
+        let heartbeat = crate::run::health::Heartbeat::new("policy task", self.timing.drift_check);
         loop {
+            heartbeat.beat();
             // Fold everything already queued (also what came in during the last apply) into
             // the next apply.
             while let Ok(cmd) = rx.try_recv() {
@@ -336,14 +347,14 @@ impl<P: Program> Task<P> {
         }
     }
 
-    fn desired(&self, snapshot: &Snapshot) -> Vec<Dataplane> {
+    fn desired(&mut self, snapshot: &Snapshot) -> Vec<Dataplane> {
         let input = policy_input(snapshot, &self.endpoints);
-        self.programs
-            .iter()
-            .map(|(family, _)| {
-                let compiled = compile(&input, *family);
+        self.compilers
+            .iter_mut()
+            .map(|compiler| {
+                let compiled = compiler.compile(&input);
                 for w in &compiled.warnings {
-                    tracing::warn!(family = ?family, "{w}");
+                    tracing::warn!(family = ?compiler.family(), "{w}");
                 }
                 compiled.dataplane
             })
@@ -352,9 +363,20 @@ impl<P: Program> Task<P> {
 
     async fn apply(&mut self, snapshot: &Snapshot) -> Result<(), ApplyError> {
         let planes = self.desired(snapshot);
-        self.run_programs(planes, |p, d| p.apply(d).map(|()| Vec::new()))
-            .await
-            .map(|_| ())
+        let started = Instant::now();
+        let written = self
+            .run_programs(planes, |p, d| p.apply(d).map(|()| Vec::new()))
+            .await;
+        match &written {
+            Ok(_) => self
+                .metrics
+                .policy_apply_duration
+                .observe(started.elapsed().as_secs_f64()),
+            Err(_) => {
+                self.metrics.policy_apply_failures.inc();
+            }
+        }
+        written.map(|_| ())
     }
 
     async fn repair(&mut self, snapshot: &Snapshot) {
@@ -362,6 +384,7 @@ impl<P: Program> Task<P> {
         match self.run_programs(planes, |p, d| p.repair(d)).await {
             Ok(drifted) if drifted.is_empty() => {}
             Ok(drifted) => {
+                self.metrics.policy_drift_repairs.inc();
                 tracing::warn!(?drifted, "the kernel's policy rules had drifted; repaired")
             }
             Err(e) => tracing::warn!(error = %e, "checking the policy dataplane for drift failed"),
@@ -388,7 +411,7 @@ impl<P: Program> Task<P> {
     async fn run_programs(
         &mut self,
         planes: Vec<Dataplane>,
-        f: fn(&mut P, &Dataplane) -> Result<Vec<String>, ApplyError>,
+        f: fn(&mut P, Dataplane) -> Result<Vec<String>, ApplyError>,
     ) -> Result<Vec<String>, ApplyError> {
         let mut out = Vec::new();
         for ((_, slot), plane) in self.programs.iter_mut().zip(planes) {
@@ -396,7 +419,7 @@ impl<P: Program> Task<P> {
                 continue;
             };
             let joined = tokio::task::spawn_blocking(move || {
-                let r = f(&mut program, &plane);
+                let r = f(&mut program, plane);
                 (program, r)
             })
             .await;
@@ -491,6 +514,7 @@ mod tests {
     use super::*;
     use crate::attachment::PodRef;
     use crate::cache::PodInfo;
+    use crate::policy::compile::compile;
     use crate::policy::model::Table;
 
     /// Records every dataplane it is given; fails while `fail` is set.
@@ -501,14 +525,14 @@ mod tests {
     }
 
     impl Program for Recorder {
-        fn apply(&mut self, desired: &Dataplane) -> Result<(), ApplyError> {
+        fn apply(&mut self, desired: Dataplane) -> Result<(), ApplyError> {
             if *self.fail.lock().unwrap() {
                 return Err(ApplyError::test_failure("iptables-restore: exit 1"));
             }
-            self.applied.lock().unwrap().push(desired.clone());
+            self.applied.lock().unwrap().push(desired);
             Ok(())
         }
-        fn repair(&mut self, _desired: &Dataplane) -> Result<Vec<String>, ApplyError> {
+        fn repair(&mut self, _desired: Dataplane) -> Result<Vec<String>, ApplyError> {
             Ok(Vec::new())
         }
     }
@@ -577,8 +601,13 @@ mod tests {
     async fn nothing_is_written_before_the_cache_has_listed_everything() {
         let rec = Recorder::default();
         let (snap_tx, snap_rx) = watch::channel(Snapshot::default());
-        let (_h, mut health, _t) =
-            spawn(fast(), vec![(Family::V4, rec.clone())], snap_rx, Vec::new());
+        let (_h, mut health, _t) = spawn(
+            fast(),
+            vec![(Family::V4, rec.clone())],
+            snap_rx,
+            Vec::new(),
+            Metrics::default(),
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(rec.count(), 0, "applied before the cache synced");
         assert_eq!(*health.borrow(), DataplaneHealth::Starting);
@@ -594,8 +623,13 @@ mod tests {
     async fn an_add_is_answered_only_once_its_pod_is_known_and_its_chains_written() {
         let rec = Recorder::default();
         let (snap_tx, snap_rx) = watch::channel(synced(&[]));
-        let (handle, _health, _t) =
-            spawn(fast(), vec![(Family::V4, rec.clone())], snap_rx, Vec::new());
+        let (handle, _health, _t) = spawn(
+            fast(),
+            vec![(Family::V4, rec.clone())],
+            snap_rx,
+            Vec::new(),
+            Metrics::default(),
+        );
         let ep = endpoint("a", "tort0000000000a", "10.0.0.5");
         let up = tokio::spawn({
             let handle = handle.clone();
@@ -630,11 +664,11 @@ mod tests {
     struct Slow(Recorder);
 
     impl Program for Slow {
-        fn apply(&mut self, desired: &Dataplane) -> Result<(), ApplyError> {
+        fn apply(&mut self, desired: Dataplane) -> Result<(), ApplyError> {
             std::thread::sleep(Duration::from_millis(30));
             self.0.apply(desired)
         }
-        fn repair(&mut self, desired: &Dataplane) -> Result<Vec<String>, ApplyError> {
+        fn repair(&mut self, desired: Dataplane) -> Result<Vec<String>, ApplyError> {
             self.0.repair(desired)
         }
     }
@@ -648,6 +682,7 @@ mod tests {
             vec![(Family::V4, Slow::default())],
             snap_rx,
             Vec::new(),
+            Metrics::default(),
         );
         let ups: Vec<_> = names
             .iter()
@@ -671,7 +706,13 @@ mod tests {
     async fn an_add_for_a_pod_never_seen_fails_with_unavailable() {
         let rec = Recorder::default();
         let (_snap_tx, snap_rx) = watch::channel(synced(&[]));
-        let (handle, _health, _t) = spawn(fast(), vec![(Family::V4, rec)], snap_rx, Vec::new());
+        let (handle, _health, _t) = spawn(
+            fast(),
+            vec![(Family::V4, rec)],
+            snap_rx,
+            Vec::new(),
+            Metrics::default(),
+        );
         let r = handle
             .endpoint_up(endpoint("ghost", "tort000000000gh", "10.0.0.6"))
             .await;
@@ -686,8 +727,14 @@ mod tests {
         let rec = Recorder::default();
         *rec.fail.lock().unwrap() = true;
         let (_snap_tx, snap_rx) = watch::channel(synced(&[]));
-        let (_h, mut health, _t) =
-            spawn(fast(), vec![(Family::V4, rec.clone())], snap_rx, Vec::new());
+        let metrics = Metrics::default();
+        let (_h, mut health, _t) = spawn(
+            fast(),
+            vec![(Family::V4, rec.clone())],
+            snap_rx,
+            Vec::new(),
+            metrics.clone(),
+        );
         let failing = tokio::time::timeout(
             Duration::from_secs(10),
             health.wait_for(|h| matches!(h, DataplaneHealth::Failing(_))),
@@ -712,6 +759,14 @@ mod tests {
             rec.last().unwrap(),
             compile(&policy_input(&synced(&[]), &BTreeMap::new()), Family::V4).dataplane,
             "after recovery the real dataplane is back"
+        );
+        // The failed tries were counted (the fail-closed write is not a policy apply), and
+        // the successful one timed.
+        assert!(metrics.policy_apply_failures.get() >= u64::from(FAILURES_BEFORE_FAIL_CLOSED));
+        let text = metrics.scrape(&Default::default()).await;
+        assert!(
+            !text.contains("tortie_policy_apply_duration_seconds_count 0"),
+            "{text}"
         );
     }
 }

@@ -5,7 +5,7 @@
 //! of thousands of routes after a BGP session comes up) keeps the netlink socket busy for
 //! seconds; nothing else should wait behind that.
 //!
-//! Graceful restart (RFC 4724, DESIGN.md): with `graceful_restart`, the tortie routes found
+//! Graceful restart (RFC 4724, docs/agent.md step 9): with `graceful_restart`, the tortie routes found
 //! in the kernel at start are *stale*: kept, and replaced if the new desired state names
 //! them, but never deleted until [`RoutesHandle::sync_complete`] (End-of-RIB from every
 //! peer). Only then are the stale routes nobody re-announced swept.
@@ -236,7 +236,9 @@ impl<T: RouteTable> Reconciler<T> {
         };
         let mut next_resync = Instant::now() + resync_interval;
         let mut written_since_trim = 0;
+        let heartbeat = crate::run::health::Heartbeat::new("route reconciler", resync_interval);
         loop {
+            heartbeat.beat();
             let timeout = next_resync.saturating_duration_since(Instant::now());
             let first = match recv_timeout(&rt, &mut rx, timeout) {
                 Received::Command(c) => c,
@@ -587,6 +589,41 @@ mod tests {
                 .flatten()
                 .all(|op| op != &RouteOp::Delete(kept.clone()))
         );
+    }
+
+    /// A restarted agent names again, exactly as they are, the routes it left in the kernel:
+    /// none of them may be written, not even after a dump made them look unknown.
+    #[tokio::test]
+    async fn graceful_restart_adopts_identical_routes_without_a_write() {
+        let fake = FakeRouteTable::new();
+        fake.add_device("tortA");
+        let learned = Route::via(
+            net("10.3.0.0/26"),
+            "192.0.2.1".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        let own = [
+            Route::blackhole(net("10.9.0.0/26")),
+            Route::link(net("10.9.0.1/32"), "tortA"),
+        ];
+        fake.insert(learned.clone());
+        for r in &own {
+            fake.insert(r.clone());
+        }
+        let (h, _t) =
+            spawn_reconciler(fake.clone(), config(true)).unwrap_or_else(|e| panic!("{e}"));
+        h.update_and_wait(own.to_vec(), vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // A dump (the endpoint task asks for one on a repeated ADD) before BGP is back.
+        let ops = h.resync().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(ops.is_empty(), "a stale route was touched: {ops:?}");
+        h.update_and_wait(vec![learned.clone()], vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        h.sync_complete().await.unwrap_or_else(|e| panic!("{e}"));
+        h.resync().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fake.batches(), Vec::<Vec<RouteOp>>::new());
+        assert_eq!(fake.routes().len(), 3);
     }
 
     #[tokio::test]

@@ -295,7 +295,6 @@ impl RouteState {
 
     /// Replaces our picture of the kernel with a fresh dump of its tortie routes.
     pub fn observe_kernel(&mut self, dump: Vec<Route>) {
-        self.initial = HashMap::new();
         observe(&mut self.v4, &mut self.devices, &dump, |r| match r.dst {
             IpNet::V4(n) => Some(n.trunc()),
             IpNet::V6(_) => None,
@@ -304,6 +303,21 @@ impl RouteState {
             IpNet::V6(n) => Some(n.trunc()),
             IpNet::V4(_) => None,
         });
+        // A stale route is still one a source may name again as it is: that must stay a
+        // no-op, not a rewrite, however many dumps come before sync completes.
+        self.initial = dump
+            .into_iter()
+            .map(|r| (r.dst.trunc(), r))
+            .filter(|(dst, _)| self.is_stale(*dst))
+            .collect();
+    }
+
+    fn is_stale(&self, dst: IpNet) -> bool {
+        let slot = match dst {
+            IpNet::V4(n) => self.v4.slots.get(&n).map(|s| s.kernel),
+            IpNet::V6(n) => self.v6.slots.get(&n).map(|s| s.kernel),
+        };
+        slot == Some(Kernel::Stale)
     }
 
     /// Every operation that brings the kernel to the desired state, deletes first.

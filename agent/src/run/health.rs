@@ -2,8 +2,13 @@
 //! apiserver for every allocation. A probe reads it every few seconds; a few failures in a
 //! row make the agent Degraded (the plugin's STATUS answers 50, "not ready"), and the first
 //! success makes it Ready again.
+//!
+//! BGP is not part of that health: a peer being down must not stop pods from starting. It
+//! only counts for the readiness probe, as calico-node's `-bird-ready`: see [`bgp_ready`].
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams};
 use tokio::sync::watch;
@@ -106,9 +111,275 @@ pub fn with_dataplane(
     rx
 }
 
+/// How long after the agent started readiness needs every BGP peer Established, unless
+/// [`BGP_READY_WINDOW_VAR`] says otherwise.
+pub const BGP_READY_WINDOW: Duration = Duration::from_secs(60);
+/// Seconds, a whole number: the start-up window of [`bgp_ready`].
+pub const BGP_READY_WINDOW_VAR: &str = "TORTIE_BGP_READY_WINDOW";
+
+/// The start-up window from the value of [`BGP_READY_WINDOW_VAR`] (`None`: unset).
+pub fn bgp_ready_window(value: Option<&str>) -> Result<Duration, String> {
+    match value {
+        None => Ok(BGP_READY_WINDOW),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| {
+                format!("{BGP_READY_WINDOW_VAR}={v:?}: expected a whole number of seconds, e.g. 60")
+            }),
+    }
+}
+
+/// What [`bgp_ready`] needs to know of one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerReadiness {
+    pub address: String,
+    pub established: bool,
+    /// The peer restarted and its routes are kept as stale until it resends them.
+    pub graceful_restart: bool,
+}
+
+/// BGP's part of the readiness probe, as calico-node's `-bird-ready`. During the start-up
+/// `window` after the agent started (`uptime` is the time since), every peer must be
+/// Established and none in graceful restart: a node that joins must not take traffic
+/// before it has the routes of all its peers. After the window one Established peer is
+/// enough, so that a single dead peer (a node gone for good, a router being replaced) does
+/// not keep every other node unready forever. A node without peers is ready.
+///
+/// The window is a time, not "until every peer has been Established once": a peer that is
+/// dead when the agent starts would otherwise hold the node unready with no end.
+pub fn bgp_ready(
+    peers: &[PeerReadiness],
+    uptime: Duration,
+    window: Duration,
+) -> Result<(), String> {
+    if peers.is_empty() {
+        return Ok(());
+    }
+    let restarting: Vec<&str> = peers
+        .iter()
+        .filter(|p| p.graceful_restart)
+        .map(|p| p.address.as_str())
+        .collect();
+    let down: Vec<&str> = peers
+        .iter()
+        .filter(|p| !p.established)
+        .map(|p| p.address.as_str())
+        .collect();
+    if uptime < window {
+        if !down.is_empty() {
+            return Err(format!(
+                "BGP peers not Established within the start-up window ({}s): {}",
+                window.as_secs(),
+                down.join(", ")
+            ));
+        }
+        if !restarting.is_empty() {
+            return Err(format!(
+                "BGP graceful restart in progress with {}",
+                restarting.join(", ")
+            ));
+        }
+        return Ok(());
+    }
+    if down.len() == peers.len() {
+        return Err(format!("no BGP peer is Established: {}", down.join(", ")));
+    }
+    Ok(())
+}
+
+/// How much longer than its own period a task may go without a beat before it counts as
+/// stalled: room for a slow apply or a busy machine, short enough that the kubelet restarts
+/// a wedged agent within minutes.
+pub const LIVENESS_GRACE: Duration = Duration::from_secs(60);
+
+/// One task's last sign of progress, for the liveness probe. A task that loops on a
+/// periodic tick makes one with [`Heartbeat::new`] and calls [`Heartbeat::beat`] once per
+/// loop iteration; when it goes more than its tick's period plus [`LIVENESS_GRACE`] without
+/// a beat, it is stuck (an await that never ends, a lock never released), and
+/// [`stalled_tasks`] names it. Dropping the heartbeat (the task ended) removes it.
+///
+/// The heartbeats sit in one process-wide list so that a task joins liveness with those two
+/// lines, without its handle being threaded through the start-up sequence.
+pub struct Heartbeat(Arc<Beat>);
+
+struct Beat {
+    task: &'static str,
+    period: Duration,
+    /// Milliseconds from [`EPOCH`] to the last beat.
+    last: AtomicU64,
+}
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+static HEARTBEATS: Mutex<Vec<Weak<Beat>>> = Mutex::new(Vec::new());
+
+fn millis_since_epoch(t: Instant) -> u64 {
+    t.saturating_duration_since(*EPOCH).as_millis() as u64
+}
+
+impl Heartbeat {
+    /// `period`: how often the task's loop runs at the least (its tick).
+    pub fn new(task: &'static str, period: Duration) -> Heartbeat {
+        let beat = Arc::new(Beat {
+            task,
+            period,
+            last: AtomicU64::new(millis_since_epoch(Instant::now())),
+        });
+        let mut all = HEARTBEATS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|b| b.strong_count() > 0);
+        all.push(Arc::downgrade(&beat));
+        Heartbeat(beat)
+    }
+
+    pub fn beat(&self) {
+        self.0
+            .last
+            .store(millis_since_epoch(Instant::now()), Ordering::Relaxed);
+    }
+}
+
+/// Whether a task whose loop runs every `period` and last beat `since_beat` ago is stuck.
+pub fn stalled(since_beat: Duration, period: Duration) -> bool {
+    since_beat > period + LIVENESS_GRACE
+}
+
+/// The tasks stalled at `now`, each as "<task> has made no progress for <n>s".
+pub fn stalled_tasks(now: Instant) -> Vec<String> {
+    let now = millis_since_epoch(now);
+    let all = HEARTBEATS.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter()
+        .filter_map(Weak::upgrade)
+        .filter_map(|b| {
+            let since_beat =
+                Duration::from_millis(now.saturating_sub(b.last.load(Ordering::Relaxed)));
+            stalled(since_beat, b.period).then(|| {
+                format!(
+                    "{} has made no progress for {}s",
+                    b.task,
+                    since_beat.as_secs()
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(address: &str, established: bool, graceful_restart: bool) -> PeerReadiness {
+        PeerReadiness {
+            address: address.to_owned(),
+            established,
+            graceful_restart,
+        }
+    }
+
+    #[test]
+    fn bgp_readiness_is_strict_in_the_window_and_lenient_after() {
+        let window = Duration::from_secs(60);
+        let early = Duration::from_secs(10);
+        let late = Duration::from_secs(61);
+        let up = peer("10.0.0.2", true, false);
+        let down = peer("10.0.0.3", false, false);
+        let restarting = peer("10.0.0.4", true, true);
+        /// Name, peers, time since the agent started, verdict.
+        type Case<'a> = (&'a str, Vec<PeerReadiness>, Duration, Result<(), String>);
+        let cases: Vec<Case> = vec![
+            ("no peers, early", vec![], early, Ok(())),
+            ("no peers, late", vec![], late, Ok(())),
+            ("all up, early", vec![up.clone()], early, Ok(())),
+            (
+                "one down, early",
+                vec![up.clone(), down.clone()],
+                early,
+                Err("BGP peers not Established within the start-up window (60s): 10.0.0.3".into()),
+            ),
+            (
+                "graceful restart, early",
+                vec![up.clone(), restarting.clone()],
+                early,
+                Err("BGP graceful restart in progress with 10.0.0.4".into()),
+            ),
+            (
+                "one down, late",
+                vec![up.clone(), down.clone()],
+                late,
+                Ok(()),
+            ),
+            (
+                "graceful restart, late",
+                vec![restarting.clone()],
+                late,
+                Ok(()),
+            ),
+            (
+                "all down, late",
+                vec![down.clone(), peer("10.0.0.5", false, false)],
+                late,
+                Err("no BGP peer is Established: 10.0.0.3, 10.0.0.5".into()),
+            ),
+            (
+                "the window's end is after it",
+                vec![up.clone(), down.clone()],
+                window,
+                Ok(()),
+            ),
+        ];
+        for (name, peers, uptime, want) in cases {
+            assert_eq!(bgp_ready(&peers, uptime, window), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_task_is_stalled_after_its_period_and_the_grace() {
+        let period = Duration::from_secs(30);
+        let cases = [
+            (Duration::ZERO, false),
+            (period, false),
+            (period + LIVENESS_GRACE, false),
+            (period + LIVENESS_GRACE + Duration::from_secs(1), true),
+        ];
+        for (since_beat, want) in cases {
+            assert_eq!(stalled(since_beat, period), want, "{since_beat:?}");
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_without_beats_is_reported_and_a_dropped_one_is_not() {
+        let period = Duration::from_secs(30);
+        let stuck = Heartbeat::new("stuck test task", period);
+        let later = Instant::now() + period + LIVENESS_GRACE + Duration::from_secs(5);
+        let named = |now| {
+            stalled_tasks(now)
+                .into_iter()
+                .filter(|t| t.starts_with("stuck test task "))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(named(Instant::now()), Vec::<String>::new());
+        let reported = named(later);
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert!(
+            reported[0].starts_with("stuck test task has made no progress for "),
+            "{reported:?}"
+        );
+        drop(stuck);
+        assert_eq!(named(later), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_window_comes_from_the_environment_or_the_default() {
+        assert_eq!(bgp_ready_window(None), Ok(BGP_READY_WINDOW));
+        assert_eq!(bgp_ready_window(Some("5")), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            bgp_ready_window(Some("1m")),
+            Err(
+                "TORTIE_BGP_READY_WINDOW=\"1m\": expected a whole number of seconds, e.g. 60"
+                    .into()
+            )
+        );
+    }
 
     #[test]
     fn ready_only_when_both_are() {

@@ -5,6 +5,7 @@
 //! A failed pod listing skips the round: an empty answer must never read as "every pod is
 //! gone".
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -15,21 +16,23 @@ use crate::attachment::Endpoints;
 use crate::ipam_task::{IpamHandle, LivePods};
 
 /// Node deletion releases the node's blocks and affinities (Calico's kube-controllers does
-/// this; here every agent does, and compare-and-swap keeps them from colliding).
-async fn release_deleted_nodes(nodes: &Api<Node>, ipam: &IpamHandle) {
+/// this; here every agent does, and compare-and-swap keeps them from colliding). Returns the
+/// nodes that exist, for the leak GC of deleted nodes' allocations; `None` when they could
+/// not be listed (then nothing of another node is released this round).
+async fn release_deleted_nodes(nodes: &Api<Node>, ipam: &IpamHandle) -> Option<HashSet<String>> {
     let list = match nodes.list_metadata(&ListParams::default()).await {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "listing nodes failed; not releasing deleted nodes' blocks this round");
-            return;
+            return None;
         }
     };
-    let existing = list
+    let existing: HashSet<String> = list
         .items
         .iter()
         .filter_map(|n| n.metadata.name.clone())
         .collect();
-    match ipam.release_deleted_nodes(existing).await {
+    match ipam.release_deleted_nodes(existing.clone()).await {
         Ok(released) => {
             for n in released {
                 tracing::info!(node = %n, "released the blocks of a deleted node");
@@ -39,6 +42,23 @@ async fn release_deleted_nodes(nodes: &Api<Node>, ipam: &IpamHandle) {
             tracing::warn!(error = %e, "releasing deleted nodes' blocks failed; retrying next round")
         }
     }
+    Some(existing)
+}
+
+/// The pods an allocation may belong to, keyed as allocations name them (namespace, name,
+/// UID). `tortiectl ipam check` reads pods through this too, so it calls leaked exactly what
+/// this GC would release.
+pub fn live_pods(pods: &[Pod]) -> LivePods {
+    let mut live = LivePods::default();
+    for p in pods {
+        let m = &p.metadata;
+        live.insert(
+            m.namespace.as_deref().unwrap_or("default"),
+            m.name.as_deref().unwrap_or_default(),
+            m.uid.as_deref().unwrap_or_default(),
+        );
+    }
+    live
 }
 
 /// How often to look: often enough that a leak goes soon after its grace period ends, and
@@ -62,7 +82,7 @@ pub async fn run<E: Endpoints>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        release_deleted_nodes(&nodes, &ipam).await;
+        let existing_nodes = release_deleted_nodes(&nodes, &ipam).await;
         let list = match pods.list(&params).await {
             Ok(l) => l,
             Err(e) => {
@@ -70,16 +90,7 @@ pub async fn run<E: Endpoints>(
                 continue;
             }
         };
-        let mut live = LivePods::default();
-        for p in &list.items {
-            let m = &p.metadata;
-            live.insert(
-                m.namespace.as_deref().unwrap_or("default"),
-                m.name.as_deref().unwrap_or_default(),
-                m.uid.as_deref().unwrap_or_default(),
-            );
-        }
-        match ipam.gc_leaks(live).await {
+        match ipam.gc_leaks(live_pods(&list.items), existing_nodes).await {
             Ok(released) => {
                 for h in released {
                     tracing::info!(handle = %h, "leak GC released an allocation whose pod is gone");

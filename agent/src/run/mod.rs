@@ -2,14 +2,15 @@
 //!
 //! In order: connect to the apiserver; wait for this node's Node object; find the node's
 //! address and register it; start the cluster cache's watches; create the default pools if
-//! none exist; turn on forwarding; install the CNI config and plugin; start the route
-//! reconciler, the IPAM task, the endpoint task and the policy task; then serve the API
-//! until SIGTERM or SIGINT. The agent answers ready once the policy dataplane is written.
+//! none exist; turn on forwarding; start the route reconciler, the IPAM task, the endpoint
+//! task and the policy task; then serve the API until SIGTERM or SIGINT. The agent answers
+//! ready once the policy dataplane is written.
+//! The CNI plugin and conflist are not its business: `tortie-node install-cni` (an init
+//! container) puts them in place before it starts (agent/src/install_cni.rs).
 //!
 //! The socket is bound last, so the CNI plugin sees "agent unreachable" (try again later)
 //! rather than an agent that might hand out addresses before it knows its blocks.
 
-pub mod cni_install;
 pub mod health;
 pub mod leak_gc;
 pub mod node;
@@ -18,6 +19,7 @@ pub mod retry;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
@@ -33,6 +35,7 @@ use crate::datastore::KubeStore;
 use crate::endpoints;
 use crate::ipam_task;
 use crate::mesh;
+use crate::metrics::{self, Metrics, StateSources};
 use crate::netlink::{self, KernelRouteTable};
 use crate::policy::model::Family;
 use crate::policy::task::{self as policy, Enforced};
@@ -60,10 +63,6 @@ pub enum RunError {
     Pool(#[from] pool::PoolSetupError),
     #[error("enabling IP forwarding: {0}")]
     Forwarding(#[source] std::io::Error),
-    #[error("installing the CNI config and plugin: {0}")]
-    Cni(#[from] cni_install::InstallError),
-    #[error("finding the CNI plugin next to tortie-node: {0}")]
-    PluginPath(#[source] std::io::Error),
     #[error("starting the route reconciler: {0}")]
     Routes(#[from] crate::routes::ReconcilerError),
     #[error("reading this node's allocations: {0}")]
@@ -81,18 +80,26 @@ pub enum RunError {
     Bgp(#[from] tortie_bgp::Error),
     #[error("setting up the policy dataplane: {0}")]
     Policy(#[from] crate::policy::apply::ApplyError),
+    #[error("serving metrics on {addr} (FELIX_PROMETHEUSMETRICSPORT): {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), RunError> {
+/// Runs the agent until SIGTERM or SIGINT. `bgp_ready_window`: see [`health::bgp_ready`].
+pub async fn run(config: Config, bgp_ready_window: Duration) -> Result<(), RunError> {
+    let started = Instant::now();
+    tracing::info!("connecting to the apiserver");
     let client = kube::Client::try_default()
         .await
         .map_err(RunError::Connect)?;
     let nodes: Api<Node> = Api::all(client.clone());
     let name = config.node_name.clone();
 
+    tracing::info!(node = %name, "waiting for the Node object");
     let node_obj = node::wait_for_node(&nodes, &name)
         .await
         .map_err(|source| RunError::Node {
@@ -117,30 +124,39 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         node: name.clone(),
         source,
     })?;
-    tracing::info!(node = %name, as_number = config.as_number, "node registered");
+    tracing::info!(node = %name, as_number = ?config.as_number, "node registered");
 
     let store = KubeStore::new(client.clone());
-    let cluster = cache::spawn(client.clone());
+    let metrics = Metrics::new();
+    tracing::info!("starting the cluster cache");
+    let cluster = cache::spawn(client.clone(), &metrics);
+    tracing::info!("ensuring the default IP pools");
     pool::ensure_default_pools(&store, &config).await?;
     netlink::sysctl::enable_forwarding(config.ipv6_pool.is_some()).map_err(RunError::Forwarding)?;
 
     let mtu = node::pod_mtu(&config, detected.as_ref().and_then(|d| d.ifname.as_deref()));
-    let conflist = cni_install::install_conflist(&config.cni_conf_dir, &config.agent_socket)?;
-    let plugin = cni_install::install_plugin(
-        &cni_install::shipped_plugin().map_err(RunError::PluginPath)?,
-        &config.cni_bin_dir,
-    )?;
-    tracing::info!(conflist = %conflist.display(), plugin = %plugin.display(), mtu, "CNI installed");
+    tracing::info!(mtu, "pod MTU");
 
     let (health_tx, health_rx) =
         watch::channel(Health::Starting("restoring local endpoints".to_owned()));
 
+    // Graceful restart (RFC 4724): the tortie routes an earlier run left in the kernel are
+    // adopted as stale, kept and never rewritten when named again as they are, and only
+    // the ones nobody named are swept, once both the local pods and blocks (below) and
+    // BGP's initial sync (mesh.rs) have been given to the reconciler (docs/agent.md).
+    tracing::info!("starting the route reconciler");
     let table = KernelRouteTable::open().map_err(crate::routes::ReconcilerError::from)?;
-    let (routes, _routes_thread) = spawn_reconciler(table, ReconcilerConfig::default())?;
+    let (routes, _routes_thread) = spawn_reconciler(
+        table,
+        ReconcilerConfig {
+            graceful_restart: true,
+            ..ReconcilerConfig::default()
+        },
+    )?;
     watch_route_deletions(&routes);
 
     // Pods that outlived a restart of the agent keep their host routes: without them, the
-    // reconciler's first resync would delete those routes as leftovers.
+    // reconciler would sweep those routes as leftovers.
     let seed = retry::until_done("reading this node's allocations", async || {
         local_endpoints(&store, &name).await
     })
@@ -164,12 +180,21 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // The IPAM task publishes this node's blocks (their blackhole routes, their BGP
     // announcements) from the allocator's cache as it starts: load it here, where an
     // outage is waited out, rather than let the task start with nothing to publish.
-    retry::until_done("loading the IP pools and blocks into IPAM", async || {
+    tracing::info!("loading this node's IPAM blocks");
+    let held = retry::until_done("loading the IP pools and blocks into IPAM", async || {
         allocator.affine_blocks().await
     })
     .await
     .map_err(RunError::IpamLoad)?;
-    let (ipam, affine, _ipam_task) = ipam_task::spawn(allocator, families.clone());
+    let (ipam, mut affine, _ipam_task) = ipam_task::spawn(allocator, families.clone());
+    // The blackholes and BGP advertisements of this node's blocks come from what the task
+    // publishes. After a restart whatever they lack is swept, here and at the peers, so
+    // they wait until it has published the blocks it holds (the first thing it does).
+    if !held.is_empty() && affine.wait_for(|blocks| !blocks.is_empty()).await.is_err() {
+        tracing::warn!("the IPAM task stopped before publishing this node's blocks");
+    }
+    let (routes_of_endpoints, _endpoints_task) =
+        endpoints::start(routes.clone(), seed.clone(), affine.clone()).await;
     // The mesh needs the node's IPv4 address: with IP=none this node runs no BGP.
     let mesh = match &detected {
         Some(d) => {
@@ -178,12 +203,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 node_ip: d.addr.addr(),
                 asn: config.as_number,
                 uplink: d.ifname.clone(),
+                secrets: kube::Api::default_namespaced(client.clone()),
             };
-            Some(mesh::start(cfg, cluster.clone(), affine.clone(), routes.clone()).await?)
+            tracing::info!("starting the BGP mesh");
+            Some(mesh::start(cfg, cluster.clone(), affine, ipam.borrowed(), routes).await?)
         }
-        None => None,
+        None => {
+            // No BGP: the local pods and blocks are every route this node has.
+            routes.sync_complete().await?;
+            None
+        }
     };
-    let (routes_of_endpoints, _endpoints_task) = endpoints::spawn(routes, seed.clone(), affine);
     let policy_families: Vec<Family> = families
         .iter()
         .map(|f| match f {
@@ -191,11 +221,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             IpFamily::V6 => Family::V6,
         })
         .collect();
+    tracing::info!("starting the policy task");
     let (policy, dataplane_health, _policy_task) = policy::spawn(
         policy::Timing::default(),
         policy::appliers(&policy_families, config.iptables_backend)?,
         cluster.clone(),
         seed,
+        metrics.clone(),
     );
     let endpoints = Enforced {
         inner: routes_of_endpoints,
@@ -209,19 +241,35 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         endpoints.clone(),
     ));
 
+    tracing::info!(socket = %config.agent_socket.display(), "binding the socket");
     let listener = server::bind(&config.agent_socket).map_err(|source| RunError::Bind {
         path: config.agent_socket.display().to_string(),
         source,
     })?;
     let health_rx = health::with_dataplane(health_rx, dataplane_health);
-    let cni = CniService::new(ipam, endpoints, mtu, health_rx.clone());
+    let metrics_server = match config.metrics {
+        None => None,
+        Some(addr) => {
+            let sources = StateSources {
+                speaker: mesh.as_ref().map(|(speaker, _)| speaker.clone()),
+                ipam: Some(ipam.clone()),
+                kernel_routes: true,
+            };
+            let served = metrics::serve(addr, metrics.clone(), sources)
+                .await
+                .map_err(|source| RunError::Metrics { addr, source })?;
+            Some(served)
+        }
+    };
+    let cni = CniService::new(ipam, endpoints, mtu, health_rx.clone()).with_metrics(metrics);
     let mut status = StatusService::new(
         NodeInfo {
             node_name: name.clone(),
             mtu,
         },
         health_rx,
-    );
+    )
+    .with_bgp_ready_window(started, bgp_ready_window);
     if let Some((speaker, _)) = &mesh {
         status = status.with_speaker(speaker.clone());
     }
@@ -233,6 +281,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     server::serve(listener, cni, status, shutdown).await?;
     leak_gc.abort();
     probe.abort();
+    if let Some(served) = metrics_server {
+        served.abort();
+    }
     if let Some((speaker, task)) = mesh {
         task.abort();
         if let Err(e) = speaker.shutdown().await {

@@ -18,16 +18,19 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 const FALLBACK_MTU: u32 = 1500;
 
 /// The merge patch that registers the node. With no address (`IP=none`) the address
-/// annotation is removed, so nobody peers with a stale one.
-pub fn registration_patch(addr: Option<Ipv4Net>, as_number: u32) -> serde_json::Value {
-    json!({
-        "metadata": {
-            "annotations": {
-                ANNOTATION_IPV4: addr.map(|a| a.to_string()),
-                ANNOTATION_AS: as_number.to_string(),
-            }
-        }
-    })
+/// annotation is removed, so nobody peers with a stale one. Without `AS` the AS annotation
+/// is left as it is: the node's AS then follows BGPConfiguration, and the mesh task
+/// (agent/src/mesh.rs) writes it once it knows it.
+pub fn registration_patch(addr: Option<Ipv4Net>, as_number: Option<u32>) -> serde_json::Value {
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(
+        ANNOTATION_IPV4.to_owned(),
+        json!(addr.map(|a| a.to_string())),
+    );
+    if let Some(asn) = as_number {
+        annotations.insert(ANNOTATION_AS.to_owned(), json!(asn.to_string()));
+    }
+    json!({ "metadata": { "annotations": annotations } })
 }
 
 /// The Node's `InternalIP` addresses, for `kubernetes-internal-ip`.
@@ -136,7 +139,7 @@ pub async fn register(
     api: &Api<Node>,
     name: &str,
     addr: Option<Ipv4Net>,
-    as_number: u32,
+    as_number: Option<u32>,
 ) -> Result<Node, kube::Error> {
     let patch = Patch::Merge(registration_patch(addr, as_number));
     retry::until_done(
@@ -155,15 +158,15 @@ mod tests {
 
     #[test]
     fn patch_sets_or_clears_the_address() {
-        let p = registration_patch(Some("10.0.0.5/24".parse().unwrap()), 64512);
+        let p = registration_patch(Some("10.0.0.5/24".parse().unwrap()), Some(64512));
         assert_eq!(
             p,
             json!({"metadata": {"annotations": {"tortie.dev/ipv4-address": "10.0.0.5/24", "tortie.dev/as-number": "64512"}}})
         );
-        let p = registration_patch(None, 65001);
+        let p = registration_patch(None, None);
         assert_eq!(
-            p["metadata"]["annotations"]["tortie.dev/ipv4-address"],
-            serde_json::Value::Null
+            p,
+            json!({"metadata": {"annotations": {"tortie.dev/ipv4-address": null}}})
         );
     }
 

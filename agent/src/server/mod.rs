@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tokio::net::UnixListener;
@@ -26,6 +27,8 @@ use tortie_api::v1::status_server::{Status as StatusApi, StatusServer};
 use tracing::Instrument;
 
 use crate::attachment::{AllocateParams, Endpoint, Endpoints, Failure, Handle, Ipam, PodRef};
+use crate::metrics::Metrics;
+use crate::run::health::{PeerReadiness, bgp_ready};
 
 /// The pods' IPv4 gateway: a link-local address nobody holds, answered by proxy ARP on the
 /// host veth (as Calico does).
@@ -130,6 +133,7 @@ pub struct CniService<I, E> {
     endpoints: E,
     mtu: u32,
     health: watch::Receiver<Health>,
+    metrics: Metrics,
 }
 
 impl<I: Ipam, E: Endpoints> CniService<I, E> {
@@ -139,7 +143,26 @@ impl<I: Ipam, E: Endpoints> CniService<I, E> {
             endpoints,
             mtu,
             health,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts each call in `metrics` (the agent's, which it serves to Prometheus).
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        CniService { metrics, ..self }
+    }
+
+    /// Runs one call and records its duration and outcome.
+    async fn timed<T>(
+        &self,
+        rpc: &'static str,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let start = Instant::now();
+        let result = call.await;
+        let error = result.as_ref().err().map(Status::code);
+        self.metrics.observe_cni(rpc, start.elapsed(), error);
+        result
     }
 
     /// Refuses work until the agent is ready: an allocation before the datastore is synced
@@ -163,122 +186,142 @@ impl<I: Ipam, E: Endpoints> Cni for CniService<I, E> {
         &self,
         req: Request<api::AllocateRequest>,
     ) -> Result<Response<api::AllocateReply>, Status> {
-        let req = req.into_inner();
-        let handle = handle_of(req.attachment.as_ref())?;
-        self.check_ready()?;
-        let pod = pod_of(req.pod.as_ref());
-        let span = tracing::info_span!("pod", container_id = %handle.container_id, pod = %format_args!("{}/{}", pod.namespace, pod.name));
-        let addrs = self
-            .ipam
-            .allocate(AllocateParams { handle, pod })
-            .instrument(span.clone())
-            .await?;
-        span.in_scope(|| tracing::info!(addresses = ?addrs, "allocated"));
-        Ok(Response::new(api::AllocateReply {
-            ips: addrs.iter().map(ip_config).collect(),
-            mtu: self.mtu,
-        }))
+        self.timed("Allocate", async {
+            let req = req.into_inner();
+            let handle = handle_of(req.attachment.as_ref())?;
+            self.check_ready()?;
+            let pod = pod_of(req.pod.as_ref());
+            let span = tracing::info_span!("pod", container_id = %handle.container_id, pod = %format_args!("{}/{}", pod.namespace, pod.name));
+            let addrs = self
+                .ipam
+                .allocate(AllocateParams { handle, pod })
+                .instrument(span.clone())
+                .await?;
+            span.in_scope(|| tracing::info!(addresses = ?addrs, "allocated"));
+            Ok(Response::new(api::AllocateReply {
+                ips: addrs.iter().map(ip_config).collect(),
+                mtu: self.mtu,
+            }))
+        })
+        .await
     }
 
     async fn endpoint_ready(
         &self,
         req: Request<api::EndpointReadyRequest>,
     ) -> Result<Response<api::EndpointReadyReply>, Status> {
-        let req = req.into_inner();
-        let handle = handle_of(req.attachment.as_ref())?;
-        self.check_ready()?;
-        check_ifname(&req.host_ifname)?;
-        let mut addresses = Vec::with_capacity(req.addresses.len());
-        for a in &req.addresses {
-            let net: IpNet = a.parse().map_err(|_| {
-                Failure::Invalid(format!(
-                    "address {a:?} is not an address with a prefix length"
+        self.timed("EndpointReady", async {
+            let req = req.into_inner();
+            let handle = handle_of(req.attachment.as_ref())?;
+            self.check_ready()?;
+            check_ifname(&req.host_ifname)?;
+            let mut addresses = Vec::with_capacity(req.addresses.len());
+            for a in &req.addresses {
+                let net: IpNet = a.parse().map_err(|_| {
+                    Failure::Invalid(format!(
+                        "address {a:?} is not an address with a prefix length"
+                    ))
+                })?;
+                addresses.push(net);
+            }
+            if addresses.is_empty() {
+                return Err(Failure::Invalid("the endpoint has no addresses".to_owned()).into());
+            }
+            // Only routes to addresses this handle holds: a confused caller must not be able to
+            // pull another pod's traffic to its veth.
+            let held = self.ipam.addresses(&handle).await?;
+            if let Some(stray) = addresses.iter().find(|a| !held.contains(a)) {
+                return Err(Failure::Precondition(format!(
+                    "{stray} is not allocated to {handle} (it holds {held:?}); call Allocate first"
                 ))
-            })?;
-            addresses.push(net);
-        }
-        if addresses.is_empty() {
-            return Err(Failure::Invalid("the endpoint has no addresses".to_owned()).into());
-        }
-        // Only routes to addresses this handle holds: a confused caller must not be able to
-        // pull another pod's traffic to its veth.
-        let held = self.ipam.addresses(&handle).await?;
-        if let Some(stray) = addresses.iter().find(|a| !held.contains(a)) {
-            return Err(Failure::Precondition(format!(
-                "{stray} is not allocated to {handle} (it holds {held:?}); call Allocate first"
-            ))
-            .into());
-        }
-        let endpoint = Endpoint {
-            handle,
-            pod: pod_of(req.pod.as_ref()),
-            host_ifname: req.host_ifname,
-            addresses,
-        };
-        self.endpoints.ready(endpoint).await?;
-        Ok(Response::new(api::EndpointReadyReply {}))
+                .into());
+            }
+            let endpoint = Endpoint {
+                handle,
+                pod: pod_of(req.pod.as_ref()),
+                host_ifname: req.host_ifname,
+                addresses,
+            };
+            self.endpoints.ready(endpoint).await?;
+            Ok(Response::new(api::EndpointReadyReply {}))
+        })
+        .await
     }
 
     async fn release(
         &self,
         req: Request<api::ReleaseRequest>,
     ) -> Result<Response<api::ReleaseReply>, Status> {
-        let handle = handle_of(req.into_inner().attachment.as_ref())?;
-        self.check_ready()?;
-        // The route goes first: a released address may be handed to a new pod at once, and
-        // the old /32 must not still point at the old veth then.
-        self.endpoints.removed(&handle).await?;
-        let released = self.ipam.release(&handle).await?;
-        tracing::info!(%handle, released, "released");
-        Ok(Response::new(api::ReleaseReply { released }))
+        self.timed("Release", async {
+            let handle = handle_of(req.into_inner().attachment.as_ref())?;
+            self.check_ready()?;
+            // The route goes first: a released address may be handed to a new pod at once, and
+            // the old /32 must not still point at the old veth then.
+            self.endpoints.removed(&handle).await?;
+            let released = self.ipam.release(&handle).await?;
+            tracing::info!(%handle, released, "released");
+            Ok(Response::new(api::ReleaseReply { released }))
+        })
+        .await
     }
 
     async fn check(
         &self,
         req: Request<api::CheckRequest>,
     ) -> Result<Response<api::CheckReply>, Status> {
-        let handle = handle_of(req.into_inner().attachment.as_ref())?;
-        self.check_ready()?;
-        let addrs = self.ipam.addresses(&handle).await?;
-        Ok(Response::new(api::CheckReply {
-            addresses: addrs.iter().map(ToString::to_string).collect(),
-        }))
+        self.timed("Check", async {
+            let handle = handle_of(req.into_inner().attachment.as_ref())?;
+            self.check_ready()?;
+            let addrs = self.ipam.addresses(&handle).await?;
+            Ok(Response::new(api::CheckReply {
+                addresses: addrs.iter().map(ToString::to_string).collect(),
+            }))
+        })
+        .await
     }
 
     async fn gc(&self, req: Request<api::GcRequest>) -> Result<Response<api::GcReply>, Status> {
-        let req = req.into_inner();
-        check_cni_name("network name", &req.network)?;
-        self.check_ready()?;
-        let mut keep = Vec::with_capacity(req.valid_attachments.len());
-        for att in &req.valid_attachments {
-            let h = handle_of(Some(att))?;
-            if h.network != req.network {
-                return Err(Failure::Invalid(format!(
-                    "valid attachment {h} belongs to network {:?}, not {:?}",
-                    h.network, req.network
-                ))
-                .into());
+        self.timed("Gc", async {
+            let req = req.into_inner();
+            check_cni_name("network name", &req.network)?;
+            self.check_ready()?;
+            let mut keep = Vec::with_capacity(req.valid_attachments.len());
+            for att in &req.valid_attachments {
+                let h = handle_of(Some(att))?;
+                if h.network != req.network {
+                    return Err(Failure::Invalid(format!(
+                        "valid attachment {h} belongs to network {:?}, not {:?}",
+                        h.network, req.network
+                    ))
+                    .into());
+                }
+                keep.push(h);
             }
-            keep.push(h);
-        }
-        let outcome = self.ipam.gc(&req.network, &keep).await?;
-        // Endpoints of released handles are forgotten too, so their routes are not repaired.
-        for h in &outcome.handles {
-            self.endpoints.removed(h).await?;
-        }
-        tracing::info!(network = %req.network, kept = keep.len(), released = ?outcome.handles, "gc");
-        // `released` counts attachments: an attachment's addresses go together.
-        Ok(Response::new(api::GcReply {
-            released: outcome.handles.len() as u32,
-        }))
+            let outcome = self.ipam.gc(&req.network, &keep).await?;
+            // Endpoints of released handles are forgotten too, so their routes are not repaired.
+            for h in &outcome.handles {
+                self.endpoints.removed(h).await?;
+            }
+            tracing::info!(network = %req.network, kept = keep.len(), released = ?outcome.handles, "gc");
+            // `released` counts attachments: an attachment's addresses go together.
+            Ok(Response::new(api::GcReply {
+                released: outcome.handles.len() as u32,
+            }))
+        })
+        .await
     }
 }
 
-/// The `Status` service.
+/// The `Status` service. Its `ready` is the readiness probe's answer: the agent's
+/// [`Health`] and BGP as [`crate::run::health::bgp_ready`] judges it. The CNI service
+/// follows [`Health`] alone, so a BGP peer being down never stops pods from starting.
 pub struct StatusService {
     info: NodeInfo,
     health: watch::Receiver<Health>,
     bgp: Option<tortie_bgp::Speaker>,
+    /// When the agent started, and for how long after that BGP readiness is strict.
+    started: Instant,
+    bgp_ready_window: Duration,
 }
 
 impl StatusService {
@@ -287,7 +330,17 @@ impl StatusService {
             info,
             health,
             bgp: None,
+            started: Instant::now(),
+            bgp_ready_window: crate::run::health::BGP_READY_WINDOW,
         }
+    }
+
+    /// Counts BGP's start-up window from `started` (the agent's start, rather than this
+    /// service's creation) and makes it last `window`.
+    pub fn with_bgp_ready_window(mut self, started: Instant, window: Duration) -> Self {
+        self.started = started;
+        self.bgp_ready_window = window;
+        self
     }
 
     /// Reports `speaker`'s peers (the node-to-node mesh) in `bgp_peers`.
@@ -303,12 +356,8 @@ impl StatusApi for StatusService {
         &self,
         _req: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusReply>, Status> {
-        let (ready, reason) = match &*self.health.borrow() {
-            Health::Ready => (true, String::new()),
-            Health::Starting(why) => (false, format!("starting: {why}")),
-            Health::Degraded(why) => (false, why.clone()),
-        };
-        let bgp_peers = match &self.bgp {
+        let health = self.health.borrow().clone();
+        let bgp_peers: Vec<api::BgpPeer> = match &self.bgp {
             Some(speaker) => speaker
                 .peer_status()
                 .await
@@ -318,6 +367,24 @@ impl StatusApi for StatusService {
                 .collect(),
             None => Vec::new(),
         };
+        let (ready, reason) = match health {
+            Health::Ready => {
+                let peers: Vec<PeerReadiness> = bgp_peers
+                    .iter()
+                    .map(|p| PeerReadiness {
+                        address: p.address.clone(),
+                        established: p.state == tortie_bgp::State::Established.to_string(),
+                        graceful_restart: p.graceful_restart,
+                    })
+                    .collect();
+                match bgp_ready(&peers, self.started.elapsed(), self.bgp_ready_window) {
+                    Ok(()) => (true, String::new()),
+                    Err(why) => (false, why),
+                }
+            }
+            Health::Starting(why) => (false, format!("starting: {why}")),
+            Health::Degraded(why) => (false, why),
+        };
         Ok(Response::new(api::StatusReply {
             ready,
             node_name: self.info.node_name.clone(),
@@ -325,6 +392,7 @@ impl StatusApi for StatusService {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             bgp_peers,
             reason,
+            stalled_tasks: crate::run::health::stalled_tasks(Instant::now()),
         }))
     }
 }

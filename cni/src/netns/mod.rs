@@ -253,7 +253,7 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), DataplaneError> {
         .map_err(|e| DataplaneError::failed(format!("write {value} to {path}"), e))
 }
 
-/// The host side's IPv4 sysctls (DESIGN.md "Dataplane"): answer ARP for the gateway by
+/// The host side's IPv4 sysctls (docs/architecture.md, "The dataplane on a node"): answer ARP for the gateway by
 /// proxy, at once, and forward.
 fn host_sysctls_v4(ifname: &str) -> Result<(), DataplaneError> {
     write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/proxy_arp"), "1")?;

@@ -491,7 +491,7 @@ pub fn tortie() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tortie"))
 }
 
-/// The host veth name the plugin must use (DESIGN.md), computed independently with sha1sum.
+/// The host veth name the plugin must use (docs/architecture.md), computed independently with sha1sum.
 pub fn expected_host_ifname(pod: &str) -> String {
     let mut child = Command::new("sha1sum")
         .stdin(Stdio::piped())

@@ -37,13 +37,34 @@ pub fn target_netns(lab: &Lab, target: &str) -> anyhow::Result<String> {
     Ok(netns)
 }
 
+/// Runs the command in the target's namespace as it would run on a node: the built
+/// binaries (`tortie-node`, `tortiectl`, `tortie`, next to `tortie-lab`) come first on the
+/// PATH, and in a node the agent's socket is where they look for it by default.
 pub fn run(lab: &Lab, args: Args) -> anyhow::Result<ExitCode> {
     let netns = target_netns(lab, &args.target)?;
-    let err = Command::new("ip")
-        .args(["netns", "exec", &netns])
-        .args(&args.command)
-        .exec();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &netns]).args(&args.command);
+    if let Some(path) = path_with_built_binaries() {
+        cmd.env("PATH", path);
+    }
+    if lab.node_netns(&args.target) == netns {
+        // On a node, tortie-node (TORTIE_AGENT_SOCKET) and tortiectl (TORTIE_SOCKET) find
+        // the agent at /var/run/tortie/agent.sock by default; the lab's is per node.
+        let socket = lab.agent_socket(&args.target);
+        cmd.env("TORTIE_AGENT_SOCKET", &socket)
+            .env("TORTIE_SOCKET", &socket);
+    }
+    let err = cmd.exec();
     bail!("running {:?} in {netns}: {err}", args.command)
+}
+
+/// Our PATH with the folder of the running `tortie-lab` (where cargo builds every binary of
+/// the workspace) in front.
+fn path_with_built_binaries() -> Option<OsString> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.to_path_buf();
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&rest))).ok()
 }
 
 #[cfg(test)]

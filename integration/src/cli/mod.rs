@@ -11,6 +11,8 @@ pub mod bench;
 pub mod down;
 pub mod exec;
 pub mod kubectl;
+pub mod node;
+pub mod peer;
 pub mod ping;
 pub mod pod;
 pub mod probe;
@@ -43,8 +45,12 @@ pub enum Command {
     Exec(exec::Args),
     /// Add, check or delete pods: the lab as kubelet + containerd.
     Pod(pod::Args),
-    /// Ping a pod or node from a pod or node.
+    /// Ping a pod or node from a pod or node; without both, every pod to every pod and node.
     Ping(ping::Args),
+    /// Nodes joining (`node add`) and leaving (`node del node-N`) the running lab.
+    Node(node::Args),
+    /// Routers on the LAN peered with the nodes through BGPPeers (`peer add`).
+    Peer(peer::Args),
     /// Run a benchmark scenario (`cni`).
     Bench(bench::Args),
     /// Serve TCP and UDP in this namespace, answering with an identity (`pod add --serve`).
@@ -66,6 +72,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => exec::run(&lab, args),
         Command::Pod(args) => pod::run(&lab, args),
         Command::Ping(args) => ping::run(&lab, args),
+        Command::Node(args) => node::run(&lab, args),
+        Command::Peer(args) => peer::run(&lab, args),
         Command::Bench(args) => bench::run(&lab, args),
         Command::Serve(args) => serve::run(args),
         Command::Probe(args) => probe::run(&lab, args),

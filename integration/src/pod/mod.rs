@@ -9,6 +9,7 @@
 
 pub mod cni;
 pub mod kube;
+pub mod ping_matrix;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -294,22 +295,7 @@ pub fn add(lab: &Lab, pod: &PodRef, opts: &AddOptions) -> Result<PodRecord, PodE
             lab.state_dir().display()
         ))
     })?;
-    let node = config
-        .nodes
-        .iter()
-        .find(|n| n.name == opts.node)
-        .ok_or_else(|| {
-            PodError::Invalid(format!(
-                "{:?} is not a node of this lab ({})",
-                opts.node,
-                config
-                    .nodes
-                    .iter()
-                    .map(|n| n.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+    let node = config.node(&opts.node)?;
     if load(lab, pod)?.is_some() {
         return Err(PodError::Invalid(format!(
             "pod {pod} exists already (`pod del {pod}` first)"
@@ -426,6 +412,13 @@ pub fn del(lab: &Lab, pod: &PodRef) -> Result<(), PodError> {
     if load(lab, pod)?.is_some() {
         cni_del(lab, pod)?;
     }
+    forget(lab, pod)
+}
+
+/// What is left of a pod once its network is undone, or once its node is gone (`node del`:
+/// no agent answers a CNI DEL there, and the Node's blocks go with the Node): its
+/// namespace, its Pod object and the lab's record.
+pub fn forget(lab: &Lab, pod: &PodRef) -> Result<(), PodError> {
     delete_netns(lab, pod)?;
     kube::delete_pod(lab, pod)?;
     let dir = pod_dir(lab, pod);

@@ -141,6 +141,26 @@ impl TestLab {
         self.output(&mut cmd)
     }
 
+    /// `tortiectl --socket <node's socket> node status -o json`, run inside the node's netns.
+    pub fn node_status(&self, node: &str) -> serde_json::Value {
+        let bin = tortie_lab::agents::sibling_binary("tortiectl", "TORTIECTL_BIN")
+            .unwrap_or_else(|| panic!("tortiectl is not built: cargo build -p tortie-node"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lab.node_netns(node)])
+            .arg(bin)
+            .arg("--socket")
+            .arg(self.lab.agent_socket(node))
+            .args(["node", "status", "-o", "json"]);
+        let out = self.output(&mut cmd);
+        assert!(
+            out.status.success(),
+            "tortiectl node status on {node}: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_str(&text(&out.stdout))
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+    }
+
     /// A folder that outlives `down` (the test's temp folder, outside the state folder).
     pub fn scratch(&self) -> &Path {
         self._dir.path()
@@ -244,11 +264,12 @@ pub fn assert_nothing_left(lab: &Lab) {
 
 /// A stand-in agent for tests that check the lab's process handling, not the agent: it
 /// records the environment and the namespace's addresses it was started with, then waits.
+/// As `install-cni` it records its environment (`.install-cni.env`) and exits.
 pub fn recording_agent(dir: &Path) -> PathBuf {
     let path = dir.join("recording-agent");
     std::fs::write(
         &path,
-        "#!/bin/sh\nenv > \"$TORTIE_AGENT_SOCKET.env\"\nip -o -4 addr show dev eth0 > \"$TORTIE_AGENT_SOCKET.addr\"\nexec sleep 600\n",
+        "#!/bin/sh\nif [ \"$1\" = install-cni ]; then env > \"$TORTIE_AGENT_SOCKET.install-cni.env\"; exit 0; fi\nenv > \"$TORTIE_AGENT_SOCKET.env\"\nip -o -4 addr show dev eth0 > \"$TORTIE_AGENT_SOCKET.addr\"\nexec sleep 600\n",
     )
     .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     use std::os::unix::fs::PermissionsExt;
