@@ -95,8 +95,10 @@ impl Task {
         mut rx: mpsc::Receiver<Command>,
         mut affine: watch::Receiver<Vec<IpNet>>,
     ) {
+        let (heartbeat, mut tick) = crate::run::health::Heartbeat::with_idle_tick("endpoint task");
         loop {
             tokio::select! {
+                _ = tick.tick() => heartbeat.beat(),
                 cmd = rx.recv() => match cmd {
                     Some(Command::Ready(ep, reply)) => { let _ = reply.send(self.ready(ep).await); }
                     Some(Command::Removed(h, reply)) => { let _ = reply.send(self.removed(&h).await); }

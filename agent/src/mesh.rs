@@ -258,8 +258,10 @@ async fn run(
     cluster.mark_changed();
     // Originate what IPAM already holds before the first peer is added.
     set_originated(&speaker, &mut originated, advertised.take()).await;
+    let (heartbeat, mut tick) = crate::run::health::Heartbeat::with_idle_tick("BGP mesh");
     loop {
         tokio::select! {
+            _ = tick.tick() => heartbeat.beat(),
             event = events.recv() => {
                 let (upsert, remove) = match event {
                     Some(RibEvent::Changes(changes)) => {

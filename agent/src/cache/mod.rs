@@ -239,7 +239,18 @@ fn forward<K, S>(
 /// is drained, so a burst of events makes one snapshot.
 async fn own(mut rx: mpsc::Receiver<Update>, out: watch::Sender<Snapshot>) {
     let mut model = Model::default();
-    while let Some(update) = rx.recv().await {
+    let (heartbeat, mut tick) = crate::run::health::Heartbeat::with_idle_tick("cluster cache");
+    loop {
+        let update = tokio::select! {
+            _ = tick.tick() => {
+                heartbeat.beat();
+                continue;
+            }
+            update = rx.recv() => match update {
+                Some(update) => update,
+                None => return,
+            },
+        };
         model.apply(update);
         while let Ok(update) = rx.try_recv() {
             model.apply(update);

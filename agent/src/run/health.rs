@@ -194,6 +194,21 @@ pub fn bgp_ready(
 /// a wedged agent within minutes.
 pub const LIVENESS_GRACE: Duration = Duration::from_secs(60);
 
+/// How often a task whose work comes only from events (the endpoint task, the mesh, the
+/// cluster cache) beats anyway: its loop also waits on a tick of this period, so an idle
+/// task still shows it is not stuck.
+pub const IDLE_TICK: Duration = Duration::from_secs(30);
+
+impl Heartbeat {
+    /// A heartbeat for an event-driven task, and the interval its loop must also wait on
+    /// (beating on each tick).
+    pub fn with_idle_tick(task: &'static str) -> (Heartbeat, tokio::time::Interval) {
+        let mut tick = tokio::time::interval(IDLE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        (Heartbeat::new(task, IDLE_TICK), tick)
+    }
+}
+
 /// One task's last sign of progress, for the liveness probe. A task that loops on a
 /// periodic tick makes one with [`Heartbeat::new`] and calls [`Heartbeat::beat`] once per
 /// loop iteration; when it goes more than its tick's period plus [`LIVENESS_GRACE`] without
