@@ -11,6 +11,8 @@
 //! peer). Only then are the stale routes nobody re-announced swept.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -83,6 +85,8 @@ enum Command {
 pub struct RoutesHandle {
     tx: mpsc::Sender<Command>,
     found_at_start: usize,
+    /// Graceful restart: routes found at start wait for [`RoutesHandle::sync_complete`].
+    restarting: Arc<AtomicBool>,
 }
 
 impl RoutesHandle {
@@ -90,6 +94,12 @@ impl RoutesHandle {
     /// we restarted with forwarding state intact (RFC 4724's R bit).
     pub fn found_at_start(&self) -> usize {
         self.found_at_start
+    }
+
+    /// Whether this node is still in its own graceful restart: it kept the routes it found
+    /// at start and has not yet been told the sync is complete (readiness waits for it).
+    pub fn restart_in_progress(&self) -> bool {
+        self.restarting.load(Ordering::Relaxed)
     }
 
     /// Makes `set` the complete desired state (agent mode: from `desired_routes`).
@@ -204,20 +214,32 @@ pub fn spawn_reconciler<T: RouteTable + 'static>(
         "route reconciler starting"
     );
     let (tx, rx) = mpsc::channel(QUEUE);
+    let restarting = Arc::new(AtomicBool::new(
+        config.graceful_restart && found_at_start > 0,
+    ));
     let mut state = Reconciler {
         table,
         state: RouteState::new(kernel, config.graceful_restart),
+        restarting: restarting.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("tortie-routes".into())
         .spawn(move || state.run(rx, config.resync_interval))
         .map_err(ReconcilerError::Spawn)?;
-    Ok((RoutesHandle { tx, found_at_start }, thread))
+    Ok((
+        RoutesHandle {
+            tx,
+            found_at_start,
+            restarting,
+        },
+        thread,
+    ))
 }
 
 struct Reconciler<T> {
     table: T,
     state: RouteState,
+    restarting: Arc<AtomicBool>,
 }
 
 impl<T: RouteTable> Reconciler<T> {
@@ -332,6 +354,7 @@ impl<T: RouteTable> Reconciler<T> {
                             "routes in sync: sweeping stale routes"
                         );
                         self.state.sync_complete();
+                        self.restarting.store(false, Ordering::Relaxed);
                         full = true;
                     }
                     Command::Resync(reply) => {
@@ -565,6 +588,7 @@ mod tests {
         fake.insert(gone.clone());
         let (h, _t) =
             spawn_reconciler(fake.clone(), config(true)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(h.restart_in_progress(), "routes were found at start");
         // A peer re-announces one route, with a new next hop.
         let moved = Route::via(
             kept.dst,
@@ -580,8 +604,10 @@ mod tests {
         );
         assert_eq!(fake.routes(), vec![moved.clone(), gone.clone()]);
 
+        assert!(h.restart_in_progress());
         h.sync_complete().await.unwrap_or_else(|e| panic!("{e}"));
         h.resync().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(!h.restart_in_progress(), "the sweep ends the restart");
         assert_eq!(fake.routes(), vec![moved]);
         assert!(
             fake.batches()

@@ -149,11 +149,21 @@ pub struct PeerReadiness {
 ///
 /// The window is a time, not "until every peer has been Established once": a peer that is
 /// dead when the agent starts would otherwise hold the node unready with no end.
+///
+/// `own_restart`: this node is itself in graceful restart (it kept the routes it found at
+/// start and its initial sync is not complete); within the window that is not ready either.
 pub fn bgp_ready(
     peers: &[PeerReadiness],
+    own_restart: bool,
     uptime: Duration,
     window: Duration,
 ) -> Result<(), String> {
+    if own_restart && uptime < window {
+        return Err(
+            "this node's BGP graceful restart is in progress: the routes it kept are not yet confirmed by its peers"
+                .into(),
+        );
+    }
     if peers.is_empty() {
         return Ok(());
     }
@@ -343,8 +353,15 @@ mod tests {
             ),
         ];
         for (name, peers, uptime, want) in cases {
-            assert_eq!(bgp_ready(&peers, uptime, window), want, "{name}");
+            assert_eq!(bgp_ready(&peers, false, uptime, window), want, "{name}");
         }
+        // Our own restart: not ready in the window whatever the peers say, ready after it.
+        assert!(
+            bgp_ready(&[up.clone()], true, early, window)
+                .is_err_and(|why| why.contains("graceful restart is in progress"))
+        );
+        assert!(bgp_ready(&[], true, early, window).is_err());
+        assert_eq!(bgp_ready(&[up.clone()], true, late, window), Ok(()));
     }
 
     #[test]

@@ -195,6 +195,8 @@ pub async fn run(config: Config, bgp_ready_window: Duration) -> Result<(), RunEr
     }
     let (routes_of_endpoints, _endpoints_task) =
         endpoints::start(routes.clone(), seed.clone(), affine.clone()).await;
+    // Readiness asks it whether this node's own graceful restart is over.
+    let routes_for_status = routes.clone();
     // The mesh needs the node's IPv4 address: with IP=none this node runs no BGP.
     let mesh = match &detected {
         Some(d) => {
@@ -269,7 +271,8 @@ pub async fn run(config: Config, bgp_ready_window: Duration) -> Result<(), RunEr
         },
         health_rx,
     )
-    .with_bgp_ready_window(started, bgp_ready_window);
+    .with_bgp_ready_window(started, bgp_ready_window)
+    .with_routes(routes_for_status);
     if let Some((speaker, _)) = &mesh {
         status = status.with_speaker(speaker.clone());
     }

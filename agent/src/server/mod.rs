@@ -322,6 +322,8 @@ pub struct StatusService {
     /// When the agent started, and for how long after that BGP readiness is strict.
     started: Instant,
     bgp_ready_window: Duration,
+    /// The route reconciler, which knows whether this node is in its own graceful restart.
+    routes: Option<crate::routes::RoutesHandle>,
 }
 
 impl StatusService {
@@ -332,7 +334,15 @@ impl StatusService {
             bgp: None,
             started: Instant::now(),
             bgp_ready_window: crate::run::health::BGP_READY_WINDOW,
+            routes: None,
         }
+    }
+
+    /// Makes readiness wait, within the start-up window, for this node's own graceful
+    /// restart to finish (its kept routes confirmed, the stale ones swept).
+    pub fn with_routes(mut self, routes: crate::routes::RoutesHandle) -> Self {
+        self.routes = Some(routes);
+        self
     }
 
     /// Counts BGP's start-up window from `started` (the agent's start, rather than this
@@ -377,7 +387,16 @@ impl StatusApi for StatusService {
                         graceful_restart: p.graceful_restart,
                     })
                     .collect();
-                match bgp_ready(&peers, self.started.elapsed(), self.bgp_ready_window) {
+                let own_restart = self
+                    .routes
+                    .as_ref()
+                    .is_some_and(|r| r.restart_in_progress());
+                match bgp_ready(
+                    &peers,
+                    own_restart,
+                    self.started.elapsed(),
+                    self.bgp_ready_window,
+                ) {
                     Ok(()) => (true, String::new()),
                     Err(why) => (false, why),
                 }
