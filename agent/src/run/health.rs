@@ -357,11 +357,14 @@ mod tests {
         }
         // Our own restart: not ready in the window whatever the peers say, ready after it.
         assert!(
-            bgp_ready(&[up.clone()], true, early, window)
+            bgp_ready(std::slice::from_ref(&up), true, early, window)
                 .is_err_and(|why| why.contains("graceful restart is in progress"))
         );
         assert!(bgp_ready(&[], true, early, window).is_err());
-        assert_eq!(bgp_ready(&[up.clone()], true, late, window), Ok(()));
+        assert_eq!(
+            bgp_ready(std::slice::from_ref(&up), true, late, window),
+            Ok(())
+        );
     }
 
     #[test]
