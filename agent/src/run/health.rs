@@ -152,20 +152,21 @@ pub struct PeerReadiness {
 ///
 /// `own_restart`: this node is itself in graceful restart (it kept the routes it found at
 /// start and its initial sync is not complete); within the window that is not ready either.
+/// A node without peers has no one to wait for, so it is ready whatever `own_restart` says.
 pub fn bgp_ready(
     peers: &[PeerReadiness],
     own_restart: bool,
     uptime: Duration,
     window: Duration,
 ) -> Result<(), String> {
+    if peers.is_empty() {
+        return Ok(());
+    }
     if own_restart && uptime < window {
         return Err(
             "this node's BGP graceful restart is in progress: the routes it kept are not yet confirmed by its peers"
                 .into(),
         );
-    }
-    if peers.is_empty() {
-        return Ok(());
     }
     let restarting: Vec<&str> = peers
         .iter()
@@ -360,7 +361,8 @@ mod tests {
             bgp_ready(std::slice::from_ref(&up), true, early, window)
                 .is_err_and(|why| why.contains("graceful restart is in progress"))
         );
-        assert!(bgp_ready(&[], true, early, window).is_err());
+        // A single node restarting has no peer to confirm anything: ready.
+        assert_eq!(bgp_ready(&[], true, early, window), Ok(()));
         assert_eq!(
             bgp_ready(std::slice::from_ref(&up), true, late, window),
             Ok(())
