@@ -12,20 +12,8 @@ use std::time::{Duration, Instant};
 
 use lab_support::{TestLab, text};
 use serde_json::Value;
-use tortie_lab::pod::{self, PodRef};
 
 const NODES: u32 = 3;
-
-fn pod_ip(t: &TestLab, pod: &str) -> String {
-    let r: PodRef = pod.parse().unwrap_or_else(|e| panic!("{e}"));
-    let rec = pod::load(&t.lab, &r)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("up --pods-per-node made no pod {pod}"));
-    rec.ips
-        .first()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| panic!("{pod} has no address"))
-}
 
 fn pings(t: &TestLab, from: &str, to: &str) -> bool {
     t.output(&mut t.cmd(&["ping", "-c", "1", from, to]))
@@ -79,8 +67,8 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
     // Pods on different nodes, both ways, through routes learned over BGP.
     let p1 = "default/pod-node-1-1";
     let p2 = "default/pod-node-2-1";
-    let ip1 = pod_ip(&t, p1);
-    let ip2 = pod_ip(&t, p2);
+    let ip1 = t.pod_ip(p1).to_string();
+    let ip2 = t.pod_ip(p2).to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !pings(&t, p1, p2) {
         assert!(Instant::now() < deadline, "{p1} cannot reach {p2} ({ip2})");
@@ -89,7 +77,7 @@ fn pods_on_different_nodes_reach_each_other_over_the_mesh() {
     assert!(pings(&t, p2, p1), "{p2} cannot reach {p1} ({ip1})");
     if NODES >= 3 {
         let p3 = "default/pod-node-3-1";
-        let ip3 = pod_ip(&t, p3);
+        let ip3 = t.pod_ip(p3).to_string();
         assert!(pings(&t, p1, p3), "{p1} cannot reach pod-node-3-1 ({ip3})");
     }
 

@@ -21,24 +21,12 @@ use bgp_lab::{apply, mesh_rows, node_ip, peer_row, wait};
 use ipnet::IpNet;
 use lab_support::{TestLab, text};
 use serde_json::Value;
-use tortie_lab::pod::{self, PodRef};
 
 const PODS: [&str; 3] = [
     "default/pod-node-1-1",
     "default/pod-node-2-1",
     "default/pod-node-3-1",
 ];
-
-fn pod_ip(t: &TestLab, pod: &str) -> IpAddr {
-    let r: PodRef = pod.parse().unwrap_or_else(|e| panic!("{e}"));
-    let rec = pod::load(&t.lab, &r)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("up --pods-per-node made no pod {pod}"));
-    rec.ips
-        .first()
-        .copied()
-        .unwrap_or_else(|| panic!("{pod} has no address"))
-}
 
 fn pings(t: &TestLab, from: &str, to: &str) -> bool {
     t.output(&mut t.cmd(&["ping", "-c", "1", from, to]))
@@ -114,7 +102,7 @@ fn one_route_reflector_replaces_the_mesh() {
 
     // Each client learns the other's block, through the reflector (its only session: the
     // reflector's own block and the other's both come over it) but via the other.
-    let blocks: Vec<IpAddr> = PODS.iter().map(|p| pod_ip(&t, p)).collect();
+    let blocks: Vec<IpAddr> = PODS.iter().map(|p| t.pod_ip(p)).collect();
     for (node, other_pod, other_ip) in [("node-2", blocks[2], &ip3), ("node-3", blocks[1], &ip2)] {
         wait(
             &format!("{node} to learn the block of {other_pod} with next hop {other_ip}"),

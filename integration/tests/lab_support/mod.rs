@@ -187,6 +187,18 @@ impl TestLab {
         pid
     }
 
+    /// The first address of lab pod `namespace/name`, from the lab's record of it.
+    pub fn pod_ip(&self, pod: &str) -> std::net::IpAddr {
+        let r: tortie_lab::pod::PodRef = pod.parse().unwrap_or_else(|e| panic!("{e}"));
+        let rec = tortie_lab::pod::load(&self.lab, &r)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("the lab has no pod {pod}"));
+        rec.ips
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("{pod} has no address"))
+    }
+
     /// Starts every stopped agent again, as `up` does, and fails unless all become ready.
     pub fn restart_agents(&self) {
         let config = tortie_lab::LabConfig::load(&self.lab)
