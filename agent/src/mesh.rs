@@ -329,7 +329,7 @@ async fn run(
             () = sleep_until_some(sessions.read_passwords_at), if sessions.read_passwords_at.is_some() => {
                 sessions.read_passwords_at = None;
                 let snapshot = cluster.borrow().clone();
-                sessions.refresh(&cfg, &speaker, &snapshot).await;
+                sessions.refresh(&cfg, &speaker, &snapshot, Passwords::ReadAgain).await;
             }
         }
     }
@@ -442,6 +442,18 @@ struct Sessions {
     /// When to read the passwords again: soon after a failure, else every
     /// [`PASSWORD_REREAD`] while a session has one.
     read_passwords_at: Option<tokio::time::Instant>,
+    /// The passwords last read, by Secret name and key: a Node or BGPPeer change reuses
+    /// them, so only the timer above (or a Secret not read yet) costs an apiserver call.
+    passwords: BTreeMap<(String, String), Password>,
+}
+
+/// Whether a recomputation of the sessions reads the password Secrets again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Passwords {
+    /// Only those not read yet.
+    Cached,
+    /// All of them (the re-read timer).
+    ReadAgain,
 }
 
 impl Drop for Sessions {
@@ -463,6 +475,7 @@ impl Sessions {
             inputs: None,
             warned: BTreeSet::new(),
             read_passwords_at: None,
+            passwords: BTreeMap::new(),
         }
     }
 
@@ -481,10 +494,17 @@ impl Sessions {
         {
             return;
         }
-        self.refresh(cfg, speaker, snapshot).await;
+        self.refresh(cfg, speaker, snapshot, Passwords::Cached)
+            .await;
     }
 
-    async fn refresh(&mut self, cfg: &MeshConfig, speaker: &Speaker, snapshot: &Snapshot) {
+    async fn refresh(
+        &mut self,
+        cfg: &MeshConfig,
+        speaker: &Speaker,
+        snapshot: &Snapshot,
+        passwords: Passwords,
+    ) {
         self.inputs = Some((
             snapshot.nodes.clone(),
             snapshot.bgp_peers.clone(),
@@ -518,28 +538,47 @@ impl Sessions {
         let mut warnings = desired.warnings;
         let mut want = BTreeMap::new();
         let mut unreadable = false;
+        // Each Secret key is read at most once here, however many peers name it.
+        let mut read_now: BTreeMap<(String, String), Result<(), String>> = BTreeMap::new();
         for (addr, peer) in desired.peers {
             let password = match (&peer.password, &peer.bgp_peer) {
-                (Some(key), Some(name)) => match read_password(&cfg.secrets, key).await {
-                    Ok(p) => Some(p),
-                    Err(reason) => {
+                (Some(key), Some(name)) => {
+                    let id = (key.name.clone(), key.key.clone());
+                    let cached = self.passwords.contains_key(&id);
+                    if !read_now.contains_key(&id) && (passwords == Passwords::ReadAgain || !cached)
+                    {
+                        let read = read_password(&cfg.secrets, key).await;
+                        let outcome = read.map(|p| {
+                            self.passwords.insert(id.clone(), p);
+                        });
+                        read_now.insert(id.clone(), outcome);
+                    }
+                    if let Some(Err(reason)) = read_now.get(&id) {
                         unreadable = true;
                         warnings.push(Warning {
                             bgp_peer: name.clone(),
-                            reason,
+                            reason: reason.clone(),
                         });
-                        // A session up with the password last read keeps it: an apiserver
-                        // outage must not take the session down.
-                        match self.applied.get(&addr).and_then(|c| c.password.clone()) {
-                            Some(last) => Some(last),
-                            None => continue,
-                        }
                     }
-                },
+                    // After a failed read, a session keeps the password last read: an
+                    // apiserver outage must not take it down.
+                    match self.passwords.get(&id) {
+                        Some(p) => Some(p.clone()),
+                        None => continue,
+                    }
+                }
                 _ => None,
             };
             want.insert(addr, session_config(&peer, cfg.node_ip, password));
         }
+        // Forget the passwords no BGPPeer names any more.
+        let named: BTreeSet<(String, String)> = snapshot
+            .bgp_peers
+            .values()
+            .filter_map(|p| p.spec.password.as_ref())
+            .map(|p| (p.secret_key_ref.name.clone(), p.secret_key_ref.key.clone()))
+            .collect();
+        self.passwords.retain(|id, _| named.contains(id));
         let with_password = want.values().any(|c| c.password.is_some());
         self.read_passwords_at = match (unreadable, with_password) {
             (true, _) => Some(PASSWORD_RETRY),
